@@ -1,0 +1,38 @@
+# The two commands: `make run` (the whole service, dev configuration) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: run test venv jars broker worker ingress clean
+
+run: venv
+	$(VENV)/bin/reach run
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(VENV_STAMP)
+
+# The broker's jars are fetched on first use; this target fetches them ahead of time.
+jars: venv
+	$(PY) -c 'from reach.broker import fetch_jars; print(fetch_jars())'
+
+broker: venv
+	$(VENV)/bin/reach broker run
+
+worker: venv
+	$(VENV)/bin/reach worker
+
+ingress: venv
+	$(VENV)/bin/reach ingress
+
+clean:
+	-$(VENV)/bin/reach broker stop
+	rm -rf .data

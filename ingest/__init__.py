@@ -1,0 +1,1 @@
+"""The HTTP ingress: checks requests and publishes records to Kafka."""

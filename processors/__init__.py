@@ -1,0 +1,1 @@
+"""Faust agents that apply ingest events to the resource state."""

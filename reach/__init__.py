@@ -1,0 +1,1 @@
+"""Reach resource ingestion: process wiring shared by the ingress and the workers."""

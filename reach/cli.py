@@ -1,0 +1,113 @@
+"""The `reach` command: run the whole dev service or any one part of it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from reach.config import Settings
+
+USAGE = """\
+usage: reach COMMAND
+
+  run              the whole service in the foreground: broker (unless KAFKA_BOOTSTRAP_SERVERS
+                   is set), topics, one worker and the ingress; Ctrl-C stops all of it
+  broker start|stop|status|run
+                   the local dev Kafka broker
+  topics           create the service's topics (harmless when they exist)
+  worker           one Faust worker
+  ingress          one HTTP ingress
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    command, rest = (args[0], args[1:]) if args else ("help", [])
+    if command == "run":
+        return run_all()
+    if command == "broker":
+        from reach.broker import main as broker_main
+        return broker_main(rest)
+    if command == "topics":
+        from topics import create_topics, service_topics
+        settings = Settings.from_env()
+        created = asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
+        print("created: " + (", ".join(created) or "nothing (all topics exist)"))
+        return 0
+    if command == "worker":
+        from processors.worker import main as worker_main
+        worker_main(rest)
+        return 0
+    if command == "ingress":
+        from ingest.server import main as ingress_main
+        ingress_main()
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+def run_all() -> int:
+    """Start broker, worker and ingress; stop them in reverse order on SIGINT/SIGTERM."""
+    from reach.broker import dev_broker
+    from topics import create_topics, service_topics
+
+    settings = Settings.from_env()
+    broker = None
+    if not settings.external_broker:
+        broker = dev_broker(settings)
+        started = time.monotonic()
+        if broker.start():
+            print(f"reach: kafka up on {broker.bootstrap} in {time.monotonic() - started:.1f}s "
+                  f"(log: {broker.log_file})", flush=True)
+        else:
+            print(f"reach: reusing the kafka already running on {broker.bootstrap}", flush=True)
+            broker = None  # not ours to stop
+    asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
+
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+    # Own process groups: a terminal's Ctrl-C reaches only us, and we stop the parts in order.
+    children = [
+        subprocess.Popen([sys.executable, "-m", "processors.worker"], env=env, start_new_session=True),
+        subprocess.Popen([sys.executable, "-m", "ingest.server"], env=env, start_new_session=True),
+    ]
+    print(f"reach: ingress on http://{settings.http_host}:{settings.http_port}, "
+          f"worker web on :{settings.worker_web_port}; Ctrl-C stops everything", flush=True)
+    code = 0
+    while not stopping:
+        if any(c.poll() is not None for c in children):
+            code = 1
+            print("reach: a part of the service exited; stopping the rest", file=sys.stderr, flush=True)
+            break
+        time.sleep(0.2)
+    for child in reversed(children):
+        _terminate(child)
+    if broker is not None:
+        broker.stop()
+    print("reach: stopped", flush=True)
+    return code
+
+
+def _terminate(child: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Configuration from environment variables: one explicit object, read once per process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_BOOTSTRAP = "127.0.0.1:19092"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process of the service needs to know about its surroundings."""
+
+    bootstrap_servers: str = LOCAL_BOOTSTRAP
+    # True when KAFKA_BOOTSTRAP_SERVERS was given: the service then starts no broker.
+    external_broker: bool = False
+    topic_prefix: str = "reach"
+    topic_partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "reach-worker"
+    data_dir: Path = PROJECT_ROOT / ".data"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    worker_web_port: int = 6066
+    produce_timeout_s: float = 10.0
+    partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> "Settings":
+        """Build settings from `REACH_*` and `KAFKA_BOOTSTRAP_SERVERS`, defaults for the rest."""
+        import orjson
+
+        env = os.environ if env is None else env
+        defaults = cls()
+        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        secrets = env.get("REACH_PARTNER_SECRETS")
+        return cls(
+            bootstrap_servers=bootstrap or defaults.bootstrap_servers,
+            external_broker=bool(bootstrap),
+            topic_prefix=env.get("REACH_TOPIC_PREFIX", defaults.topic_prefix),
+            topic_partitions=int(env.get("REACH_TOPIC_PARTITIONS", defaults.topic_partitions)),
+            replication_factor=int(env.get("REACH_REPLICATION_FACTOR", defaults.replication_factor)),
+            app_id=env.get("REACH_APP_ID", defaults.app_id),
+            data_dir=Path(env.get("REACH_DATA_DIR", str(defaults.data_dir))),
+            http_host=env.get("REACH_HTTP_HOST", defaults.http_host),
+            http_port=int(env.get("REACH_HTTP_PORT", defaults.http_port)),
+            worker_web_port=int(env.get("REACH_WORKER_WEB_PORT", defaults.worker_web_port)),
+            produce_timeout_s=float(env.get("REACH_PRODUCE_TIMEOUT_S", defaults.produce_timeout_s)),
+            partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
+        )

@@ -1,0 +1,1 @@
+"""Event schemas on the wire (Avro) and JSON Schema handling."""

@@ -1,0 +1,61 @@
+"""One Kafka broker per test session, chosen in this order:
+
+1. `KAFKA_BOOTSTRAP_SERVERS`, when set;
+2. a testcontainers Kafka container, when a Docker engine answers;
+3. a local broker from Maven Central jars, started here (see `reach/broker.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reach.config import Settings
+from tests.support import free_port, isolated_settings
+from topics import create_topics, service_topics
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The bootstrap servers of the session's broker."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from reach.broker import LocalBroker
+
+    port = free_port()
+    broker = LocalBroker(work_dir=tmp_path_factory.mktemp("kafka"), port=port, controller_port=free_port())
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings of this test alone (own topics, group and data folder), topics created."""
+    s = isolated_settings(kafka_bootstrap, tmp_path / "data")
+    asyncio.run(create_topics(s.bootstrap_servers, service_topics(s).all()))
+    return s

@@ -1,0 +1,109 @@
+"""Helpers for tests that run real processes against the session's broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from reach.config import PROJECT_ROOT, Settings
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.2,
+               what: str = "condition") -> T:
+    """Call `probe` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as exc:  # the process may still be starting
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last_error!r}")
+
+
+def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
+    """Settings with topics, consumer group and data folder of this test alone."""
+    name = unique("t")
+    return replace(
+        Settings(), bootstrap_servers=bootstrap, external_broker=True, topic_prefix=name,
+        app_id=f"{name}-worker", data_dir=data_dir, http_port=free_port(), worker_web_port=free_port(),
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that make a child process read `settings`."""
+    import orjson
+
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "REACH_TOPIC_PREFIX": settings.topic_prefix,
+        "REACH_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "REACH_APP_ID": settings.app_id,
+        "REACH_DATA_DIR": str(settings.data_dir),
+        "REACH_HTTP_HOST": settings.http_host,
+        "REACH_HTTP_PORT": str(settings.http_port),
+        "REACH_WORKER_WEB_PORT": str(settings.worker_web_port),
+        "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
+    }
+
+
+@dataclass
+class ServiceProcess:
+    """A child process of the service (worker or ingress) with its log file."""
+
+    args: list[str]
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "ServiceProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, *self.args], env=settings_env(self.settings),
+                                     cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def worker_get(settings: Settings, path: str, **params: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{settings.worker_web_port}{path}", params=params, timeout=5)

@@ -1,0 +1,31 @@
+"""Creating the declared topics; creating them twice is harmless."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from topics.definitions import TopicSpec
+
+
+async def create_topics(bootstrap_servers: str, specs: list[TopicSpec]) -> list[str]:
+    """Create each topic in `specs` that does not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.topic_config())
+               for s in missing]
+        try:
+            response = await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            return []  # another process created them between our list and our create
+        for topic, code, *_ in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise RuntimeError(f"creating topic {topic} failed with Kafka error code {code}")
+        return [s.name for s in missing]
+    finally:
+        await admin.close()
