@@ -21,6 +21,8 @@ usage: reach COMMAND
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
+  token [--partner P] [--tenant T] [--ttl S]
+                   print an HS256 token for a configured partner (default dev-partner)
 """
 
 
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.server import main as ingress_main
         ingress_main()
         return 0
+    if command == "token":
+        from reach.token import main as token_main
+        return token_main(rest)
     print(USAGE, file=sys.stderr)
     return 0 if command in ("help", "-h", "--help") else 2
 

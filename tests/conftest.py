@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
+
+from ingest.app import create_app
 
 from reach.config import Settings
 from tests.support import free_port, isolated_settings
@@ -59,3 +62,17 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     s = isolated_settings(kafka_bootstrap, tmp_path / "data")
     asyncio.run(create_topics(s.bootstrap_servers, service_topics(s).all()))
     return s
+
+
+@pytest.fixture
+def ingress(settings: Settings) -> Iterator[TestClient]:
+    """An in-process ingress of this test's deployment, its Kafka clients started."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def second_ingress(settings: Settings) -> Iterator[TestClient]:
+    """Another ingress instance of the same deployment (same topics), e.g. for read-your-writes."""
+    with TestClient(create_app(settings)) as client:
+        yield client

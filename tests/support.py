@@ -21,6 +21,37 @@ from reach.config import PROJECT_ROOT, Settings
 T = TypeVar("T")
 
 
+PARTNER_SECRETS = {"partner-a": "secret-a", "partner-b": "secret-b"}
+
+
+def partner_token(partner: str = "partner-a", secret: str | None = None, ttl_s: int = 600,
+                  **claims: object) -> str:
+    """A partner-scoped HS256 token; `claims` override or add claims (None removes one)."""
+    return _token({"partnerId": partner, "type": "partner"}, partner, secret, ttl_s, claims)
+
+
+def tenant_token(partner: str = "partner-a", tenant: str = "tenant-1", secret: str | None = None,
+                 ttl_s: int = 600, **claims: object) -> str:
+    """A tenant-scoped HS256 token for `tenant` of `partner`."""
+    return _token({"partnerId": partner, "tenantExternalId": tenant}, partner, secret, ttl_s, claims)
+
+
+def _token(base: dict, partner: str, secret: str | None, ttl_s: int, claims: dict) -> str:
+    import jwt
+
+    payload = {**base, "iat": int(time.time()), "exp": int(time.time()) + ttl_s, **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, secret or PARTNER_SECRETS.get(partner, "unknown"), algorithm="HS256")
+
+
+def bearer(token: str, tenant: str | None = None) -> dict[str, str]:
+    """Request headers for `token`, naming `tenant` in `reach-tenant-id` when given."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if tenant is not None:
+        headers["reach-tenant-id"] = tenant
+    return headers
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +84,7 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
     return replace(
         Settings(), bootstrap_servers=bootstrap, external_broker=True, topic_prefix=name,
         app_id=f"{name}-worker", data_dir=data_dir, http_port=free_port(), worker_web_port=free_port(),
+        partner_secrets=dict(PARTNER_SECRETS),
     )
 
 
