@@ -14,14 +14,14 @@ compaction can never resurrect it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from schemas.definitions import Definition
+from topics.view import TopicView
 
 log = logging.getLogger(__name__)
 _VERDICTS_KEPT = 10_000
@@ -35,66 +35,22 @@ class SchemaRegistry:
     """Materialises the schema-definitions topic; answers lookups; performs checked writes."""
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
         self.topic = topic
-        self._tp = TopicPartition(topic, 0)
+        self._view = TopicView(bootstrap_servers, topic, self._apply)
         self._by_key: dict[bytes, Definition] = {}
         self._verdicts: OrderedDict[int, str | None] = OrderedDict()
-        self._position = 0
-        self._changed = asyncio.Condition()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
 
-    # -- lifecycle -------------------------------------------------------------------------
-
     async def start(self) -> None:
-        """Read the whole topic, then keep following it."""
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-            isolation_level="read_committed", fetch_max_wait_ms=50,
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._tp])
-        await self._consumer.seek_to_beginning(self._tp)
-        self._task = asyncio.create_task(self._follow(), name=f"registry:{self.topic}")
-        await self.sync(timeout_s=30)
+        """Read every definition written so far, then keep following the topic."""
+        await self._view.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
-
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(self._tp, timeout_ms=500)
-                for message in batches.get(self._tp, []):
-                    self._apply(message.offset, message.key, message.value)
-                position = await self._consumer.position(self._tp)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a broker hiccup: keep following
-                log.exception("schema registry: reading %s failed; retrying", self.topic)
-                await asyncio.sleep(1)
-                continue
-            async with self._changed:
-                self._position = position
-                self._changed.notify_all()
+        await self._view.stop()
 
     async def sync(self, timeout_s: float = 5.0) -> None:
-        """Wait until everything written to the topic before this call has been applied."""
-        assert self._consumer is not None
-        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
-        await self._wait_position(end, timeout_s)
-
-    async def _wait_position(self, offset: int, timeout_s: float) -> None:
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: self._position >= offset), timeout_s)
+        """Wait until every write made before this call, through any process, is applied."""
+        await self._view.sync(timeout_s)
 
     # -- the rules every process applies in log order ----------------------------------------
 
@@ -177,7 +133,7 @@ class SchemaRegistry:
         """Publish `definition`; return None once applied, or why the log order refused it."""
         key = definition_key(definition.partnerId, definition.id)
         sent = await producer.send_and_wait(self.topic, orjson.dumps(definition.to_record()), key=key)
-        await self._wait_position(sent.offset + 1, timeout_s=10)
+        await self._view.wait_for({self._view.partition(sent.partition): sent.offset + 1}, timeout_s=10)
         verdict = self._verdicts.get(sent.offset, "The write was not applied")
         if verdict is not None and definition.revision == 1:
             await producer.send_and_wait(self.topic, None, key=key)
