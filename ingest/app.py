@@ -12,7 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import schema_definitions
+from ingest import batches, resources, schema_definitions
+from ingest.batch_status import BatchStatusTable
+from ingest.publisher import BatchPublisher
+from ingest.resource_view import ResourceView
 from ingest.kafka import KafkaGateway
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
@@ -55,25 +58,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        gateway = KafkaGateway(settings)
-        registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
-        app.state.kafka, app.state.registry = gateway, registry
-        await gateway.start()
-        await registry.start()
+        state = app.state
+        state.kafka = KafkaGateway(settings)
+        state.publisher = BatchPublisher(settings)
+        state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
+        state.batches = BatchStatusTable(settings.bootstrap_servers, topics.batch_events.name)
+        state.resources = ResourceView(settings.bootstrap_servers, topics.resources.name)
+        parts = [state.kafka, state.publisher, state.registry, state.batches, state.resources]
+        started = []
         try:
+            for part in parts:
+                await part.start()
+                started.append(part)
             yield
         finally:
-            await registry.stop()
-            await gateway.stop()
+            for part in reversed(started):
+                await part.stop()
 
     app = Starlette(
         routes=[
             Route("/health", health),
             Route("/ready", ready),
             *schema_definitions.routes,
+            *batches.routes,
+            *resources.routes,
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.topics = topics
     return app

@@ -1,25 +1,52 @@
-"""The Faust application: topics, tables and agents of one worker process."""
+"""The Faust application: topics, tables and agents of one worker process.
+
+Flow per ingest event (one record):
+    decode → definition (schema registry) → [dependency step: issue 5] → apply to the
+    `resources` table → publish the resource to the resources topic and the record's
+    outcome to the batch-events topic.
+
+The worker runs with Faust's `exactly_once` guarantee: the table's changelog writes, the
+published messages and the consumed offsets of one input partition commit in one Kafka
+transaction. Local RocksDB writes are not part of that transaction, so a worker that did
+not stop cleanly rebuilds its stores from the committed changelog (see `processors.worker`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 from faust.web import Request, Response, View
 
+from processors.apply import apply_record
 from reach.config import Settings
-from schemas.events import decode_ingest_event, record_data
-from processors.merge import merge_patch
+from schemas.batch_events import FAILED, SCHEMA_NOT_FOUND, BatchMeta, outcome
+from schemas.definitions import Definition
+from schemas.events import decode_ingest_event
+from schemas.registry import SchemaRegistry
+from schemas.validation import validators_for
 from topics.definitions import service_topics
+
+log = logging.getLogger(__name__)
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{hp.strip()}" for hp in bootstrap_servers.split(","))
 
 
+def worker_datadir(settings: Settings) -> Path:
+    """Where this worker keeps its RocksDB stores (one folder per worker web port)."""
+    return settings.data_dir / "workers" / f"{settings.app_id}-{settings.worker_web_port}"
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the worker's Faust app for the deployment that `settings` describe."""
-    datadir = settings.data_dir / "workers" / f"{settings.app_id}-{settings.worker_web_port}"
+    datadir = worker_datadir(settings)
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -29,33 +56,71 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
+        processing_guarantee="exactly_once",
+        # Each commit ends a transaction: results become visible to readers only then.
+        broker_commit_interval=0.1,
         web_host=settings.http_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,
-        processing_guarantee="exactly_once",
     )
     topics = service_topics(settings)
-    ingest = app.topic(
-        topics.ingest.name,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=topics.ingest.partitions,
-    )
-    resources = app.Table(
-        "resources", default=None, partitions=topics.ingest.partitions, key_type=bytes,
-    )
+    ingest = app.topic(topics.ingest.name, key_serializer="raw", value_serializer="raw",
+                       partitions=topics.ingest.partitions)
+    resources_out = app.topic(topics.resources.name, key_serializer="raw", value_serializer="raw",
+                              partitions=topics.resources.partitions)
+    batch_events = app.topic(topics.batch_events.name, key_serializer="raw", value_serializer="raw",
+                             partitions=topics.batch_events.partitions)
+    resources = app.Table("resources", default=None, partitions=topics.ingest.partitions, key_type=bytes)
+    registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
+    registry_started = asyncio.Event()
+
+    @app.task
+    async def start_registry() -> None:
+        await registry.start()
+        registry_started.set()
+
+    async def definition_of(event: dict[str, Any]) -> Definition | None:
+        await registry_started.wait()
+        found = registry.get(event["partnerId"], event["schemaDefinitionId"])
+        if found is None:
+            await registry.sync()  # written moments ago through another process
+            found = registry.get(event["partnerId"], event["schemaDefinitionId"])
+        return found
 
     @app.agent(ingest)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for key, payload in stream.items():
             event = decode_ingest_event(payload)
-            resources[key] = merge_patch(resources.get(key), record_data(event))
+            meta = BatchMeta.of_event(event)
+            now_ms = int(time.time() * 1000)
+            definition = await definition_of(event)
+            if definition is None:
+                await batch_events.send(key=meta.batchId.encode(), value=outcome(
+                    meta, event["recordIndex"], event["externalId"], FAILED, now_ms, SCHEMA_NOT_FOUND,
+                    f"schema definition {event['schemaDefinitionId']} does not exist"))
+                continue
+            version = event["schemaVersion"] or definition.versionNumber
+            validators = validators_for(definition.id, version, definition.schema_of_version(version))
+            record = orjson.loads(event["data"])
+            changed, result = apply_record(resources.get(key), event, record, definition, validators, now_ms)
+            if changed is not None:
+                resources[key] = changed
+                await resources_out.send(key=key, value=orjson.dumps(changed))
+            await batch_events.send(key=meta.batchId.encode(), value=outcome(
+                meta, event["recordIndex"], event["externalId"], result.status, now_ms,
+                result.code, result.message))
 
     @app.page("/state/resources")
     class ResourceState(View):
+        """The worker's own copy of one resource (for operators and tests)."""
+
         async def get(self, request: Request) -> Response:
             key = request.query.get("key", "").encode()
             value: Any = resources.get(key)
             return self.json({"key": key.decode(), "value": value})
+
+    @app.on_before_shutdown.connect
+    async def stop_registry(app: faust.App, **kwargs: Any) -> None:
+        await registry.stop()
 
     return app

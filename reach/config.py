@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Settings:
     http_port: int = 8080
     worker_web_port: int = 6066
     produce_timeout_s: float = 10.0
+    # Names this ingress's transactional producers; stable across restarts of one instance,
+    # so a restarted ingress fences what its predecessor left open.
+    ingress_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    ingress_producers: int = 4
+    max_body_bytes: int = 16 * 1024 * 1024
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
 
     @classmethod
@@ -49,5 +55,8 @@ class Settings:
             http_port=int(env.get("REACH_HTTP_PORT", defaults.http_port)),
             worker_web_port=int(env.get("REACH_WORKER_WEB_PORT", defaults.worker_web_port)),
             produce_timeout_s=float(env.get("REACH_PRODUCE_TIMEOUT_S", defaults.produce_timeout_s)),
+            ingress_id=env.get("REACH_INGRESS_ID") or f"{socket.gethostname()}-{env.get('REACH_HTTP_PORT', defaults.http_port)}",
+            ingress_producers=int(env.get("REACH_INGRESS_PRODUCERS", defaults.ingress_producers)),
+            max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from starlette.testclient import TestClient
 from ingest.app import create_app
 
 from reach.config import Settings
-from tests.support import free_port, isolated_settings
+from tests.support import free_port, isolated_settings, unique
 from topics import create_topics, service_topics
 
 
@@ -74,5 +75,5 @@ def ingress(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def second_ingress(settings: Settings) -> Iterator[TestClient]:
     """Another ingress instance of the same deployment (same topics), e.g. for read-your-writes."""
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(replace(settings, ingress_id=unique("ingress")))) as client:
         yield client

@@ -28,11 +28,13 @@ class ServiceTopics:
     """The names and shapes of the shared topics for one deployment (one topic prefix)."""
 
     ingest: TopicSpec
+    batch_events: TopicSpec
+    resources: TopicSpec
     schema_definitions: TopicSpec
     dead_letters: TopicSpec
 
     def all(self) -> list[TopicSpec]:
-        return [self.ingest, self.schema_definitions, self.dead_letters]
+        return [self.ingest, self.batch_events, self.resources, self.schema_definitions, self.dead_letters]
 
 
 def service_topics(settings: Settings) -> ServiceTopics:
@@ -42,6 +44,11 @@ def service_topics(settings: Settings) -> ServiceTopics:
     return ServiceTopics(
         # Every record of every batch, keyed by partner/tenant/schema/externalId.
         ingest=TopicSpec(f"{prefix}.ingest", parts, rf, "delete", {"retention.ms": week_ms}),
+        # Batch registrations (from the ingress) and record outcomes (from the workers),
+        # keyed by batchId: what batch status is computed from.
+        batch_events=TopicSpec(f"{prefix}.batch-events", parts, rf, "delete", {"retention.ms": week_ms}),
+        # The latest state of every resource, as the workers applied it: the read model.
+        resources=TopicSpec(f"{prefix}.resources", parts, rf, "compact"),
         # The source of truth for schema definitions: latest version per partner/id.
         schema_definitions=TopicSpec(f"{prefix}.schema-definitions", 1, rf, "compact"),
         # Messages the pipeline could not decode or attribute to a batch.

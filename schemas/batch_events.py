@@ -1,0 +1,61 @@
+"""Messages on the batch-events topic: what batch status is computed from.
+
+Keyed by batchId (UTF-8), values are JSON objects:
+
+- ``{"type": "batch", ...}`` — a batch registration, written by the ingress in the same Kafka
+  transaction as the batch's ingest events;
+- ``{"type": "record", "index", "externalId", "status", "code", "message", "at", ...}`` — the
+  outcome of one record (``created``, ``updated``, ``failed`` or ``pending``), written by the
+  workers in the same transaction as the change it reports.
+
+Both carry the batch's description (``BatchMeta``), so that a batch produced directly to
+Kafka, without a registration, is described by its first outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+CREATED, UPDATED, FAILED, PENDING = "created", "updated", "failed", "pending"
+
+# Failure codes of a record.
+VALIDATION_FAILED = "VALIDATION_FAILED"
+ALREADY_EXISTS = "ALREADY_EXISTS"
+MISSING_DEPENDENCY = "MISSING_DEPENDENCY"
+DEPENDENCY_TIMEOUT = "DEPENDENCY_TIMEOUT"
+SCHEMA_NOT_FOUND = "SCHEMA_NOT_FOUND"
+INVALID_OPTIONS = "INVALID_OPTIONS"
+
+
+@dataclass(frozen=True)
+class BatchMeta:
+    batchId: str
+    partnerId: str
+    tenantId: str
+    schemaDefinitionId: str
+    recordCount: int
+    acceptedAt: int  # epoch milliseconds
+
+    @classmethod
+    def of_event(cls, event: dict[str, Any]) -> "BatchMeta":
+        return cls(event["batchId"], event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
+                   event["recordCount"], event["acceptedAt"])
+
+
+def registration(meta: BatchMeta) -> bytes:
+    return orjson.dumps({"type": "batch", **asdict(meta)})
+
+
+def outcome(meta: BatchMeta, index: int, external_id: str, status: str, at_ms: int,
+            code: str | None = None, message: str | None = None, extra: dict[str, Any] | None = None) -> bytes:
+    """One record's outcome; `extra` carries details such as a pending record's dependencies."""
+    body: dict[str, Any] = {"type": "record", **asdict(meta), "index": index, "externalId": external_id,
+                            "status": status, "at": at_ms}
+    if code is not None:
+        body["code"], body["message"] = code, message
+    if extra:
+        body.update(extra)
+    return orjson.dumps(body)

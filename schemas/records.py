@@ -1,0 +1,68 @@
+"""The checks every uploaded record passes before it is enqueued (API.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.definitions import Definition
+from schemas.validation import RecordValidators, deleted_required_fields, error_messages, without_nulls
+
+ON_CONFLICT = ("upsert", "reject")
+MAX_WAIT_S = 86_400
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The query options of one upload, carried by each of its events."""
+
+    on_conflict: str = "upsert"
+    ignore_unknown_fields: bool = False
+    dependency_wait_timeout: int = 0
+
+    def problems(self) -> list[str]:
+        """What is out of range (for options that did not come through the HTTP parser)."""
+        out = []
+        if self.on_conflict not in ON_CONFLICT:
+            out.append(f"onconflict must be one of {', '.join(ON_CONFLICT)}")
+        if not 0 <= self.dependency_wait_timeout <= MAX_WAIT_S:
+            out.append(f"dependencyWaitTimeout must be an integer from 0 to {MAX_WAIT_S}")
+        return out
+
+
+def external_id_of(record: dict[str, Any], definition: Definition) -> str | None:
+    """The record's external id as a string, or None when it is missing or not usable."""
+    value = record.get(definition.externalIdField)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value)
+
+
+def check_record(index: int, record: Any, definition: Definition, validators: RecordValidators,
+                 options: BatchOptions) -> tuple[dict[str, Any] | None, list[str]]:
+    """Check one record read as a patch; return it as it will be enqueued, and its problems.
+
+    Unknown fields are dropped when `ignore_unknown_fields`, else they are problems. Nulls
+    mean "delete" and are kept; they are not type-checked.
+    """
+    where = f"resources[{index}]"
+    if not isinstance(record, dict):
+        return None, [f"{where}: must be a JSON object"]
+    errors: list[str] = []
+    props = validators.properties
+    unknown = [name for name in record if name not in props]
+    known = {k: v for k, v in record.items() if k in props} if unknown else record
+    if options.ignore_unknown_fields:
+        record = known
+    else:
+        errors.extend(f"{where}.{name}: unknown field (not in the schema's properties)" for name in unknown)
+    if external_id_of(record, definition) is None:
+        errors.append(f"{where}.{definition.externalIdField}: the external id must be a non-empty string or an integer")
+    errors.extend(f"{where}{path}: required fields cannot be deleted"
+                  for path in deleted_required_fields(record, validators.schema))
+    present = without_nulls(known)
+    # `reject` makes every record a creation: it must be complete on its own.
+    validator = validators.full if options.on_conflict == "reject" else validators.patch
+    if not validator.is_valid(present):
+        errors.extend(error_messages(validator, present, where))
+    return record, errors
