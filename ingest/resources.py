@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
+from ingest.batches import schema_not_found
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 from schemas.definitions import Definition
@@ -28,7 +29,7 @@ async def _definition(request: Request, partner_id: str) -> Definition:
     name = request.path_params["schema"]
     definition = await request.app.state.registry.find_fresh(partner_id, name)
     if definition is None:
-        raise ApiError(404, "Schema definition not found", data={"error": f"Schema definition '{name}' not found"})
+        raise schema_not_found(name)
     return definition
 
 

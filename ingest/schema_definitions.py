@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import partner_principal
+from ingest.batches import schema_not_found
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 from schemas.definitions import (
     Definition,
@@ -46,9 +47,10 @@ def _registry(request: Request) -> SchemaRegistry:
 
 
 async def _lookup(request: Request, partner_id: str) -> Definition:
-    found = await _registry(request).find_fresh(partner_id, request.path_params["id_or_name"])
+    name = request.path_params["id_or_name"]
+    found = await _registry(request).find_fresh(partner_id, name)
     if found is None:
-        raise ApiError(404, "Schema definition not found")
+        raise schema_not_found(name)
     return found
 
 

@@ -5,10 +5,10 @@ Flow per ingest event (one record):
     `resources` table → publish the resource to the resources topic and the record's
     outcome to the batch-events topic.
 
-The worker runs with Faust's `exactly_once` guarantee: the table's changelog writes, the
-published messages and the consumed offsets of one input partition commit in one Kafka
-transaction. Local RocksDB writes are not part of that transaction, so a worker that did
-not stop cleanly rebuilds its stores from the committed changelog (see `processors.worker`).
+The worker runs with Faust's `exactly_once` guarantee, made exact by
+`processors.transactions`: an event's table changes, its published messages and its
+consumed offset commit in one Kafka transaction. Outputs go to the partition number of the
+event they come from, so that they belong to that partition's transaction.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
-from processors.apply import apply_record
+from processors.apply import Outcome, apply_record
+from processors.transactions import ExactlyOnce
 from reach.config import Settings
 from schemas.batch_events import FAILED, SCHEMA_NOT_FOUND, BatchMeta, outcome
 from schemas.definitions import Definition
@@ -66,10 +67,6 @@ def create_app(settings: Settings) -> faust.App:
     topics = service_topics(settings)
     ingest = app.topic(topics.ingest.name, key_serializer="raw", value_serializer="raw",
                        partitions=topics.ingest.partitions)
-    resources_out = app.topic(topics.resources.name, key_serializer="raw", value_serializer="raw",
-                              partitions=topics.resources.partitions)
-    batch_events = app.topic(topics.batch_events.name, key_serializer="raw", value_serializer="raw",
-                             partitions=topics.batch_events.partitions)
     resources = app.Table("resources", default=None, partitions=topics.ingest.partitions, key_type=bytes)
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
     registry_started = asyncio.Event()
@@ -87,28 +84,36 @@ def create_app(settings: Settings) -> faust.App:
             found = registry.get(event["partnerId"], event["schemaDefinitionId"])
         return found
 
+    eos = ExactlyOnce(app)
+
+    async def publish_outcome(event: faust.EventT, body: dict[str, Any], result: Outcome, now_ms: int) -> None:
+        meta = BatchMeta.of_event(body)
+        await eos.send(event, topics.batch_events.name, meta.batchId.encode(), outcome(
+            meta, body["recordIndex"], body["externalId"], result.status, now_ms, result.code, result.message))
+
+    async def apply_event(event: faust.EventT) -> None:
+        key: bytes = event.key
+        body = decode_ingest_event(event.value)
+        now_ms = int(time.time() * 1000)
+        definition = await definition_of(body)
+        if definition is None:
+            result = Outcome(FAILED, SCHEMA_NOT_FOUND, f"schema definition {body['schemaDefinitionId']} does not exist")
+            await publish_outcome(event, body, result, now_ms)
+            return
+        version = body["schemaVersion"] or definition.versionNumber
+        validators = validators_for(definition.id, version, definition.schema_of_version(version))
+        changed, result = apply_record(resources.get(key), body, orjson.loads(body["data"]),
+                                       definition, validators, now_ms)
+        if changed is not None:
+            await eos.put(event, resources, key, changed)
+            await eos.send(event, topics.resources.name, key, orjson.dumps(changed))
+        await publish_outcome(event, body, result, now_ms)
+
     @app.agent(ingest)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
-        async for key, payload in stream.items():
-            event = decode_ingest_event(payload)
-            meta = BatchMeta.of_event(event)
-            now_ms = int(time.time() * 1000)
-            definition = await definition_of(event)
-            if definition is None:
-                await batch_events.send(key=meta.batchId.encode(), value=outcome(
-                    meta, event["recordIndex"], event["externalId"], FAILED, now_ms, SCHEMA_NOT_FOUND,
-                    f"schema definition {event['schemaDefinitionId']} does not exist"))
-                continue
-            version = event["schemaVersion"] or definition.versionNumber
-            validators = validators_for(definition.id, version, definition.schema_of_version(version))
-            record = orjson.loads(event["data"])
-            changed, result = apply_record(resources.get(key), event, record, definition, validators, now_ms)
-            if changed is not None:
-                resources[key] = changed
-                await resources_out.send(key=key, value=orjson.dumps(changed))
-            await batch_events.send(key=meta.batchId.encode(), value=outcome(
-                meta, event["recordIndex"], event["externalId"], result.status, now_ms,
-                result.code, result.message))
+        async for event in stream.events():
+            async with eos.lock:  # released just before Faust acks the event: see transactions.py
+                await apply_event(event)
 
     @app.page("/state/resources")
     class ResourceState(View):

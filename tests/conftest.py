@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from dataclasses import replace
 from collections.abc import Iterator
@@ -19,8 +20,10 @@ from starlette.testclient import TestClient
 from ingest.app import create_app
 
 from reach.config import Settings
-from tests.support import free_port, isolated_settings, unique
+from tests.support import ServiceProcess, free_port, isolated_settings, unique, wait_until, worker_get
 from topics import create_topics, service_topics
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per test request is noise
 
 
 def _docker_engine_answers() -> bool:
@@ -77,3 +80,16 @@ def second_ingress(settings: Settings) -> Iterator[TestClient]:
     """Another ingress instance of the same deployment (same topics), e.g. for read-your-writes."""
     with TestClient(create_app(replace(settings, ingress_id=unique("ingress")))) as client:
         yield client
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
+    """One real worker process of this test's deployment, its web server answering."""
+    process = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker.log").start()
+    try:
+        wait_until(lambda: worker_get(settings, "/state/resources", key="-").status_code == 200, 60,
+                   what="the worker's web server")
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, f"worker exited with {code}:\n{process.log()[-3000:]}"

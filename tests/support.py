@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -139,3 +139,17 @@ class ServiceProcess:
 
 def worker_get(settings: Settings, path: str, **params: str) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{settings.worker_web_port}{path}", params=params, timeout=5)
+
+
+TERMINAL = ("success", "partial_success", "failed")
+
+
+def wait_terminal(client: Any, batch_id: str, headers: dict[str, str], timeout_s: float = 60.0) -> dict:
+    """Poll `GET /api/batches/{batch_id}` until the batch is terminal; return its data."""
+    def probe() -> dict | None:
+        response = client.get(f"/api/batches/{batch_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+        return data if data["status"] in TERMINAL else None
+
+    return wait_until(probe, timeout_s, 0.1, what=f"batch {batch_id} to finish")

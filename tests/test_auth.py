@@ -192,3 +192,8 @@ def test_tenant_token_with_x_tenant_id_naming_another_tenant_is_403(ingress: Tes
 def test_tenant_token_with_optional_claims_is_accepted(ingress: TestClient) -> None:
     token = tenant_token(email="ann@example.com", name="Ann", externalId="user-7")
     _assert_batches_listed(ingress.get(API_PATH, headers=bearer(token)))
+
+
+def test_unauthenticated_api_request_without_tenant_header_is_401_not_400(ingress: TestClient) -> None:
+    _assert_error(ingress.get(API_PATH), 401)
+    _assert_error(ingress.get(API_PATH, headers=bearer(partner_token(secret="not-the-secret"))), 401)

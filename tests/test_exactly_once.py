@@ -1,0 +1,191 @@
+"""Exactly-once effects: workers killed with SIGKILL mid-load, restarted, or replaced by another.
+
+After each run, three things must be exactly what the accepted records imply:
+- every batch's counts and error summary;
+- every resource's data (merges applied once each, in order);
+- the outcome messages on the batch-events topic: exactly one committed outcome per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from starlette.testclient import TestClient
+
+from reach.config import Settings
+from tests.support import (
+    ServiceProcess,
+    bearer,
+    free_port,
+    partner_token,
+    tenant_token,
+    unique,
+    wait_terminal,
+    wait_until,
+)
+from topics import service_topics
+
+SCHEMA = {
+    "name": "Account", "externalIdField": "id",
+    "schema": {"type": "object", "required": ["id", "name"], "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "round": {"type": "integer"},
+        "history": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "score": {"type": "integer", "maximum": 1000},
+    }},
+}
+IDS = 400          # resources updated by every upsert batch
+UPSERT_ROUNDS = 6  # batches of IDS upserts each
+REJECT_BATCHES = 4  # batches of fresh creations with onconflict=reject
+REJECT_SIZE = 250
+
+
+def _upsert_batch(round_: int) -> list[dict]:
+    # Every record merges into the same resources: a record applied twice or out of order
+    # leaves a visible trace in `round` (last writer) or `history` (one key per round).
+    records = [{"id": f"a{i}", "name": f"acct {i}", "round": round_, "history": {f"r{round_}": i}}
+               for i in range(IDS)]
+    # Two records per round create without `name`: they fail at the worker, a7 and a11 never exist.
+    records[7] = {"id": "a7", "score": round_}
+    records[11] = {"id": "a11", "score": round_}
+    return records
+
+
+def _expected_data(i: int) -> dict:
+    return {"id": f"a{i}", "name": f"acct {i}", "round": UPSERT_ROUNDS - 1,
+            "history": {f"r{r}": i for r in range(UPSERT_ROUNDS)}}
+
+
+def _upload_load(client: TestClient, tenant_headers: dict[str, str]) -> dict[str, tuple[int, int, dict]]:
+    """Upload every batch of the load; return batchId -> (successful, failed, summary) expected."""
+    expected: dict[str, tuple[int, int, dict]] = {}
+    for round_ in range(UPSERT_ROUNDS):
+        response = client.post("/api/resources/account/batch", json={"resources": _upsert_batch(round_)},
+                               headers=tenant_headers)
+        assert response.status_code == 202, response.text
+        expected[response.json()["data"]["batchId"]] = (IDS - 2, 2, {"VALIDATION_FAILED": 2})
+    for b in range(REJECT_BATCHES):
+        records = [{"id": f"new-{b}-{i}", "name": "fresh"} for i in range(REJECT_SIZE)]
+        response = client.post("/api/resources/account/batch?onconflict=reject", json={"resources": records},
+                               headers=tenant_headers)
+        assert response.status_code == 202, response.text
+        expected[response.json()["data"]["batchId"]] = (REJECT_SIZE, 0, {})
+    return expected
+
+
+def _check_results(client: TestClient, tenant_headers: dict[str, str],
+                   expected: dict[str, tuple[int, int, dict]], timeout_s: float) -> None:
+    for batch_id, (successful, failed, summary) in expected.items():
+        data = wait_terminal(client, batch_id, tenant_headers, timeout_s)
+        progress = data["progress"]
+        assert (progress["successfulRecords"], progress["failedRecords"], progress["pendingRecords"]) == \
+            (successful, failed, 0), (batch_id, progress)
+        assert progress["processedRecords"] == progress["totalRecords"] == successful + failed
+        assert data["errors"]["summary"] == summary
+    for i in range(IDS):
+        response = client.get(f"/api/resources/account/a{i}", headers=tenant_headers)
+        if i in (7, 11):
+            # Created by no record: round 0's record lacks `name`, later ones break `score`.
+            assert response.status_code == 404, response.text
+            continue
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["result"]["data"] == _expected_data(i), i
+    total = client.get("/api/resources/account?limit=1", headers=tenant_headers).json()["data"]["pagination"]["total"]
+    assert total == IDS - 2 + REJECT_BATCHES * REJECT_SIZE
+
+
+async def _committed_outcomes(settings: Settings) -> Counter[tuple[str, int]]:
+    """How many committed outcome messages each (batchId, index) has on the batch-events topic."""
+    topic = service_topics(settings).batch_events.name
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=unique("audit"),
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                enable_auto_commit=False)
+    await consumer.start()
+    counts: Counter[tuple[str, int]] = Counter()
+    try:
+        partitions = consumer.assignment() or set()
+        while not partitions:
+            await asyncio.sleep(0.1)
+            partitions = consumer.assignment()
+        ends = await consumer.end_offsets(list(partitions))
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    event = orjson.loads(message.value)
+                    if event["type"] == "record":
+                        counts[(event["batchId"], event["index"])] += 1
+    finally:
+        await consumer.stop()
+    return counts
+
+
+def _assert_exactly_one_outcome_each(settings: Settings, expected: dict[str, tuple[int, int, dict]]) -> None:
+    counts = asyncio.run(_committed_outcomes(settings))
+    want = {(b, i) for b, (s, f, _) in expected.items() for i in range(s + f)}
+    assert set(counts) == want
+    duplicated = {k: n for k, n in counts.items() if n != 1}
+    assert not duplicated, f"{len(duplicated)} records have more than one committed outcome"
+
+
+def _define_schema(client: TestClient) -> None:
+    response = client.post("/partner/schema-definitions", json=SCHEMA, headers=bearer(partner_token()))
+    assert response.status_code == 200, response.text
+
+
+def _progress(client: TestClient, headers: dict[str, str], batch_ids: list[str]) -> int:
+    return sum(client.get(f"/api/batches/{b}", headers=headers).json()["data"]["progress"]["processedRecords"]
+               for b in batch_ids)
+
+
+def test_worker_killed_mid_load_and_restarted_applies_every_record_exactly_once(
+        settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
+    headers = bearer(tenant_token())
+    _define_schema(ingress)
+    expected = _upload_load(ingress, headers)
+    total = sum(s + f for s, f, _ in expected.values())
+
+    worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
+    # Kill it once it is well into the load, but not done.
+    wait_until(lambda: _progress(ingress, headers, list(expected)) >= total // 4, 90, 0.05,
+               what="a quarter of the load to be processed")
+    worker.stop(signal.SIGKILL)
+    done_at_kill = _progress(ingress, headers, list(expected))
+    assert done_at_kill < total, "the worker finished before it was killed; the test proves nothing"
+
+    restarted = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w2.log").start()
+    try:
+        _check_results(ingress, headers, expected, timeout_s=120)
+    finally:
+        assert restarted.stop() == 0, restarted.log()[-3000:]
+    assert "rebuilding state from Kafka" in restarted.log()
+    _assert_exactly_one_outcome_each(settings, expected)
+
+
+def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
+        settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
+    headers = bearer(tenant_token())
+    _define_schema(ingress)
+    first = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
+    second_settings = replace(settings, worker_web_port=free_port())
+    second = ServiceProcess(["-m", "processors.worker"], second_settings, tmp_path / "w2.log").start()
+    try:
+        expected = _upload_load(ingress, headers)
+        total = sum(s + f for s, f, _ in expected.values())
+        wait_until(lambda: _progress(ingress, headers, list(expected)) >= total // 4, 90, 0.05,
+                   what="a quarter of the load to be processed")
+        second.stop(signal.SIGKILL)
+        assert _progress(ingress, headers, list(expected)) < total, "done before the kill; proves nothing"
+        _check_results(ingress, headers, expected, timeout_s=180)
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]
+    # Both workers took part: each was assigned partitions of the ingest topic.
+    assert "apply_records" in first.log() and "apply_records" in second.log()
+    _assert_exactly_one_outcome_each(settings, expected)
