@@ -60,6 +60,9 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="exactly_once",
         # Each commit ends a transaction: results become visible to readers only then.
         broker_commit_interval=0.1,
+        # A worker that died is noticed within this, and its partitions move to the others.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         web_host=settings.http_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,
@@ -88,8 +91,10 @@ def create_app(settings: Settings) -> faust.App:
 
     async def publish_outcome(event: faust.EventT, body: dict[str, Any], result: Outcome, now_ms: int) -> None:
         meta = BatchMeta.of_event(body)
+        source = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset}
         await eos.send(event, topics.batch_events.name, meta.batchId.encode(), outcome(
-            meta, body["recordIndex"], body["externalId"], result.status, now_ms, result.code, result.message))
+            meta, body["recordIndex"], body["externalId"], result.status, now_ms, result.code, result.message,
+            source))
 
     async def apply_event(event: faust.EventT) -> None:
         key: bytes = event.key
@@ -112,8 +117,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(ingest)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            async with eos.lock:  # released just before Faust acks the event: see transactions.py
+            async with eos.lock:  # commits happen between events: see transactions.py
                 await apply_event(event)
+                eos.done(event)
 
     @app.page("/state/resources")
     class ResourceState(View):

@@ -12,8 +12,13 @@ effects, and this module closes each:
    topic the worker doesn't consume), not of the event being processed. We send our outputs
    through the producer of the event's own partition, to the same partition number.
 3. A commit could run while an event was half processed (between two of its sends), putting
-   part of its output in a transaction that does not carry its offset. Events are processed,
-   and acknowledged, under a lock that commits take too.
+   part of its output in a transaction that does not carry its offset. Events are processed
+   under a lock that commits take too.
+4. Faust commits the offset after the first *consecutive* run of acknowledged offsets. Our
+   input topic is written transactionally, so its offsets have holes (commit markers); a
+   commit could then carry outputs of events past a hole without their offsets. We commit
+   the offset after the last event we processed in each partition: inside the lock, every
+   output in a partition's open transaction belongs to an event below that offset.
 
 Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
 from the committed changelog after an unclean stop.
@@ -30,15 +35,25 @@ from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 
 _original_commit_tps = Consumer._commit_tps
-_LOCK_ATTRIBUTE = "reach_processing_lock"
+_ATTRIBUTE = "reach_exactly_once"
 
 
 async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
-    lock: asyncio.Lock | None = getattr(self.app, _LOCK_ATTRIBUTE, None)
-    if lock is None or not self.app.in_transaction:
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+    if eos is None or not self.app.in_transaction:
         return await _original_commit_tps(self, tps, start_new_transaction)
-    async with lock:
-        return await _original_commit_tps(self, tps, start_new_transaction)
+    async with eos.lock:
+        assigned = self.assignment()
+        offsets = {tp: offset for tp, offset in eos.processed.items()
+                   if tp in assigned and offset > (self._committed_offset.get(tp) or 0)}
+        for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
+            self._acked[tp].clear()
+            self._acked_index[tp].clear()
+            self._gap[tp].clear()
+        if not offsets:
+            return False
+        await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        return True
 
 
 Consumer._commit_tps = _commit_tps_between_events  # type: ignore[method-assign]
@@ -50,7 +65,18 @@ class ExactlyOnce:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.lock = asyncio.Lock()
-        setattr(app, _LOCK_ATTRIBUTE, self.lock)
+        # Per input partition: the offset after the last event whose outputs are all sent.
+        self.processed: dict[TP, int] = {}
+        setattr(app, _ATTRIBUTE, self)
+
+        @app.on_partitions_revoked.connect
+        async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+            for tp in revoked:
+                self.processed.pop(tp, None)
+
+    def done(self, event: EventT) -> None:
+        """Mark `event` processed: its offset goes into the next commit of its partition."""
+        self.processed[event.message.tp] = event.message.offset + 1
 
     def _transactional_id(self, event: EventT) -> str:
         tp = event.message.tp
