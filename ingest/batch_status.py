@@ -7,13 +7,14 @@ whatever a replay or a duplicate delivers: a record that reached a terminal outc
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from schemas.batch_events import CREATED, FAILED, PENDING, UPDATED
+from schemas.batch_events import CREATED, FAILED, PENDING, UPDATED, BatchMeta
 from topics.view import TopicView
 
 _UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
@@ -99,21 +100,43 @@ class BatchStatusTable:
     async def sync(self) -> None:
         await self._view.sync()
 
+    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
+        """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
+
+        Its registration becomes readable once committed and once any worker transaction
+        open before it on that partition has committed too (at most one commit interval).
+        """
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            batch = self.get(partner_id, tenant_id, batch_id)
+            if batch is not None or asyncio.get_running_loop().time() >= deadline:
+                return batch
+            await self._view.sync()
+            if self.get(partner_id, tenant_id, batch_id) is None:
+                await asyncio.sleep(0.05)
+
     def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             return
         try:
             event = orjson.loads(value)
-            batch = self._batches.get(event["batchId"])
-            if batch is None:
-                batch = BatchState(event["batchId"], event["partnerId"], event["tenantId"],
-                                   event["schemaDefinitionId"], int(event["recordCount"]), int(event["acceptedAt"]))
-                self._batches[batch.batchId] = batch
-                self._by_tenant.setdefault((batch.partnerId, batch.tenantId), []).append(batch.batchId)
+            batch = self._batches.get(event["batchId"]) or self.add(BatchMeta(
+                event["batchId"], event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
+                int(event["recordCount"]), int(event["acceptedAt"])))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not a batch event of ours; nothing to count
         if event.get("type") == "record":
             batch.record(event)
+
+    def add(self, meta: BatchMeta) -> BatchState:
+        """Start tracking a batch (also called by the ingress that accepted it, for read-your-writes)."""
+        batch = self._batches.get(meta.batchId)
+        if batch is None:
+            batch = BatchState(meta.batchId, meta.partnerId, meta.tenantId, meta.schemaDefinitionId,
+                               meta.recordCount, meta.acceptedAt)
+            self._batches[batch.batchId] = batch
+            self._by_tenant.setdefault((batch.partnerId, batch.tenantId), []).append(batch.batchId)
+        return batch
 
     def get(self, partner_id: str, tenant_id: str, batch_id: str) -> BatchState | None:
         batch = self._batches.get(batch_id)

@@ -22,6 +22,7 @@ from schemas.definitions import Definition
 from schemas.events import encode_ingest_event, resource_key
 from schemas.records import MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
+from topics.definitions import ServiceTopics
 
 MAX_RECORDS = 1000
 BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
@@ -104,22 +105,21 @@ async def upload(request: Request) -> Response:
         message = "; ".join(request_problems) if request_problems else (
             f"{len(record_problems)} problem(s) in the submitted resources; nothing was enqueued")
         raise ApiError(400, message, record_problems or None)
-    batch_id = str(uuid.uuid4())
-    messages = batch_messages(state, batch_id, principal.partner_id, principal.tenant_id, definition, checked, options)
+    meta = BatchMeta(str(uuid.uuid4()), principal.partner_id, principal.tenant_id or "", definition.id,
+                     len(checked), int(time.time() * 1000))
     try:
-        await state.publisher.publish(messages)
+        await state.publisher.publish(batch_messages(state.topics, meta, definition, checked, options))
     except PublishError as exc:
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
-    return ok({"batchId": batch_id, "message": "Batch accepted for processing", "recordCount": len(checked),
+    state.batches.add(meta)  # this ingress answers for it at once
+    return ok({"batchId": meta.batchId, "message": "Batch accepted for processing", "recordCount": len(checked),
                "schemaDefinitionId": definition.id}, "Batch accepted", status=202)
 
 
-def batch_messages(state: Any, batch_id: str, partner_id: str, tenant_id: str, definition: Definition,
+def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
                    records: list[dict[str, Any]], options: BatchOptions) -> list[tuple[str, bytes, bytes]]:
     """The batch's registration and one ingest event per record, ready to publish."""
-    topics = state.topics
-    accepted_at = int(time.time() * 1000)
-    meta = BatchMeta(batch_id, partner_id, tenant_id, definition.id, len(records), accepted_at)
+    batch_id, partner_id, tenant_id = meta.batchId, meta.partnerId, meta.tenantId
     messages = [(topics.batch_events.name, batch_id.encode(), registration(meta))]
     for index, record in enumerate(records):
         external_id = external_id_of(record, definition)
@@ -131,7 +131,7 @@ def batch_messages(state: Any, batch_id: str, partner_id: str, tenant_id: str, d
             "externalId": external_id, "onConflict": options.on_conflict,
             "ignoreUnknownFields": options.ignore_unknown_fields,
             "dependencyWaitTimeout": options.dependency_wait_timeout,
-            "acceptedAt": accepted_at, "data": orjson.dumps(record).decode(),
+            "acceptedAt": meta.acceptedAt, "data": orjson.dumps(record).decode(),
         }
         key = resource_key(partner_id, tenant_id, definition.id, external_id)
         messages.append((topics.ingest.name, key, encode_ingest_event(event)))
@@ -182,10 +182,7 @@ async def get_batch(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
     batch_id = request.path_params["batch_id"]
-    batch = state.batches.get(principal.partner_id, principal.tenant_id, batch_id)
-    if batch is None:
-        await state.batches.sync()  # accepted moments ago through another ingress
-        batch = state.batches.get(principal.partner_id, principal.tenant_id, batch_id)
+    batch = await state.batches.find(principal.partner_id, principal.tenant_id, batch_id)
     if batch is None:
         raise ApiError(404, "Batch not found")
     include = request.query_params.get("includePendingDetails", "false") == "true"

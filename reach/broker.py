@@ -210,8 +210,12 @@ class LocalBroker:
 
 
 def _cluster_id() -> str:
-    # Kafka's Uuid string form: URL-safe base64 of 16 bytes, unpadded.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's Uuid string form: URL-safe base64 of 16 bytes, unpadded. One that starts with
+    # '-' would be read as an option by the storage tool (Kafka's own generator avoids them).
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _alive(pid: int) -> bool:
