@@ -138,9 +138,10 @@ def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definitio
     return messages
 
 
-def batch_view(batch: BatchState, schema_name: str | None, include_pending: bool = False) -> dict[str, Any]:
+def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -> dict[str, Any]:
     """A batch as `GET /api/batches/{id}` answers it."""
     total = batch.recordCount
+    schema_name = name_of(batch.schemaDefinitionId)
     view: dict[str, Any] = {
         "batchId": batch.batchId, "status": batch.status, "batchType": BATCH_TYPE,
         "progress": {
@@ -160,22 +161,27 @@ def batch_view(batch: BatchState, schema_name: str | None, include_pending: bool
         },
     }
     if include_pending:
-        view["pendingResources"] = [pending_view(e, schema_name) for _, e in sorted(batch.pending_details.items())]
+        view["pendingResources"] = [pending_view(e, schema_name, name_of) for _, e in sorted(batch.pending_details.items())]
     return view
 
 
-def pending_view(event: dict[str, Any], schema_name: str | None) -> dict[str, Any]:
+def pending_view(event: dict[str, Any], schema_name: str | None, name_of: Any) -> dict[str, Any]:
     return {
         "resourceExternalId": event.get("externalId"), "schemaDefinitionId": event.get("schemaDefinitionId"),
         "schemaName": schema_name, "expiresAt": iso_ms(event["expiresAt"] / 1000) if event.get("expiresAt") else None,
         "createdAt": iso_ms(event["at"] / 1000) if event.get("at") else None,
-        "missingDependencies": event.get("missingDependencies", []),
+        "missingDependencies": [{"schemaDefinitionId": d["schemaDefinitionId"],
+                                 "schemaName": name_of(d["schemaDefinitionId"]), "externalId": d["externalId"]}
+                                for d in event.get("missingDependencies", [])],
     }
 
 
-def _schema_name(state: Any, partner_id: str, definition_id: str) -> str | None:
-    definition = state.registry.get(partner_id, definition_id)
-    return definition.name if definition else None
+def _names(state: Any, partner_id: str) -> Any:
+    """Definition id -> name, for the partner's definitions (deactivated ones too)."""
+    def name_of(definition_id: str) -> str | None:
+        definition = state.registry.get(partner_id, definition_id)
+        return definition.name if definition else None
+    return name_of
 
 
 async def get_batch(request: Request) -> Response:
@@ -186,7 +192,7 @@ async def get_batch(request: Request) -> Response:
     if batch is None:
         raise ApiError(404, "Batch not found")
     include = request.query_params.get("includePendingDetails", "false") == "true"
-    return ok(batch_view(batch, _schema_name(state, principal.partner_id, batch.schemaDefinitionId), include))
+    return ok(batch_view(batch, _names(state, principal.partner_id), include))
 
 
 async def list_batches(request: Request) -> Response:
@@ -202,7 +208,7 @@ async def list_batches(request: Request) -> Response:
     chosen = batches[start:start + limit]
     has_next = start + limit < len(batches)
     return ok({
-        "results": [batch_view(b, _schema_name(state, principal.partner_id, b.schemaDefinitionId)) for b in chosen],
+        "results": [batch_view(b, _names(state, principal.partner_id)) for b in chosen],
         "pagination": {"hasNextPage": has_next, "total": len(batches),
                        "cursor": encode_cursor(chosen[-1].batchId) if has_next and chosen else None},
     })

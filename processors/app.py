@@ -1,9 +1,12 @@
 """The Faust application: topics, tables and agents of one worker process.
 
-Flow per ingest event (one record):
-    decode → definition (schema registry) → [dependency step: issue 5] → apply to the
-    `resources` table → publish the resource to the resources topic and the record's
-    outcome to the batch-events topic.
+Two agents:
+- `apply_records` (ingest + dependency notices, keyed by resource): decode → definition
+  (schema registry) → checks → references present? → apply to the `resources` table →
+  publish the resource and the record's outcome; or hold the record pending
+  (`processors.resources`).
+- `track_dependencies` (resources + dependency requests, keyed by the referenced resource):
+  wakes waiting records when what they reference appears (`processors.dependencies`).
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by
 `processors.transactions`: an event's table changes, its published messages and its
@@ -23,17 +26,21 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
-from processors.apply import Outcome, apply_record
+from faust.types import TP
+
+from processors.dependencies import DependencyIndex
+from processors.resource_keys import ResourceKeys
+from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
-from schemas.batch_events import FAILED, SCHEMA_NOT_FOUND, BatchMeta, outcome
 from schemas.definitions import Definition
 from schemas.events import decode_ingest_event
 from schemas.registry import SchemaRegistry
-from schemas.validation import validators_for
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
+TICK_INTERVAL_S = 0.5
+TICK = orjson.dumps({"type": "tick"})
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -68,58 +75,75 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     topics = service_topics(settings)
-    ingest = app.topic(topics.ingest.name, key_serializer="raw", value_serializer="raw",
-                       partitions=topics.ingest.partitions)
-    resources = app.Table("resources", default=None, partitions=topics.ingest.partitions, key_type=bytes)
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    # Co-partitioned pairs: each agent sees partition p of both its topics.
+    records_in = app.topic(topics.ingest.name, topics.dependency_notices.name, **raw)
+    dependencies_in = app.topic(topics.resources.name, topics.dependency_requests.name, **raw)
+    parts = settings.topic_partitions
+    resources = app.Table("resources", default=None, partitions=parts, key_type=bytes)
+    pending = app.Table("pending", default=None, partitions=parts, key_type=bytes)
+    dependents = app.Table("dependents", default=None, partitions=parts, key_type=bytes)
+
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
-    registry_started = asyncio.Event()
+    resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name)
+    views_started = asyncio.Event()
 
     @app.task
-    async def start_registry() -> None:
+    async def start_views() -> None:
         await registry.start()
-        registry_started.set()
+        await resource_keys.start()
+        views_started.set()
 
-    async def definition_of(event: dict[str, Any]) -> Definition | None:
-        await registry_started.wait()
-        found = registry.get(event["partnerId"], event["schemaDefinitionId"])
+    async def definition_of(body: dict[str, Any]) -> Definition | None:
+        await views_started.wait()
+        found = registry.get(body["partnerId"], body["schemaDefinitionId"])
         if found is None:
             await registry.sync()  # written moments ago through another process
-            found = registry.get(event["partnerId"], event["schemaDefinitionId"])
+            found = registry.get(body["partnerId"], body["schemaDefinitionId"])
         return found
 
-    eos = ExactlyOnce(app)
+    eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()})
+    processor = ResourceProcessor(eos, topics, resources, pending, definition_of, resource_keys.exists)
+    index = DependencyIndex(eos, topics, dependents)
 
-    async def publish_outcome(event: faust.EventT, body: dict[str, Any], result: Outcome, now_ms: int) -> None:
-        meta = BatchMeta.of_event(body)
-        source = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset}
-        await eos.send(event, topics.batch_events.name, meta.batchId.encode(), outcome(
-            meta, body["recordIndex"], body["externalId"], result.status, now_ms, result.code, result.message,
-            source))
-
-    async def apply_event(event: faust.EventT) -> None:
-        key: bytes = event.key
-        body = decode_ingest_event(event.value)
-        now_ms = int(time.time() * 1000)
-        definition = await definition_of(body)
-        if definition is None:
-            result = Outcome(FAILED, SCHEMA_NOT_FOUND, f"schema definition {body['schemaDefinitionId']} does not exist")
-            await publish_outcome(event, body, result, now_ms)
-            return
-        version = body["schemaVersion"] or definition.versionNumber
-        validators = validators_for(definition.id, version, definition.schema_of_version(version))
-        changed, result = apply_record(resources.get(key), body, orjson.loads(body["data"]),
-                                       definition, validators, now_ms)
-        if changed is not None:
-            await eos.put(event, resources, key, changed)
-            await eos.send(event, topics.resources.name, key, orjson.dumps(changed))
-        await publish_outcome(event, body, result, now_ms)
-
-    @app.agent(ingest)
+    @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             async with eos.lock:  # commits happen between events: see transactions.py
-                await apply_event(event)
+                if event.message.topic == topics.ingest.name:
+                    await processor.on_ingest(event, decode_ingest_event(event.value))
+                else:
+                    notice = orjson.loads(event.value)
+                    if notice["type"] == "tick":
+                        await processor.on_tick(event)
+                    else:
+                        await processor.on_resolved(event, notice)
                 eos.done(event)
+
+    @app.agent(dependencies_in)
+    async def track_dependencies(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            async with eos.lock:
+                if event.message.topic == topics.resources.name:
+                    await index.on_resource(event)
+                else:
+                    await index.on_request(event)
+                eos.done(event)
+
+    @app.timer(TICK_INTERVAL_S)
+    async def tick() -> None:
+        """Wake the expiry check of every notices partition this worker owns."""
+        for tp in app.consumer.assignment():
+            if tp.topic == topics.dependency_notices.name:
+                await app.producer.send(tp.topic, b"tick", TICK, tp.partition, None, None)
+
+    @app.on_partitions_assigned.connect
+    async def rebuild_deadlines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        processor.forget_partitions({tp.partition for tp in assigned})
+
+    @app.on_partitions_revoked.connect
+    async def drop_deadlines(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        processor.forget_partitions({tp.partition for tp in revoked})
 
     @app.page("/state/resources")
     class ResourceState(View):
@@ -131,7 +155,8 @@ def create_app(settings: Settings) -> faust.App:
             return self.json({"key": key.decode(), "value": value})
 
     @app.on_before_shutdown.connect
-    async def stop_registry(app: faust.App, **kwargs: Any) -> None:
+    async def stop_views(app: faust.App, **kwargs: Any) -> None:
         await registry.stop()
+        await resource_keys.stop()
 
     return app

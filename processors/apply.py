@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from processors.merge import merge_patch
 from schemas.batch_events import ALREADY_EXISTS, CREATED, FAILED, UPDATED, VALIDATION_FAILED
 from schemas.definitions import Definition
@@ -26,18 +28,26 @@ def options_of(event: dict[str, Any]) -> BatchOptions:
     return BatchOptions(event["onConflict"], event["ignoreUnknownFields"], event["dependencyWaitTimeout"])
 
 
-def apply_record(current: dict[str, Any] | None, event: dict[str, Any], record: Any,
-                 definition: Definition, validators: RecordValidators, now_ms: int
-                 ) -> tuple[dict[str, Any] | None, Outcome]:
-    """The resource after applying `record` (None if unchanged) and the record's outcome.
+def checked_record(event: dict[str, Any], definition: Definition, validators: RecordValidators
+                   ) -> tuple[dict[str, Any] | None, Outcome | None]:
+    """The event's record after the ingress's checks (events may come from direct producers)."""
+    try:
+        raw = orjson.loads(event["data"])
+    except orjson.JSONDecodeError as exc:
+        return None, Outcome(FAILED, VALIDATION_FAILED, f"resources[{event['recordIndex']}]: not JSON: {exc}")
+    record, problems = check_record(event["recordIndex"], raw, definition, validators, options_of(event))
+    if problems or record is None:
+        return None, Outcome(FAILED, VALIDATION_FAILED, "; ".join(problems))
+    return record, None
 
-    The record gets the same checks as at the ingress (events may come from direct
-    producers), then creates or merges; the result must validate against the full schema.
+
+def apply_record(current: dict[str, Any] | None, event: dict[str, Any], record: dict[str, Any],
+                 validators: RecordValidators, now_ms: int) -> tuple[dict[str, Any] | None, Outcome]:
+    """The resource after applying a checked `record` (None if unchanged), and its outcome.
+
+    Creates or merges (RFC 7396); the result must validate against the full schema.
     """
     options = options_of(event)
-    record, problems = check_record(event["recordIndex"], record, definition, validators, options)
-    if problems:
-        return None, Outcome(FAILED, VALIDATION_FAILED, "; ".join(problems))
     where = f"resources[{event['recordIndex']}]"
     if current is None:
         data = without_nulls(record)

@@ -10,7 +10,7 @@ effects, and this module closes each:
    committed. Our table writes send their changelog record themselves (`put`).
 2. `Topic.send` picks the transaction of the *destination* partition (or none at all for a
    topic the worker doesn't consume), not of the event being processed. We send our outputs
-   through the producer of the event's own partition, to the same partition number.
+   through the producer of the event's own partition (`send`), to any partition.
 3. A commit could run while an event was half processed (between two of its sends), putting
    part of its output in a transaction that does not carry its offset. Events are processed
    under a lock that commits take too.
@@ -31,11 +31,13 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import faust
+from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 
 _original_commit_tps = Consumer._commit_tps
 _ATTRIBUTE = "reach_exactly_once"
+_partitioner = DefaultPartitioner()
 
 
 async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
@@ -62,8 +64,9 @@ Consumer._commit_tps = _commit_tps_between_events  # type: ignore[method-assign]
 class ExactlyOnce:
     """Per-event atomicity for one Faust app running with `processing_guarantee="exactly_once"`."""
 
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, partitions: dict[str, int]) -> None:
         self.app = app
+        self.partitions = partitions
         self.lock = asyncio.Lock()
         # Per input partition: the offset after the last event whose outputs are all sent.
         self.processed: dict[TP, int] = {}
@@ -88,11 +91,39 @@ class ExactlyOnce:
         store = table.data
         raw_key, raw_value = store._encode_key(key), store._encode_value(value)
         store._set(raw_key, raw_value)
-        await self.send(event, table.changelog_topic.get_topic_name(), raw_key, raw_value)
+        # A table's partition p holds what events of input partition p wrote (Faust's rule).
+        await self.send(event, table.changelog_topic.get_topic_name(), raw_key, raw_value, event.message.partition)
 
-    async def send(self, event: EventT, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
-        """Send in the transaction that commits `event`'s offset, to its partition number."""
+    async def delete(self, event: EventT, table: faust.Table, key: Any) -> None:
+        """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
+        store = table.data
+        raw_key = store._encode_key(key)
+        store._del(raw_key)
+        await self.send(event, table.changelog_topic.get_topic_name(), raw_key, None,  # type: ignore[arg-type]
+                        event.message.partition)
+
+    @staticmethod
+    def partition_items(table: faust.Table, partition: int) -> list[tuple[Any, Any]]:
+        """Every (key, value) this worker holds for one partition of `table` (RocksDB store)."""
+        store = table.data
+        db = store._db_for_partition(partition)
+        return [(store._decode_key(k), store._decode_value(v)) for k, v in db.items()
+                if not k.startswith(b"__faust")]
+
+    async def send(self, event: EventT, topic: str, key: bytes, value: bytes,
+                   partition: int | None = None) -> Awaitable[Any]:
+        """Send in the transaction that commits `event`'s offset.
+
+        Without `partition`, the key picks it as every Kafka client does (murmur2), so that
+        all messages of one key share a partition across topics of equal partition counts.
+        """
+        if partition is None:
+            partition = self.partition_for(topic, key)
         return await self.app.producer.send(
-            topic, key, value, event.message.partition, None, None,
+            topic, key, value, partition, None, None,
             transactional_id=self._transactional_id(event),
         )
+
+    def partition_for(self, topic: str, key: bytes) -> int:
+        count = self.partitions[topic]
+        return _partitioner(key, list(range(count)), list(range(count)))

@@ -30,11 +30,14 @@ class ServiceTopics:
     ingest: TopicSpec
     batch_events: TopicSpec
     resources: TopicSpec
+    dependency_requests: TopicSpec
+    dependency_notices: TopicSpec
     schema_definitions: TopicSpec
     dead_letters: TopicSpec
 
     def all(self) -> list[TopicSpec]:
-        return [self.ingest, self.batch_events, self.resources, self.schema_definitions, self.dead_letters]
+        return [self.ingest, self.batch_events, self.resources, self.dependency_requests,
+                self.dependency_notices, self.schema_definitions, self.dead_letters]
 
 
 def service_topics(settings: Settings) -> ServiceTopics:
@@ -49,6 +52,12 @@ def service_topics(settings: Settings) -> ServiceTopics:
         batch_events=TopicSpec(f"{prefix}.batch-events", parts, rf, "delete", {"retention.ms": week_ms}),
         # The latest state of every resource, as the workers applied it: the read model.
         resources=TopicSpec(f"{prefix}.resources", parts, rf, "compact"),
+        # "Record R waits for resource T", keyed by T: co-partitioned with the resources
+        # topic, so that one dependency agent sees both the wait and T's creation.
+        dependency_requests=TopicSpec(f"{prefix}.dependency-requests", parts, rf, "delete", {"retention.ms": week_ms}),
+        # "T exists now" for a waiting record, and expiry ticks; keyed by the waiting
+        # resource R, co-partitioned with the ingest topic.
+        dependency_notices=TopicSpec(f"{prefix}.dependency-notices", parts, rf, "delete", {"retention.ms": week_ms}),
         # The source of truth for schema definitions: latest version per partner/id.
         schema_definitions=TopicSpec(f"{prefix}.schema-definitions", 1, rf, "compact"),
         # Messages the pipeline could not decode or attribute to a batch.

@@ -1,0 +1,179 @@
+"""The resource agent's logic: apply records, hold the ones whose references are missing.
+
+Per resource R (one partition of the ingest topic, one agent at a time):
+- no record of R is pending → check the record, check its references, apply it;
+- a reference is missing and `dependencyWaitTimeout` > 0 → R gets a pending queue whose head
+  is this record, with its missing references and its deadline; a dependency request per
+  missing reference goes to the dependency agent (`processors.dependencies`);
+- R has a pending queue → the record joins its tail: records of one resource apply in order.
+A "resolved" notice for the head removes a missing reference; with none left, the head is
+applied against the state at that moment and the queue drains. A tick past the head's
+deadline fails it with DEPENDENCY_TIMEOUT and the queue drains. Deadlines live in an
+in-memory heap per partition, rebuilt from the pending table when a partition arrives.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+import orjson
+
+from processors.apply import Outcome, apply_record, checked_record
+from processors.references import Reference, references_of
+from processors.transactions import ExactlyOnce
+from schemas.batch_events import (
+    DEPENDENCY_TIMEOUT,
+    FAILED,
+    MISSING_DEPENDENCY,
+    PENDING,
+    SCHEMA_NOT_FOUND,
+    BatchMeta,
+    outcome,
+)
+from schemas.definitions import Definition
+from schemas.validation import validators_for
+from topics.definitions import ServiceTopics
+
+Body = dict[str, Any]  # a decoded ingest event
+
+
+class ResourceProcessor:
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, pending: faust.Table,
+                 definition_of: Callable[[Body], Awaitable[Definition | None]],
+                 exists_elsewhere: Callable[[bytes], Awaitable[bool]]) -> None:
+        self.eos, self.topics = eos, topics
+        self.resources, self.pending = resources, pending
+        self.definition_of = definition_of
+        self.exists_elsewhere = exists_elsewhere
+        # partition -> heap of (deadline ms, resource key); absent until built from the table
+        self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._deadlines.pop(partition, None)
+
+    # -- inputs --------------------------------------------------------------------------
+
+    async def on_ingest(self, event: faust.EventT, body: Body) -> None:
+        key: bytes = event.key
+        queue = self.pending.get(key)
+        if queue is not None:
+            queue["queue"].append(body)
+            await self.eos.put(event, self.pending, key, queue)
+            await self._emit_pending(event, body, queue)
+            return
+        await self._drain(event, key, [body])
+
+    async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
+        key: bytes = event.key
+        queue = self.pending.get(key)
+        if queue is None or queue["queue"][0]["eventId"] != notice["eventId"]:
+            return  # that record expired or was applied already
+        queue["missing"] = [m for m in queue["missing"] if m["key"] != notice["target"]]
+        if queue["missing"]:
+            await self.eos.put(event, self.pending, key, queue)
+            return
+        await self._drain(event, key, queue["queue"], head_released=True)
+
+    async def on_tick(self, event: faust.EventT) -> None:
+        partition = event.message.partition
+        heap = self._deadlines.get(partition)
+        if heap is None:
+            heap = self._deadlines[partition] = [
+                (q["deadline"], k) for k, q in self.eos.partition_items(self.pending, partition)]
+            heapq.heapify(heap)
+        now = _now_ms()
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            queue = self.pending.get(key)
+            if queue is None or queue["deadline"] != deadline:
+                continue  # released or re-queued since
+            head, *rest = queue["queue"]
+            missing = ", ".join(f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue["missing"])
+            await self._emit(event, head, Outcome(FAILED, DEPENDENCY_TIMEOUT,
+                             f"resources[{head['recordIndex']}]: references still missing at the deadline: {missing}"))
+            await self._drain(event, key, rest)
+
+    # -- processing ------------------------------------------------------------------------
+
+    async def _drain(self, event: faust.EventT, key: bytes, queue: list[Body], head_released: bool = False) -> None:
+        """Process `queue` in order until a record must wait; store what is left pending."""
+        while queue:
+            body = queue[0]
+            missing = await self._apply_or_missing(event, key, body, skip_references=head_released)
+            head_released = False
+            if missing:
+                deadline = _now_ms() + body["dependencyWaitTimeout"] * 1000
+                pending = {"queue": queue, "deadline": deadline,
+                           "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]}
+                await self.eos.put(event, self.pending, key, pending)
+                heap = self._deadlines.get(event.message.partition)
+                if heap is not None:
+                    heapq.heappush(heap, (deadline, key))
+                for reference in missing:
+                    request = {"waiter": key.decode(), "eventId": body["eventId"], "target": reference.key.decode()}
+                    await self.eos.send(event, self.topics.dependency_requests.name, reference.key, orjson.dumps(request))
+                for waiting in queue:  # the head and everything queued behind it
+                    await self._emit_pending(event, waiting, pending)
+                return
+            queue = queue[1:]
+        if self.pending.get(key) is not None:
+            await self.eos.delete(event, self.pending, key)
+
+    async def _apply_or_missing(self, event: faust.EventT, key: bytes, body: Body,
+                                skip_references: bool) -> list[Reference]:
+        """Apply `body` (or fail it); return its missing references if it has to wait instead."""
+        definition = await self.definition_of(body)
+        if definition is None:
+            await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
+                             f"schema definition {body['schemaDefinitionId']} does not exist"))
+            return []
+        version = body["schemaVersion"] or definition.versionNumber
+        validators = validators_for(definition.id, version, definition.schema_of_version(version))
+        record, failure = checked_record(body, definition, validators)
+        if failure is not None or record is None:
+            await self._emit(event, body, failure or Outcome(FAILED))
+            return []
+        if not skip_references:
+            references = references_of(record, definition, body["partnerId"], body["tenantId"])
+            missing = [r for r in references if not await self._exists(r.key)]
+            if missing and body["dependencyWaitTimeout"] > 0:
+                return missing
+            if missing:
+                names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
+                await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
+                                 f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
+                return []
+        changed, result = apply_record(self.resources.get(key), body, record, validators, _now_ms())
+        if changed is not None:
+            await self.eos.put(event, self.resources, key, changed)
+            await self.eos.send(event, self.topics.resources.name, key, orjson.dumps(changed))
+        await self._emit(event, body, result)
+        return []
+
+    async def _exists(self, key: bytes) -> bool:
+        # This worker's own table first: it holds what this transaction created moments ago.
+        return self.resources.get(key) is not None or await self.exists_elsewhere(key)
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    async def _emit(self, event: faust.EventT, body: Body, result: Outcome, extra: dict[str, Any] | None = None) -> None:
+        meta = BatchMeta.of_event(body)
+        details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
+        await self.eos.send(event, self.topics.batch_events.name, meta.batchId.encode(), outcome(
+            meta, body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message,
+            details))
+
+    async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
+        dependencies = [{"schemaDefinitionId": m["schemaDefinitionId"], "externalId": m["externalId"]}
+                        for m in pending["missing"]]
+        await self._emit(event, body, Outcome(PENDING),
+                         {"missingDependencies": dependencies, "expiresAt": pending["deadline"]})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
