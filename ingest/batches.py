@@ -15,11 +15,11 @@ from starlette.routing import Route
 from ingest.auth import tenant_principal
 from ingest.batch_status import BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
-from ingest.publisher import PublishError
+from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
 from schemas.batch_events import BatchMeta, registration
 from schemas.definitions import Definition
-from schemas.events import encode_ingest_event, resource_key
+from schemas.events import build_ingest_batch
 from schemas.records import MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
@@ -117,24 +117,17 @@ async def upload(request: Request) -> Response:
 
 
 def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
-                   records: list[dict[str, Any]], options: BatchOptions) -> list[tuple[str, bytes, bytes]]:
+                   records: list[dict[str, Any]], options: BatchOptions) -> list[Message]:
     """The batch's registration and one ingest event per record, ready to publish."""
     batch_id, partner_id, tenant_id = meta.batchId, meta.partnerId, meta.tenantId
-    messages = [(topics.batch_events.name, batch_id.encode(), registration(meta))]
-    for index, record in enumerate(records):
-        external_id = external_id_of(record, definition)
-        assert external_id is not None  # checked above
-        event = {
-            "eventId": f"{batch_id}:{index}", "batchId": batch_id, "recordIndex": index,
-            "recordCount": len(records), "partnerId": partner_id, "tenantId": tenant_id,
-            "schemaDefinitionId": definition.id, "schemaVersion": definition.versionNumber,
-            "externalId": external_id, "onConflict": options.on_conflict,
-            "ignoreUnknownFields": options.ignore_unknown_fields,
-            "dependencyWaitTimeout": options.dependency_wait_timeout,
-            "acceptedAt": meta.acceptedAt, "data": orjson.dumps(record).decode(),
-        }
-        key = resource_key(partner_id, tenant_id, definition.id, external_id)
-        messages.append((topics.ingest.name, key, encode_ingest_event(event)))
+    batch = build_ingest_batch(
+        partner_id, tenant_id, definition.id,
+        [(external_id_of(r, definition) or "", r) for r in records],  # ids were checked above
+        schema_version=definition.versionNumber, on_conflict=options.on_conflict,
+        ignore_unknown_fields=options.ignore_unknown_fields,
+        dependency_wait_timeout=options.dependency_wait_timeout, batch_id=batch_id, accepted_at=meta.acceptedAt)
+    messages: list[Message] = [(topics.batch_events.name, batch_id.encode(), registration(meta), None)]
+    messages.extend((topics.ingest.name, key, value, batch.headers) for key, value in batch.messages)
     return messages
 
 

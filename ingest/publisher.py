@@ -17,7 +17,7 @@ from reach.config import Settings
 
 log = logging.getLogger(__name__)
 
-Message = tuple[str, bytes, bytes]  # topic, key, value
+Message = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
 
 class PublishError(Exception):
@@ -74,7 +74,8 @@ class BatchPublisher:
     @staticmethod
     async def _transaction(producer: AIOKafkaProducer, messages: list[Message]) -> None:
         async with producer.transaction():
-            pending = [await producer.send(topic, value, key=key) for topic, key, value in messages]
+            pending = [await producer.send(topic, value, key=key, headers=headers)
+                       for topic, key, value, headers in messages]
             await asyncio.gather(*pending)
 
     async def _replace(self, broken: AIOKafkaProducer, transactional_id: str) -> None:

@@ -34,13 +34,21 @@ from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
 from schemas.definitions import Definition
-from schemas.events import decode_ingest_event
+from processors.dead_letters import dead_letter_headers
+from processors.event_checks import unusable_batch
+from schemas.events import UndecodableEvent, decode_ingest_message
 from schemas.registry import SchemaRegistry
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 0.5
 TICK = orjson.dumps({"type": "tick"})
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else [tuple(h) for h in headers]
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -102,33 +110,51 @@ def create_app(settings: Settings) -> faust.App:
             found = registry.get(body["partnerId"], body["schemaDefinitionId"])
         return found
 
-    eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()})
+    eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers)
     processor = ResourceProcessor(eos, topics, resources, pending, definition_of, resource_keys.exists)
     index = DependencyIndex(eos, topics, dependents)
+
+    async def on_ingest_message(event: faust.EventT) -> None:
+        """Decode and attribute an ingest message, or send it to the dead letters."""
+        try:
+            body = decode_ingest_message(event.value, event.message.headers)
+            reason = unusable_batch(body)
+        except UndecodableEvent as exc:
+            reason = str(exc)
+        if reason is None:
+            await processor.on_ingest(event, body)
+            return
+        message = event.message
+        log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
+                                      message.offset)
+        await eos.send(event, topics.dead_letters.name, message.key, message.value, 0, headers)
 
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             async with eos.lock:  # commits happen between events: see transactions.py
-                if event.message.topic == topics.ingest.name:
-                    await processor.on_ingest(event, decode_ingest_event(event.value))
-                else:
-                    notice = orjson.loads(event.value)
-                    if notice["type"] == "tick":
-                        await processor.on_tick(event)
+                for record in await eos.in_order(event):
+                    if record.message.topic == topics.ingest.name:
+                        await on_ingest_message(record)
                     else:
-                        await processor.on_resolved(event, notice)
-                eos.done(event)
+                        notice = orjson.loads(record.value)
+                        if notice["type"] == "tick":
+                            await processor.on_tick(record)
+                        else:
+                            await processor.on_resolved(record, notice)
+                    eos.done(record)
 
     @app.agent(dependencies_in)
     async def track_dependencies(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             async with eos.lock:
-                if event.message.topic == topics.resources.name:
-                    await index.on_resource(event)
-                else:
-                    await index.on_request(event)
-                eos.done(event)
+                for record in await eos.in_order(event):
+                    if record.message.topic == topics.resources.name:
+                        await index.on_resource(record)
+                    else:
+                        await index.on_request(record)
+                    eos.done(record)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
@@ -140,10 +166,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def rebuild_deadlines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         processor.forget_partitions({tp.partition for tp in assigned})
+        eos.forget(assigned)
 
     @app.on_partitions_revoked.connect
     async def drop_deadlines(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         processor.forget_partitions({tp.partition for tp in revoked})
+        eos.forget(revoked)
 
     @app.page("/state/resources")
     class ResourceState(View):
@@ -158,5 +186,6 @@ def create_app(settings: Settings) -> faust.App:
     async def stop_views(app: faust.App, **kwargs: Any) -> None:
         await registry.stop()
         await resource_keys.stop()
+        await eos.close()
 
     return app

@@ -11,7 +11,7 @@ import orjson
 from processors.merge import merge_patch
 from schemas.batch_events import ALREADY_EXISTS, CREATED, FAILED, UPDATED, VALIDATION_FAILED
 from schemas.definitions import Definition
-from schemas.records import BatchOptions, check_record
+from schemas.records import BatchOptions, check_record, external_id_of
 from schemas.validation import RecordValidators, error_messages, without_nulls
 
 _RESOURCE_IDS = uuid.UUID("5b0d3c52-7d0e-4a8f-9a51-0f6f3f1c2e11")
@@ -38,6 +38,9 @@ def checked_record(event: dict[str, Any], definition: Definition, validators: Re
     record, problems = check_record(event["recordIndex"], raw, definition, validators, options_of(event))
     if problems or record is None:
         return None, Outcome(FAILED, VALIDATION_FAILED, "; ".join(problems))
+    if external_id_of(record, definition) != event["externalId"]:
+        return None, Outcome(FAILED, VALIDATION_FAILED, f"resources[{event['recordIndex']}]: externalId "
+                             f"{event['externalId']!r} does not match {definition.externalIdField!r} of the record")
     return record, None
 
 

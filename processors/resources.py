@@ -22,19 +22,22 @@ from typing import Any
 import faust
 import orjson
 
-from processors.apply import Outcome, apply_record, checked_record
+from processors.apply import Outcome, apply_record, checked_record, options_of
 from processors.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     DEPENDENCY_TIMEOUT,
     FAILED,
+    INVALID_OPTIONS,
     MISSING_DEPENDENCY,
     PENDING,
     SCHEMA_NOT_FOUND,
+    VALIDATION_FAILED,
     BatchMeta,
     outcome,
 )
 from schemas.definitions import Definition
+from schemas.events import resource_key
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 
@@ -60,6 +63,10 @@ class ResourceProcessor:
 
     async def on_ingest(self, event: faust.EventT, body: Body) -> None:
         key: bytes = event.key
+        failure = await self._event_failure(key, body)
+        if failure is not None:
+            await self._emit(event, body, failure)
+            return
         queue = self.pending.get(key)
         if queue is not None:
             queue["queue"].append(body)
@@ -76,6 +83,8 @@ class ResourceProcessor:
         queue["missing"] = [m for m in queue["missing"] if m["key"] != notice["target"]]
         if queue["missing"]:
             await self.eos.put(event, self.pending, key, queue)
+            for waiting in queue["queue"]:  # the status shows only what is still missing
+                await self._emit_pending(event, waiting, queue)
             return
         await self._drain(event, key, queue["queue"], head_released=True)
 
@@ -154,6 +163,22 @@ class ResourceProcessor:
             await self.eos.send(event, self.topics.resources.name, key, orjson.dumps(changed))
         await self._emit(event, body, result)
         return []
+
+    async def _event_failure(self, key: bytes, body: Body) -> Outcome | None:
+        """What makes an event fail before it may even wait (direct producers skip the ingress)."""
+        definition = await self.definition_of(body)
+        if definition is None or (definition.deactivatedAt is not None
+                                  and body["acceptedAt"] >= definition.deactivatedAt):
+            return Outcome(FAILED, SCHEMA_NOT_FOUND,
+                           f"schema definition {body['schemaDefinitionId']} does not exist or is deactivated")
+        problems = options_of(body).problems()
+        if problems:
+            return Outcome(FAILED, INVALID_OPTIONS, f"resources[{body['recordIndex']}]: {'; '.join(problems)}")
+        expected = resource_key(body["partnerId"], body["tenantId"], body["schemaDefinitionId"], body["externalId"])
+        if key != expected:
+            return Outcome(FAILED, VALIDATION_FAILED,
+                           f"resources[{body['recordIndex']}]: the message key must be {expected.decode()!r}")
+        return None
 
     async def _exists(self, key: bytes) -> bool:
         # This worker's own table first: it holds what this transaction created moments ago.

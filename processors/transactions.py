@@ -19,6 +19,17 @@ effects, and this module closes each:
    commit could then carry outputs of events past a hole without their offsets. We commit
    the offset after the last event we processed in each partition: inside the lock, every
    output in a partition's open transaction belongs to an event below that offset.
+5. A rebalance can replace a partition's transactional producer (its open transaction is
+   then aborted) while events processed through the old one wait for a commit. An offset is
+   committed only through the very producer that carried its event's outputs.
+6. Faust's recovery can resume a stream before it seeks back to the committed offsets, and
+   then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
+   processed strictly in offset order (`in_order`): records the stream jumped over are read
+   back from Kafka and processed first; a jump over transaction markers reads nothing.
+7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
+   response, which is unknown (-1) before the first fetch: a worker taking a partition back
+   would skip recovering it, or crash on its consistency check. We ask the broker (its
+   last stable offset, as our consumer reads `read_committed`).
 
 Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
 from the committed changelog after an unclean stop.
@@ -27,15 +38,20 @@ from the committed changelog after an unclean stop.
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.types import TP, EventT
 
 _original_commit_tps = Consumer._commit_tps
+log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _partitioner = DefaultPartitioner()
 
@@ -45,9 +61,7 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
     if eos is None or not self.app.in_transaction:
         return await _original_commit_tps(self, tps, start_new_transaction)
     async with eos.lock:
-        assigned = self.assignment()
-        offsets = {tp: offset for tp, offset in eos.processed.items()
-                   if tp in assigned and offset > (self._committed_offset.get(tp) or 0)}
+        offsets = eos.committable(self.assignment(), self._committed_offset)
         for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
             self._acked[tp].clear()
             self._acked_index[tp].clear()
@@ -61,30 +75,101 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
 Consumer._commit_tps = _commit_tps_between_events  # type: ignore[method-assign]
 
 
+async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
+    return await self._ensure_consumer().end_offsets(partitions)
+
+
+AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
+
+
 class ExactlyOnce:
     """Per-event atomicity for one Faust app running with `processing_guarantee="exactly_once"`."""
 
-    def __init__(self, app: faust.App, partitions: dict[str, int]) -> None:
+    def __init__(self, app: faust.App, partitions: dict[str, int], bootstrap_servers: str) -> None:
         self.app = app
+        self.bootstrap_servers = bootstrap_servers
+        self.expected: dict[TP, int] = {}  # next offset to process, per input partition
+        self._reader: AIOKafkaConsumer | None = None
         self.partitions = partitions
         self.lock = asyncio.Lock()
-        # Per input partition: the offset after the last event whose outputs are all sent.
-        self.processed: dict[TP, int] = {}
+        # Per input partition: the offset after the last event whose outputs are all sent,
+        # and the transactional producer that carried them.
+        self.processed: dict[TP, tuple[int, Any]] = {}
         setattr(app, _ATTRIBUTE, self)
 
-        @app.on_partitions_revoked.connect
-        async def forget_revoked(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
-            for tp in revoked:
-                self.processed.pop(tp, None)
+    async def in_order(self, event: EventT) -> list[Any]:
+        """What to process now, in offset order: records the stream skipped, then `event`.
+
+        Empty when `event` was processed before. A skipped record is read back from Kafka and
+        handed over like an event (`key`, `value`, `message.topic/partition/offset/tp/headers`).
+        """
+        tp, offset = event.message.tp, event.message.offset
+        expected = self.expected.get(tp)
+        if expected is None:
+            committed = self.app.consumer._committed_offset.get(tp)
+            expected = committed if committed is not None else offset
+        if offset < expected:
+            return []
+        skipped = await self._records_between(tp, expected, offset) if offset > expected else []
+        if skipped:
+            log.warning("%d records of %s before offset %s were skipped by the stream; processing them first",
+                        len(skipped), tp, offset)
+        return [*skipped, event]
+
+    async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
+        """The committed records of `tp` in [start, end); a hole of markers only gives []."""
+        if self._reader is None:
+            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                            isolation_level="read_committed", fetch_max_wait_ms=10)
+            await self._reader.start()
+        reader, atp = self._reader, TopicPartition(tp.topic, tp.partition)
+        reader.assign([atp])
+        reader.seek(atp, start)
+        found: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while await reader.position(atp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
+            for record in (await reader.getmany(atp, timeout_ms=500)).get(atp, []):
+                if record.offset < end:
+                    found.append(_SkippedRecord(record.key, record.value, _Message(
+                        tp.topic, tp.partition, record.offset, tp, list(record.headers or []))))
+        return found
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Forget positions of partitions that moved (re-read from the committed offsets)."""
+        for tp in tps:
+            self.expected.pop(tp, None)
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
-        self.processed[event.message.tp] = event.message.offset + 1
-
-    def _transactional_id(self, event: EventT) -> str:
         tp = event.message.tp
+        self.expected[tp] = event.message.offset + 1
+        self.processed[tp] = (event.message.offset + 1, self._producer(tp))
+
+    def committable(self, assigned: set[TP], committed: dict[TP, int | None]) -> dict[TP, int]:
+        """The offsets to commit now; forgets those whose producer is gone (never committed)."""
+        offsets = {}
+        for tp, (offset, producer) in list(self.processed.items()):
+            if tp not in assigned or producer is None or producer is not self._producer(tp):
+                del self.processed[tp]  # its outputs died with that producer's transaction
+            elif offset > (committed.get(tp) or 0):
+                offsets[tp] = offset
+        return offsets
+
+    def _producer(self, tp: TP) -> Any:
+        return self.app.producer._transaction_producers.get(self._tid(tp))
+
+    def _tid(self, tp: TP) -> str:
         group = self.app.assignor.group_for_topic(tp.topic)
         return f"{self.app.conf.id}-{group}-{tp.partition}"
+
+    def _transactional_id(self, event: EventT) -> str:
+        return self._tid(event.message.tp)
 
     async def put(self, event: EventT, table: faust.Table, key: Any, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
@@ -110,20 +195,39 @@ class ExactlyOnce:
         return [(store._decode_key(k), store._decode_value(v)) for k, v in db.items()
                 if not k.startswith(b"__faust")]
 
-    async def send(self, event: EventT, topic: str, key: bytes, value: bytes,
-                   partition: int | None = None) -> Awaitable[Any]:
+    async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
+                   ) -> Awaitable[Any]:
         """Send in the transaction that commits `event`'s offset.
 
         Without `partition`, the key picks it as every Kafka client does (murmur2), so that
         all messages of one key share a partition across topics of equal partition counts.
         """
         if partition is None:
-            partition = self.partition_for(topic, key)
+            partition = self.partition_for(topic, key or b"")
         return await self.app.producer.send(
-            topic, key, value, partition, None, None,
+            topic, key, value, partition, None, headers,
             transactional_id=self._transactional_id(event),
         )
 
     def partition_for(self, topic: str, key: bytes) -> int:
         count = self.partitions[topic]
         return _partitioner(key, list(range(count)), list(range(count)))
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    tp: TP
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class _SkippedRecord:
+    """A record read back from Kafka, shaped like the parts of a Faust event we use."""
+
+    key: bytes | None
+    value: bytes | None
+    message: _Message

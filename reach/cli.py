@@ -21,6 +21,8 @@ usage: reach COMMAND
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
+  dead-letters list | redrive OFFSET...
+                   list the dead-letter topic; send chosen dead letters back to their topic
   token [--partner P] [--tenant T] [--ttl S]
                    print an HS256 token for a configured partner (default dev-partner)
 """
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.server import main as ingress_main
         ingress_main()
         return 0
+    if command == "dead-letters":
+        from processors.dead_letters import main as dead_letters_main
+        return dead_letters_main(rest)
     if command == "token":
         from reach.token import main as token_main
         return token_main(rest)

@@ -1,8 +1,17 @@
-"""Encoding and decoding of ingest events (Avro, schemaless, with a version header)."""
+"""The ingest event: one record of a batch on the ingest topic (the public Kafka contract).
+
+Value: Avro binary (schemaless) of `ingest_event.avsc`, version 1. Header
+`reach-event-version: 1` names the version; events without it, of another version, or whose
+bytes are not exactly one `IngestEvent` go to the dead-letter topic. Key: `resource_key(...)`.
+"""
 
 from __future__ import annotations
 
 import io
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -12,9 +21,16 @@ import orjson
 
 INGEST_EVENT_VERSION = b"1"
 VERSION_HEADER = "reach-event-version"
+INGEST_HEADERS = [(VERSION_HEADER, INGEST_EVENT_VERSION)]
 INGEST_EVENT_SCHEMA = fastavro.parse_schema(
     orjson.loads((Path(__file__).parent / "ingest_event.avsc").read_bytes())
 )
+
+Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None
+
+
+class UndecodableEvent(Exception):
+    """A message on the ingest topic that is not an `IngestEvent` of a version we read."""
 
 
 def resource_key(partner_id: str, tenant_id: str, schema_definition_id: str, external_id: str) -> bytes:
@@ -30,10 +46,66 @@ def encode_ingest_event(event: dict[str, Any]) -> bytes:
 
 
 def decode_ingest_event(payload: bytes) -> dict[str, Any]:
-    """Decode bytes written by `encode_ingest_event`."""
+    """Decode bytes written by `encode_ingest_event` (no version check)."""
     return fastavro.schemaless_reader(io.BytesIO(payload), INGEST_EVENT_SCHEMA)  # type: ignore[return-value]
 
 
-def record_data(event: dict[str, Any]) -> dict[str, Any]:
-    """The record carried by an event, parsed."""
-    return orjson.loads(event["data"])
+def header(headers: Headers, name: str) -> bytes | None:
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return next((value for key, value in items if key == name), None)
+
+
+def decode_ingest_message(payload: bytes | None, headers: Headers) -> dict[str, Any]:
+    """Decode a message of the ingest topic, or raise UndecodableEvent saying why not."""
+    version = header(headers, VERSION_HEADER)
+    if version != INGEST_EVENT_VERSION:
+        shown = "missing" if version is None else repr(version.decode(errors="replace"))
+        raise UndecodableEvent(f"unsupported event version ({VERSION_HEADER} header {shown}; expected 1)")
+    if not payload:
+        raise UndecodableEvent("empty message value")
+    buf = io.BytesIO(payload)
+    try:
+        event = fastavro.schemaless_reader(buf, INGEST_EVENT_SCHEMA)
+    except Exception as exc:  # fastavro raises many kinds on bad bytes
+        raise UndecodableEvent(f"not an IngestEvent v1: {type(exc).__name__}: {exc}") from None
+    if buf.tell() != len(payload):
+        raise UndecodableEvent(f"not an IngestEvent v1: {len(payload) - buf.tell()} bytes left over")
+    return event  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class IngestBatch:
+    """A batch to produce to the ingest topic: every (key, value) and the headers they carry."""
+
+    batch_id: str
+    accepted_at: int
+    messages: list[tuple[bytes, bytes]]
+    headers: list[tuple[str, bytes]]
+
+
+def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: str,
+                       records: list[tuple[str, dict[str, Any]]], *, schema_version: int | None = None,
+                       on_conflict: str = "upsert", ignore_unknown_fields: bool = False,
+                       dependency_wait_timeout: int = 0, batch_id: str | None = None,
+                       accepted_at: int | None = None) -> IngestBatch:
+    """The ingest events of one batch: `records` are (externalId, record) pairs, in order.
+
+    This is what the HTTP ingress produces, and what a direct producer should produce.
+    """
+    batch_id = batch_id or str(uuid.uuid4())
+    accepted_at = int(time.time() * 1000) if accepted_at is None else accepted_at
+    messages = []
+    for index, (external_id, record) in enumerate(records):
+        event = {
+            "eventId": f"{batch_id}:{index}", "batchId": batch_id, "recordIndex": index,
+            "recordCount": len(records), "partnerId": partner_id, "tenantId": tenant_id,
+            "schemaDefinitionId": schema_definition_id, "schemaVersion": schema_version,
+            "externalId": external_id, "onConflict": on_conflict,
+            "ignoreUnknownFields": ignore_unknown_fields, "dependencyWaitTimeout": dependency_wait_timeout,
+            "acceptedAt": accepted_at, "data": orjson.dumps(record).decode(),
+        }
+        key = resource_key(partner_id, tenant_id, schema_definition_id, external_id)
+        messages.append((key, encode_ingest_event(event)))
+    return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS))

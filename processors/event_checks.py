@@ -1,0 +1,20 @@
+"""What the pipeline checks on every ingest event, since direct producers skip the ingress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_RECORDS = 1000
+
+
+def unusable_batch(event: dict[str, Any]) -> str | None:
+    """Why an event cannot be counted in any batch status (it then goes to dead letters)."""
+    if not event["batchId"]:
+        return "no batchId"
+    if not event["partnerId"] or not event["tenantId"]:
+        return "partnerId and tenantId are required"
+    if not 1 <= event["recordCount"] <= MAX_RECORDS:
+        return f"recordCount must be 1..{MAX_RECORDS}, got {event['recordCount']}"
+    if not 0 <= event["recordIndex"] < event["recordCount"]:
+        return f"recordIndex {event['recordIndex']} is outside 0..{event['recordCount'] - 1}"
+    return None
