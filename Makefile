@@ -4,7 +4,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: run test venv jars broker worker ingress clean
+.PHONY: run test bench venv jars broker worker ingress clean
 
 run: venv
 	$(VENV)/bin/reach run
@@ -19,6 +19,11 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -U pip
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(VENV_STAMP)
+
+# Benchmarks against a fresh local stack: bench-results/results.{json,png} and a table.
+bench: venv
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The broker's jars are fetched on first use; this target fetches them ahead of time.
 jars: venv

@@ -130,31 +130,44 @@ def create_app(settings: Settings) -> faust.App:
                                       message.offset)
         await eos.send(event, topics.dead_letters.name, message.key, message.value, 0, headers)
 
-    @app.agent(records_in)
-    async def apply_records(stream: faust.StreamT[bytes]) -> None:
+    async def apply_one(record: Any) -> None:
+        if record.message.topic == topics.ingest.name:
+            await on_ingest_message(record)
+            return
+        notice = orjson.loads(record.value)
+        if notice["type"] == "tick":
+            await processor.on_tick(record)
+        else:
+            await processor.on_resolved(record, notice)
+
+    async def track_one(record: Any) -> None:
+        if record.message.topic == topics.resources.name:
+            await index.on_resource(record)
+        else:
+            await index.on_request(record)
+
+    async def process(stream: faust.StreamT[bytes], handle: Any) -> None:
         async for event in stream.events():
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
-                    if record.message.topic == topics.ingest.name:
-                        await on_ingest_message(record)
-                    else:
-                        notice = orjson.loads(record.value)
-                        if notice["type"] == "tick":
-                            await processor.on_tick(record)
-                        else:
-                            await processor.on_resolved(record, notice)
+                    try:
+                        await handle(record)
+                    except Exception as exc:
+                        # Half its outputs may be in the open transaction: stop, so that it
+                        # aborts and the record is processed again from the committed offset.
+                        log.critical("processing %s[%s]@%s failed; stopping the worker",
+                                     record.message.topic, record.message.partition, record.message.offset)
+                        await app.crash(exc)
+                        return
                     eos.done(record)
+
+    @app.agent(records_in)
+    async def apply_records(stream: faust.StreamT[bytes]) -> None:
+        await process(stream, apply_one)
 
     @app.agent(dependencies_in)
     async def track_dependencies(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            async with eos.lock:
-                for record in await eos.in_order(event):
-                    if record.message.topic == topics.resources.name:
-                        await index.on_resource(record)
-                    else:
-                        await index.on_request(record)
-                    eos.done(record)
+        await process(stream, track_one)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:

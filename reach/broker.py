@@ -168,8 +168,8 @@ class LocalBroker:
 
         Returns True when this call started the process.
         """
-        if self.pid() is not None and asyncio.run(broker_answers(self.bootstrap)):
-            return False
+        if asyncio.run(broker_answers(self.bootstrap)):
+            return False  # ours from an earlier start, or one the operator runs there
         fetch_jars(self.libs)
         server, log4j = self._write_config()
         self._format(server, log4j)

@@ -1,0 +1,395 @@
+"""The benchmark suite: `make bench` (or `.venv/bin/python -m bench.run`).
+
+Runs against a fresh local stack (its own broker on free ports, unless KAFKA_BOOTSTRAP_SERVERS
+is set; one ingress and one worker as real processes) and measures, side by side with what a
+bare Kafka client does on the same machine in the same run:
+
+- HTTP ingest: records/s accepted (202) with 1000-record batches of ~250-byte records, at a
+  few concurrency levels, next to a raw aiokafka producer sending the same Avro events with
+  the same acks (all, idempotent);
+- end to end: records/s from the first POST until every batch is terminal (one worker), next
+  to a bare aiokafka consume-and-merge loop over the same events into a dict;
+- latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
+- dependency release latency: referenced resource accepted → waiting record applied;
+- peak memory (VmHWM) of the ingress and the worker.
+
+Writes `bench-results/results.json` and `bench-results/results.png`, and prints a table.
+Figures are measurements, not pass/fail checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from processors.merge import merge_patch
+from reach.broker import LocalBroker
+from reach.config import PROJECT_ROOT, Settings
+from reach.token import make_token
+from schemas.events import build_ingest_batch, decode_ingest_event
+from tests.support import ServiceProcess, free_port, wait_until
+from topics import create_topics, service_topics
+
+RESULTS = PROJECT_ROOT / "bench-results"
+SCHEMA = {
+    "name": "Customer", "externalIdField": "id",
+    "schema": {"type": "object", "required": ["id", "email"], "properties": {
+        "id": {"type": "string"}, "email": {"type": "string", "x-pii-type": "email"},
+        "firstName": {"type": "string"}, "lastName": {"type": "string"}, "phone": {"type": "string"},
+        "city": {"type": "string"}, "country": {"type": "string"}, "tier": {"type": "string"},
+        "score": {"type": "integer"}, "active": {"type": "boolean"}}},
+}
+ORDER = {
+    "name": "Order", "externalIdField": "id",
+    "schema": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string"}, "total": {"type": "number"}, "customer": {"$ref": "reach:schemas/Customer"}}},
+}
+
+
+def record(i: int, run: str) -> dict[str, Any]:
+    """A ~250-byte customer record."""
+    return {"id": f"{run}-{i:07d}", "email": f"customer{i}@example-shop.com", "firstName": "Alexandra",
+            "lastName": f"Montgomery-{i % 997}", "phone": f"+44 20 7946 {i % 10000:04d}", "city": "Manchester",
+            "country": "United Kingdom", "tier": ("bronze", "silver", "gold")[i % 3], "score": i % 1000,
+            "active": i % 2 == 0}
+
+
+def batch_body(run: str, n: int = 1000, start: int = 0) -> bytes:
+    return orjson.dumps({"resources": [record(i, run) for i in range(start, start + n)]})
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Stack:
+    """Broker (unless external), topics, one ingress and one worker, all real processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.broker: LocalBroker | None = None
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        if not external:
+            self.broker = LocalBroker(work_dir=workdir / "kafka", port=free_port(), controller_port=free_port(),
+                                      heap="-Xms1g -Xmx1g")
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        self.settings = replace(
+            Settings(), bootstrap_servers=external or (self.broker.bootstrap if self.broker else ""),
+            external_broker=True, topic_prefix=prefix, app_id=f"{prefix}-worker", data_dir=workdir / "data",
+            http_port=free_port(), worker_web_port=free_port(),
+            partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!"})
+        self.base = f"http://127.0.0.1:{self.settings.http_port}"
+        self.partner = make_token(self.settings, "bench")
+        self.tenant = make_token(self.settings, "bench", "tenant-1")
+
+    def __enter__(self) -> "Stack":
+        if self.broker is not None:
+            started = time.monotonic()
+            self.broker.start()
+            print(f"broker up in {time.monotonic() - started:.1f}s on {self.broker.bootstrap}", flush=True)
+        asyncio.run(create_topics(self.settings.bootstrap_servers, service_topics(self.settings).all()))
+        self.ingress = ServiceProcess(["-m", "ingest.server"], self.settings, self.workdir / "ingress.log").start()
+        self.worker = ServiceProcess(["-m", "processors.worker"], self.settings, self.workdir / "worker.log").start()
+        wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.settings.worker_web_port}/state/resources",
+                                     params={"key": "-"}, timeout=3).status_code == 200, 90, what="the worker")
+        for definition in (SCHEMA, ORDER):
+            response = httpx.post(f"{self.base}/partner/schema-definitions", json=definition,
+                                  headers={"Authorization": f"Bearer {self.partner}"}, timeout=30)
+            response.raise_for_status()
+        self.definition_id = httpx.get(f"{self.base}/partner/schema-definitions/customer",
+                                       headers={"Authorization": f"Bearer {self.partner}"}).json()["data"]["id"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak_mb = {"ingress": vm_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid)}
+        self.worker.stop()
+        self.ingress.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path: str = "/api/resources/customer/batch"
+                       ) -> tuple[float, list[str], list[float]]:
+    """POST every body with `concurrency` connections; (seconds, batch ids, per-request seconds)."""
+    headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    ids: list[str] = []
+    durations: list[float] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                response = await http.post(path, content=body, headers=headers)
+                durations.append(time.perf_counter() - started)
+                if response.status_code != 202:
+                    raise RuntimeError(f"upload answered {response.status_code}: {response.text[:300]}")
+                ids.append(response.json()["data"]["batchId"])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.perf_counter() - started, ids, durations
+
+
+async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float = 900) -> float:
+    """Seconds until every batch is terminal (polling the ingress)."""
+    headers = {"Authorization": f"Bearer {stack.tenant}"}
+    pending = set(batch_ids)
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} batches not terminal after {timeout_s}s")
+            for batch_id in list(pending):
+                data = (await http.get(f"/api/batches/{batch_id}", headers=headers)).json()["data"]
+                if data["status"] in ("success", "partial_success", "failed"):
+                    pending.discard(batch_id)
+                else:
+                    break  # oldest first: no need to ask about the younger ones yet
+            if pending:
+                await asyncio.sleep(0.02)
+    return time.monotonic()
+
+
+async def raw_producer(stack: Stack, batches: int, concurrency: int, topic: str) -> float:
+    """Seconds for a bare aiokafka producer (acks=all, idempotent) to send the same events."""
+    events = [build_ingest_batch("bench", "tenant-1", stack.definition_id,
+                                 [(r["id"], r) for r in (record(i, f"raw{b}") for i in range(1000))])
+              for b in range(batches)]
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers, acks="all",
+                                enable_idempotence=True, linger_ms=2, max_batch_size=512 * 1024)
+    await producer.start()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for batch in events:
+        queue.put_nowait(batch)
+
+    async def sender() -> None:
+        while not queue.empty():
+            batch = queue.get_nowait()
+            futures = [await producer.send(topic, value, key=key, headers=batch.headers)
+                       for key, value in batch.messages]
+            await asyncio.gather(*futures)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await producer.stop()
+    return elapsed
+
+
+async def bare_merge_loop(stack: Stack, topic: str, expected: int) -> float:
+    """Seconds for a bare consumer to decode and merge `expected` events of `topic` into a dict."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.settings.bootstrap_servers,
+                                group_id=f"bare-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
+                                isolation_level="read_committed", max_poll_records=5000)
+    await consumer.start()
+    state: dict[bytes, Any] = {}
+    seen = 0
+    started = time.perf_counter()
+    while seen < expected:
+        for messages in (await consumer.getmany(timeout_ms=1000)).values():
+            for message in messages:
+                event = decode_ingest_event(message.value)
+                state[message.key] = merge_patch(state.get(message.key), orjson.loads(event["data"]))
+                seen += 1
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return elapsed
+
+
+async def single_batch_latencies(stack: Stack, runs: int, tag: str) -> list[float]:
+    out = []
+    for run in range(runs):
+        body = batch_body(f"{tag}{run}")
+        started = time.monotonic()
+        _, ids, _ = await post_batches(stack, [body], 1)
+        finished = await wait_all_terminal(stack, ids)
+        out.append(finished - started)
+    return out
+
+
+async def release_latencies(stack: Stack, runs: int) -> list[float]:
+    headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
+    out = []
+    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
+        for run in range(runs):
+            customer = f"dep-{run}-{uuid.uuid4().hex[:6]}"
+            order = {"resources": [{"id": f"o-{customer}", "total": 10.5, "customer": customer}]}
+            response = await http.post("/api/resources/order/batch?dependencyWaitTimeout=120",
+                                        content=orjson.dumps(order), headers=headers)
+            order_batch = response.json()["data"]["batchId"]
+            await asyncio.sleep(1.0)  # let it be found waiting
+            started = time.monotonic()
+            body = {"resources": [{**record(0, customer), "id": customer}]}
+            await http.post("/api/resources/customer/batch", content=orjson.dumps(body), headers=headers)
+            finished = await wait_all_terminal(stack, [order_batch])
+            out.append(finished - started)
+    return out
+
+
+async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"ingest": [], "raw_producer": []}
+    ingest_topic = service_topics(stack.settings).ingest.name
+    scratch_topic = f"{stack.settings.topic_prefix}.bench-raw"
+    from topics.definitions import TopicSpec
+    await create_topics(stack.settings.bootstrap_servers,
+                        [TopicSpec(scratch_topic, stack.settings.topic_partitions, 1)])
+    await post_batches(stack, [batch_body("warmup", 1000)], 1)  # first-use costs out of the way
+
+    # 1. HTTP ingest vs a raw producer, same events, same acks (the worker keeps up meanwhile).
+    for concurrency in args.concurrency:
+        bodies = [batch_body(f"in{concurrency}-{b}") for b in range(args.ingest_batches)]
+        seconds, ids, _ = await post_batches(stack, bodies, concurrency)
+        results["ingest"].append({"concurrency": concurrency, "records_per_s": len(bodies) * 1000 / seconds})
+        raw_seconds = await raw_producer(stack, args.ingest_batches, concurrency, scratch_topic)
+        results["raw_producer"].append({"concurrency": concurrency,
+                                        "records_per_s": args.ingest_batches * 1000 / raw_seconds})
+        print(f"ingest c={concurrency}: {results['ingest'][-1]['records_per_s']:,.0f} rec/s; "
+              f"raw producer {results['raw_producer'][-1]['records_per_s']:,.0f} rec/s", flush=True)
+        await wait_all_terminal(stack, ids)  # drain before the next measurement
+
+    # 2. End to end: first POST → every batch terminal, next to a bare consume-and-merge loop.
+    bodies = [batch_body(f"e2e-{b}") for b in range(args.e2e_batches)]
+    started = time.monotonic()
+    _, ids, _ = await post_batches(stack, bodies, 4)
+    finished = await wait_all_terminal(stack, ids)
+    results["end_to_end"] = {"batches": len(bodies), "records_per_s": len(bodies) * 1000 / (finished - started),
+                             "seconds": finished - started}
+    raw_events = args.ingest_batches * len(args.concurrency) * 1000
+    bare = await bare_merge_loop(stack, scratch_topic, raw_events)
+    results["bare_merge_loop"] = {"records_per_s": raw_events / bare}
+    print(f"end to end: {results['end_to_end']['records_per_s']:,.0f} rec/s; bare merge loop "
+          f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s", flush=True)
+
+    # 3. Latency of one batch, idle and under half of the measured end-to-end rate.
+    idle = await single_batch_latencies(stack, args.latency_runs, "idle")
+    half_rate = results["end_to_end"]["records_per_s"] / 2 / 1000  # batches per second
+    stop = asyncio.Event()
+
+    async def background_load() -> None:
+        n = 0
+        while not stop.is_set():
+            await post_batches(stack, [batch_body(f"bg-{n}")], 1)
+            n += 1
+            await asyncio.sleep(1 / half_rate)
+
+    load = asyncio.create_task(background_load())
+    loaded = await single_batch_latencies(stack, args.latency_runs, "loaded")
+    stop.set()
+    await load
+    results["latency_s"] = {
+        "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99), "runs": idle},
+        "half_load": {"p50": percentile(loaded, 50), "p99": percentile(loaded, 99), "runs": loaded},
+    }
+    print(f"latency idle p50 {percentile(idle, 50) * 1000:.0f} ms p99 {percentile(idle, 99) * 1000:.0f} ms; "
+          f"half load p50 {percentile(loaded, 50) * 1000:.0f} ms p99 {percentile(loaded, 99) * 1000:.0f} ms",
+          flush=True)
+
+    # 4. Dependency release latency.
+    releases = await release_latencies(stack, args.release_runs)
+    results["dependency_release_s"] = {"p50": statistics.median(releases), "max": max(releases), "runs": releases}
+    print(f"dependency release p50 {statistics.median(releases) * 1000:.0f} ms", flush=True)
+    return results
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
+    levels = [r["concurrency"] for r in results["ingest"]]
+    width = 0.38
+    xs = range(len(levels))
+    left.bar([x - width / 2 for x in xs], [r["records_per_s"] for r in results["ingest"]], width, label="HTTP ingress")
+    left.bar([x + width / 2 for x in xs], [r["records_per_s"] for r in results["raw_producer"]], width,
+             label="raw aiokafka producer")
+    left.set_xticks(list(xs), [f"c={c}" for c in levels])
+    left.set_title("Ingest (records/s accepted)")
+    left.legend()
+    middle.bar(["service (1 worker)", "bare merge loop"],
+               [results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]],
+               color=["tab:blue", "tab:orange"])
+    middle.set_title("End to end (records/s)")
+    lat = results["latency_s"]
+    right.bar(["idle p50", "idle p99", "half load p50", "half load p99", "dep. release p50"],
+              [lat["idle"]["p50"] * 1000, lat["idle"]["p99"] * 1000, lat["half_load"]["p50"] * 1000,
+               lat["half_load"]["p99"] * 1000, results["dependency_release_s"]["p50"] * 1000])
+    right.set_title("Latency (ms)")
+    right.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"reach ingest benchmark — {results['machine']['summary']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("measure", "service", "baseline", "ratio")]
+    for ours, raw in zip(results["ingest"], results["raw_producer"]):
+        rows.append((f"ingest c={ours['concurrency']} (rec/s)", f"{ours['records_per_s']:,.0f}",
+                     f"{raw['records_per_s']:,.0f}", f"{ours['records_per_s'] / raw['records_per_s']:.2f}"))
+    e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
+    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{bare:,.0f}", f"{e2e / bare:.2f}"))
+    lat = results["latency_s"]
+    rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
+    rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
+    rows.append(("dependency release p50", f"{results['dependency_release_s']['p50'] * 1000:.0f} ms", "", ""))
+    rows.append(("peak memory ingress / worker", f"{results['peak_mb']['ingress']:.0f} / {results['peak_mb']['worker']:.0f} MB", "", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--ingest-batches", type=int, default=20, help="batches per concurrency level")
+    parser.add_argument("--e2e-batches", type=int, default=100)
+    parser.add_argument("--latency-runs", type=int, default=10)
+    parser.add_argument("--release-runs", type=int, default=5)
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="reach-bench-") as tmp, Stack(Path(tmp)) as stack:
+        results = asyncio.run(measure(stack, args))
+    results["peak_mb"] = stack.peak_mb
+    results["machine"] = {
+        "summary": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "broker": "local Kafka 4.1.2 on the same machine" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "external",
+        "args": vars(args), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
+    chart(results, RESULTS / "results.png")
+    print(table(results))
+    print(f"wrote {RESULTS / 'results.json'} and {RESULTS / 'results.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
