@@ -20,7 +20,7 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(VENV_STAMP)
 
-# Benchmarks against a fresh local stack: bench-results/results.{json,png} and a table.
+# Benchmarks against a fresh local stack: bench/results/results.{json,png} and a table.
 bench: venv
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -13,7 +13,7 @@ bare Kafka client does on the same machine in the same run:
 - dependency release latency: referenced resource accepted → waiting record applied;
 - peak memory (VmHWM) of the ingress and the worker.
 
-Writes `bench-results/results.json` and `bench-results/results.png`, and prints a table.
+Writes `bench/results/results.json` and `bench/results/results.png`, and prints a table.
 Figures are measurements, not pass/fail checks.
 """
 
@@ -45,7 +45,7 @@ from schemas.events import build_ingest_batch, decode_ingest_event
 from tests.support import ServiceProcess, free_port, wait_until
 from topics import create_topics, service_topics
 
-RESULTS = PROJECT_ROOT / "bench-results"
+RESULTS = PROJECT_ROOT / "bench" / "results"
 SCHEMA = {
     "name": "Customer", "externalIdField": "id",
     "schema": {"type": "object", "required": ["id", "email"], "properties": {
