@@ -83,22 +83,13 @@ class BatchState:
             self.completedAt = at
 
 
-class BatchStatusTable:
+class BatchStatusTable(TopicView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self._view = TopicView(bootstrap_servers, topic, self._apply)
+        super().__init__(bootstrap_servers, topic)
         self._batches: dict[str, BatchState] = {}
         self._by_tenant: dict[tuple[str, str], list[str]] = {}
-
-    async def start(self) -> None:
-        await self._view.start()
-
-    async def stop(self) -> None:
-        await self._view.stop()
-
-    async def sync(self) -> None:
-        await self._view.sync()
 
     async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
         """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
@@ -111,11 +102,11 @@ class BatchStatusTable:
             batch = self.get(partner_id, tenant_id, batch_id)
             if batch is not None or asyncio.get_running_loop().time() >= deadline:
                 return batch
-            await self._view.sync()
+            await self.sync()
             if self.get(partner_id, tenant_id, batch_id) is None:
                 await asyncio.sleep(0.05)
 
-    def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             return
         try:

@@ -18,22 +18,13 @@ from topics.view import TopicView
 Resource = dict[str, Any]
 
 
-class ResourceView:
+class ResourceView(TopicView):
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self._view = TopicView(bootstrap_servers, topic, self._apply)
+        super().__init__(bootstrap_servers, topic)
         # (partner, tenant, schemaDefinitionId) -> externalId -> resource
         self._by_scope: dict[tuple[str, str, str], dict[str, Resource]] = {}
 
-    async def start(self) -> None:
-        await self._view.start()
-
-    async def stop(self) -> None:
-        await self._view.stop()
-
-    async def sync(self) -> None:
-        await self._view.sync()
-
-    def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             return
         resource = orjson.loads(value)

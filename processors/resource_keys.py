@@ -5,26 +5,20 @@ from __future__ import annotations
 from topics.view import TopicView
 
 
-class ResourceKeys:
+class ResourceKeys(TopicView):
     """Keys of every resource committed to the resources topic. Resources are never deleted,
     so a key seen once exists for good; a miss is confirmed against the topic's end first."""
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        super().__init__(bootstrap_servers, topic)
         self._keys: set[bytes] = set()
-        self._view = TopicView(bootstrap_servers, topic, self._apply)
 
-    async def start(self) -> None:
-        await self._view.start()
-
-    async def stop(self) -> None:
-        await self._view.stop()
-
-    def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if key is not None and value is not None:
             self._keys.add(key)
 
     async def exists(self, key: bytes) -> bool:
         if key in self._keys:
             return True
-        await self._view.sync()
+        await self.sync()
         return key in self._keys

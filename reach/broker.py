@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reach.config import PROJECT_ROOT, Settings
+from reach.shutdown import StopRequested
 
 KAFKA_VERSION = "4.1.2"
 POM = PROJECT_ROOT / "broker" / "pom.xml"
@@ -255,24 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kafka on {broker.bootstrap}: {'up' if up else 'down'}")
         return 0 if up else 1
     elif command == "run":
+        stop = StopRequested()
         broker.start()
         print(f"kafka {KAFKA_VERSION} on {broker.bootstrap}; logs in {broker.log_file}")
-        _wait_for_signal()
+        while not stop:
+            signal.pause()
         broker.stop()
     else:
         print("usage: reach broker start|stop|status|run", file=sys.stderr)
         return 2
     return 0
-
-
-def _wait_for_signal() -> None:
-    stop = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not stop:
-        signal.pause()

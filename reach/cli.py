@@ -10,6 +10,7 @@ import sys
 import time
 
 from reach.config import Settings
+from reach.shutdown import StopRequested
 
 USAGE = """\
 usage: reach COMMAND
@@ -65,6 +66,7 @@ def run_all() -> int:
     from reach.broker import dev_broker
     from topics import create_topics, service_topics
 
+    stop = StopRequested()
     settings = Settings.from_env()
     broker = None
     if not settings.external_broker:
@@ -78,14 +80,6 @@ def run_all() -> int:
             broker = None  # not ours to stop
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
 
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
     # Own process groups: a terminal's Ctrl-C reaches only us, and we stop the parts in order.
     children = [
@@ -95,7 +89,7 @@ def run_all() -> int:
     print(f"reach: ingress on http://{settings.http_host}:{settings.http_port}, "
           f"worker web on :{settings.worker_web_port}; Ctrl-C stops everything", flush=True)
     code = 0
-    while not stopping:
+    while not stop:
         if any(c.poll() is not None for c in children):
             code = 1
             print("reach: a part of the service exited; stopping the rest", file=sys.stderr, flush=True)

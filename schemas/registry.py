@@ -31,30 +31,18 @@ def definition_key(partner_id: str, definition_id: str) -> bytes:
     return f"{partner_id}/{definition_id}".encode()
 
 
-class SchemaRegistry:
+class SchemaRegistry(TopicView):
     """Materialises the schema-definitions topic; answers lookups; performs checked writes."""
 
     def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        self.topic = topic
-        self._view = TopicView(bootstrap_servers, topic, self._apply)
+        super().__init__(bootstrap_servers, topic)
         self._by_key: dict[bytes, Definition] = {}
         self._verdicts: OrderedDict[int, str | None] = OrderedDict()
         self._write_lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        """Read every definition written so far, then keep following the topic."""
-        await self._view.start()
-
-    async def stop(self) -> None:
-        await self._view.stop()
-
-    async def sync(self, timeout_s: float = 5.0) -> None:
-        """Wait until every write made before this call, through any process, is applied."""
-        await self._view.sync(timeout_s)
-
     # -- the rules every process applies in log order ----------------------------------------
 
-    def _apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
         if value is None:
@@ -133,7 +121,7 @@ class SchemaRegistry:
         """Publish `definition`; return None once applied, or why the log order refused it."""
         key = definition_key(definition.partnerId, definition.id)
         sent = await producer.send_and_wait(self.topic, orjson.dumps(definition.to_record()), key=key)
-        await self._view.wait_for({self._view.partition(sent.partition): sent.offset + 1}, timeout_s=10)
+        await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=10)
         verdict = self._verdicts.get(sent.offset, "The write was not applied")
         if verdict is not None and definition.revision == 1:
             await producer.send_and_wait(self.topic, None, key=key)

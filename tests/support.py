@@ -23,6 +23,24 @@ T = TypeVar("T")
 
 PARTNER_SECRETS = {"partner-a": "secret-a", "partner-b": "secret-b"}
 
+# The Customer schema most tests upload against.
+CUSTOMER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+    "required": ["id", "name"],
+}
+
+
 
 def partner_token(partner: str = "partner-a", secret: str | None = None, ttl_s: int = 600,
                   **claims: object) -> str:

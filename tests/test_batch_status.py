@@ -9,27 +9,12 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
-from tests.support import TERMINAL, bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, TERMINAL, bearer, partner_token, tenant_token, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 STATUSES = ("queued", "processing", *TERMINAL)
 
-CUSTOMER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "age": {"type": "integer"},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "address": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-    "required": ["id", "name"],
-}
 
 
 # --- local helpers -----------------------------------------------------------------------

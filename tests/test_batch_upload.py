@@ -15,25 +15,10 @@ from starlette.testclient import TestClient
 
 from ingest.app import create_app
 from reach.config import Settings
-from tests.support import bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 
-CUSTOMER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "age": {"type": "integer"},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "address": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-    "required": ["id", "name"],
-}
 
 
 # --- local helpers -----------------------------------------------------------------------

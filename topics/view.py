@@ -1,6 +1,6 @@
 """A local view of a whole topic: read from the beginning, then followed, with read-your-writes.
 
-Each view applies every committed message, in order per partition, to state of its own
+A subclass folds every committed message, in order per partition, into state of its own
 (`apply`). `sync()` waits until everything committed before the call has been applied, which
 is how a process answers for writes made through any other process.
 """
@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
 
-Apply = Callable[[int, bytes | None, bytes | None], None]  # (offset, key, value)
-
-
 class TopicView:
     """Follows every partition of `topic` and hands each message to `apply`."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, apply: Apply) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
-        self._apply = apply
         self._positions: dict[TopicPartition, int] = {}
         self._changed = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -51,6 +46,10 @@ class TopicView:
         self._task = asyncio.create_task(self._follow(), name=f"view:{self.topic}")
         await self.sync(timeout_s)
 
+    def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
+        """Fold one message into the view's state (subclasses)."""
+        raise NotImplementedError
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -66,7 +65,7 @@ class TopicView:
                 batches = await self._consumer.getmany(timeout_ms=500)
                 for tp, messages in batches.items():
                     for message in messages:
-                        self._apply(message.offset, message.key, message.value)
+                        self.apply(message.offset, message.key, message.value)
                 positions = {tp: await self._consumer.position(tp) for tp in self._positions}
             except asyncio.CancelledError:
                 raise
