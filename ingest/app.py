@@ -17,6 +17,7 @@ from ingest.batch_status import BatchStatusTable
 from ingest.publisher import BatchPublisher
 from ingest.resource_view import ResourceView
 from ingest.kafka import KafkaGateway
+from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.registry import SchemaRegistry
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/ready", ready),
+            Route("/openapi.json", openapi),
             *schema_definitions.routes,
             *batches.routes,
             *resources.routes,

@@ -1,0 +1,131 @@
+"""`GET /openapi.json`: the OpenAPI 3 description of every route of the ingress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest.responses import JSONResponse
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+BEARER = [{"bearer": []}]
+TENANT_HEADER = [
+    {"name": "reach-tenant-id", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "With a partner token: the tenant to act for (alias: X-Tenant-Id)."},
+]
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
+             409: "Conflict", 413: "Body too large", 503: "Kafka cannot take the write now"}
+    return {str(c): {"description": texts[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
+
+
+def _ok(description: str, status: int = 200) -> dict[str, Any]:
+    return {str(status): {"description": description,
+                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}}}}
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+def _page_params() -> list[dict[str, Any]]:
+    return [{"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}]
+
+
+DEFINITION_BODY = {"type": "object", "required": ["name", "externalIdField", "schema"], "properties": {
+    "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+    "pluralName": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+    "description": {"type": "string"},
+    "category": {"type": "string", "enum": ["contacts_schema", "transactions_schema", "custom_schema",
+                                             "combined_schema", "locations_schema", "customer_fields"]},
+    "externalIdField": {"type": "string"}, "schema": {"type": "object"},
+    "fieldsToExpose": {"type": "array", "items": {"type": "object"}}, "exposeNameJsonPath": {"type": "string"},
+}}
+UPLOAD_BODY = {"type": "object", "required": ["resources"], "properties": {
+    "resources": {"type": "array", "minItems": 1, "maxItems": 1000,
+                  "items": {"type": "object", "additionalProperties": {"nullable": True}}}}}
+ID_OR_NAME = _path_param("idOrName", "The definition's id, name or pluralName (any case)")
+SCHEMA = _path_param("schema", "The schema definition's id, name or pluralName (any case)")
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Reach resource ingestion", "version": "1.0.0",
+             "description": "Batch upload of JSON-Schema resources over Apache Kafka (Reach API compatible)."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}},
+        "schemas": {
+            "Success": {"type": "object", "required": ["success", "message"], "properties": {
+                "success": {"type": "boolean"}, "message": {"type": "string"}, "data": {}}},
+            "Error": {"type": "object", "required": ["success", "message"], "properties": {
+                "success": {"type": "boolean"}, "message": {"type": "string"},
+                "errors": {"type": "array", "items": {"type": "string"}}, "data": {"type": "object"}}},
+        },
+    },
+    "paths": {
+        "/health": {"get": {"summary": "Liveness", "responses": _ok("The process answers")}},
+        "/ready": {"get": {"summary": "Readiness: the broker answers",
+                           "responses": {**_ok("Ready"), **_errors(503)}}},
+        "/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/partner/schema-definitions": {
+            "post": {"summary": "Create a schema definition", "security": BEARER,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": DEFINITION_BODY}}},
+                     "responses": {**_ok("The definition"), **_errors(400, 401, 403, 409, 503)}},
+            "get": {"summary": "List the partner's active definitions", "security": BEARER,
+                    "responses": {**_ok("The definitions"), **_errors(401, 403)}},
+        },
+        "/partner/schema-definitions/{idOrName}": {
+            "parameters": [ID_OR_NAME],
+            "get": {"summary": "One definition", "security": BEARER,
+                    "responses": {**_ok("The definition"), **_errors(401, 403, 404)}},
+            "post": {"summary": "Update description, schema, fieldsToExpose, exposeNameJsonPath", "security": BEARER,
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+                     "responses": {**_ok("The definition"), **_errors(400, 401, 403, 404, 409, 503)}},
+            "delete": {"summary": "Deactivate", "security": BEARER,
+                       "responses": {**_ok("The definition"), **_errors(401, 403, 404, 409, 503)}},
+        },
+        "/api/resources/{schema}/batch": {
+            "post": {
+                "summary": "Batch upload resources (1..1000), processed asynchronously", "security": BEARER,
+                "parameters": [SCHEMA, *TENANT_HEADER,
+                               {"name": "onconflict", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["upsert", "reject"], "default": "upsert"}},
+                               {"name": "ignoreUnknownFields", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}},
+                               {"name": "dependencyWaitTimeout", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
+                "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
+                              **_errors(400, 401, 403, 404, 413, 503)},
+            },
+        },
+        "/api/batches": {"get": {"summary": "The tenant's batches, newest first", "security": BEARER,
+                                 "parameters": [*TENANT_HEADER, *_page_params()],
+                                 "responses": {**_ok("A page of batches"), **_errors(400, 401, 403)}}},
+        "/api/batches/{batchId}": {"get": {
+            "summary": "One batch's status", "security": BEARER,
+            "parameters": [_path_param("batchId", "From the upload's 202"), *TENANT_HEADER,
+                           {"name": "includePendingDetails", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["true", "false"]}}],
+            "responses": {**_ok("The batch"), **_errors(400, 401, 403, 404)}}},
+        "/api/resources/{schema}": {"get": {
+            "summary": "The tenant's resources of a schema", "security": BEARER,
+            "parameters": [SCHEMA, *TENANT_HEADER, *_page_params()],
+            "responses": {**_ok("A page of resources"), **_errors(400, 401, 403, 404)}}},
+        "/api/resources/{schema}/{externalId}": {"get": {
+            "summary": "One resource", "security": BEARER,
+            "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
+                           {"name": "include", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "Reference fields whose resources to return in `included`"}],
+            "responses": {**_ok("The resource"), **_errors(400, 401, 403, 404)}}},
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(SPEC)
