@@ -20,11 +20,10 @@ from ingest.responses import ApiError, iso_ms, ok
 from schemas.batch_events import BatchMeta, registration
 from schemas.definitions import Definition
 from schemas.events import build_ingest_batch
-from schemas.records import MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
+from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 
-MAX_RECORDS = 1000
 BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
 
 

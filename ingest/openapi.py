@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingest.responses import JSONResponse
+from schemas.records import MAX_RECORDS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER = [{"bearer": []}]
@@ -48,7 +49,7 @@ DEFINITION_BODY = {"type": "object", "required": ["name", "externalIdField", "sc
     "fieldsToExpose": {"type": "array", "items": {"type": "object"}}, "exposeNameJsonPath": {"type": "string"},
 }}
 UPLOAD_BODY = {"type": "object", "required": ["resources"], "properties": {
-    "resources": {"type": "array", "minItems": 1, "maxItems": 1000,
+    "resources": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS,
                   "items": {"type": "object", "additionalProperties": {"nullable": True}}}}}
 ID_OR_NAME = _path_param("idOrName", "The definition's id, name or pluralName (any case)")
 SCHEMA = _path_param("schema", "The schema definition's id, name or pluralName (any case)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-MAX_RECORDS = 1000
+from schemas.records import MAX_RECORDS
 
 
 def unusable_batch(event: dict[str, Any]) -> str | None:

@@ -62,6 +62,8 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         return await _original_commit_tps(self, tps, start_new_transaction)
     async with eos.lock:
         offsets = eos.committable(self.assignment(), self._committed_offset)
+        for tp in offsets:
+            await eos.ensure_transaction(tp)
         for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
             self._acked[tp].clear()
             self._acked_index[tp].clear()
@@ -161,6 +163,16 @@ class ExactlyOnce:
                 offsets[tp] = offset
         return offsets
 
+    async def ensure_transaction(self, tp: TP) -> None:
+        """Begin a transaction on `tp`'s producer if none is open.
+
+        Faust's commit on a rebalance may end a partition's transaction without starting the
+        next one while the partition stays with this worker.
+        """
+        producer = self._producer(tp)
+        if producer is not None and not producer._txn_manager.is_in_transaction():
+            await producer.begin_transaction()
+
     def _producer(self, tp: TP) -> Any:
         return self.app.producer._transaction_producers.get(self._tid(tp))
 
@@ -205,6 +217,7 @@ class ExactlyOnce:
         """
         if partition is None:
             partition = self.partition_for(topic, key or b"")
+        await self.ensure_transaction(event.message.tp)
         return await self.app.producer.send(
             topic, key, value, partition, None, headers,
             transactional_id=self._transactional_id(event),

@@ -9,6 +9,7 @@ from schemas.definitions import Definition
 from schemas.validation import RecordValidators, deleted_required_fields, error_messages, without_nulls
 
 ON_CONFLICT = ("upsert", "reject")
+MAX_RECORDS = 1000  # per batch
 MAX_WAIT_S = 86_400
 
 
