@@ -81,7 +81,7 @@ async def create(request: Request) -> Response:
             definition = new_definition(principal.partner_id, body, _resolver(registry, principal.partner_id))
         except DefinitionError as exc:
             raise _as_api_error(exc) from None
-        clash = next((d for d in registry.active(principal.partner_id) if d.names & definition.names), None)
+        clash = registry.clash(definition)
         if clash is not None:
             raise ApiError(409, f"A schema definition named '{clash.name}' already exists")
         await _write(request, definition)

@@ -67,7 +67,7 @@ class SchemaRegistry(TopicView):
             return "The schema definition was changed concurrently; retry"
         others = [d for k, d in self._by_key.items() if k != key and d.partnerId == new.partnerId and d.active]
         if new.active:
-            clash = next((d for d in others if d.names & new.names), None)
+            clash = self.clash(new)
             if clash is not None:
                 return f"A schema definition named '{clash.name}' already exists"
             active_ids = {d.id for d in others} | {new.id}
@@ -105,6 +105,10 @@ class SchemaRegistry(TopicView):
     def active(self, partner_id: str) -> list[Definition]:
         return sorted((d for d in self._by_key.values() if d.partnerId == partner_id and d.active),
                       key=lambda d: (d.createdAt, d.id))
+
+    def clash(self, new: Definition) -> Definition | None:
+        """Another active definition of the partner that answers to one of `new`'s names."""
+        return next((d for d in self.active(new.partnerId) if d.id != new.id and d.names & new.names), None)
 
     def referencing(self, definition: Definition) -> list[Definition]:
         """Other active definitions that reference `definition`."""

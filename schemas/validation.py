@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import jsonschema_rs
-import orjson
 
 REACH_REF_PREFIX = "reach:schemas/"
 # Keywords whose value is one subschema, a list of them, or a name -> subschema map.
@@ -110,14 +108,16 @@ def build_validators(schema: dict[str, Any]) -> RecordValidators:
     )
 
 
-@lru_cache(maxsize=1024)
-def _cached(definition_id: str, version: int, schema_json: bytes) -> RecordValidators:
-    return build_validators(orjson.loads(schema_json))
+# A definition's schema never changes within one versionNumber, so (id, version) names it.
+_compiled: dict[tuple[str, int], RecordValidators] = {}
 
 
 def validators_for(definition_id: str, version: int, schema: dict[str, Any]) -> RecordValidators:
     """The validators of one definition version, compiled once per process."""
-    return _cached(definition_id, version, orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    found = _compiled.get((definition_id, version))
+    if found is None:
+        found = _compiled[(definition_id, version)] = build_validators(schema)
+    return found
 
 
 def error_messages(validator: jsonschema_rs.Draft7Validator, instance: Any, where: str) -> list[str]:
