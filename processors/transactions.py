@@ -30,6 +30,10 @@ effects, and this module closes each:
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
    last stable offset, as our consumer reads `read_committed`).
+8. Faust does not always stop the producers of partitions a rebalance took away (seen in
+   our two-worker kill test): the new owner fences them, and when the partition came back
+   the fenced producer was reused and failed. On every rebalance we stop each producer whose
+   partition is no longer ours, so a returning partition gets a fresh one.
 
 Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
 from the committed changelog after an unclean stop.
@@ -38,6 +42,7 @@ from the committed changelog after an unclean stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from collections.abc import Awaitable, Iterable
@@ -46,11 +51,12 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
-from faust.transport.consumer import Consumer
+from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.types import TP, EventT
 
 _original_commit_tps = Consumer._commit_tps
+_original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _partitioner = DefaultPartitioner()
@@ -75,6 +81,26 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
 
 
 Consumer._commit_tps = _commit_tps_between_events  # type: ignore[method-assign]
+
+
+async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assigned: set[TP], revoked: set[TP],
+                                                newly_assigned: set[TP]) -> None:
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+    owned = self._tps_to_transactional_ids(assigned)
+    lost = sorted(tid for tid in self.producer._transaction_producers if tid not in owned)
+    if lost:
+        log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
+        # Not while an event is half processed through one of them.
+        async with eos.lock if eos is not None else contextlib.nullcontext():
+            for tid in lost:
+                try:
+                    await self.producer.stop_transaction(tid)
+                except Exception:  # already fenced: its transaction is the new owner's to abort
+                    log.warning("stopping producer %s failed", tid, exc_info=True)
+    await _original_on_rebalance(self, assigned, revoked, newly_assigned)
+
+
+TransactionManager.on_rebalance = _on_rebalance_stopping_lost_producers  # type: ignore[method-assign]
 
 
 async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
