@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -42,6 +43,12 @@ async def ready(request: Request) -> Response:
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return exc.response()
+
+
+async def kafka_unreachable(request: Request, exc: Exception) -> Response:
+    """A read that must first catch up with Kafka, while the broker does not answer."""
+    log.warning("%s %s: Kafka did not answer in time (%r)", request.method, request.url.path, exc)
+    return ApiError(503, "Kafka is not reachable; retry later").response()
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -85,7 +92,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *batches.routes,
             *resources.routes,
         ],
-        exception_handlers={ApiError: api_error, HTTPException: http_error},
+        exception_handlers={ApiError: api_error, HTTPException: http_error,
+                            TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},
         lifespan=lifespan,
     )
     app.state.settings = settings

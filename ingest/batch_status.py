@@ -7,7 +7,6 @@ whatever a replay or a duplicate delivers: a record that reached a terminal outc
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,17 +93,15 @@ class BatchStatusTable(TopicView):
     async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
         """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
 
-        Its registration becomes readable once committed and once any worker transaction
-        open before it on that partition has committed too (at most one commit interval).
+        Its registration is readable once committed and once any worker transaction open before
+        it on that partition has ended (about one commit interval); an id nobody wrote is known
+        to be unknown as soon as no transaction is open.
         """
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while True:
+        batch = self.get(partner_id, tenant_id, batch_id)
+        if batch is None:
+            await self.settle(wait_s)
             batch = self.get(partner_id, tenant_id, batch_id)
-            if batch is not None or asyncio.get_running_loop().time() >= deadline:
-                return batch
-            await self.sync()
-            if self.get(partner_id, tenant_id, batch_id) is None:
-                await asyncio.sleep(0.05)
+        return batch
 
     def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         if value is None:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class TopicView:
         self._positions: dict[TopicPartition, int] = {}
         self._changed = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
+        self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted: asks for high watermarks
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 60.0) -> None:
@@ -33,6 +35,9 @@ class TopicView:
             isolation_level="read_committed", fetch_max_wait_ms=50, max_poll_records=5000,
         )
         await self._consumer.start()
+        self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                         isolation_level="read_uncommitted")
+        await self._offsets.start()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             await self._consumer._client.force_metadata_update()  # a topic created moments ago
@@ -55,8 +60,9 @@ class TopicView:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        for consumer in (self._consumer, self._offsets):
+            if consumer is not None:
+                await consumer.stop()
 
     async def _follow(self) -> None:
         assert self._consumer is not None
@@ -78,10 +84,30 @@ class TopicView:
                 self._changed.notify_all()
 
     async def sync(self, timeout_s: float = 5.0) -> None:
-        """Wait until every message committed before this call has been applied."""
+        """Wait until every message committed before this call has been applied.
+
+        Raises TimeoutError after `timeout_s`, also when the broker does not answer.
+        """
         assert self._consumer is not None
-        ends = await self._consumer.end_offsets(list(self._positions))
-        await self.wait_for(ends, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            ends = await self._consumer.end_offsets(list(self._positions))
+            await self.wait_for(ends, timeout_s)
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait until every message written before this call, committed or in a transaction still
+        open, has been applied or aborted; False if that took longer than `timeout_s`.
+
+        Unlike `sync`, this also waits out transactions still open (a worker's, for up to one
+        commit interval), so a missing key is known to be missing: at once when none is open.
+        """
+        assert self._offsets is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                ends = await self._offsets.end_offsets(list(self._positions))
+                await self.wait_for(ends, timeout_s)
+        except (TimeoutError, KafkaError):
+            return False
+        return True
 
     async def wait_for(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
         """Wait until each partition's position has reached the given offset."""
