@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from ingest.app import create_app
 
 from reach.config import Settings
-from tests.support import ServiceProcess, free_port, isolated_settings, unique, wait_until, worker_get
+from tests.support import SUMMARY, ServiceProcess, free_port, isolated_settings, unique, wait_until, worker_get
 from topics import create_topics, service_topics
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per test request is noise
@@ -93,3 +93,9 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
     finally:
         code = process.stop()
         assert code == 0, f"worker exited with {code}:\n{process.log()[-3000:]}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the figures tests collected (fuzz cases, faults injected) after the results."""
+    for line in SUMMARY:
+        terminalreporter.write_line(line)

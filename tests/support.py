@@ -21,6 +21,9 @@ from reach.config import PROJECT_ROOT, Settings
 T = TypeVar("T")
 
 
+# Lines a test wants shown in the session's summary (figures of fuzz and fault runs).
+SUMMARY: list[str] = []
+
 PARTNER_SECRETS = {"partner-a": "secret-a", "partner-b": "secret-b"}
 
 # The Customer schema most tests upload against.

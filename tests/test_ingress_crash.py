@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from reach.config import Settings
 from schemas.events import decode_ingest_message
 from tests.support import (
+    SUMMARY,
     ServiceProcess,
     bearer,
     partner_token,
@@ -81,8 +82,8 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
         batches = in_kafka.get(tag, {})
         assert not batches or list(batches.values()) == [BATCH_SIZE], (tag, batches)
     assert set(in_kafka) <= set(accepted) | set(unanswered)
-    print(f"ingress killed: {len(accepted)} uploads accepted, {len(unanswered)} unanswered "
-          f"({sum(1 for tag in unanswered if tag in in_kafka)} of them whole in Kafka, the rest absent)")
+    SUMMARY.append(f"ingress killed: {len(accepted)} uploads accepted, {len(unanswered)} unanswered "
+                   f"({sum(1 for tag in unanswered if tag in in_kafka)} of them whole in Kafka, the rest absent)")
 
     for tag, batch_id in accepted.items():  # and the worker processes every accepted record once
         data = wait_terminal(ingress, batch_id, headers, 120)
