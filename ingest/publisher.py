@@ -12,11 +12,13 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from reach.config import Settings
 
 log = logging.getLogger(__name__)
 
+_partitioner = DefaultPartitioner()  # murmur2, as every Kafka client: one resource, one partition
 Message = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
 
@@ -73,10 +75,27 @@ class BatchPublisher:
 
     @staticmethod
     async def _transaction(producer: AIOKafkaProducer, messages: list[Message]) -> None:
+        # One record batch per partition, built here: sending messages one by one costs
+        # ~20 µs each in the client, more than everything else the ingress does per record.
+        by_partition: dict[tuple[str, int], list[Message]] = {}
+        partitions_of: dict[str, list[int]] = {}
+        for message in messages:
+            topic, key = message[0], message[1]
+            if topic not in partitions_of:
+                partitions_of[topic] = sorted(await producer.partitions_for(topic))
+            partition = _partitioner(key, partitions_of[topic], partitions_of[topic])
+            by_partition.setdefault((topic, partition), []).append(message)
         async with producer.transaction():
-            pending = [await producer.send(topic, value, key=key, headers=headers)
-                       for topic, key, value, headers in messages]
-            await asyncio.gather(*pending)
+            delivered = []
+            for (topic, partition), group in by_partition.items():
+                batch = producer.create_batch()
+                for _, key, value, headers in group:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                        delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()  # a first message always fits, however big
+                        batch.append(key=key, value=value, timestamp=None, headers=headers or [])
+                delivered.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*delivered)
 
     async def _replace(self, broken: AIOKafkaProducer, transactional_id: str) -> None:
         with contextlib.suppress(Exception):

@@ -96,16 +96,44 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
     """
     batch_id = batch_id or str(uuid.uuid4())
     accepted_at = int(time.time() * 1000) if accepted_at is None else accepted_at
+    # Avro binary of a record is its fields in order, so what every event of the batch shares
+    # is encoded once (byte-identical to fastavro's writer, which costs ~10 µs per event).
+    after_event_id = _string(batch_id)
+    after_index = b"".join((
+        _long(len(records)), _string(partner_id), _string(tenant_id), _string(schema_definition_id),
+        b"\x00" if schema_version is None else b"\x02" + _long(schema_version)))
+    after_external_id = b"".join((
+        _long(_ON_CONFLICT.index(on_conflict)), b"\x01" if ignore_unknown_fields else b"\x00",
+        _long(dependency_wait_timeout), _long(accepted_at)))
     messages = []
     for index, (external_id, record) in enumerate(records):
-        event = {
-            "eventId": f"{batch_id}:{index}", "batchId": batch_id, "recordIndex": index,
-            "recordCount": len(records), "partnerId": partner_id, "tenantId": tenant_id,
-            "schemaDefinitionId": schema_definition_id, "schemaVersion": schema_version,
-            "externalId": external_id, "onConflict": on_conflict,
-            "ignoreUnknownFields": ignore_unknown_fields, "dependencyWaitTimeout": dependency_wait_timeout,
-            "acceptedAt": accepted_at, "data": orjson.dumps(record).decode(),
-        }
-        key = resource_key(partner_id, tenant_id, schema_definition_id, external_id)
-        messages.append((key, encode_ingest_event(event)))
+        data = orjson.dumps(record)
+        value = b"".join((_string(f"{batch_id}:{index}"), after_event_id, _long(index), after_index,
+                          _string(external_id), after_external_id, _long(len(data)), data))
+        messages.append((resource_key(partner_id, tenant_id, schema_definition_id, external_id), value))
     return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS))
+
+
+def _zigzag(n: int) -> bytes:
+    """Avro's encoding of an int or long: zigzag, then a base-128 varint."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_LONGS = [_zigzag(n) for n in range(1 << 14)]
+_ON_CONFLICT = [symbol for field in INGEST_EVENT_SCHEMA["fields"] if field["name"] == "onConflict"
+                for symbol in field["type"]["symbols"]]
+
+
+def _long(n: int) -> bytes:
+    return _SMALL_LONGS[n] if 0 <= n < len(_SMALL_LONGS) else _zigzag(n)
+
+
+def _string(text: str) -> bytes:
+    data = text.encode()
+    return _long(len(data)) + data
