@@ -113,8 +113,10 @@ class BatchStatusTable(TopicView):
                 int(event["recordCount"]), int(event["acceptedAt"])))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not a batch event of ours; nothing to count
-        if event.get("type") == "record":
-            batch.record(event)
+        if event.get("type") == "records":
+            for entry in event.get("outcomes") or []:
+                if isinstance(entry, dict):
+                    batch.record(entry)
 
     def add(self, meta: BatchMeta) -> BatchState:
         """Start tracking a batch (also called by the ingress that accepted it, for read-your-writes)."""

@@ -153,13 +153,15 @@ def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -
         },
     }
     if include_pending:
-        view["pendingResources"] = [pending_view(e, schema_name, name_of) for _, e in sorted(batch.pending_details.items())]
+        view["pendingResources"] = [pending_view(e, batch.schemaDefinitionId, schema_name, name_of)
+                                    for _, e in sorted(batch.pending_details.items())]
     return view
 
 
-def pending_view(event: dict[str, Any], schema_name: str | None, name_of: Any) -> dict[str, Any]:
+def pending_view(event: dict[str, Any], schema_definition_id: str, schema_name: str | None,
+                 name_of: Any) -> dict[str, Any]:
     return {
-        "resourceExternalId": event.get("externalId"), "schemaDefinitionId": event.get("schemaDefinitionId"),
+        "resourceExternalId": event.get("externalId"), "schemaDefinitionId": schema_definition_id,
         "schemaName": schema_name, "expiresAt": iso_ms(event["expiresAt"] / 1000) if event.get("expiresAt") else None,
         "createdAt": iso_ms(event["at"] / 1000) if event.get("at") else None,
         "missingDependencies": [{"schemaDefinitionId": d["schemaDefinitionId"],

@@ -23,6 +23,7 @@ import faust
 import orjson
 
 from processors.apply import Outcome, apply_record, checked_record, options_of
+from processors.outcomes import OutcomeBuffer
 from processors.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
@@ -34,7 +35,7 @@ from schemas.batch_events import (
     SCHEMA_NOT_FOUND,
     VALIDATION_FAILED,
     BatchMeta,
-    outcome,
+    outcome_entry,
 )
 from schemas.definitions import Definition
 from schemas.events import resource_key
@@ -52,6 +53,7 @@ class ResourceProcessor:
         self.resources, self.pending = resources, pending
         self.definition_of = definition_of
         self.exists_elsewhere = exists_elsewhere
+        self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # partition -> heap of (deadline ms, resource key); absent until built from the table
         self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
 
@@ -187,11 +189,9 @@ class ResourceProcessor:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _emit(self, event: faust.EventT, body: Body, result: Outcome, extra: dict[str, Any] | None = None) -> None:
-        meta = BatchMeta.of_event(body)
         details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
-        await self.eos.send(event, self.topics.batch_events.name, meta.batchId.encode(), outcome(
-            meta, body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message,
-            details))
+        await self.outcomes.add(event, BatchMeta.of_event(body), outcome_entry(
+            body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
         dependencies = [{"schemaDefinitionId": m["schemaDefinitionId"], "externalId": m["externalId"]}

@@ -35,6 +35,10 @@ effects, and this module closes each:
    the fenced producer was reused and failed. On every rebalance we stop each producer whose
    partition is no longer ours, so a returning partition gets a fresh one.
 
+For speed, the partitions' transactions commit concurrently rather than one after another
+(`_commit_transactions_concurrently`): processing waits while a commit runs (point 3), and
+each commit is several round trips to the broker.
+
 Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
 from the committed changelog after an unclean stop.
 """
@@ -45,7 +49,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -53,6 +57,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
+from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT
 
 _original_commit_tps = Consumer._commit_tps
@@ -70,6 +75,8 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         offsets = eos.committable(self.assignment(), self._committed_offset)
         for tp in offsets:
             await eos.ensure_transaction(tp)
+            for hook in eos._before_commit:
+                await hook(tp)
         for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
             self._acked[tp].clear()
             self._acked_index[tp].clear()
@@ -103,6 +110,25 @@ async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assign
 TransactionManager.on_rebalance = _on_rebalance_stopping_lost_producers  # type: ignore[method-assign]
 
 
+async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+                                            group_id: str, start_new_transaction: bool = True) -> None:
+    async def commit(transactional_id: str, offsets: Mapping[TP, int]) -> None:
+        async with self._trn_locks[transactional_id]:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                log.warning("commit invoked for unknown transaction %s", transactional_id)
+                return
+            await producer.send_offsets_to_transaction(offsets, group_id)
+            await producer.commit_transaction()
+            if start_new_transaction:
+                await producer.begin_transaction()
+
+    await asyncio.gather(*(commit(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+
+
+Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore[method-assign]
+
+
 async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
     return await self._ensure_consumer().end_offsets(partitions)
 
@@ -123,6 +149,7 @@ class ExactlyOnce:
         # Per input partition: the offset after the last event whose outputs are all sent,
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
+        self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
         setattr(app, _ATTRIBUTE, self)
 
     async def in_order(self, event: EventT) -> list[Any]:
@@ -206,9 +233,6 @@ class ExactlyOnce:
         group = self.app.assignor.group_for_topic(tp.topic)
         return f"{self.app.conf.id}-{group}-{tp.partition}"
 
-    def _transactional_id(self, event: EventT) -> str:
-        return self._tid(event.message.tp)
-
     async def put(self, event: EventT, table: faust.Table, key: Any, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
         store = table.data
@@ -241,13 +265,25 @@ class ExactlyOnce:
         Without `partition`, the key picks it as every Kafka client does (murmur2), so that
         all messages of one key share a partition across topics of equal partition counts.
         """
+        return await self.send_in(event.message.tp, topic, key, value, partition, headers)
+
+    async def send_in(self, tp: TP, topic: str, key: bytes | None, value: bytes | None,
+                      partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
+                      ) -> Awaitable[Any]:
+        """Send in the open transaction of input partition `tp` (see `send`)."""
         if partition is None:
             partition = self.partition_for(topic, key or b"")
-        await self.ensure_transaction(event.message.tp)
-        return await self.app.producer.send(
-            topic, key, value, partition, None, headers,
-            transactional_id=self._transactional_id(event),
-        )
+        await self.ensure_transaction(tp)
+        return await self.app.producer.send(topic, key, value, partition, None, headers,
+                                            transactional_id=self._tid(tp))
+
+    def producer_of(self, tp: TP) -> Any:
+        """The transactional producer of input partition `tp` now (its identity ends with it)."""
+        return self._producer(tp)
+
+    def before_commit(self, hook: Callable[[TP], Awaitable[None]]) -> None:
+        """Call `hook(tp)` inside the commit, before `tp`'s transaction commits its offset."""
+        self._before_commit.append(hook)
 
     def partition_for(self, topic: str, key: bytes) -> int:
         count = self.partitions[topic]

@@ -4,12 +4,13 @@ Keyed by batchId (UTF-8), values are JSON objects:
 
 - ``{"type": "batch", ...}`` — a batch registration, written by the ingress in the same Kafka
   transaction as the batch's ingest events;
-- ``{"type": "record", "index", "externalId", "status", "code", "message", "at", ...}`` — the
-  outcome of one record (``created``, ``updated``, ``failed`` or ``pending``), written by the
-  workers in the same transaction as the change it reports.
+- ``{"type": "records", "outcomes": [{"index", "externalId", "status", "at", "code",
+  "message", ...}, ...]}`` — outcomes of records of the batch (``created``, ``updated``,
+  ``failed`` or ``pending``) in the order they happened, written by a worker in the same
+  transaction as the changes they report.
 
 Both carry the batch's description (``BatchMeta``), so that a batch produced directly to
-Kafka, without a registration, is described by its first outcome.
+Kafka, without a registration, is described by its first outcomes.
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ def registration(meta: BatchMeta) -> bytes:
     return orjson.dumps({"type": "batch", **asdict(meta)})
 
 
-def outcome(meta: BatchMeta, index: int, external_id: str, status: str, at_ms: int,
-            code: str | None = None, message: str | None = None, extra: dict[str, Any] | None = None) -> bytes:
+def outcome_entry(index: int, external_id: str, status: str, at_ms: int, code: str | None = None,
+                  message: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One record's outcome; `extra` carries details such as a pending record's dependencies."""
-    body: dict[str, Any] = {"type": "record", **asdict(meta), "index": index, "externalId": external_id,
-                            "status": status, "at": at_ms}
+    entry: dict[str, Any] = {"index": index, "externalId": external_id, "status": status, "at": at_ms}
     if code is not None:
-        body["code"], body["message"] = code, message
+        entry["code"], entry["message"] = code, message
     if extra:
-        body.update(extra)
-    return orjson.dumps(body)
+        entry.update(extra)
+    return entry
+
+
+def outcomes(meta: BatchMeta, entries: list[dict[str, Any]]) -> bytes:
+    """Outcomes of records of one batch (`outcome_entry`), in the order they happened."""
+    return orjson.dumps({"type": "records", **asdict(meta), "outcomes": entries})

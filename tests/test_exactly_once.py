@@ -120,8 +120,9 @@ async def _committed_outcomes(settings: Settings) -> Counter[tuple[str, int]]:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:
                     event = orjson.loads(message.value)
-                    if event["type"] == "record":
-                        counts[(event["batchId"], event["index"])] += 1
+                    if event["type"] == "records":
+                        for entry in event["outcomes"]:
+                            counts[(event["batchId"], entry["index"])] += 1
     finally:
         await consumer.stop()
     return counts

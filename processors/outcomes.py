@@ -1,0 +1,49 @@
+"""Record outcomes, gathered per input partition and batch, sent as one message per batch.
+
+An outcome belongs to the transaction of the event that produced it, so outcomes wait here
+per input partition and go out when that partition's transaction commits (or when a batch
+has gathered `MAX_PER_MESSAGE` of them): one message for many records instead of one each.
+If the partition's producer changed in between, its transaction was aborted and the events
+will be processed again: what waited for it is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from processors.transactions import ExactlyOnce
+from schemas.batch_events import BatchMeta, outcomes
+
+MAX_PER_MESSAGE = 1000
+
+
+class OutcomeBuffer:
+    def __init__(self, eos: ExactlyOnce, topic: str) -> None:
+        self.eos, self.topic = eos, topic
+        # input partition -> (its producer when the first outcome came, batchId -> (meta, entries))
+        self._open: dict[TP, tuple[Any, dict[str, tuple[BatchMeta, list[dict[str, Any]]]]]] = {}
+        eos.before_commit(self.flush)
+
+    async def add(self, event: faust.EventT, meta: BatchMeta, entry: dict[str, Any]) -> None:
+        """Queue one record's outcome in `event`'s transaction."""
+        tp = event.message.tp
+        producer = self.eos.producer_of(tp)
+        slot = self._open.get(tp)
+        if slot is None or slot[0] is not producer:
+            slot = self._open[tp] = (producer, {})
+        _, entries = slot[1].setdefault(meta.batchId, (meta, []))
+        entries.append(entry)
+        if len(entries) >= MAX_PER_MESSAGE:
+            del slot[1][meta.batchId]
+            await self.eos.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
+
+    async def flush(self, tp: TP) -> None:
+        """Send what waits for `tp`'s transaction (called just before it commits)."""
+        slot = self._open.pop(tp, None)
+        if slot is None or slot[0] is not self.eos.producer_of(tp):
+            return
+        for meta, entries in slot[1].values():
+            await self.eos.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
