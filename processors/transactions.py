@@ -46,6 +46,7 @@ from the committed changelog after an unclean stop.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ class ExactlyOnce:
         self.bootstrap_servers = bootstrap_servers
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
         self._reader: AIOKafkaConsumer | None = None
+        self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()
         # Per input partition: the offset after the last event whose outputs are all sent,
@@ -172,7 +174,26 @@ class ExactlyOnce:
         return [*skipped, event]
 
     async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
-        """The committed records of `tp` in [start, end); a hole of markers only gives []."""
+        """The committed records of `tp` in [start, end); a hole of markers only gives [].
+
+        Holes are mostly transaction markers, one per upload and partition. What one fetch
+        returned is kept, so that the next holes are answered without asking Kafka again.
+        """
+        known = self._read_ahead.get(tp)
+        if known is None or not (known[0] <= start and end <= known[1]):
+            known = self._read_ahead[tp] = await self._fetch_from(tp, start, end)
+        records = known[2]
+        first = bisect.bisect_left(records, start, key=lambda r: r.offset)
+        found = []
+        for record in records[first:]:
+            if record.offset >= end:
+                break
+            found.append(_SkippedRecord(record.key, record.value, _Message(
+                tp.topic, tp.partition, record.offset, tp, list(record.headers or []))))
+        return found
+
+    async def _fetch_from(self, tp: TP, start: int, end: int) -> tuple[int, int, list[Any]]:
+        """(start, position, every committed record in between), reading at least up to `end`."""
         if self._reader is None:
             self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
                                             isolation_level="read_committed", fetch_max_wait_ms=10)
@@ -180,16 +201,13 @@ class ExactlyOnce:
         reader, atp = self._reader, TopicPartition(tp.topic, tp.partition)
         reader.assign([atp])
         reader.seek(atp, start)
-        found: list[Any] = []
+        records: list[Any] = []
         deadline = asyncio.get_running_loop().time() + 30
-        while await reader.position(atp) < end:
+        while (position := await reader.position(atp)) < end:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
-            for record in (await reader.getmany(atp, timeout_ms=500)).get(atp, []):
-                if record.offset < end:
-                    found.append(_SkippedRecord(record.key, record.value, _Message(
-                        tp.topic, tp.partition, record.offset, tp, list(record.headers or []))))
-        return found
+            records.extend((await reader.getmany(atp, timeout_ms=500)).get(atp, []))
+        return start, position, records
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -199,6 +217,7 @@ class ExactlyOnce:
         """Forget positions of partitions that moved (re-read from the committed offsets)."""
         for tp in tps:
             self.expected.pop(tp, None)
+            self._read_ahead.pop(tp, None)
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
