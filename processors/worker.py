@@ -7,6 +7,8 @@ import logging
 import shutil
 import sys
 
+import uvloop
+
 from processors.app import create_app, worker_datadir
 from reach.config import Settings
 from topics import create_topics, service_topics
@@ -35,6 +37,7 @@ def discard_state_after_crash(settings: Settings) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # also for Faust's consumer thread
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # Faust runs on this loop after the topics exist
     loop.run_until_complete(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
