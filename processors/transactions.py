@@ -75,9 +75,7 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
     async with eos.lock:
         offsets = eos.committable(self.assignment(), self._committed_offset)
         for tp in offsets:
-            await eos.ensure_transaction(tp)
-            for hook in eos._before_commit:
-                await hook(tp)
+            await eos.prepare_commit(tp)
         for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
             self._acked[tp].clear()
             self._acked_index[tp].clear()
@@ -223,13 +221,13 @@ class ExactlyOnce:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
         tp = event.message.tp
         self.expected[tp] = event.message.offset + 1
-        self.processed[tp] = (event.message.offset + 1, self._producer(tp))
+        self.processed[tp] = (event.message.offset + 1, self.producer_of(tp))
 
     def committable(self, assigned: set[TP], committed: dict[TP, int | None]) -> dict[TP, int]:
         """The offsets to commit now; forgets those whose producer is gone (never committed)."""
         offsets = {}
         for tp, (offset, producer) in list(self.processed.items()):
-            if tp not in assigned or producer is None or producer is not self._producer(tp):
+            if tp not in assigned or producer is None or producer is not self.producer_of(tp):
                 del self.processed[tp]  # its outputs died with that producer's transaction
             elif offset > (committed.get(tp) or 0):
                 offsets[tp] = offset
@@ -241,11 +239,12 @@ class ExactlyOnce:
         Faust's commit on a rebalance may end a partition's transaction without starting the
         next one while the partition stays with this worker.
         """
-        producer = self._producer(tp)
+        producer = self.producer_of(tp)
         if producer is not None and not producer._txn_manager.is_in_transaction():
             await producer.begin_transaction()
 
-    def _producer(self, tp: TP) -> Any:
+    def producer_of(self, tp: TP) -> Any:
+        """The transactional producer of input partition `tp` now (its identity ends with it)."""
         return self.app.producer._transaction_producers.get(self._tid(tp))
 
     def _tid(self, tp: TP) -> str:
@@ -296,13 +295,15 @@ class ExactlyOnce:
         return await self.app.producer.send(topic, key, value, partition, None, headers,
                                             transactional_id=self._tid(tp))
 
-    def producer_of(self, tp: TP) -> Any:
-        """The transactional producer of input partition `tp` now (its identity ends with it)."""
-        return self._producer(tp)
-
     def before_commit(self, hook: Callable[[TP], Awaitable[None]]) -> None:
         """Call `hook(tp)` inside the commit, before `tp`'s transaction commits its offset."""
         self._before_commit.append(hook)
+
+    async def prepare_commit(self, tp: TP) -> None:
+        """Ready `tp`'s transaction to commit: open, with what waits for it (`before_commit`) sent."""
+        await self.ensure_transaction(tp)
+        for hook in self._before_commit:
+            await hook(tp)
 
     def partition_for(self, topic: str, key: bytes) -> int:
         count = self.partitions[topic]

@@ -89,9 +89,7 @@ class TopicView:
         Raises TimeoutError after `timeout_s`, also when the broker does not answer.
         """
         assert self._consumer is not None
-        async with asyncio.timeout(timeout_s):
-            ends = await self._consumer.end_offsets(list(self._positions))
-            await self.wait_for(ends, timeout_s)
+        await self._reach_end_of(self._consumer, timeout_s)
 
     async def settle(self, timeout_s: float) -> bool:
         """Wait until every message written before this call, committed or in a transaction still
@@ -102,12 +100,16 @@ class TopicView:
         """
         assert self._offsets is not None
         try:
-            async with asyncio.timeout(timeout_s):
-                ends = await self._offsets.end_offsets(list(self._positions))
-                await self.wait_for(ends, timeout_s)
+            await self._reach_end_of(self._offsets, timeout_s)
         except (TimeoutError, KafkaError):
             return False
         return True
+
+    async def _reach_end_of(self, consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+        """Wait until the view has applied everything before the topic's end as `consumer` sees it."""
+        async with asyncio.timeout(timeout_s):
+            ends = await consumer.end_offsets(list(self._positions))
+            await self.wait_for(ends, timeout_s)
 
     async def wait_for(self, offsets: dict[TopicPartition, int], timeout_s: float) -> None:
         """Wait until each partition's position has reached the given offset."""
