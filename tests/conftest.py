@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from ingest.app import create_app
 
 from reach.config import Settings
-from tests.support import SUMMARY, ServiceProcess, free_port, isolated_settings, unique, wait_until, worker_get
+from tests.support import SUMMARY, ServiceProcess, free_port, isolated_settings, unique, wait_worker_ready
 from topics import create_topics, service_topics
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per test request is noise
@@ -87,8 +87,7 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
     """One real worker process of this test's deployment, its web server answering."""
     process = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker.log").start()
     try:
-        wait_until(lambda: worker_get(settings, "/state/resources", key="-").status_code == 200, 60,
-                   what="the worker's web server")
+        wait_worker_ready(settings)
         yield process
     finally:
         code = process.stop()

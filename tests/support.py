@@ -162,6 +162,20 @@ def worker_get(settings: Settings, path: str, **params: str) -> httpx.Response:
     return httpx.get(f"http://127.0.0.1:{settings.worker_web_port}{path}", params=params, timeout=5)
 
 
+def wait_worker_ready(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Wait until the worker process of `settings` answers on its web port."""
+    wait_until(lambda: worker_get(settings, "/state/resources", key="-").status_code == 200, timeout_s,
+               what="the worker's web server")
+
+
+def wait_ingress_ready(settings: Settings, timeout_s: float = 60.0) -> str:
+    """Wait until the ingress process of `settings` is ready; return its base URL."""
+    base = f"http://127.0.0.1:{settings.http_port}"
+    wait_until(lambda: httpx.get(f"{base}/ready", timeout=2).status_code == 200, timeout_s,
+               what="the ingress process")
+    return base
+
+
 TERMINAL = ("success", "partial_success", "failed")
 
 

@@ -16,7 +16,6 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -35,8 +34,8 @@ from tests.support import (
     partner_token,
     tenant_token,
     wait_terminal,
-    wait_until,
-    worker_get,
+    wait_ingress_ready,
+    wait_worker_ready,
 )
 from topics import create_topics, service_topics
 
@@ -82,11 +81,9 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp / "worker.log").start()
     ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp / "ingress.log").start()
-    base = f"http://127.0.0.1:{settings.http_port}"
     try:
-        wait_until(lambda: httpx.get(f"{base}/ready", timeout=2).status_code == 200, 60, what="the ingress")
-        wait_until(lambda: worker_get(settings, "/state/resources", key="-").status_code == 200, 60,
-                   what="the worker")
+        base = wait_ingress_ready(settings)
+        wait_worker_ready(settings)
         assert httpx.get(f"{base}/openapi.json").json() == SPEC
         partner = partner_token(ttl_s=3600)
         for name in ("Customer", "Gadget"):

@@ -25,7 +25,7 @@ from tests.support import (
     tenant_token,
     wait_terminal,
     wait_until,
-    worker_get,
+    wait_worker_ready,
 )
 
 DEFINITIONS = "/partner/schema-definitions"
@@ -157,8 +157,7 @@ def running_worker(settings: Settings, log: Path) -> Iterator[ServiceProcess]:
 
 def start_worker(settings: Settings, log: Path) -> ServiceProcess:
     process = ServiceProcess(["-m", "processors.worker"], settings, log).start()
-    wait_until(lambda: worker_get(settings, "/state/resources", key="-").status_code == 200, 60,
-               what="the worker's web server")
+    wait_worker_ready(settings)
     return process
 
 

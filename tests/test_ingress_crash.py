@@ -22,6 +22,7 @@ from tests.support import (
     partner_token,
     tenant_token,
     wait_terminal,
+    wait_ingress_ready,
     wait_until,
 )
 from topics import service_topics
@@ -38,8 +39,7 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
                         headers=bearer(partner_token())).status_code == 200
     headers = bearer(tenant_token())
     served = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
-    base = f"http://127.0.0.1:{settings.http_port}"
-    wait_until(lambda: httpx.get(f"{base}/ready", timeout=2).status_code == 200, 60, what="the ingress process")
+    base = wait_ingress_ready(settings)
 
     accepted: dict[str, str] = {}  # upload tag -> batchId, for every 202
     unanswered: list[str] = []     # upload tags whose request died with the ingress
