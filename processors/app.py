@@ -1,12 +1,11 @@
 """The Faust application: topics, tables and agents of one worker process.
 
-Two agents:
-- `apply_records` (ingest + dependency notices, keyed by resource): decode → definition
-  (schema registry) → checks → references present? → apply to the `resources` table →
-  publish the resource and the record's outcome; or hold the record pending
-  (`processors.resources`).
-- `track_dependencies` (resources + dependency requests, keyed by the referenced resource):
-  wakes waiting records when what they reference appears (`processors.dependencies`).
+One agent, `apply_records`, consumes three co-partitioned topics keyed by resource: the
+ingest topic, dependency requests ("R waits for this resource") and dependency notices
+("what R waits for exists now", expiry ticks). Per record: decode → definition (schema
+registry) → checks → references present? → apply to the `resources` table → publish the
+resource and the record's outcome; or hold the record pending (`processors.resources`).
+Requests and creations of one resource meet on its partition (`processors.dependencies`).
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by
 `processors.transactions`: an event's table changes, its published messages and its
@@ -87,13 +86,13 @@ def create_app(settings: Settings) -> faust.App:
     )
     topics = service_topics(settings)
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    # Co-partitioned pairs: each agent sees partition p of both its topics.
-    records_in = app.topic(topics.ingest.name, topics.dependency_notices.name, **raw)
-    dependencies_in = app.topic(topics.resources.name, topics.dependency_requests.name, **raw)
+    # Co-partitioned: the agent sees partition p of all three.
+    records_in = app.topic(topics.ingest.name, topics.dependency_requests.name, topics.dependency_notices.name,
+                           **raw)
     parts = settings.topic_partitions
     resources = app.Table("resources", default=None, partitions=parts, key_type=bytes)
     pending = app.Table("pending", default=None, partitions=parts, key_type=bytes)
-    dependents = app.Table("dependents", default=None, partitions=parts, key_type=bytes)
+    waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes)
 
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
     resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name)
@@ -114,8 +113,8 @@ def create_app(settings: Settings) -> faust.App:
         return found
 
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers)
-    processor = ResourceProcessor(eos, topics, resources, pending, definition_of, resource_keys.exists)
-    index = DependencyIndex(eos, topics, dependents)
+    index = DependencyIndex(eos, topics, waiters, lambda key: resources.get(key) is not None)
+    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists)
 
     async def on_ingest_message(event: faust.EventT) -> None:
         """Decode and attribute an ingest message, or send it to the dead letters."""
@@ -137,24 +136,22 @@ def create_app(settings: Settings) -> faust.App:
         if record.message.topic == topics.ingest.name:
             await on_ingest_message(record)
             return
+        if record.message.topic == topics.dependency_requests.name:
+            await index.on_request(record)
+            return
         notice = orjson.loads(record.value)
         if notice["type"] == "tick":
             await processor.on_tick(record)
         else:
             await processor.on_resolved(record, notice)
 
-    async def track_one(record: Any) -> None:
-        if record.message.topic == topics.resources.name:
-            await index.on_resource(record)
-        else:
-            await index.on_request(record)
-
-    async def process(stream: faust.StreamT[bytes], handle: Any) -> None:
+    @app.agent(records_in)
+    async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
                     try:
-                        await handle(record)
+                        await apply_one(record)
                     except Exception as exc:
                         # Half its outputs may be in the open transaction: stop, so that it
                         # aborts and the record is processed again from the committed offset.
@@ -163,14 +160,6 @@ def create_app(settings: Settings) -> faust.App:
                         await app.crash(exc)
                         return
                     eos.done(record)
-
-    @app.agent(records_in)
-    async def apply_records(stream: faust.StreamT[bytes]) -> None:
-        await process(stream, apply_one)
-
-    @app.agent(dependencies_in)
-    async def track_dependencies(stream: faust.StreamT[bytes]) -> None:
-        await process(stream, track_one)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:

@@ -1,14 +1,16 @@
-"""The dependency agent: who waits for which resource, co-partitioned with that resource.
+"""Who waits for which resource, kept on the partition of the resource waited for.
 
-It consumes two topics keyed by a resource T, with equal partition counts: the resources
-topic (the resource agent's output: T exists) and the dependency requests (record R waits
-for T). Its table `dependents[T]` holds whether T exists and who waits for it. When T
-appears, every waiter gets a "resolved" notice on its own partition; a request for a T that
-exists already is answered at once.
+A record R that references a missing resource T sends a dependency request, keyed by T, to
+the dependency-requests topic. That topic is co-partitioned with the ingest topic, so the
+request reaches the agent that also applies T's own records, in one serial order: either T
+exists already in its `resources` table (the request is answered at once) or the request
+joins `dependents[T]`, and T's creation answers every request there. An answer is a
+"resolved" notice on the waiter's own partition of the dependency-notices topic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -19,26 +21,28 @@ from topics.definitions import ServiceTopics
 
 
 class DependencyIndex:
-    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, dependents: faust.Table) -> None:
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, dependents: faust.Table,
+                 exists_here: Callable[[bytes], bool]) -> None:
         self.eos, self.topics, self.dependents = eos, topics, dependents
+        self.exists_here = exists_here
 
     async def on_request(self, event: faust.EventT) -> None:
+        """Record R waits for T (the event's key): answer now if T exists, else remember R."""
         request = orjson.loads(event.value)
         target: bytes = event.key
-        entry = self.dependents.get(target) or {"exists": False, "waiters": []}
-        if entry["exists"]:
+        if self.exists_here(target):
             await self._notify(event, request)
             return
-        entry["waiters"].append(request)
-        await self.eos.put(event, self.dependents, target, entry)
+        waiters = self.dependents.get(target) or []
+        await self.eos.put(event, self.dependents, target, [*waiters, request])
 
-    async def on_resource(self, event: faust.EventT) -> None:
-        target: bytes = event.key
-        entry = self.dependents.get(target)
-        if entry is not None and entry["exists"]:
+    async def on_created(self, event: faust.EventT, target: bytes) -> None:
+        """T was just created by `event`: answer everyone waiting for it."""
+        waiters = self.dependents.get(target)
+        if not waiters:
             return
-        await self.eos.put(event, self.dependents, target, {"exists": True, "waiters": []})
-        for request in (entry or {}).get("waiters", []):
+        await self.eos.delete(event, self.dependents, target)
+        for request in waiters:
             await self._notify(event, request)
 
     async def _notify(self, event: faust.EventT, request: dict[str, Any]) -> None:

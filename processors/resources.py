@@ -4,7 +4,7 @@ Per resource R (one partition of the ingest topic, one agent at a time):
 - no record of R is pending → check the record, check its references, apply it;
 - a reference is missing and `dependencyWaitTimeout` > 0 → R gets a pending queue whose head
   is this record, with its missing references and its deadline; a dependency request per
-  missing reference goes to the dependency agent (`processors.dependencies`);
+  missing reference goes to the referenced resource's partition (`processors.dependencies`);
 - R has a pending queue → the record joins its tail: records of one resource apply in order.
 A "resolved" notice for the head removes a missing reference; with none left, the head is
 applied against the state at that moment and the queue drains. A tick past the head's
@@ -23,10 +23,12 @@ import faust
 import orjson
 
 from processors.apply import Outcome, apply_record, checked_record, options_of
+from processors.dependencies import DependencyIndex
 from processors.outcomes import OutcomeBuffer
 from processors.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
+    CREATED,
     DEPENDENCY_TIMEOUT,
     FAILED,
     INVALID_OPTIONS,
@@ -47,10 +49,10 @@ Body = dict[str, Any]  # a decoded ingest event
 
 class ResourceProcessor:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, pending: faust.Table,
-                 definition_of: Callable[[Body], Awaitable[Definition | None]],
+                 dependencies: DependencyIndex, definition_of: Callable[[Body], Awaitable[Definition | None]],
                  exists_elsewhere: Callable[[bytes], Awaitable[bool]]) -> None:
         self.eos, self.topics = eos, topics
-        self.resources, self.pending = resources, pending
+        self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
         self.exists_elsewhere = exists_elsewhere
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
@@ -163,6 +165,8 @@ class ResourceProcessor:
         if changed is not None:
             await self.eos.put(event, self.resources, key, changed)
             await self.eos.send(event, self.topics.resources.name, key, orjson.dumps(changed))
+            if result.status == CREATED:
+                await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
         return []
 
