@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> faust.App:
         return found
 
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers)
-    index = DependencyIndex(eos, topics, waiters, lambda key: resources.get(key) is not None)
+    index = DependencyIndex(eos, topics, resources, waiters)
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists)
 
     async def on_ingest_message(event: faust.EventT) -> None:

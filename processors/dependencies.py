@@ -4,13 +4,12 @@ A record R that references a missing resource T sends a dependency request, keye
 the dependency-requests topic. That topic is co-partitioned with the ingest topic, so the
 request reaches the agent that also applies T's own records, in one serial order: either T
 exists already in its `resources` table (the request is answered at once) or the request
-joins `dependents[T]`, and T's creation answers every request there. An answer is a
+joins `waiters[T]`, and T's creation answers every request there. An answer is a
 "resolved" notice on the waiter's own partition of the dependency-notices topic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -21,27 +20,25 @@ from topics.definitions import ServiceTopics
 
 
 class DependencyIndex:
-    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, dependents: faust.Table,
-                 exists_here: Callable[[bytes], bool]) -> None:
-        self.eos, self.topics, self.dependents = eos, topics, dependents
-        self.exists_here = exists_here
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, waiters: faust.Table) -> None:
+        self.eos, self.topics, self.resources, self.waiters = eos, topics, resources, waiters
 
     async def on_request(self, event: faust.EventT) -> None:
         """Record R waits for T (the event's key): answer now if T exists, else remember R."""
         request = orjson.loads(event.value)
         target: bytes = event.key
-        if self.exists_here(target):
+        if self.eos.get(event, self.resources, target) is not None:
             await self._notify(event, request)
             return
-        waiters = self.dependents.get(target) or []
-        await self.eos.put(event, self.dependents, target, [*waiters, request])
+        waiters = self.eos.get(event, self.waiters, target) or []
+        await self.eos.put(event, self.waiters, target, [*waiters, request])
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
         """T was just created by `event`: answer everyone waiting for it."""
-        waiters = self.dependents.get(target)
+        waiters = self.eos.get(event, self.waiters, target)
         if not waiters:
             return
-        await self.eos.delete(event, self.dependents, target)
+        await self.eos.delete(event, self.waiters, target)
         for request in waiters:
             await self._notify(event, request)
 

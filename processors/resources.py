@@ -71,7 +71,7 @@ class ResourceProcessor:
         if failure is not None:
             await self._emit(event, body, failure)
             return
-        queue = self.pending.get(key)
+        queue = self.eos.get(event, self.pending, key)
         if queue is not None:
             queue["queue"].append(body)
             await self.eos.put(event, self.pending, key, queue)
@@ -81,7 +81,7 @@ class ResourceProcessor:
 
     async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
         key: bytes = event.key
-        queue = self.pending.get(key)
+        queue = self.eos.get(event, self.pending, key)
         if queue is None or queue["queue"][0]["eventId"] != notice["eventId"]:
             return  # that record expired or was applied already
         queue["missing"] = [m for m in queue["missing"] if m["key"] != notice["target"]]
@@ -102,7 +102,7 @@ class ResourceProcessor:
         now = _now_ms()
         while heap and heap[0][0] <= now:
             deadline, key = heapq.heappop(heap)
-            queue = self.pending.get(key)
+            queue = self.eos.get(event, self.pending, key)
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
             head, *rest = queue["queue"]
@@ -134,7 +134,7 @@ class ResourceProcessor:
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
-        if self.pending.get(key) is not None:
+        if self.eos.get(event, self.pending, key) is not None:
             await self.eos.delete(event, self.pending, key)
 
     async def _apply_or_missing(self, event: faust.EventT, key: bytes, body: Body,
@@ -153,7 +153,7 @@ class ResourceProcessor:
             return []
         if not skip_references:
             references = references_of(record, definition, body["partnerId"], body["tenantId"])
-            missing = [r for r in references if not await self._exists(r.key)]
+            missing = [r for r in references if not await self._exists(event, r.key)]
             if missing and body["dependencyWaitTimeout"] > 0:
                 return missing
             if missing:
@@ -161,10 +161,12 @@ class ResourceProcessor:
                 await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
                                  f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
                 return []
-        changed, result = apply_record(self.resources.get(key), body, record, validators, _now_ms())
+        current = self.eos.get(event, self.resources, key)
+        changed, result = apply_record(current, body, record, validators, _now_ms())
         if changed is not None:
-            await self.eos.put(event, self.resources, key, changed)
-            await self.eos.send(event, self.topics.resources.name, key, orjson.dumps(changed))
+            stored = await self.eos.put(event, self.resources, key, changed)
+            # The event's partition is the key's (the contract asks for Kafka's default partitioner).
+            await self.eos.send(event, self.topics.resources.name, key, stored, event.message.partition)
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
@@ -186,9 +188,9 @@ class ResourceProcessor:
                            f"resources[{body['recordIndex']}]: the message key must be {expected.decode()!r}")
         return None
 
-    async def _exists(self, key: bytes) -> bool:
-        # This worker's own table first: it holds what this transaction created moments ago.
-        return self.resources.get(key) is not None or await self.exists_elsewhere(key)
+    async def _exists(self, event: faust.EventT, key: bytes) -> bool:
+        # The event's own partition first: it holds what this transaction created moments ago.
+        return self.eos.get(event, self.resources, key) is not None or await self.exists_elsewhere(key)
 
     # -- outcomes --------------------------------------------------------------------------
 

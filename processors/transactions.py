@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import Consumer, TransactionManager
@@ -150,6 +151,7 @@ class ExactlyOnce:
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
         self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
+        self._tids: dict[TP, str] = {}
         setattr(app, _ATTRIBUTE, self)
 
     async def in_order(self, event: EventT) -> list[Any]:
@@ -248,32 +250,40 @@ class ExactlyOnce:
         return self.app.producer._transaction_producers.get(self._tid(tp))
 
     def _tid(self, tp: TP) -> str:
-        group = self.app.assignor.group_for_topic(tp.topic)
-        return f"{self.app.conf.id}-{group}-{tp.partition}"
+        tid = self._tids.get(tp)
+        if tid is None:  # fixed for the app's life: agents and their topics don't change
+            group = self.app.assignor.group_for_topic(tp.topic)
+            tid = self._tids[tp] = f"{self.app.conf.id}-{group}-{tp.partition}"
+        return tid
 
-    async def put(self, event: EventT, table: faust.Table, key: Any, value: Any) -> None:
-        """`table[key] = value`, its changelog record sent in `event`'s transaction."""
-        store = table.data
-        raw_key, raw_value = store._encode_key(key), store._encode_value(value)
-        store._set(raw_key, raw_value)
-        # A table's partition p holds what events of input partition p wrote (Faust's rule).
-        await self.send(event, table.changelog_topic.get_topic_name(), raw_key, raw_value, event.message.partition)
-
-    async def delete(self, event: EventT, table: faust.Table, key: Any) -> None:
-        """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
-        store = table.data
-        raw_key = store._encode_key(key)
-        store._del(raw_key)
-        await self.send(event, table.changelog_topic.get_topic_name(), raw_key, None,  # type: ignore[arg-type]
-                        event.message.partition)
+    # Tables: RocksDB stores with bytes keys and JSON values. A table's partition p holds what
+    # events of input partition p wrote (Faust's rule), so an event reads and writes the store
+    # of its own partition, directly: Faust's mapping interface looks a key up two or three
+    # times and encodes through its serializer registry, per call.
 
     @staticmethod
-    def partition_items(table: faust.Table, partition: int) -> list[tuple[Any, Any]]:
-        """Every (key, value) this worker holds for one partition of `table` (RocksDB store)."""
-        store = table.data
-        db = store._db_for_partition(partition)
-        return [(store._decode_key(k), store._decode_value(v)) for k, v in db.items()
-                if not k.startswith(b"__faust")]
+    def get(event: EventT, table: faust.Table, key: bytes) -> Any:
+        """`table[key]` in `event`'s partition, or None."""
+        raw = table.data._db_for_partition(event.message.partition).get(key)
+        return None if raw is None else orjson.loads(raw)
+
+    async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> bytes:
+        """`table[key] = value`, its changelog record sent in `event`'s transaction; the JSON stored."""
+        raw = orjson.dumps(value)
+        table.data._db_for_partition(event.message.partition).put(key, raw)
+        await self.send(event, table.changelog_topic.get_topic_name(), key, raw, event.message.partition)
+        return raw
+
+    async def delete(self, event: EventT, table: faust.Table, key: bytes) -> None:
+        """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
+        table.data._db_for_partition(event.message.partition).delete(key)
+        await self.send(event, table.changelog_topic.get_topic_name(), key, None, event.message.partition)
+
+    @staticmethod
+    def partition_items(table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
+        """Every (key, value) this worker holds for one partition of `table`."""
+        db = table.data._db_for_partition(partition)
+        return [(k, orjson.loads(v)) for k, v in db.items() if not k.startswith(b"__faust")]
 
     async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
