@@ -36,8 +36,10 @@ effects, and this module closes each:
    partition is no longer ours, so a returning partition gets a fresh one.
 
 For speed, the partitions' transactions commit concurrently rather than one after another
-(`_commit_transactions_concurrently`): processing waits while a commit runs (point 3), and
-each commit is several round trips to the broker.
+(`_commit_transactions_concurrently`), and processing does not wait for a commit: a commit
+takes its offsets between two events (point 3), then events go on while it makes its round
+trips to the broker; what they send through a committing producer is held back and sent,
+in order, into that producer's next transaction (`hold_sends`, `release_sends`).
 
 Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
 from the committed changelog after an unclean stop.
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -73,17 +76,25 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
     eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
     if eos is None or not self.app.in_transaction:
         return await _original_commit_tps(self, tps, start_new_transaction)
-    async with eos.lock:
-        offsets = eos.committable(self.assignment(), self._committed_offset)
-        for tp in offsets:
-            await eos.prepare_commit(tp)
-        for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
-            self._acked[tp].clear()
-            self._acked_index[tp].clear()
-            self._gap[tp].clear()
-        if not offsets:
-            return False
-        await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+    async with eos.commit_lock:
+        async with eos.lock:  # between events: what the transactions hold is exactly theirs
+            offsets = eos.committable(self.assignment(), self._committed_offset)
+            for tp in offsets:
+                await eos.prepare_commit(tp)
+            for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
+                self._acked[tp].clear()
+                self._acked_index[tp].clear()
+                self._gap[tp].clear()
+            if not offsets:
+                return False
+            eos.hold_sends(offsets)
+        # Events go on meanwhile; what they send for these transactions waits for the next.
+        try:
+            await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        except BaseException:
+            eos.drop_held_sends()  # the commit failed: Faust stops the worker
+            raise
+        await eos.release_sends()
         return True
 
 
@@ -97,8 +108,9 @@ async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assign
     lost = sorted(tid for tid in self.producer._transaction_producers if tid not in owned)
     if lost:
         log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
-        # Not while an event is half processed through one of them.
-        async with eos.lock if eos is not None else contextlib.nullcontext():
+        # Not while one of them commits, nor while an event is half processed through one.
+        async with eos.commit_lock if eos is not None else contextlib.nullcontext(), \
+                eos.lock if eos is not None else contextlib.nullcontext():
             for tid in lost:
                 try:
                     await self.producer.stop_transaction(tid)
@@ -146,7 +158,11 @@ class ExactlyOnce:
         self._reader: AIOKafkaConsumer | None = None
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
+        self.commit_lock = asyncio.Lock()  # one commit at a time
+        # Per transactional id whose transaction is committing: sends held for its next one.
+        self._held: dict[str, collections.deque[tuple[TP, str, bytes | None, bytes | None, int,
+                                                      list[tuple[str, bytes]] | None]]] = {}
         # Per input partition: the offset after the last event whose outputs are all sent,
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
@@ -286,24 +302,58 @@ class ExactlyOnce:
         return [(k, orjson.loads(v)) for k, v in db.items() if not k.startswith(b"__faust")]
 
     async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
-                   partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
-                   ) -> Awaitable[Any]:
+                   partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send in the transaction that commits `event`'s offset.
 
         Without `partition`, the key picks it as every Kafka client does (murmur2), so that
         all messages of one key share a partition across topics of equal partition counts.
         """
-        return await self.send_in(event.message.tp, topic, key, value, partition, headers)
+        await self.send_in(event.message.tp, topic, key, value, partition, headers)
 
     async def send_in(self, tp: TP, topic: str, key: bytes | None, value: bytes | None,
-                      partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
-                      ) -> Awaitable[Any]:
+                      partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send in the open transaction of input partition `tp` (see `send`)."""
         if partition is None:
             partition = self.partition_for(topic, key or b"")
+        held = self._held.get(self._tid(tp))
+        if held is not None:  # that transaction is committing: this goes into the next one
+            held.append((tp, topic, key, value, partition, headers))
+            return
+        await self._send_now(tp, topic, key, value, partition, headers)
+
+    async def _send_now(self, tp: TP, topic: str, key: bytes | None, value: bytes | None, partition: int,
+                        headers: list[tuple[str, bytes]] | None) -> None:
         await self.ensure_transaction(tp)
-        return await self.app.producer.send(topic, key, value, partition, None, headers,
-                                            transactional_id=self._tid(tp))
+        await self.app.producer.send(topic, key, value, partition, None, headers, transactional_id=self._tid(tp))
+
+    def hold_sends(self, offsets: Iterable[TP]) -> None:
+        """From now on, hold back what is sent through the producers that commit `offsets`."""
+        for tp in offsets:
+            self._held.setdefault(self._tid(tp), collections.deque())
+
+    async def release_sends(self) -> None:
+        """Send what was held, in order, into each producer's next transaction; stop holding.
+
+        If that fails, the worker stops: the events whose outputs were held count as
+        processed, and their offsets must not commit without those outputs.
+        """
+        try:
+            for tid in list(self._held):
+                held = self._held[tid]
+                while held:  # events may add to it while this sends
+                    await self._send_now(*held.popleft())
+                del self._held[tid]  # found empty, nothing awaited since: no send slips past
+        except Exception as exc:
+            self.drop_held_sends()
+            log.critical("sending held outputs failed; stopping the worker")
+            await self.app.crash(exc)
+            raise
+        except BaseException:
+            self.drop_held_sends()
+            raise
+
+    def drop_held_sends(self) -> None:
+        self._held.clear()
 
     def before_commit(self, hook: Callable[[TP], Awaitable[None]]) -> None:
         """Call `hook(tp)` inside the commit, before `tp`'s transaction commits its offset."""
