@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 
+import faust
 import uvloop
 
 from processors.app import create_app, worker_datadir
@@ -54,7 +55,15 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:
         if clean:
+            flush_stores(app)
             (worker_datadir(settings) / RUNNING_MARKER).unlink(missing_ok=True)
+
+
+def flush_stores(app: faust.App) -> None:
+    """Persist what the stores still hold in memory (they are written without a log)."""
+    for table in app.tables.values():
+        for db in table.data._dbs.values():
+            db.flush()
 
 
 if __name__ == "__main__":
