@@ -90,7 +90,10 @@ def create_app(settings: Settings) -> faust.App:
     records_in = app.topic(topics.ingest.name, topics.dependency_requests.name, topics.dependency_notices.name,
                            **raw)
     parts = settings.topic_partitions
-    resources = app.Table("resources", default=None, partitions=parts, key_type=bytes)
+    # The resources topic is the resources table's changelog: one message per change, read
+    # by Faust to restore the table and by everyone else as the resources' latest state.
+    resources = app.Table("resources", default=None, partitions=parts, key_type=bytes,
+                          changelog_topic=app.topic(topics.resources.name, partitions=parts, **raw))
     pending = app.Table("pending", default=None, partitions=parts, key_type=bytes)
     waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes)
 

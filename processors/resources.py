@@ -164,9 +164,8 @@ class ResourceProcessor:
         current = self.eos.get(event, self.resources, key)
         changed, result = apply_record(current, body, record, validators, _now_ms())
         if changed is not None:
-            stored = await self.eos.put(event, self.resources, key, changed)
-            # The event's partition is the key's (the contract asks for Kafka's default partitioner).
-            await self.eos.send(event, self.topics.resources.name, key, stored, event.message.partition)
+            # Its changelog record is the resource's message on the resources topic.
+            await self.eos.put(event, self.resources, key, changed)
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)

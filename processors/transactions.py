@@ -288,12 +288,11 @@ class ExactlyOnce:
         raw = table.data._db_for_partition(event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
-    async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> bytes:
-        """`table[key] = value`, its changelog record sent in `event`'s transaction; the JSON stored."""
+    async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:
+        """`table[key] = value`, its changelog record sent in `event`'s transaction."""
         raw = orjson.dumps(value)
         table.data._db_for_partition(event.message.partition).put(key, raw, _NO_WAL)
         await self.send(event, table.changelog_topic.get_topic_name(), key, raw, event.message.partition)
-        return raw
 
     async def delete(self, event: EventT, table: faust.Table, key: bytes) -> None:
         """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
