@@ -103,6 +103,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def start_views() -> None:
+        # Faust's monitor records statistics for its web pages at every event; we serve none.
+        if app.monitor in app.sensors:
+            app.sensors.remove(app.monitor)
         await registry.start()
         await resource_keys.start()
         views_started.set()
