@@ -50,10 +50,11 @@ def service_topics(settings: Settings) -> ServiceTopics:
         # Batch registrations (from the ingress) and record outcomes (from the workers),
         # keyed by batchId: what batch status is computed from.
         batch_events=TopicSpec(f"{prefix}.batch-events", parts, rf, "delete", {"retention.ms": week_ms}),
-        # The latest state of every resource, as the workers applied it: the read model.
+        # The latest state of every resource, as the workers applied it: the read model, and
+        # the changelog of the workers' resources table.
         resources=TopicSpec(f"{prefix}.resources", parts, rf, "compact"),
-        # "Record R waits for resource T", keyed by T: co-partitioned with the resources
-        # topic, so that one dependency agent sees both the wait and T's creation.
+        # "Record R waits for resource T", keyed by T: co-partitioned with the ingest topic,
+        # so that the agent applying T's records sees both the wait and T's creation.
         dependency_requests=TopicSpec(f"{prefix}.dependency-requests", parts, rf, "delete", {"retention.ms": week_ms}),
         # "T exists now" for a waiting record, and expiry ticks; keyed by the waiting
         # resource R, co-partitioned with the ingest topic.
