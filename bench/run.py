@@ -370,8 +370,8 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--ingest-batches", type=int, default=20, help="batches per concurrency level")
-    parser.add_argument("--e2e-batches", type=int, default=100)
+    parser.add_argument("--ingest-batches", type=int, default=50, help="batches per concurrency level")
+    parser.add_argument("--e2e-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--release-runs", type=int, default=5)
     args = parser.parse_args()
