@@ -12,13 +12,12 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 
 from reach.config import Settings
+from topics.partitioning import partition_for
 
 log = logging.getLogger(__name__)
 
-_partitioner = DefaultPartitioner()  # murmur2, as every Kafka client: one resource, one partition
 Message = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 
 
@@ -78,12 +77,12 @@ class BatchPublisher:
         # One record batch per partition, built here: sending messages one by one costs
         # ~20 µs each in the client, more than everything else the ingress does per record.
         by_partition: dict[tuple[str, int], list[Message]] = {}
-        partitions_of: dict[str, list[int]] = {}
+        partitions_of: dict[str, int] = {}
         for message in messages:
             topic, key = message[0], message[1]
             if topic not in partitions_of:
-                partitions_of[topic] = sorted(await producer.partitions_for(topic))
-            partition = _partitioner(key, partitions_of[topic], partitions_of[topic])
+                partitions_of[topic] = len(await producer.partitions_for(topic))
+            partition = partition_for(key, partitions_of[topic])  # one resource, one partition
             by_partition.setdefault((topic, partition), []).append(message)
         async with producer.transaction():
             delivered = []

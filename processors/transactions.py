@@ -59,18 +59,18 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT
 from rocksdict import WriteOptions
 
+from topics import partitioning
+
 _original_commit_tps = Consumer._commit_tps
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
-_partitioner = DefaultPartitioner()
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
 
@@ -370,8 +370,7 @@ class ExactlyOnce:
             await hook(tp)
 
     def partition_for(self, topic: str, key: bytes) -> int:
-        count = self.partitions[topic]
-        return _partitioner(key, list(range(count)), list(range(count)))
+        return partitioning.partition_for(key, self.partitions[topic])
 
 
 @dataclass(frozen=True)
