@@ -53,7 +53,7 @@ import collections
 import contextlib
 import logging
 from dataclasses import dataclass
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
+# A send held while its transaction commits: input partition, topic, key, value, partition, headers.
+_HeldSend = tuple[TP, str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None]
 
 
 async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
@@ -112,8 +114,7 @@ async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assign
     if lost:
         log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
         # Not while one of them commits, nor while an event is half processed through one.
-        async with eos.commit_lock if eos is not None else contextlib.nullcontext(), \
-                eos.lock if eos is not None else contextlib.nullcontext():
+        async with eos.quiet() if eos is not None else contextlib.nullcontext():
             for tid in lost:
                 try:
                     await self.producer.stop_transaction(tid)
@@ -164,14 +165,19 @@ class ExactlyOnce:
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
         self.commit_lock = asyncio.Lock()  # one commit at a time
         # Per transactional id whose transaction is committing: sends held for its next one.
-        self._held: dict[str, collections.deque[tuple[TP, str, bytes | None, bytes | None, int,
-                                                      list[tuple[str, bytes]] | None]]] = {}
+        self._held: dict[str, collections.deque[_HeldSend]] = {}
         # Per input partition: the offset after the last event whose outputs are all sent,
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
         self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
         self._tids: dict[TP, str] = {}
         setattr(app, _ATTRIBUTE, self)
+
+    @contextlib.asynccontextmanager
+    async def quiet(self) -> AsyncIterator[None]:
+        """No commit running and no event half processed, for as long as this is held."""
+        async with self.commit_lock, self.lock:  # in this order, as a commit takes them
+            yield
 
     async def in_order(self, event: EventT) -> list[Any]:
         """What to process now, in offset order: records the stream skipped, then `event`.
