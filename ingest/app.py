@@ -69,9 +69,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state = app.state
         state.kafka = KafkaGateway(settings)
         state.publisher = BatchPublisher(settings)
-        state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
-        state.batches = BatchStatusTable(settings.bootstrap_servers, topics.batch_events.name)
-        state.resources = ResourceView(settings.bootstrap_servers, topics.resources.name)
+        # A request that must catch up with Kafka waits for it no longer than an upload does.
+        wait_s = min(5.0, settings.produce_timeout_s)
+        state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
+        state.batches = BatchStatusTable(settings.bootstrap_servers, topics.batch_events.name, wait_s)
+        state.resources = ResourceView(settings.bootstrap_servers, topics.resources.name, wait_s)
         parts = [state.kafka, state.publisher, state.registry, state.batches, state.resources]
         started = []
         try:

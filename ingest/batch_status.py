@@ -85,8 +85,8 @@ class BatchState:
 class BatchStatusTable(TopicView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        super().__init__(bootstrap_servers, topic)
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s)
         self._batches: dict[str, BatchState] = {}
         self._by_tenant: dict[tuple[str, str], list[str]] = {}
 

@@ -109,6 +109,10 @@ async def upload(request: Request) -> Response:
     try:
         await state.publisher.publish(batch_messages(state.topics, meta, definition, checked, options))
     except PublishError as exc:
+        if exc.committing:  # the broker went silent while confirming the commit
+            raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
+                                f"GET /api/batches/{meta.batchId} tells ({exc})",
+                           data={"batchId": meta.batchId}) from None
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
     state.batches.add(meta)  # this ingress answers for it at once
     return ok({"batchId": meta.batchId, "message": "Batch accepted for processing", "recordCount": len(checked),

@@ -1,8 +1,15 @@
 """Publishing a batch atomically: one Kafka transaction per upload, all of it or nothing.
 
 A pool of transactional producers lets several uploads commit at once (a producer runs one
-transaction at a time). A producer whose transaction failed is replaced: the new one, with
-the same transactional id, fences the old one and aborts whatever it left open.
+transaction at a time). A producer whose transaction failed or ran out of time is retired:
+a new one with the same transactional id takes its place, which fences the old one and
+aborts whatever it left open.
+
+An upload waits at most `produce_timeout_s` in all — for a free producer, its sends and
+its commit — whatever Kafka does. The transaction runs in a task of its own and the upload
+stops waiting for it at the deadline: aiokafka's abort and commit wait for the broker behind
+`asyncio.shield`, so cancelling them does not end them, and awaiting a cancelled
+transaction would make the deadline meaningless while the broker is away.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
@@ -19,10 +27,25 @@ from topics.partitioning import partition_for
 log = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]  # topic, key, value, headers
+RETRY_INTERVAL_S = 1.0  # between attempts to replace a retired producer while the broker is away
 
 
 class PublishError(Exception):
-    """Kafka did not durably take the batch in time; nothing of it is visible."""
+    """Kafka did not durably take the batch in time.
+
+    `committing` is False when nothing of the batch can ever become visible (the commit was
+    never requested), True when the broker went silent while confirming the commit, so the
+    batch may or may not appear.
+    """
+
+    def __init__(self, reason: str, committing: bool = False) -> None:
+        super().__init__(reason)
+        self.committing = committing
+
+
+@dataclass
+class _Progress:
+    committing: bool = False
 
 
 class BatchPublisher:
@@ -30,6 +53,7 @@ class BatchPublisher:
         self.settings = settings
         self._idle: asyncio.Queue[AIOKafkaProducer] = asyncio.Queue()
         self._all: dict[str, AIOKafkaProducer] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def _transactional_ids(self) -> list[str]:
         base = f"{self.settings.topic_prefix}-ingress-{self.settings.ingress_id}"
@@ -48,7 +72,11 @@ class BatchPublisher:
             transaction_timeout_ms=15_000,
             request_timeout_ms=int(self.settings.produce_timeout_s * 1000),
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await _close_quietly(producer)
+            raise
         self._all[transactional_id] = producer
         return producer
 
@@ -57,23 +85,33 @@ class BatchPublisher:
             self._idle.put_nowait(await self._new_producer(tid))
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for producer in self._all.values():
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await _close_quietly(producer)
 
     async def publish(self, messages: list[Message]) -> None:
         """Write `messages` in one transaction; raise PublishError if not committed in time."""
-        producer = await self._idle.get()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.produce_timeout_s
         try:
-            await asyncio.wait_for(self._transaction(producer, messages), self.settings.produce_timeout_s)
-        except Exception as exc:
-            tid = producer._txn_manager.transactional_id  # type: ignore[union-attr]
-            asyncio.get_running_loop().create_task(self._replace(producer, tid))
-            raise PublishError(str(exc) or type(exc).__name__) from exc
-        self._idle.put_nowait(producer)
+            async with asyncio.timeout_at(deadline):
+                producer = await self._idle.get()
+        except TimeoutError:
+            raise PublishError("no Kafka producer became free in time: the broker took none of the "
+                               "last uploads") from None
+        progress = _Progress()
+        transaction = asyncio.create_task(self._transaction(producer, messages, progress))
+        await asyncio.wait({transaction}, timeout=max(deadline - loop.time(), 0))
+        if transaction.done() and not transaction.cancelled() and transaction.exception() is None:
+            self._idle.put_nowait(producer)
+            return
+        reason = "timed out" if not transaction.done() else repr(transaction.exception())
+        self._in_background(self._retire(producer, transaction))
+        raise PublishError(reason, committing=progress.committing)
 
     @staticmethod
-    async def _transaction(producer: AIOKafkaProducer, messages: list[Message]) -> None:
+    async def _transaction(producer: AIOKafkaProducer, messages: list[Message], progress: _Progress) -> None:
         # One record batch per partition, built here: sending messages one by one costs
         # ~20 µs each in the client, more than everything else the ingress does per record.
         by_partition: dict[tuple[str, int], list[Message]] = {}
@@ -84,25 +122,49 @@ class BatchPublisher:
                 partitions_of[topic] = len(await producer.partitions_for(topic))
             partition = partition_for(key, partitions_of[topic])  # one resource, one partition
             by_partition.setdefault((topic, partition), []).append(message)
-        async with producer.transaction():
-            delivered = []
-            for (topic, partition), group in by_partition.items():
-                batch = producer.create_batch()
-                for _, key, value, headers in group:
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-                        delivered.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()  # a first message always fits, however big
-                        batch.append(key=key, value=value, timestamp=None, headers=headers or [])
-                delivered.append(await producer.send_batch(batch, topic, partition=partition))
-            await asyncio.gather(*delivered)
+        # Not `producer.transaction()`: on an error it awaits the abort, which waits for the
+        # broker. A failed transaction is left open here; retiring its producer aborts it.
+        await producer.begin_transaction()
+        delivered = []
+        for (topic, partition), group in by_partition.items():
+            batch = producer.create_batch()
+            for _, key, value, headers in group:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                    delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()  # a first message always fits, however big
+                    batch.append(key=key, value=value, timestamp=None, headers=headers or [])
+            delivered.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*delivered)
+        progress.committing = True  # from here on the broker may commit it even if we stop waiting
+        await producer.commit_transaction()
 
-    async def _replace(self, broken: AIOKafkaProducer, transactional_id: str) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broken.stop(), 5)
+    async def _retire(self, broken: AIOKafkaProducer, transaction: asyncio.Task[None]) -> None:
+        """Replace `broken` by a new producer of the same transactional id, once Kafka answers.
+
+        The new producer's initialisation fences `broken` and aborts its open transaction. The
+        old one is closed on the side: its close may wait for the broker, the pool must not.
+        """
+        transaction.cancel()
+        transactional_id = broken._txn_manager.transactional_id  # type: ignore[union-attr]
+        self._in_background(_close_quietly(broken, transaction))
         while True:
             try:
                 self._idle.put_nowait(await self._new_producer(transactional_id))
                 return
             except Exception as exc:  # the broker is still away: try again shortly
                 log.warning("ingress producer %s not ready yet: %s", transactional_id, exc)
-                await asyncio.sleep(1)
+                await asyncio.sleep(RETRY_INTERVAL_S)
+
+    def _in_background(self, work: object) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def _close_quietly(producer: AIOKafkaProducer, transaction: asyncio.Task[None] | None = None) -> None:
+    """Stop `producer`, after `transaction` ends if given; errors are expected and ignored."""
+    if transaction is not None:
+        with contextlib.suppress(BaseException):
+            await transaction
+    with contextlib.suppress(Exception):
+        await producer.stop()

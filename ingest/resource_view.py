@@ -19,8 +19,8 @@ Resource = dict[str, Any]
 
 
 class ResourceView(TopicView):
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        super().__init__(bootstrap_servers, topic)
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s)
         # (partner, tenant, schemaDefinitionId) -> externalId -> resource
         self._by_scope: dict[tuple[str, str, str], dict[str, Resource]] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -56,7 +57,8 @@ async def _lookup(request: Request, partner_id: str) -> Definition:
 
 async def _write(request: Request, definition: Definition) -> None:
     try:
-        refused = await _registry(request).write(request.app.state.kafka.producer, definition)
+        async with asyncio.timeout(request.app.state.settings.produce_timeout_s):
+            refused = await _registry(request).write(request.app.state.kafka.producer, definition)
     except (KafkaError, TimeoutError) as exc:
         raise ApiError(503, f"The schema definition could not be stored durably: {exc}") from None
     if refused is not None:

@@ -9,8 +9,8 @@ class ResourceKeys(TopicView):
     """Keys of every resource committed to the resources topic. Resources are never deleted,
     so a key seen once exists for good; a miss is confirmed against the topic's end first."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        super().__init__(bootstrap_servers, topic)
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s)
         self._keys: set[bytes] = set()
 
     def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:

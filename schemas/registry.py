@@ -34,8 +34,8 @@ def definition_key(partner_id: str, definition_id: str) -> bytes:
 class SchemaRegistry(TopicView):
     """Materialises the schema-definitions topic; answers lookups; performs checked writes."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
-        super().__init__(bootstrap_servers, topic)
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s)
         self._by_key: dict[bytes, Definition] = {}
         self._verdicts: OrderedDict[int, str | None] = OrderedDict()
         self._write_lock = asyncio.Lock()
@@ -125,7 +125,7 @@ class SchemaRegistry(TopicView):
         """Publish `definition`; return None once applied, or why the log order refused it."""
         key = definition_key(definition.partnerId, definition.id)
         sent = await producer.send_and_wait(self.topic, orjson.dumps(definition.to_record()), key=key)
-        await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=10)
+        await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=self.wait_s)
         verdict = self._verdicts.get(sent.offset, "The write was not applied")
         if verdict is not None and definition.revision == 1:
             await producer.send_and_wait(self.topic, None, key=key)

@@ -123,6 +123,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REACH_HTTP_HOST": settings.http_host,
         "REACH_HTTP_PORT": str(settings.http_port),
         "REACH_WORKER_WEB_PORT": str(settings.worker_web_port),
+        "REACH_PRODUCE_TIMEOUT_S": str(settings.produce_timeout_s),
+        "REACH_INGRESS_ID": settings.ingress_id,
         "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
     }
 

@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 class TopicView:
     """Follows every partition of `topic` and hands each message to `apply`."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        self.wait_s = wait_s  # how long `sync` waits for Kafka by default
         self._positions: dict[TopicPartition, int] = {}
         self._changed = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -83,13 +84,13 @@ class TopicView:
                 self._positions = positions
                 self._changed.notify_all()
 
-    async def sync(self, timeout_s: float = 5.0) -> None:
+    async def sync(self, timeout_s: float | None = None) -> None:
         """Wait until every message committed before this call has been applied.
 
-        Raises TimeoutError after `timeout_s`, also when the broker does not answer.
+        Raises TimeoutError after `timeout_s` (default `wait_s`), also when the broker does not answer.
         """
         assert self._consumer is not None
-        await self._reach_end_of(self._consumer, timeout_s)
+        await self._reach_end_of(self._consumer, self.wait_s if timeout_s is None else timeout_s)
 
     async def settle(self, timeout_s: float) -> bool:
         """Wait until every message written before this call, committed or in a transaction still
