@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,8 +85,11 @@ def unique(prefix: str) -> str:
 
 
 def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.2,
-               what: str = "condition") -> T:
-    """Call `probe` until it returns something truthy; fail after `timeout_s`."""
+               what: str = "condition", seen: Callable[[], object] | None = None) -> T:
+    """Call `probe` until it returns something truthy; fail after `timeout_s`.
+
+    The failure names `what` was awaited and, when `seen` is given, what it shows at that moment.
+    """
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -96,7 +100,24 @@ def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_
         except Exception as exc:  # the process may still be starting
             last_error = exc
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last error: {last_error!r}")
+    saw = ""
+    if seen is not None:
+        try:
+            saw = f"; saw {seen()}"
+        except Exception as exc:
+            saw = f"; could not tell what it saw ({exc!r})"
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{saw}; last error: {last_error!r}")
+
+
+@contextlib.contextmanager
+def explained_by(*processes: "ServiceProcess", lines: int = 40) -> Iterator[None]:
+    """On a failed assertion, add the last `lines` of each process's log to its message."""
+    try:
+        yield
+    except AssertionError as exc:
+        tails = "".join(f"\n--- last {lines} lines of {p.log_path.name}:\n" + "\n".join(p.log().splitlines()[-lines:])
+                        for p in processes)
+        raise AssertionError(f"{exc}{tails}") from exc
 
 
 def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
@@ -183,10 +204,13 @@ TERMINAL = ("success", "partial_success", "failed")
 
 def wait_terminal(client: Any, batch_id: str, headers: dict[str, str], timeout_s: float = 60.0) -> dict:
     """Poll `GET /api/batches/{batch_id}` until the batch is terminal; return its data."""
+    last: dict[str, Any] = {}
+
     def probe() -> dict | None:
         response = client.get(f"/api/batches/{batch_id}", headers=headers)
         assert response.status_code == 200, response.text
-        data = response.json()["data"]
-        return data if data["status"] in TERMINAL else None
+        last.update(response.json()["data"])
+        return last if last["status"] in TERMINAL else None
 
-    return wait_until(probe, timeout_s, 0.1, what=f"batch {batch_id} to finish")
+    return wait_until(probe, timeout_s, 0.1, what=f"batch {batch_id} to finish",
+                      seen=lambda: f"status {last.get('status')!r}, progress {last.get('progress')}")

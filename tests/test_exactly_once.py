@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from reach.config import Settings
 from tests.support import (
     ServiceProcess,
     bearer,
+    explained_by,
     free_port,
     partner_token,
     tenant_token,
@@ -61,27 +64,64 @@ def _expected_data(i: int) -> dict:
             "history": {f"r{r}": i for r in range(UPSERT_ROUNDS)}}
 
 
+Upload = tuple[str, list[dict], tuple[int, int, dict]]  # query, records, (successful, failed, summary)
+
+
+def _load() -> list[Upload]:
+    """Every batch of the load, in upload order, with what each must end with."""
+    uploads: list[Upload] = [("", _upsert_batch(round_), (IDS - 2, 2, {"VALIDATION_FAILED": 2}))
+                             for round_ in range(UPSERT_ROUNDS)]
+    uploads += [("?onconflict=reject", [{"id": f"new-{b}-{i}", "name": "fresh"} for i in range(REJECT_SIZE)],
+                 (REJECT_SIZE, 0, {})) for b in range(REJECT_BATCHES)]
+    return uploads
+
+
+def _upload(client: TestClient, headers: dict[str, str], uploads: list[Upload],
+            expected: dict[str, tuple[int, int, dict]]) -> None:
+    """Upload each batch; record its batchId -> outcome expected in `expected`."""
+    for query, records, outcome in uploads:
+        response = client.post(f"/api/resources/account/batch{query}", json={"resources": records}, headers=headers)
+        assert response.status_code == 202, response.text
+        expected[response.json()["data"]["batchId"]] = outcome
+
+
 def _upload_load(client: TestClient, tenant_headers: dict[str, str]) -> dict[str, tuple[int, int, dict]]:
     """Upload every batch of the load; return batchId -> (successful, failed, summary) expected."""
     expected: dict[str, tuple[int, int, dict]] = {}
-    for round_ in range(UPSERT_ROUNDS):
-        response = client.post("/api/resources/account/batch", json={"resources": _upsert_batch(round_)},
-                               headers=tenant_headers)
-        assert response.status_code == 202, response.text
-        expected[response.json()["data"]["batchId"]] = (IDS - 2, 2, {"VALIDATION_FAILED": 2})
-    for b in range(REJECT_BATCHES):
-        records = [{"id": f"new-{b}-{i}", "name": "fresh"} for i in range(REJECT_SIZE)]
-        response = client.post("/api/resources/account/batch?onconflict=reject", json={"resources": records},
-                               headers=tenant_headers)
-        assert response.status_code == 202, response.text
-        expected[response.json()["data"]["batchId"]] = (REJECT_SIZE, 0, {})
+    _upload(client, tenant_headers, _load(), expected)
     return expected
+
+
+def _upload_and_kill_mid_load(client: TestClient, headers: dict[str, str], victim: ServiceProcess,
+                              expected: dict[str, tuple[int, int, dict]]) -> int:
+    """Upload the load and SIGKILL `victim` while the workers are busy with it; return the
+    records processed at the kill.
+
+    The first two batches go first; once the workers are visibly processing, the other eight
+    follow back to back and the kill comes right after the last one is accepted. The workers
+    are then in the middle of the load whatever their speed (a kill at a fraction of a load
+    uploaded in advance raced a worker that does all of it in half a second).
+    """
+    uploads = _load()
+    _upload(client, headers, uploads[:2], expected)
+    wait_until(lambda: _progress(client, headers, list(expected)) > 0, 90, 0.02,
+               what="the workers to start on the load", seen=lambda: _progress(client, headers, list(expected)))
+    _upload(client, headers, uploads[2:], expected)
+    victim.stop(signal.SIGKILL)
+    done_at_kill = _progress(client, headers, list(expected))
+    total = sum(s + f for s, f, _ in expected.values())
+    assert done_at_kill < total, "the workers finished the load before the kill; the test proves nothing"
+    return done_at_kill
 
 
 def _check_results(client: TestClient, tenant_headers: dict[str, str],
                    expected: dict[str, tuple[int, int, dict]], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     for batch_id, (successful, failed, summary) in expected.items():
-        data = wait_terminal(client, batch_id, tenant_headers, timeout_s)
+        try:
+            data = wait_terminal(client, batch_id, tenant_headers, max(deadline - time.monotonic(), 1))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nevery batch: {_batches_progress(client, tenant_headers, expected)}") from None
         progress = data["progress"]
         assert (progress["successfulRecords"], progress["failedRecords"], progress["pendingRecords"]) == \
             (successful, failed, 0), (batch_id, progress)
@@ -141,6 +181,16 @@ def _define_schema(client: TestClient) -> None:
     assert response.status_code == 200, response.text
 
 
+def _batches_progress(client: TestClient, headers: dict[str, str], batch_ids: Iterable[str]) -> list[str]:
+    """Each batch's status and processed / total records, for failure messages."""
+    seen = []
+    for batch_id in batch_ids:
+        data = client.get(f"/api/batches/{batch_id}", headers=headers).json()["data"]
+        seen.append(f"{batch_id[:8]} {data['status']} {data['progress']['processedRecords']}/"
+                    f"{data['progress']['totalRecords']}")
+    return seen
+
+
 def _progress(client: TestClient, headers: dict[str, str], batch_ids: list[str]) -> int:
     return sum(client.get(f"/api/batches/{b}", headers=headers).json()["data"]["progress"]["processedRecords"]
                for b in batch_ids)
@@ -150,20 +200,14 @@ def test_worker_killed_mid_load_and_restarted_applies_every_record_exactly_once(
         settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     headers = bearer(tenant_token())
     _define_schema(ingress)
-    expected = _upload_load(ingress, headers)
-    total = sum(s + f for s, f, _ in expected.values())
-
+    expected: dict[str, tuple[int, int, dict]] = {}
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
-    # Kill it once it is well into the load, but not done.
-    wait_until(lambda: _progress(ingress, headers, list(expected)) >= total // 4, 90, 0.05,
-               what="a quarter of the load to be processed")
-    worker.stop(signal.SIGKILL)
-    done_at_kill = _progress(ingress, headers, list(expected))
-    assert done_at_kill < total, "the worker finished before it was killed; the test proves nothing"
-
+    with explained_by(worker):
+        _upload_and_kill_mid_load(ingress, headers, worker, expected)
     restarted = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w2.log").start()
     try:
-        _check_results(ingress, headers, expected, timeout_s=120)
+        with explained_by(worker, restarted):
+            _check_results(ingress, headers, expected, timeout_s=120)
     finally:
         assert restarted.stop() == 0, restarted.log()[-3000:]
     assert "rebuilding state from Kafka" in restarted.log()
@@ -177,16 +221,29 @@ def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
     first = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     second_settings = replace(settings, worker_web_port=free_port())
     second = ServiceProcess(["-m", "processors.worker"], second_settings, tmp_path / "w2.log").start()
+    expected: dict[str, tuple[int, int, dict]] = {}
     try:
-        expected = _upload_load(ingress, headers)
-        total = sum(s + f for s, f, _ in expected.values())
-        wait_until(lambda: _progress(ingress, headers, list(expected)) >= total // 4, 90, 0.05,
-                   what="a quarter of the load to be processed")
-        second.stop(signal.SIGKILL)
-        assert _progress(ingress, headers, list(expected)) < total, "done before the kill; proves nothing"
-        _check_results(ingress, headers, expected, timeout_s=180)
+        with explained_by(first, second):
+            # Both own partitions before the load starts, so that the kill takes work away.
+            wait_until(lambda: None is not _ready_generation(first) == _ready_generation(second), 90, 0.1,
+                       what="both workers ready with ingest partitions of one generation",
+                       seen=lambda: f"generations {_ready_generation(first)} and {_ready_generation(second)}")
+            _upload_and_kill_mid_load(ingress, headers, second, expected)
+            _check_results(ingress, headers, expected, timeout_s=180)
     finally:
         assert first.stop() == 0, first.log()[-3000:]
-    # Both workers took part: each was assigned partitions of the ingest topic.
-    assert "apply_records" in first.log() and "apply_records" in second.log()
     _assert_exactly_one_outcome_each(settings, expected)
+
+
+def _ready_generation(worker: ServiceProcess) -> int | None:
+    """The group generation in which the worker was last assigned partitions of the ingest topic
+    and then finished its recovery; None if its latest assignment is not ready or has none."""
+    log = worker.log()
+    joined = log.rfind("Joined group")
+    assigned = log.find("Setting newly assigned partitions", joined)
+    if joined < 0 or assigned < 0 or "Worker ready" not in log[assigned:]:
+        return None
+    table = log[assigned:log.find("for group", assigned)]
+    if ".ingest " not in table:
+        return None
+    return int(log[joined:].split("(generation ", 1)[1].split(")", 1)[0])
