@@ -26,6 +26,9 @@ effects, and this module closes each:
    then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
    processed strictly in offset order (`in_order`): records the stream jumped over are read
    back from Kafka and processed first; a jump over transaction markers reads nothing.
+   A partition without a committed offset starts at the start of its log, not at the first
+   record delivered: after a rebalance, Faust delivered such a partition from past the
+   records it had fetched before, and our two-worker dependency test lost six requests.
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
@@ -188,8 +191,9 @@ class ExactlyOnce:
         tp, offset = event.message.tp, event.message.offset
         expected = self.expected.get(tp)
         if expected is None:
-            committed = self.app.consumer._committed_offset.get(tp)
-            expected = committed if committed is not None else offset
+            expected = self.expected[tp] = await self._start_of(tp)
+            # Once per partition and assignment: where it resumed, for anyone reading a stall.
+            log.info("%s resumes at offset %d; the stream delivered %d first", tp, expected, offset)
         if offset < expected:
             return []
         skipped = await self._records_between(tp, expected, offset) if offset > expected else []
@@ -197,6 +201,23 @@ class ExactlyOnce:
             log.warning("%d records of %s before offset %s were skipped by the stream; processing them first",
                         len(skipped), tp, offset)
         return [*skipped, event]
+
+    async def _start_of(self, tp: TP) -> int:
+        """Where processing of `tp` resumes: the group's committed offset, or without one the
+        start of the log (the consumer's reset policy is `earliest`).
+
+        Never the first offset the stream delivers: a partition that had no commit yet could
+        come back from a rebalance without the records fetched before it, and those were lost.
+        """
+        committed = self.app.consumer._committed_offset.get(tp)
+        if committed is None:  # Faust's copy may lag, or hold None for 0: ask the coordinator
+            thread = self.app.consumer._thread
+            committed = await thread.call_thread(thread._ensure_consumer().committed,
+                                                 TopicPartition(tp.topic, tp.partition))
+        if committed is None:
+            reader, atp = await self._reader_of(), TopicPartition(tp.topic, tp.partition)
+            committed = (await reader.beginning_offsets([atp]))[atp]
+        return committed
 
     async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
         """The committed records of `tp` in [start, end); a hole of markers only gives [].
@@ -219,11 +240,7 @@ class ExactlyOnce:
 
     async def _fetch_from(self, tp: TP, start: int, end: int) -> tuple[int, int, list[Any]]:
         """(start, position, every committed record in between), reading at least up to `end`."""
-        if self._reader is None:
-            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                            isolation_level="read_committed", fetch_max_wait_ms=10)
-            await self._reader.start()
-        reader, atp = self._reader, TopicPartition(tp.topic, tp.partition)
+        reader, atp = await self._reader_of(), TopicPartition(tp.topic, tp.partition)
         reader.assign([atp])
         reader.seek(atp, start)
         records: list[Any] = []
@@ -233,6 +250,14 @@ class ExactlyOnce:
                 raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
             records.extend((await reader.getmany(atp, timeout_ms=500)).get(atp, []))
         return start, position, records
+
+    async def _reader_of(self) -> AIOKafkaConsumer:
+        """A consumer of our own (no group) to read records back and ask for log starts."""
+        if self._reader is None:
+            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                            isolation_level="read_committed", fetch_max_wait_ms=10)
+            await self._reader.start()
+        return self._reader
 
     async def close(self) -> None:
         if self._reader is not None:

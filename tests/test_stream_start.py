@@ -1,0 +1,85 @@
+"""Where a worker resumes a partition: at its committed offset, or at the log's start without one.
+
+`ExactlyOnce.in_order` reads back, from the real broker, the records between that point and the
+first record the stream delivers. In a two-worker run, Faust delivered a never-committed
+partition from offset 8 after a rebalance; taking that first delivery as the start lost the
+dependency requests at offsets 0-7 (their orders waited for ever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from faust.types import TP
+
+from processors.transactions import ExactlyOnce
+from tests.support import unique
+from topics import create_topics
+from topics.definitions import TopicSpec
+
+
+class _GroupConsumer:
+    """Faust's consumer as `in_order` sees it: its copy of the commits, and the coordinator's."""
+
+    def __init__(self, faust_copy: dict[TP, int | None], coordinator: dict[TopicPartition, int]) -> None:
+        self._committed_offset = faust_copy
+
+        async def call_thread(fun: Any, *args: Any) -> Any:
+            return await fun(*args)
+
+        async def committed(tp: TopicPartition) -> int | None:
+            return coordinator.get(tp)
+
+        self._thread = SimpleNamespace(call_thread=call_thread,
+                                       _ensure_consumer=lambda: SimpleNamespace(committed=committed))
+
+
+def _event(tp: TP, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+async def _offsets_processed(bootstrap: str, topic: str, consumer: _GroupConsumer, delivered: int) -> list[int]:
+    eos = ExactlyOnce(SimpleNamespace(consumer=consumer), {topic: 1}, bootstrap)  # type: ignore[arg-type]
+    try:
+        return [e.message.offset for e in await eos.in_order(_event(TP(topic, 0), delivered))]
+    finally:
+        await eos.close()
+
+
+def _topic_with_records(bootstrap: str, count: int) -> str:
+    topic = unique("stream-start")
+
+    async def write() -> None:
+        await create_topics(bootstrap, [TopicSpec(topic, 1, 1)])
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for i in range(count):
+                await producer.send_and_wait(topic, f"r{i}".encode(), key=b"k", partition=0)
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+    return topic
+
+
+def test_a_partition_never_committed_starts_at_the_log_start_not_at_the_first_record_delivered(
+        kafka_bootstrap: str) -> None:
+    topic = _topic_with_records(kafka_bootstrap, 10)
+    processed = asyncio.run(_offsets_processed(kafka_bootstrap, topic, _GroupConsumer({}, {}), delivered=8))
+    assert processed == list(range(9)), processed
+
+
+def test_a_partition_resumes_at_the_committed_offset_faust_holds_or_else_the_coordinator_holds(
+        kafka_bootstrap: str) -> None:
+    topic = _topic_with_records(kafka_bootstrap, 10)
+    tp, atp = TP(topic, 0), TopicPartition(topic, 0)
+    from_faust = _GroupConsumer({tp: 6}, {atp: 2})
+    from_coordinator = _GroupConsumer({}, {atp: 5})  # Faust's copy lags behind a rebalance
+    assert asyncio.run(_offsets_processed(kafka_bootstrap, topic, from_faust, delivered=8)) == [6, 7, 8]
+    assert asyncio.run(_offsets_processed(kafka_bootstrap, topic, from_coordinator, delivered=8)) == [5, 6, 7, 8]
+    # A record below the resume point was processed before: nothing to do.
+    assert asyncio.run(_offsets_processed(kafka_bootstrap, topic, from_faust, delivered=4)) == []
