@@ -145,3 +145,34 @@ def _accepted(client: httpx.Client, headers: dict[str, str], accepted: list[str]
         return None
     accepted.append(response.json()["data"]["batchId"])
     return accepted[-1]
+
+
+def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_works_once_it_is_up(
+        own_broker: LocalBroker, tmp_path: Path) -> None:
+    settings = isolated_settings(own_broker.bootstrap, tmp_path / "data")
+    own_broker.stop()
+    worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker.log").start()
+    try:
+        with explained_by(worker):
+            # Each failed run ends and the same process (same pid) runs again.
+            wait_until(lambda: worker.log().count("starting again") >= 2, 120, 0.2,
+                       what="the worker to fail twice and go on trying",
+                       seen=lambda: f"{worker.log().count('starting again')} restarts")
+            assert worker.proc is not None and worker.proc.poll() is None
+            own_broker.start()
+            ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
+            try:
+                client = httpx.Client(base_url=wait_ingress_ready(settings), timeout=30)
+                tenant = bearer(tenant_token())
+                assert client.post("/partner/schema-definitions", json=SCHEMA,
+                                   headers=bearer(partner_token())).status_code == 200
+                response = client.post("/api/resources/item/batch", json={"resources": [{"id": "x", "n": 2}]},
+                                       headers=tenant)
+                assert response.status_code == 202, response.text
+                assert wait_terminal(client, response.json()["data"]["batchId"], tenant, 120)["status"] == "success"
+                assert client.get("/api/resources/item/x", headers=tenant).json()["data"]["result"]["data"] == \
+                    {"id": "x", "n": 2}
+            finally:
+                ingress.stop()
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
