@@ -147,12 +147,18 @@ class BatchPublisher:
         transaction.cancel()
         transactional_id = broken._txn_manager.transactional_id  # type: ignore[union-attr]
         self._in_background(_close_quietly(broken, transaction))
+        attempts = 0
         while True:
             try:
                 self._idle.put_nowait(await self._new_producer(transactional_id))
+                if attempts:
+                    log.warning("ingress producer %s ready again after %d failed attempts", transactional_id, attempts)
                 return
             except Exception as exc:  # the broker is still away: try again shortly
-                log.warning("ingress producer %s not ready yet: %s", transactional_id, exc)
+                if not attempts:  # once per outage and producer, not once a second
+                    log.warning("ingress producer %s not ready, trying every %.0fs: %s",
+                                transactional_id, RETRY_INTERVAL_S, exc)
+                attempts += 1
                 await asyncio.sleep(RETRY_INTERVAL_S)
 
     def _in_background(self, work: object) -> None:
