@@ -62,6 +62,8 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.transport.drivers.aiokafka import Producer
@@ -74,6 +76,7 @@ _original_commit_tps = Consumer._commit_tps
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
+_KAFKA_READ_TIMEOUT_S = 30  # reading offsets or records back; beyond it the worker's run ends
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
 # A send held while its transaction commits: input partition, topic, key, value, partition, headers.
@@ -163,6 +166,7 @@ class ExactlyOnce:
         self.bootstrap_servers = bootstrap_servers
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
         self._reader: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
@@ -210,13 +214,27 @@ class ExactlyOnce:
         come back from a rebalance without the records fetched before it, and those were lost.
         """
         committed = self.app.consumer._committed_offset.get(tp)
+        atp = TopicPartition(tp.topic, tp.partition)
         if committed is None:  # Faust's copy may lag, or hold None for 0: ask the coordinator
-            thread = self.app.consumer._thread
-            committed = await thread.call_thread(thread._ensure_consumer().committed,
-                                                 TopicPartition(tp.topic, tp.partition))
+            # With a client of our own: a call into Faust's consumer thread from under the
+            # event lock can wait for ever on a thread that waits for that lock.
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+                await self._admin.start()
+            async with asyncio.timeout(_KAFKA_READ_TIMEOUT_S):
+                while True:
+                    try:
+                        found = await self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[atp])
+                        break
+                    except KafkaError as exc:  # e.g. the coordinator is still loading
+                        if not exc.retriable:
+                            raise
+                        await asyncio.sleep(0.1)
+            committed = found[atp].offset if atp in found and found[atp].offset >= 0 else None
         if committed is None:
-            reader, atp = await self._reader_of(), TopicPartition(tp.topic, tp.partition)
-            committed = (await reader.beginning_offsets([atp]))[atp]
+            reader = await self._reader_of()
+            async with asyncio.timeout(_KAFKA_READ_TIMEOUT_S):
+                committed = (await reader.beginning_offsets([atp]))[atp]
         return committed
 
     async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
@@ -244,7 +262,7 @@ class ExactlyOnce:
         reader.assign([atp])
         reader.seek(atp, start)
         records: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + 30
+        deadline = asyncio.get_running_loop().time() + _KAFKA_READ_TIMEOUT_S
         while (position := await reader.position(atp)) < end:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
@@ -262,6 +280,8 @@ class ExactlyOnce:
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.stop()
+        if self._admin is not None:
+            await self._admin.close()
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Forget positions of partitions that moved (re-read from the committed offsets)."""
