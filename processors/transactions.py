@@ -167,6 +167,7 @@ class ExactlyOnce:
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
         self._reader: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
+        self._forgotten = 0  # how many times positions were forgotten (see in_order)
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
@@ -195,7 +196,10 @@ class ExactlyOnce:
         tp, offset = event.message.tp, event.message.offset
         expected = self.expected.get(tp)
         if expected is None:
-            expected = self.expected[tp] = await self._start_of(tp)
+            forgotten = self._forgotten
+            expected = await self._start_of(tp)
+            if forgotten == self._forgotten:  # no rebalance meanwhile: still this partition's start
+                self.expected[tp] = expected
             # Once per partition and assignment: where it resumed, for anyone reading a stall.
             log.info("%s resumes at offset %d; the stream delivered %d first", tp, expected, offset)
         if offset < expected:
@@ -285,6 +289,7 @@ class ExactlyOnce:
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Forget positions of partitions that moved (re-read from the committed offsets)."""
+        self._forgotten += 1
         for tp in tps:
             self.expected.pop(tp, None)
             self._read_ahead.pop(tp, None)
