@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -96,17 +97,29 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
 
 
 async def _records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
-    """Upload tag -> {batchId: records} for every committed event on the ingest topic."""
+    """Upload tag -> {batchId: records} for every committed event on the ingest topic.
+
+    Reads up to the log's end, not to the last stable offset: the killed ingress's open
+    transactions hide every later commit until the broker aborts them (the transaction
+    timeout, 15 s), and a 202 given after such a transaction began would seem missing.
+    """
     spec = service_topics(settings).ingest
+    partitions = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)  # read_uncommitted: the log's end
+    await probe.start()
+    try:
+        ends = await probe.end_offsets(partitions)
+    finally:
+        await probe.stop()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", isolation_level="read_committed")
     await consumer.start()
     try:
-        partitions = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
         found: dict[str, Counter[str]] = defaultdict(Counter)
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+        deadline = time.monotonic() + 90
+        while behind := [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            assert time.monotonic() < deadline, f"the ingest topic's open transactions did not end: {behind}"
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     event = decode_ingest_message(record.value, record.headers)
