@@ -158,6 +158,17 @@ async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: li
 AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
 
 
+async def _answered(call: Awaitable[Any], what: str, timeout_s: float = _KAFKA_READ_TIMEOUT_S) -> Any:
+    """The result of `call`, or TimeoutError after `timeout_s` even if the call ignores its
+    cancellation (the worker's run then ends, see `processors.app`)."""
+    task = asyncio.ensure_future(call)
+    await asyncio.wait({task}, timeout=timeout_s)
+    if not task.done():
+        task.cancel()
+        raise TimeoutError(f"Kafka did not tell {what} within {timeout_s}s")
+    return task.result()
+
+
 class ExactlyOnce:
     """Per-event atomicity for one Faust app running with `processing_guarantee="exactly_once"`."""
 
@@ -222,24 +233,24 @@ class ExactlyOnce:
         if committed is None:  # Faust's copy may lag, or hold None for 0: ask the coordinator
             # With a client of our own: a call into Faust's consumer thread from under the
             # event lock can wait for ever on a thread that waits for that lock.
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-                await self._admin.start()
-            async with asyncio.timeout(_KAFKA_READ_TIMEOUT_S):
-                while True:
-                    try:
-                        found = await self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[atp])
-                        break
-                    except KafkaError as exc:  # e.g. the coordinator is still loading
-                        if not exc.retriable:
-                            raise
-                        await asyncio.sleep(0.1)
+            found = await _answered(self._group_offsets(atp), f"the committed offset of {tp}")
             committed = found[atp].offset if atp in found and found[atp].offset >= 0 else None
         if committed is None:
             reader = await self._reader_of()
-            async with asyncio.timeout(_KAFKA_READ_TIMEOUT_S):
-                committed = (await reader.beginning_offsets([atp]))[atp]
+            committed = (await _answered(reader.beginning_offsets([atp]), f"the start of {tp}"))[atp]
         return committed
+
+    async def _group_offsets(self, atp: TopicPartition) -> Any:
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+            await self._admin.start()
+        while True:
+            try:
+                return await self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[atp])
+            except KafkaError as exc:  # e.g. the coordinator is still loading
+                if not exc.retriable:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
         """The committed records of `tp` in [start, end); a hole of markers only gives [].

@@ -75,7 +75,7 @@ def run(argv: list[str]) -> bool:
         clean = True
     except SystemExit as exit_:
         clean = exit_.code in (0, None)
-    except Exception:
+    except (Exception, asyncio.CancelledError):  # Faust re-raises what crashed it
         log.exception("reach worker: crashed")
     finally:
         if clean:

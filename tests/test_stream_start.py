@@ -15,7 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
-from processors.transactions import ExactlyOnce
+from processors.transactions import ExactlyOnce, _answered
 from tests.support import unique
 from topics import create_topics
 from topics.definitions import TopicSpec
@@ -83,3 +83,20 @@ def test_a_partition_resumes_at_the_committed_offset_faust_holds_or_else_the_gro
     assert asyncio.run(_offsets_processed(kafka_bootstrap, topic, group, {tp: 6}, delivered=8)) == [6, 7, 8]
     # A record below the resume point was processed before: nothing to do.
     assert asyncio.run(_offsets_processed(kafka_bootstrap, topic, group, {tp: 6}, delivered=4)) == []
+
+
+def test_a_resume_point_kafka_does_not_tell_in_time_fails_even_if_the_call_ignores_cancellation() -> None:
+    async def deaf() -> None:  # as a client call that swallows its first cancellation
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # and goes on a while
+
+    async def scenario() -> str:
+        try:
+            await _answered(deaf(), "the committed offset of t-0", timeout_s=0.2)
+        except TimeoutError as exc:
+            return str(exc)
+        return "no error"
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == "Kafka did not tell the committed offset of t-0 within 0.2s"
