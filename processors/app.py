@@ -155,13 +155,7 @@ def create_app(settings: Settings) -> faust.App:
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             async with eos.lock:  # commits happen between events: see transactions.py
-                try:
-                    records = await eos.in_order(event)
-                except Exception as exc:  # Kafka did not say where to resume: end the run, visibly
-                    log.critical("finding where %s resumes failed; stopping the worker", event.message.tp)
-                    await app.crash(exc)
-                    return
-                for record in records:
+                for record in await eos.in_order(event):
                     try:
                         await apply_one(record)
                     except Exception as exc:

@@ -26,9 +26,6 @@ effects, and this module closes each:
    then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
    processed strictly in offset order (`in_order`): records the stream jumped over are read
    back from Kafka and processed first; a jump over transaction markers reads nothing.
-   A partition without a committed offset starts at the start of its log, not at the first
-   record delivered: after a rebalance, Faust delivered such a partition from past the
-   records it had fetched before, and our two-worker dependency test lost six requests.
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
@@ -62,8 +59,6 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.transport.drivers.aiokafka import Producer
@@ -76,7 +71,6 @@ _original_commit_tps = Consumer._commit_tps
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
-_KAFKA_READ_TIMEOUT_S = 30  # reading offsets or records back; beyond it the worker's run ends
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
 # A send held while its transaction commits: input partition, topic, key, value, partition, headers.
@@ -158,17 +152,6 @@ async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: li
 AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
 
 
-async def _answered(call: Awaitable[Any], what: str, timeout_s: float = _KAFKA_READ_TIMEOUT_S) -> Any:
-    """The result of `call`, or TimeoutError after `timeout_s` even if the call ignores its
-    cancellation (the worker's run then ends, see `processors.app`)."""
-    task = asyncio.ensure_future(call)
-    await asyncio.wait({task}, timeout=timeout_s)
-    if not task.done():
-        task.cancel()
-        raise TimeoutError(f"Kafka did not tell {what} within {timeout_s}s")
-    return task.result()
-
-
 class ExactlyOnce:
     """Per-event atomicity for one Faust app running with `processing_guarantee="exactly_once"`."""
 
@@ -177,8 +160,6 @@ class ExactlyOnce:
         self.bootstrap_servers = bootstrap_servers
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
         self._reader: AIOKafkaConsumer | None = None
-        self._admin: AIOKafkaAdminClient | None = None
-        self._forgotten = 0  # how many times positions were forgotten (see in_order)
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
@@ -207,10 +188,8 @@ class ExactlyOnce:
         tp, offset = event.message.tp, event.message.offset
         expected = self.expected.get(tp)
         if expected is None:
-            forgotten = self._forgotten
-            expected = await self._start_of(tp)
-            if forgotten == self._forgotten:  # no rebalance meanwhile: still this partition's start
-                self.expected[tp] = expected
+            committed = self.app.consumer._committed_offset.get(tp)
+            expected = committed if committed is not None else offset
             # Once per partition and assignment: where it resumed, for anyone reading a stall.
             log.info("%s resumes at offset %d; the stream delivered %d first", tp, expected, offset)
         if offset < expected:
@@ -220,37 +199,6 @@ class ExactlyOnce:
             log.warning("%d records of %s before offset %s were skipped by the stream; processing them first",
                         len(skipped), tp, offset)
         return [*skipped, event]
-
-    async def _start_of(self, tp: TP) -> int:
-        """Where processing of `tp` resumes: the group's committed offset, or without one the
-        start of the log (the consumer's reset policy is `earliest`).
-
-        Never the first offset the stream delivers: a partition that had no commit yet could
-        come back from a rebalance without the records fetched before it, and those were lost.
-        """
-        committed = self.app.consumer._committed_offset.get(tp)
-        atp = TopicPartition(tp.topic, tp.partition)
-        if committed is None:  # Faust's copy may lag, or hold None for 0: ask the coordinator
-            # With a client of our own: a call into Faust's consumer thread from under the
-            # event lock can wait for ever on a thread that waits for that lock.
-            found = await _answered(self._group_offsets(atp), f"the committed offset of {tp}")
-            committed = found[atp].offset if atp in found and found[atp].offset >= 0 else None
-        if committed is None:
-            reader = await self._reader_of()
-            committed = (await _answered(reader.beginning_offsets([atp]), f"the start of {tp}"))[atp]
-        return committed
-
-    async def _group_offsets(self, atp: TopicPartition) -> Any:
-        if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-            await self._admin.start()
-        while True:
-            try:
-                return await self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[atp])
-            except KafkaError as exc:  # e.g. the coordinator is still loading
-                if not exc.retriable:
-                    raise
-                await asyncio.sleep(0.1)
 
     async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
         """The committed records of `tp` in [start, end); a hole of markers only gives [].
@@ -273,34 +221,27 @@ class ExactlyOnce:
 
     async def _fetch_from(self, tp: TP, start: int, end: int) -> tuple[int, int, list[Any]]:
         """(start, position, every committed record in between), reading at least up to `end`."""
-        reader, atp = await self._reader_of(), TopicPartition(tp.topic, tp.partition)
+        if self._reader is None:
+            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                            isolation_level="read_committed", fetch_max_wait_ms=10)
+            await self._reader.start()
+        reader, atp = self._reader, TopicPartition(tp.topic, tp.partition)
         reader.assign([atp])
         reader.seek(atp, start)
         records: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + _KAFKA_READ_TIMEOUT_S
+        deadline = asyncio.get_running_loop().time() + 30
         while (position := await reader.position(atp)) < end:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
             records.extend((await reader.getmany(atp, timeout_ms=500)).get(atp, []))
         return start, position, records
 
-    async def _reader_of(self) -> AIOKafkaConsumer:
-        """A consumer of our own (no group) to read records back and ask for log starts."""
-        if self._reader is None:
-            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                            isolation_level="read_committed", fetch_max_wait_ms=10)
-            await self._reader.start()
-        return self._reader
-
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.stop()
-        if self._admin is not None:
-            await self._admin.close()
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Forget positions of partitions that moved (re-read from the committed offsets)."""
-        self._forgotten += 1
         for tp in tps:
             self.expected.pop(tp, None)
             self._read_ahead.pop(tp, None)
