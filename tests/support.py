@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from reach.config import PROJECT_ROOT, Settings
 
@@ -214,3 +216,33 @@ def wait_terminal(client: Any, batch_id: str, headers: dict[str, str], timeout_s
 
     return wait_until(probe, timeout_s, 0.1, what=f"batch {batch_id} to finish",
                       seen=lambda: f"status {last.get('status')!r}, progress {last.get('progress')}")
+
+
+async def committed_records(bootstrap: str, topic: str, partitions: int, timeout_s: float = 90) -> list[ConsumerRecord]:
+    """Every committed record of `topic`, read to the log's end (for audits).
+
+    To the log's end, not to the last stable offset: an open transaction (of a process just
+    killed) hides every later commit until the broker aborts it, so an audit reading to the
+    last stable offset would miss records that were committed.
+    """
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)  # read_uncommitted: the log's end
+    await probe.start()
+    try:
+        ends = await probe.end_offsets(tps)
+    finally:
+        await probe.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while behind := [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            assert time.monotonic() < deadline, f"open transactions on {topic} did not end: {behind}"
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()

@@ -17,18 +17,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from starlette.testclient import TestClient
 
 from reach.config import Settings
 from tests.support import (
     ServiceProcess,
     bearer,
+    committed_records,
     explained_by,
     free_port,
     partner_token,
     tenant_token,
-    unique,
     wait_terminal,
     wait_until,
 )
@@ -141,30 +140,13 @@ def _check_results(client: TestClient, tenant_headers: dict[str, str],
 
 async def _committed_outcomes(settings: Settings) -> Counter[tuple[str, int]]:
     """How many committed outcome messages each (batchId, index) has on the batch-events topic."""
-    topic = service_topics(settings).batch_events.name
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=unique("audit"),
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                enable_auto_commit=False)
-    await consumer.start()
+    spec = service_topics(settings).batch_events
     counts: Counter[tuple[str, int]] = Counter()
-    try:
-        partitions = consumer.assignment() or set()
-        while not partitions:
-            await asyncio.sleep(0.1)
-            partitions = consumer.assignment()
-        ends = await consumer.end_offsets(list(partitions))
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end for tp, end in ends.items()])
-
-        while await behind():
-            for messages in (await consumer.getmany(timeout_ms=500)).values():
-                for message in messages:
-                    event = orjson.loads(message.value)
-                    if event["type"] == "records":
-                        for entry in event["outcomes"]:
-                            counts[(event["batchId"], entry["index"])] += 1
-    finally:
-        await consumer.stop()
+    for message in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
+        event = orjson.loads(message.value)
+        if event["type"] == "records":
+            for entry in event["outcomes"]:
+                counts[(event["batchId"], entry["index"])] += 1
     return counts
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.testclient import TestClient
 
 from reach.config import Settings
@@ -20,6 +18,7 @@ from tests.support import (
     SUMMARY,
     ServiceProcess,
     bearer,
+    committed_records,
     partner_token,
     tenant_token,
     wait_terminal,
@@ -97,34 +96,11 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
 
 
 async def _records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
-    """Upload tag -> {batchId: records} for every committed event on the ingest topic.
-
-    Reads up to the log's end, not to the last stable offset: the killed ingress's open
-    transactions hide every later commit until the broker aborts them (the transaction
-    timeout, 15 s), and a 202 given after such a transaction began would seem missing.
-    """
+    """Upload tag -> {batchId: records} for every committed event on the ingest topic
+    (to the log's end: the killed ingress's open transactions hide later commits for 15 s)."""
     spec = service_topics(settings).ingest
-    partitions = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)  # read_uncommitted: the log's end
-    await probe.start()
-    try:
-        ends = await probe.end_offsets(partitions)
-    finally:
-        await probe.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        found: dict[str, Counter[str]] = defaultdict(Counter)
-        deadline = time.monotonic() + 90
-        while behind := [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            assert time.monotonic() < deadline, f"the ingest topic's open transactions did not end: {behind}"
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for record in records:
-                    event = decode_ingest_message(record.value, record.headers)
-                    tag = event["externalId"].rsplit("-r", 1)[0]
-                    found[tag][event["batchId"]] += 1
-        return {tag: dict(batches) for tag, batches in found.items()}
-    finally:
-        await consumer.stop()
+    found: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
+        event = decode_ingest_message(record.value, record.headers)
+        found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
+    return {tag: dict(batches) for tag, batches in found.items()}
