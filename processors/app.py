@@ -118,7 +118,8 @@ def create_app(settings: Settings) -> faust.App:
             found = registry.get(body["partnerId"], body["schemaDefinitionId"])
         return found
 
-    eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers)
+    eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
+                      inputs=records_in.topics)
     index = DependencyIndex(eos, topics, resources, waiters)
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists)
 
@@ -176,8 +177,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_assigned.connect
     async def rebuild_deadlines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        # Not eos.forget: the revocation before every assignment did, and the seek that
+        # tells eos where partitions resume may already have run.
         processor.forget_partitions({tp.partition for tp in assigned})
-        eos.forget(assigned)
 
     @app.on_partitions_revoked.connect
     async def drop_deadlines(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:

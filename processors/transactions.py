@@ -26,6 +26,13 @@ effects, and this module closes each:
    then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
    processed strictly in offset order (`in_order`): records the stream jumped over are read
    back from Kafka and processed first; a jump over transaction markers reads nothing.
+   Where a partition resumes is never guessed from the first record delivered: after a
+   rebalance, records fetched while the stream was suspended are dropped with the fetch
+   position past them, and Faust's seek leaves a partition without a committed offset there
+   (our two-worker dependency test lost two committed dependency requests that way). Our
+   seek (`_perform_seek_knowing_where_each_partition_resumes`) sends such a partition back
+   to the start of its log and tells `in_order` each partition's resume point; records
+   delivered before that are not processed (the seek delivers them again).
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
@@ -68,6 +75,7 @@ from rocksdict import WriteOptions
 from topics import partitioning
 
 _original_commit_tps = Consumer._commit_tps
+_original_perform_seek = Consumer.perform_seek
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
@@ -152,13 +160,49 @@ async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: li
 AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
 
 
+async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+    if eos is None or not self.app.in_transaction:
+        return await _original_perform_seek(self)
+    epoch = eos.epoch
+    await _original_perform_seek(self)  # seeks each partition with a commit to it
+    inputs = sorted(tp for tp in self.assignment() if tp.topic in eos.inputs)
+    committed = {tp: self._committed_offset.get(tp) for tp in inputs}  # None: never, or 0
+    never = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
+    starts = await self._thread.call_thread(_seek_to_log_start, self._thread, never) if never else {}
+    points = {}
+    for tp in inputs:
+        offset = committed[tp]
+        if offset is None:
+            offset = starts[TopicPartition(tp.topic, tp.partition)]
+            self._read_offset[tp] = offset or None  # Faust's filter of re-delivered records
+        points[tp] = offset
+    eos.resume_from(epoch, points)
+
+
+async def _seek_to_log_start(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
+    """In the consumer's thread: seek `partitions` to their first offsets; return those."""
+    consumer = thread._ensure_consumer()
+    starts = await consumer.beginning_offsets(partitions)
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    return starts
+
+
+Consumer.perform_seek = _perform_seek_knowing_where_each_partition_resumes  # type: ignore[method-assign]
+
+
 class ExactlyOnce:
     """Per-event atomicity for one Faust app running with `processing_guarantee="exactly_once"`."""
 
-    def __init__(self, app: faust.App, partitions: dict[str, int], bootstrap_servers: str) -> None:
+    def __init__(self, app: faust.App, partitions: dict[str, int], bootstrap_servers: str,
+                 inputs: Iterable[str]) -> None:
         self.app = app
         self.bootstrap_servers = bootstrap_servers
+        self.inputs = frozenset(inputs)  # the topics the agent consumes
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
+        self.epoch = 0  # counts rebalances: resume points found in an earlier one are stale
+        self._resumable: set[TP] = set()  # partitions whose resume point this epoch is known
         self._reader: AIOKafkaConsumer | None = None
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
@@ -186,12 +230,9 @@ class ExactlyOnce:
         handed over like an event (`key`, `value`, `message.topic/partition/offset/tp/headers`).
         """
         tp, offset = event.message.tp, event.message.offset
-        expected = self.expected.get(tp)
-        if expected is None:
-            committed = self.app.consumer._committed_offset.get(tp)
-            expected = committed if committed is not None else offset
-            # Once per partition and assignment: where it resumed, for anyone reading a stall.
-            log.info("%s resumes at offset %d; the stream delivered %d first", tp, expected, offset)
+        if tp not in self._resumable:  # delivered before the seek; it delivers this again
+            return []
+        expected = self.expected[tp]
         if offset < expected:
             return []
         skipped = await self._records_between(tp, expected, offset) if offset > expected else []
@@ -241,10 +282,32 @@ class ExactlyOnce:
             await self._reader.stop()
 
     def forget(self, tps: Iterable[TP]) -> None:
-        """Forget positions of partitions that moved (re-read from the committed offsets)."""
+        """A rebalance began: no event of `tps` is processed until `resume_from` says where."""
+        self.epoch += 1
         for tp in tps:
             self.expected.pop(tp, None)
+            self._resumable.discard(tp)
             self._read_ahead.pop(tp, None)
+
+    def resume_from(self, epoch: int, points: Mapping[TP, int]) -> None:
+        """Each partition's first offset to process after the rebalance `epoch` (from the seek):
+        its committed offset, or the start of its log, or past the events processed into its
+        producer's still open transaction (those commit with it).
+
+        Ignored if another rebalance began meanwhile.
+        """
+        if epoch != self.epoch:
+            log.info("resume points of an earlier rebalance ignored")
+            return
+        for tp, point in points.items():
+            done = self.processed.get(tp)
+            if done is not None and done[1] is not None and done[1] is self.producer_of(tp) and done[0] > point:
+                point = done[0]
+            self.expected[tp] = point
+            self._resumable.add(tp)
+        # One line per rebalance: where each partition resumed, for anyone reading a stall.
+        log.info("resuming at %s", ", ".join(f"{tp.topic}[{tp.partition}]@{self.expected[tp]}"
+                                           for tp in sorted(points)))
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""

@@ -20,6 +20,7 @@ from tests.support import (
     TERMINAL,
     ServiceProcess,
     bearer,
+    explained_by,
     free_port,
     partner_token,
     tenant_token,
@@ -140,7 +141,10 @@ def wait_terminal_timed(client: TestClient, batch_ids: list[str], since: float, 
                 left.discard(batch_id)
         return not left
 
-    wait_until(probe, timeout_s, 0.02, what=f"{len(left)} batches to finish")
+    def unfinished() -> list[tuple[str, str, dict[str, int]]]:
+        return [(b, batch["status"], batch["progress"]) for b in sorted(left) for batch in [get_batch(client, b)]]
+
+    wait_until(probe, timeout_s, 0.02, what=f"all {len(batch_ids)} batches to finish", seen=unfinished)
     return time.monotonic() - since
 
 
@@ -431,7 +435,8 @@ def test_pending_deadline_survives_a_worker_restart(settings: Settings, ingress:
 def test_two_workers_release_every_pending_record(settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     define_shop(ingress)
     other = replace(settings, worker_web_port=free_port())
-    with running_worker(settings, tmp_path / "worker1.log"), running_worker(other, tmp_path / "worker2.log"):
+    with running_worker(settings, tmp_path / "worker1.log") as first, \
+            running_worker(other, tmp_path / "worker2.log") as second, explained_by(first, second):
         orders = [f"o{i}" for i in range(40)]
         order_batches = [submit(ingress, "Order", [{"id": f"o{i}", "customer": f"c{i}", "n": i}
                                                    for i in range(b, b + 4)], dependencyWaitTimeout=LONG_WAIT)

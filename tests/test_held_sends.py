@@ -31,7 +31,7 @@ def _eos() -> tuple[ExactlyOnce, _RecordingProducer]:
     producer = _RecordingProducer(["app-g-0", "app-g-1"])
     app = SimpleNamespace(producer=producer, conf=SimpleNamespace(id="app"),
                           assignor=SimpleNamespace(group_for_topic=lambda topic: "g"))
-    return ExactlyOnce(app, {"out": 2}, "unused:9092"), producer  # type: ignore[arg-type]
+    return ExactlyOnce(app, {"out": 2}, "unused:9092", inputs=["in"]), producer  # type: ignore[arg-type]
 
 
 def test_sends_during_a_commit_go_out_after_it_in_the_order_they_were_made() -> None:
