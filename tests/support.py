@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,7 +120,9 @@ def explained_by(*processes: "ServiceProcess", lines: int = 40) -> Iterator[None
     except AssertionError as exc:
         tails = "".join(f"\n--- last {lines} lines of {p.log_path.name}:\n" + "\n".join(p.log().splitlines()[-lines:])
                         for p in processes)
-        raise AssertionError(f"{exc}{tails}") from exc
+        stacks = "".join(f"\n--- what {p.log_path.name}'s process was doing:\n{dump}"
+                         for p in processes if (dump := p.stacks()))
+        raise AssertionError(f"{exc}{tails}{stacks}") from exc
 
 
 def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
@@ -152,6 +155,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+OUR_PACKAGES = ("ingest", "processors", "schemas", "state", "topics", "reach")
+
+
 @dataclass
 class ServiceProcess:
     """A child process of the service (worker or ingress) with its log file."""
@@ -181,6 +187,34 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def stacks(self, timeout_s: float = 10.0, limit: int = 12000) -> str:
+        """A running worker's threads and asyncio tasks with their stacks ('' for other processes).
+
+        Mode's worker prints them on SIGUSR1 once its handler is installed (it logs "Worker
+        ready" after that); before, the signal would kill the process, so none is sent.
+        """
+        if self.proc is None or self.proc.poll() is not None or "processors.worker" not in self.args:
+            return ""
+        log = self.log()
+        if "Worker ready" not in log[max(log.rfind("starting again"), 0):]:  # this run's handler is not installed yet
+            return ""
+        before = len(log)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline, size = time.monotonic() + timeout_s, -1
+        while time.monotonic() < deadline and (len(self.log()) == before or len(self.log()) != size):
+            size = len(self.log())
+            time.sleep(0.5)  # written in one burst: done once the log stops growing
+        # The whole dump stays in the log; the tasks and threads in our own code tell a stall.
+        blocks = re.split(r"\n(?=\s*TASK |THREAD )", self.log()[before:])
+        ours = [_frames(b) for b in blocks if any(f"{PROJECT_ROOT}/{part}/" in b for part in OUR_PACKAGES)]
+        return "\n".join(ours)[-limit:]
+
+
+def _frames(block: str) -> str:
+    """A task's or thread's header and its `File ...` lines, without the local variables."""
+    lines = block.splitlines()
+    return "\n".join([lines[0], *(line for line in lines[1:] if line.lstrip().startswith("File "))])
 
 
 def worker_get(settings: Settings, path: str, **params: str) -> httpx.Response:

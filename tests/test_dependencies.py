@@ -153,7 +153,8 @@ def running_worker(settings: Settings, log: Path) -> Iterator[ServiceProcess]:
     """A worker process of `settings`, its web server answering; stopped cleanly afterwards."""
     process = start_worker(settings, log)
     try:
-        yield process
+        with explained_by(process):
+            yield process
     finally:
         code = process.stop()
         assert code == 0, f"worker exited with {code}:\n{process.log()[-3000:]}"
@@ -435,8 +436,7 @@ def test_pending_deadline_survives_a_worker_restart(settings: Settings, ingress:
 def test_two_workers_release_every_pending_record(settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     define_shop(ingress)
     other = replace(settings, worker_web_port=free_port())
-    with running_worker(settings, tmp_path / "worker1.log") as first, \
-            running_worker(other, tmp_path / "worker2.log") as second, explained_by(first, second):
+    with running_worker(settings, tmp_path / "worker1.log"), running_worker(other, tmp_path / "worker2.log"):
         orders = [f"o{i}" for i in range(40)]
         order_batches = [submit(ingress, "Order", [{"id": f"o{i}", "customer": f"c{i}", "n": i}
                                                    for i in range(b, b + 4)], dependencyWaitTimeout=LONG_WAIT)
