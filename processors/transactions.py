@@ -30,9 +30,10 @@ effects, and this module closes each:
    rebalance, records fetched while the stream was suspended are dropped with the fetch
    position past them, and Faust's seek leaves a partition without a committed offset there
    (our two-worker dependency test lost two committed dependency requests that way). Our
-   seek (`_perform_seek_knowing_where_each_partition_resumes`) sends such a partition back
-   to the start of its log and tells `in_order` each partition's resume point; records
-   delivered before that are not processed (the seek delivers them again).
+   seek (`_perform_seek_knowing_where_each_partition_resumes`) finds each partition's resume
+   point (its committed offset, or the start of its log), tells `in_order`, and only then
+   seeks every partition there: records delivered before are not processed, and the seek
+   delivers them again (seeking first lost the records delivered in between).
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
@@ -165,28 +166,33 @@ async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> 
     if eos is None or not self.app.in_transaction:
         return await _original_perform_seek(self)
     epoch = eos.epoch
-    await _original_perform_seek(self)  # seeks each partition with a commit to it
+    await _original_perform_seek(self)  # asks the group for the committed offsets (and seeks)
     inputs = sorted(tp for tp in self.assignment() if tp.topic in eos.inputs)
     committed = {tp: self._committed_offset.get(tp) for tp in inputs}  # None: never, or 0
     never = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
-    starts = await self._thread.call_thread(_seek_to_log_start, self._thread, never) if never else {}
-    points = {}
-    for tp in inputs:
-        offset = committed[tp]
-        if offset is None:
-            offset = starts[TopicPartition(tp.topic, tp.partition)]
-            self._read_offset[tp] = offset or None  # Faust's filter of re-delivered records
-        points[tp] = offset
-    eos.resume_from(epoch, points)
+    starts = await self._thread.call_thread(_log_starts, self._thread, never) if never else {}
+    points = {tp: offset if offset is not None else starts[TopicPartition(tp.topic, tp.partition)]
+              for tp, offset in committed.items()}
+    if not eos.resume_from(epoch, points):
+        return
+    # Seek again, now that `in_order` knows where each partition resumes: what the stream
+    # delivered before (and `in_order` did not process) is delivered again.
+    points = {tp: eos.expected[tp] for tp in points}
+    await self._thread.call_thread(_seek_to, self._thread, points)
+    for tp, offset in points.items():
+        self._read_offset[tp] = offset or None  # Faust's filter of records delivered before
 
 
-async def _seek_to_log_start(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
-    """In the consumer's thread: seek `partitions` to their first offsets; return those."""
+async def _log_starts(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
+    """In the consumer's thread: the first offset of each of `partitions`."""
+    return await thread._ensure_consumer().beginning_offsets(partitions)
+
+
+async def _seek_to(thread: AIOKafkaThreadedConsumer, offsets: Mapping[TP, int]) -> None:
+    """In the consumer's thread: move each partition's fetch position to its offset."""
     consumer = thread._ensure_consumer()
-    starts = await consumer.beginning_offsets(partitions)
-    for tp, offset in starts.items():
-        consumer.seek(tp, offset)
-    return starts
+    for tp, offset in offsets.items():
+        consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
 
 
 Consumer.perform_seek = _perform_seek_knowing_where_each_partition_resumes  # type: ignore[method-assign]
@@ -203,6 +209,7 @@ class ExactlyOnce:
         self.expected: dict[TP, int] = {}  # next offset to process, per input partition
         self.epoch = 0  # counts rebalances: resume points found in an earlier one are stale
         self._resumable: set[TP] = set()  # partitions whose resume point this epoch is known
+        self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
         self._reader: AIOKafkaConsumer | None = None
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
@@ -231,6 +238,10 @@ class ExactlyOnce:
         """
         tp, offset = event.message.tp, event.message.offset
         if tp not in self._resumable:  # delivered before the seek; it delivers this again
+            if tp not in self._early:
+                self._early.add(tp)
+                log.info("%s@%d delivered before the partition's resume point was known; "
+                         "the seek delivers it again", tp, offset)
             return []
         expected = self.expected[tp]
         if offset < expected:
@@ -287,18 +298,19 @@ class ExactlyOnce:
         for tp in tps:
             self.expected.pop(tp, None)
             self._resumable.discard(tp)
+            self._early.discard(tp)
             self._read_ahead.pop(tp, None)
 
-    def resume_from(self, epoch: int, points: Mapping[TP, int]) -> None:
+    def resume_from(self, epoch: int, points: Mapping[TP, int]) -> bool:
         """Each partition's first offset to process after the rebalance `epoch` (from the seek):
         its committed offset, or the start of its log, or past the events processed into its
         producer's still open transaction (those commit with it).
 
-        Ignored if another rebalance began meanwhile.
+        Ignored (False) if another rebalance began meanwhile.
         """
         if epoch != self.epoch:
             log.info("resume points of an earlier rebalance ignored")
-            return
+            return False
         for tp, point in points.items():
             done = self.processed.get(tp)
             if done is not None and done[1] is not None and done[1] is self.producer_of(tp) and done[0] > point:
@@ -308,6 +320,7 @@ class ExactlyOnce:
         # One line per rebalance: where each partition resumed, for anyone reading a stall.
         log.info("resuming at %s", ", ".join(f"{tp.topic}[{tp.partition}]@{self.expected[tp]}"
                                            for tp in sorted(points)))
+        return True
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
