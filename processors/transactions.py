@@ -31,9 +31,11 @@ effects, and this module closes each:
    position past them, and Faust's seek leaves a partition without a committed offset there
    (our two-worker dependency test lost two committed dependency requests that way). Our
    seek (`_perform_seek_knowing_where_each_partition_resumes`) finds each partition's resume
-   point (its committed offset, or the start of its log), tells `in_order`, and only then
-   seeks every partition there: records delivered before are not processed, and the seek
-   delivers them again (seeking first lost the records delivered in between).
+   point (its committed offset, or the start of its log) and tells `in_order`; records
+   delivered before are not processed. Once the recovery has resumed the streams — which
+   clears their queues, silently dropping records already fetched, that Faust then never
+   delivers again — every partition is sought back to the next offset `in_order` expects
+   (`_seek_to_resume_points`). Our restart tests lost their only queued batch without it.
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker (its
@@ -67,6 +69,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.transport.drivers.aiokafka import Producer
@@ -77,6 +80,8 @@ from topics import partitioning
 
 _original_commit_tps = Consumer._commit_tps
 _original_perform_seek = Consumer.perform_seek
+_original_on_recovery_completed = Recovery.on_recovery_completed
+_original_resume_streams = Recovery._resume_streams
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
@@ -173,14 +178,41 @@ async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> 
     starts = await self._thread.call_thread(_log_starts, self._thread, never) if never else {}
     points = {tp: offset if offset is not None else starts[TopicPartition(tp.topic, tp.partition)]
               for tp, offset in committed.items()}
-    if not eos.resume_from(epoch, points):
+    eos.resume_from(epoch, points)
+
+
+async def _seek_to_resume_points(app: faust.App) -> None:
+    """Move every input partition's fetch position to the next offset `in_order` expects.
+
+    Called once a rebalance's recovery has resumed the streams: resuming clears the streams'
+    queues, so records fetched before were dropped and Faust's own filter
+    (`_read_offset`) would not let them through again; a seek back delivers them again
+    (`in_order` skips the ones it has processed since).
+    """
+    eos: ExactlyOnce | None = getattr(app, _ATTRIBUTE, None)
+    if eos is None or not app.in_transaction:
         return
-    # Seek again, now that `in_order` knows where each partition resumes: what the stream
-    # delivered before (and `in_order` did not process) is delivered again.
-    points = {tp: eos.expected[tp] for tp in points}
-    await self._thread.call_thread(_seek_to, self._thread, points)
+    points = eos.resume_points()
+    if not points:
+        return
+    consumer = app.consumer
+    await consumer._thread.call_thread(_seek_to, consumer._thread, points)
     for tp, offset in points.items():
-        self._read_offset[tp] = offset or None  # Faust's filter of records delivered before
+        consumer._read_offset[tp] = offset or None
+
+
+async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
+    await _original_on_recovery_completed(self, generation_id)
+    await _seek_to_resume_points(self.app)
+
+
+async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
+    await _original_resume_streams(self, generation_id)
+    await _seek_to_resume_points(self.app)
+
+
+Recovery.on_recovery_completed = _on_recovery_completed_then_seek  # type: ignore[method-assign]
+Recovery._resume_streams = _resume_streams_then_seek  # type: ignore[method-assign]
 
 
 async def _log_starts(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
@@ -301,16 +333,16 @@ class ExactlyOnce:
             self._early.discard(tp)
             self._read_ahead.pop(tp, None)
 
-    def resume_from(self, epoch: int, points: Mapping[TP, int]) -> bool:
+    def resume_from(self, epoch: int, points: Mapping[TP, int]) -> None:
         """Each partition's first offset to process after the rebalance `epoch` (from the seek):
         its committed offset, or the start of its log, or past the events processed into its
         producer's still open transaction (those commit with it).
 
-        Ignored (False) if another rebalance began meanwhile.
+        Ignored if another rebalance began meanwhile.
         """
         if epoch != self.epoch:
             log.info("resume points of an earlier rebalance ignored")
-            return False
+            return
         for tp, point in points.items():
             done = self.processed.get(tp)
             if done is not None and done[1] is not None and done[1] is self.producer_of(tp) and done[0] > point:
@@ -320,7 +352,10 @@ class ExactlyOnce:
         # One line per rebalance: where each partition resumed, for anyone reading a stall.
         log.info("resuming at %s", ", ".join(f"{tp.topic}[{tp.partition}]@{self.expected[tp]}"
                                            for tp in sorted(points)))
-        return True
+
+    def resume_points(self) -> dict[TP, int]:
+        """The next offset to process of each partition whose resume point is known."""
+        return {tp: self.expected[tp] for tp in self._resumable}
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
