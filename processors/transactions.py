@@ -223,8 +223,11 @@ async def _log_starts(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPa
 async def _seek_to(thread: AIOKafkaThreadedConsumer, offsets: Mapping[TP, int]) -> None:
     """In the consumer's thread: move each partition's fetch position to its offset."""
     consumer = thread._ensure_consumer()
+    assigned = consumer.assignment()
     for tp, offset in offsets.items():
-        consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+        atp = TopicPartition(tp.topic, tp.partition)
+        if atp in assigned:  # a rebalance may have begun since: those positions are reset anyway
+            consumer.seek(atp, offset)
 
 
 Consumer.perform_seek = _perform_seek_knowing_where_each_partition_resumes  # type: ignore[method-assign]
