@@ -8,6 +8,7 @@ COPY ingest ./ingest
 COPY processors ./processors
 COPY topics ./topics
 COPY schemas ./schemas
+COPY state ./state
 RUN pip install --no-cache-dir .
 VOLUME /data
 EXPOSE 8080 6066

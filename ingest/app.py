@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
@@ -16,12 +17,12 @@ from starlette.routing import Route
 from ingest import batches, resources, schema_definitions
 from ingest.batch_status import BatchStatusTable
 from ingest.publisher import BatchPublisher
-from ingest.resource_view import ResourceView
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.registry import SchemaRegistry
+from state.resources import ResourceStore
 from topics import service_topics
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"success": False, "message": exc.detail}, status_code=exc.status_code)
 
 
+def ingress_state_dir(settings: Settings) -> Path:
+    """Where this ingress keeps its read models on disk (one folder per ingress id)."""
+    return settings.data_dir / "ingress" / settings.ingress_id
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ingress app; its Kafka clients start and stop with the app's lifespan."""
     settings = settings or Settings.from_env()
@@ -73,10 +79,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         wait_s = min(5.0, settings.produce_timeout_s)
         state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
         state.batches = BatchStatusTable(settings.bootstrap_servers, topics.batch_events.name, wait_s)
-        state.resources = ResourceView(settings.bootstrap_servers, topics.resources.name, wait_s)
-        parts = [state.kafka, state.publisher, state.registry, state.batches, state.resources]
+        parts = [state.kafka, state.publisher, state.registry, state.batches]
         started = []
         try:
+            # Opened inside the try: a store another process holds stops the start cleanly.
+            state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
+                                            ingress_state_dir(settings) / "resources", wait_s)
+            parts.append(state.resources)
             for part in parts:
                 await part.start()
                 started.append(part)

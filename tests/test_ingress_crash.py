@@ -7,6 +7,7 @@ import asyncio
 import signal
 import threading
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from tests.support import (
     committed_records,
     partner_token,
     tenant_token,
+    unique,
     wait_terminal,
     wait_ingress_ready,
     wait_until,
@@ -38,7 +40,9 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
     assert ingress.post("/partner/schema-definitions", json=SCHEMA,
                         headers=bearer(partner_token())).status_code == 200
     headers = bearer(tenant_token())
-    served = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
+    # Another ingress than the in-process one: its own transactional ids and state folder.
+    served = ServiceProcess(["-m", "ingest.server"], replace(settings, ingress_id=unique("ingress")),
+                            tmp_path / "ingress.log").start()
     base = wait_ingress_ready(settings)
 
     accepted: dict[str, str] = {}  # upload tag -> batchId, for every 202

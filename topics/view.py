@@ -13,6 +13,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class TopicView:
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted: asks for high watermarks
         self._task: asyncio.Task[None] | None = None
+        self.started_at: dict[int, int] = {}
 
     async def start(self, timeout_s: float = 60.0) -> None:
         """Read the topic up to its current end, then keep following it in the background."""
@@ -47,14 +49,36 @@ class TopicView:
             raise RuntimeError(f"topic {self.topic} does not exist")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
-        await self._consumer.seek_to_beginning(*tps)
+        resume = self.initial_positions()
+        self.started_at = dict(resume)  # where reading began, per partition (empty: the beginning)
+        if resume:
+            log.info("view of %s reads on from its checkpoint: %s", self.topic, resume)
+        await self._consumer.seek_to_beginning(*(tp for tp in tps if tp.partition not in resume))
+        for tp in tps:
+            if tp.partition in resume:
+                self._consumer.seek(tp, resume[tp.partition])
         self._positions = {tp: -1 for tp in tps}
+        # Where to read again if folding a fetch fails (None: the beginning).
+        self._applied: dict[TopicPartition, int | None] = {tp: resume.get(tp.partition) for tp in tps}
         self._task = asyncio.create_task(self._follow(), name=f"view:{self.topic}")
         await self.sync(timeout_s)
+
+    def initial_positions(self) -> dict[int, int]:
+        """Where to start reading, per partition: a view kept on disk resumes where it was;
+        a partition not named here is read from its beginning."""
+        return {}
 
     def apply(self, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Fold one message into the view's state (subclasses)."""
         raise NotImplementedError
+
+    def apply_all(self, batches: dict[TopicPartition, list[ConsumerRecord]],
+                  positions: dict[TopicPartition, int]) -> None:
+        """Fold what one fetch returned; `positions` are the next offsets to read after it
+        (a view kept on disk writes them with the state, see `state.store`)."""
+        for messages in batches.values():
+            for message in messages:
+                self.apply(message.offset, message.key, message.value)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -70,19 +94,29 @@ class TopicView:
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=500)
-                for tp, messages in batches.items():
-                    for message in messages:
-                        self.apply(message.offset, message.key, message.value)
                 positions = {tp: await self._consumer.position(tp) for tp in self._positions}
+                if batches or positions != self._positions:
+                    self.apply_all(batches, positions)
+                    self._applied.update(positions)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a broker hiccup or a bad message handler: keep following
+            except Exception:  # a broker hiccup or a bad message handler: read it again
                 log.exception("view of %s: reading failed; retrying", self.topic)
+                await self._rewind()
                 await asyncio.sleep(1)
                 continue
             async with self._changed:
                 self._positions = positions
                 self._changed.notify_all()
+
+    async def _rewind(self) -> None:
+        assert self._consumer is not None
+        with contextlib.suppress(Exception):  # still failing: the next round rewinds again
+            for tp, offset in self._applied.items():
+                if offset is None:
+                    await self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, offset)
 
     async def sync(self, timeout_s: float | None = None) -> None:
         """Wait until every message committed before this call has been applied.

@@ -1,0 +1,121 @@
+"""A RocksDB store for state folded from a Kafka topic, with the topic positions it reflects.
+
+Every change is written in one RocksDB write batch together with the next offset to read of
+each partition it came from, so the store on disk always reflects a prefix of the topic: a
+process that starts again reads on from those positions instead of from the beginning. The
+write-ahead log is off: after a crash the store is the last flushed prefix, still consistent
+with its positions, and the topic has the rest.
+
+Memory is bounded by configuration (block cache, write buffers), not by what is stored.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+
+_POSITION = b"\x00position\x00"  # + partition (4 bytes, big-endian) -> next offset (8 bytes)
+_NO_WAL = WriteOptions()
+_NO_WAL.disable_wal = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """How much memory one store may use: its block cache and its write buffers."""
+
+    block_cache_bytes: int = 32 * 1024 * 1024
+    write_buffer_bytes: int = 16 * 1024 * 1024
+    max_write_buffers: int = 2
+
+
+class StoreInUse(RuntimeError):
+    """Another process has the store open."""
+
+
+class CheckpointedStore:
+    """Sorted bytes keys to bytes values, with the topic positions they reflect."""
+
+    def __init__(self, path: Path, config: StoreConfig = StoreConfig()) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(config.block_cache_bytes))
+        table.set_cache_index_and_filter_blocks(True)  # index and filters count in the cache
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_size(config.write_buffer_bytes)
+        options.set_max_write_buffer_number(config.max_write_buffers)
+        options.set_max_open_files(256)
+        try:
+            self._db = Rdict(str(path), options)
+        except Exception as exc:  # RocksDB holds a lock file per store
+            if "lock" in str(exc).lower():
+                raise StoreInUse(f"the store {path} is open in another process; give each process "
+                                 "its own data folder (REACH_DATA_DIR) or id") from exc
+            raise
+        self.path = path
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to read per partition, as of the state on disk."""
+        found = {}
+        for key, value in self.items_from(_POSITION, _POSITION):
+            found[struct.unpack(">I", key[len(_POSITION):])[0]] = struct.unpack(">q", value)[0]
+        return found
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def items_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) in key order from `start`, while keys begin with `prefix`."""
+        it = self._db.iter()
+        it.seek(start)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key, it.value()
+            it.next()
+
+    def write(self, batch: "Changes") -> None:
+        """Apply `batch` and its positions atomically."""
+        for partition, offset in batch.positions.items():
+            batch.batch.put(_POSITION + struct.pack(">I", partition), struct.pack(">q", offset))
+        self._db.write(batch.batch, _NO_WAL)
+
+    def close(self) -> None:
+        """Flush the memtables (a clean stop then loses nothing) and close."""
+        self._db.flush()
+        self._db.close()
+
+
+class Changes:
+    """One atomic write: puts, deletes and the positions they bring the store to.
+
+    `get` sees this write's own changes first, so several messages about one key fold correctly.
+    """
+
+    def __init__(self, store: CheckpointedStore) -> None:
+        self.store = store
+        self.batch = WriteBatch(raw_mode=True)
+        self.positions: dict[int, int] = {}
+        self._pending: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._pending:
+            return self._pending[key]
+        return self.store.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+        self.batch.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._pending[key] = None
+        self.batch.delete(key)
+
+    def __len__(self) -> int:
+        return len(self._pending)
