@@ -27,7 +27,6 @@ from faust.web import Request, Response, View
 from faust.types import TP
 
 from processors.dependencies import DependencyIndex
-from processors.resource_keys import ResourceKeys
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
@@ -36,6 +35,7 @@ from processors.dead_letters import dead_letter_headers
 from processors.event_checks import unusable_batch
 from schemas.events import UndecodableEvent, decode_ingest_message
 from schemas.registry import SchemaRegistry
+from state.resource_keys import ResourceKeys
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> faust.App:
     waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes)
 
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
-    resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name)
+    resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name, datadir / "resource-keys")
     views_started = asyncio.Event()
 
     @app.task
