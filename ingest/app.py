@@ -15,13 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest import batches, resources, schema_definitions
-from ingest.batch_status import BatchStatusTable
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.registry import SchemaRegistry
+from state.batches import BatchStore
 from state.resources import ResourceStore
 from topics import service_topics
 
@@ -78,13 +78,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # A request that must catch up with Kafka waits for it no longer than an upload does.
         wait_s = min(5.0, settings.produce_timeout_s)
         state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
-        state.batches = BatchStatusTable(settings.bootstrap_servers, topics.batch_events.name, wait_s)
-        parts = [state.kafka, state.publisher, state.registry, state.batches]
+        parts = [state.kafka, state.publisher, state.registry]
         started = []
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
+            folder = ingress_state_dir(settings)
+            state.batches = BatchStore(settings.bootstrap_servers, topics.batch_events.name, folder / "batches", wait_s)
+            parts.append(state.batches)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
-                                            ingress_state_dir(settings) / "resources", wait_s)
+                                            folder / "resources", wait_s)
             parts.append(state.resources)
             for part in parts:
                 await part.start()

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batch_status import BatchState
+from state.batches import BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
@@ -199,15 +199,10 @@ async def list_batches(request: Request) -> Response:
     limit = page_limit(request.query_params)
     cursor = decode_cursor(request.query_params.get("cursor"))
     await state.batches.sync()
-    batches = state.batches.of_tenant(principal.partner_id, principal.tenant_id)
-    start = 0
-    if cursor is not None:
-        start = next((i + 1 for i, b in enumerate(batches) if b.batchId == cursor), len(batches))
-    chosen = batches[start:start + limit]
-    has_next = start + limit < len(batches)
+    chosen, total, has_next = state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit)
     return ok({
         "results": [batch_view(b, _names(state, principal.partner_id)) for b in chosen],
-        "pagination": {"hasNextPage": has_next, "total": len(batches),
+        "pagination": {"hasNextPage": has_next, "total": total,
                        "cursor": encode_cursor(chosen[-1].batchId) if has_next and chosen else None},
     })
 

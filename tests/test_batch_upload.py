@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from ingest.app import create_app
 from reach.config import Settings
-from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, unique, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 
@@ -367,7 +367,7 @@ def test_body_above_the_configured_limit_answers_413(ingress: TestClient, settin
 def test_body_limit_is_exact(ingress: TestClient, settings: Settings) -> None:
     create_definition(ingress)
     limit = 4096
-    with TestClient(create_app(replace(settings, max_body_bytes=limit))) as small:
+    with TestClient(create_app(replace(settings, max_body_bytes=limit, ingress_id=unique("ingress")))) as small:
         at_limit = post_raw(small, "Customer", padded_body(limit))
         assert at_limit.status_code == 202, at_limit.text
         over = post_raw(small, "Customer", padded_body(limit + 1))

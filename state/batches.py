@@ -1,0 +1,263 @@
+"""The batch status table: every batch's progress, folded from the batch-events topic, on disk.
+
+Each ingress keeps it and answers `GET /api/batches[/{id}]` from it. Outcomes are counted once
+per record index, whatever a replay or a duplicate delivers: a record that reached a terminal
+outcome keeps it.
+
+Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
+`s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
+`p` + id + index → a pending record's detail; `t` + tenant + NUL + newest-first time + id →
+the tenant's list, so a page is one seek at any depth; `n` + tenant → the tenant's count.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from schemas.batch_events import CREATED, FAILED, PENDING, UPDATED, BatchMeta
+from state.store import Changes, CheckpointedStore, StoreConfig
+from topics.view import TopicView
+
+_UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
+_STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
+_NEWEST_FIRST = (1 << 63) - 1
+
+
+@dataclass
+class BatchState:
+    """One batch: its description, counters and record states; `details` and
+    `pending_details` hold what a read loaded, or what a fold added."""
+
+    batchId: str
+    partnerId: str
+    tenantId: str
+    schemaDefinitionId: str
+    recordCount: int
+    acceptedAt: int
+    states: bytearray = field(default_factory=bytearray)
+    successful: int = 0
+    failed: int = 0
+    pending: int = 0
+    startedAt: int | None = None
+    completedAt: int | None = None
+    summary: Counter[str] = field(default_factory=Counter)
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pending_details: dict[int, dict[str, Any]] = field(default_factory=dict)
+    resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
+
+    def __post_init__(self) -> None:
+        if len(self.states) != self.recordCount:
+            self.states = bytearray(self.recordCount)
+
+    @property
+    def processed(self) -> int:
+        return self.successful + self.failed
+
+    @property
+    def status(self) -> str:
+        if self.processed < self.recordCount:
+            return "processing" if self.startedAt is not None else "queued"
+        if self.failed == 0:
+            return "success"
+        return "failed" if self.successful == 0 else "partial_success"
+
+    def record(self, event: dict[str, Any]) -> None:
+        index = event.get("index")
+        new = _STATE_OF.get(event.get("status", ""))
+        if not isinstance(index, int) or not 0 <= index < self.recordCount or new is None:
+            return
+        old = self.states[index]
+        if old in (_SUCCESS, _FAILED):
+            return  # terminal already: a replay or duplicate changes nothing
+        at = event.get("at") or self.acceptedAt
+        self.startedAt = at if self.startedAt is None else min(self.startedAt, at)
+        if old == _PENDING:
+            self.pending -= 1
+            self.pending_details.pop(index, None)
+            self.resolved_pending.add(index)
+        self.states[index] = new
+        if new == _SUCCESS:
+            self.successful += 1
+        elif new == _FAILED:
+            self.failed += 1
+            code = event.get("code") or "FAILED"
+            self.summary[code] += 1
+            self.details[index] = {"externalId": event.get("externalId"), "code": code,
+                                   "message": event.get("message")}
+        else:
+            self.pending += 1
+            self.pending_details[index] = event
+            self.resolved_pending.discard(index)
+        if self.processed == self.recordCount:
+            self.completedAt = at
+
+    def counters(self) -> bytes:
+        return orjson.dumps({
+            "batchId": self.batchId, "partnerId": self.partnerId, "tenantId": self.tenantId,
+            "schemaDefinitionId": self.schemaDefinitionId, "recordCount": self.recordCount,
+            "acceptedAt": self.acceptedAt, "successful": self.successful, "failed": self.failed,
+            "pending": self.pending, "startedAt": self.startedAt, "completedAt": self.completedAt,
+            "summary": self.summary,
+        })
+
+    @classmethod
+    def from_counters(cls, raw: bytes, states: bytes | None) -> "BatchState":
+        c = orjson.loads(raw)
+        return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
+                   c["acceptedAt"], bytearray(states or b""), c["successful"], c["failed"], c["pending"],
+                   c["startedAt"], c["completedAt"], Counter(c["summary"]))
+
+
+def _id(batch_id: str) -> bytes:
+    return batch_id.encode() + b"\x00"
+
+
+def _tenant(partner_id: str, tenant_id: str) -> bytes:
+    return orjson.dumps([partner_id, tenant_id])
+
+
+def _listed(batch: BatchState) -> bytes:
+    return (b"t" + _tenant(batch.partnerId, batch.tenantId) + b"\x00"
+            + struct.pack(">Q", _NEWEST_FIRST - batch.acceptedAt) + batch.batchId.encode())
+
+
+class BatchStore(TopicView):
+    """All batches, by id and by tenant, kept current from the batch-events topic."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
+                 config: StoreConfig = StoreConfig()) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s)
+        self.store = CheckpointedStore(path, config)
+
+    def initial_positions(self) -> dict[int, int]:
+        return self.store.positions()
+
+    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
+        """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
+
+        Its registration is readable once committed and once any worker transaction open before
+        it on that partition has ended (about one commit interval); an id nobody wrote is known
+        to be unknown as soon as no transaction is open.
+        """
+        batch = self.get(partner_id, tenant_id, batch_id)
+        if batch is None:
+            await self.settle(wait_s)
+            batch = self.get(partner_id, tenant_id, batch_id)
+        return batch
+
+    def apply_all(self, batches: dict[TopicPartition, list[ConsumerRecord]],
+                  positions: dict[TopicPartition, int]) -> None:
+        changes = Changes(self.store)
+        touched: dict[str, BatchState] = {}
+        for messages in batches.values():
+            for message in messages:
+                self._fold(changes, touched, message.value)
+        for batch in touched.values():
+            self._write(changes, batch)
+        changes.positions = {tp.partition: offset for tp, offset in positions.items()}
+        self.store.write(changes)
+
+    def _fold(self, changes: Changes, touched: dict[str, BatchState], value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            event = orjson.loads(value)
+            batch_id = event["batchId"]
+            batch = touched.get(batch_id) or self._load(changes, batch_id)
+            if batch is None:
+                batch = self._register(changes, BatchMeta(
+                    batch_id, event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
+                    int(event["recordCount"]), int(event["acceptedAt"])))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return  # not a batch event of ours; nothing to count
+        touched[batch_id] = batch
+        if event.get("type") == "records":
+            for entry in event.get("outcomes") or []:
+                if isinstance(entry, dict):
+                    batch.record(entry)
+
+    @staticmethod
+    def _load(changes: Changes, batch_id: str) -> BatchState | None:
+        raw = changes.get(b"b" + _id(batch_id))
+        return None if raw is None else BatchState.from_counters(raw, changes.get(b"s" + _id(batch_id)))
+
+    @staticmethod
+    def _register(changes: Changes, meta: BatchMeta) -> BatchState:
+        batch = BatchState(meta.batchId, meta.partnerId, meta.tenantId, meta.schemaDefinitionId,
+                           meta.recordCount, meta.acceptedAt)
+        tenant = b"n" + _tenant(batch.partnerId, batch.tenantId)
+        raw = changes.get(tenant)
+        changes.put(tenant, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 0) + 1))
+        changes.put(_listed(batch), b"")
+        return batch
+
+    @staticmethod
+    def _write(changes: Changes, batch: BatchState) -> None:
+        key = _id(batch.batchId)
+        changes.put(b"b" + key, batch.counters())
+        changes.put(b"s" + key, bytes(batch.states))
+        for index, detail in batch.details.items():
+            changes.put(b"f" + key + struct.pack(">I", index), orjson.dumps(detail))
+        for index, event in batch.pending_details.items():
+            changes.put(b"p" + key + struct.pack(">I", index), orjson.dumps(event))
+        for index in batch.resolved_pending:
+            changes.delete(b"p" + key + struct.pack(">I", index))
+
+    def add(self, meta: BatchMeta) -> None:
+        """Start tracking a batch (also called by the ingress that accepted it, for read-your-writes)."""
+        changes = Changes(self.store)
+        if self._load(changes, meta.batchId) is None:
+            self._write(changes, self._register(changes, meta))
+            self.store.write(changes)
+
+    def get(self, partner_id: str, tenant_id: str, batch_id: str) -> BatchState | None:
+        """The batch with its failure and pending details, if it is this tenant's."""
+        key = _id(batch_id)
+        raw = self.store.get(b"b" + key)
+        if raw is None:
+            return None
+        batch = BatchState.from_counters(raw, self.store.get(b"s" + key))
+        if (batch.partnerId, batch.tenantId) != (partner_id, tenant_id):
+            return None
+        for prefix, into in ((b"f", batch.details), (b"p", batch.pending_details)):
+            for k, v in self.store.items_from(prefix + key, prefix + key):
+                into[struct.unpack(">I", k[-4:])[0]] = orjson.loads(v)
+        return batch
+
+    def page(self, partner_id: str, tenant_id: str, after: str | None, limit: int) -> tuple[list[BatchState], int, bool]:
+        """The tenant's batches, newest first, after the batch `after`: (page, total, has_next_page)."""
+        prefix = b"t" + _tenant(partner_id, tenant_id) + b"\x00"
+        start = prefix
+        if after is not None:
+            cursor = self.get(partner_id, tenant_id, after)
+            if cursor is None:
+                return [], self._total(partner_id, tenant_id), False
+            start = _listed(cursor)
+        found: list[BatchState] = []
+        has_next = False
+        for key, _ in self.store.items_from(start, prefix):
+            if key == start and after is not None:
+                continue
+            if len(found) == limit:
+                has_next = True
+                break
+            batch = self.get(partner_id, tenant_id, key[len(prefix) + 8:].decode())
+            if batch is not None:
+                found.append(batch)
+        return found, self._total(partner_id, tenant_id), has_next
+
+    def _total(self, partner_id: str, tenant_id: str) -> int:
+        raw = self.store.get(b"n" + _tenant(partner_id, tenant_id))
+        return struct.unpack(">q", raw)[0] if raw else 0
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.store.close()
