@@ -1,0 +1,72 @@
+"""The batch status table on disk (`state.batches`): counts once per record, details kept and
+dropped, the tenant's list newest first by seek, and a reopened store that knows its position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+
+from schemas.batch_events import BatchMeta
+from state.batches import BatchStore
+
+TOPIC = "batch-events"
+
+
+def _event(batch_id: str, accepted_at: int, outcomes: list[dict[str, Any]] | None = None, count: int = 3,
+           tenant: str = "t1") -> Any:
+    body = {"type": "records" if outcomes else "batch", "batchId": batch_id, "partnerId": "p", "tenantId": tenant,
+            "schemaDefinitionId": "s", "recordCount": count, "acceptedAt": accepted_at, "outcomes": outcomes or []}
+    return SimpleNamespace(offset=0, key=batch_id.encode(), value=orjson.dumps(body))
+
+
+def _fold(store: BatchStore, events: list[Any], position: int) -> None:
+    store.apply_all({TopicPartition(TOPIC, 0): events}, {TopicPartition(TOPIC, 0): position})
+
+
+def test_outcomes_count_once_and_details_follow_the_records(tmp_path: Path) -> None:
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store")
+    pending = {"index": 1, "status": "pending", "at": 5, "externalId": "b", "missingDependencies": []}
+    _fold(store, [_event("b1", 1), _event("b1", 1, [{"index": 0, "status": "created", "at": 2}, pending])], 2)
+    batch = store.get("p", "t1", "b1")
+    assert batch is not None and (batch.successful, batch.pending, batch.status) == (1, 1, "processing")
+    assert list(batch.pending_details) == [1]
+
+    _fold(store, [_event("b1", 1, [{"index": 0, "status": "failed", "at": 3},  # terminal already: ignored
+                                   {"index": 1, "status": "created", "at": 6},
+                                   {"index": 2, "status": "failed", "at": 7, "code": "VALIDATION_FAILED",
+                                    "externalId": "c", "message": "bad"}])], 3)
+    batch = store.get("p", "t1", "b1")
+    assert batch is not None
+    assert (batch.successful, batch.failed, batch.pending, batch.status) == (2, 1, 0, "partial_success")
+    assert batch.pending_details == {}, "a resolved pending record is still listed"
+    assert batch.details == {2: {"externalId": "c", "code": "VALIDATION_FAILED", "message": "bad"}}
+    assert batch.summary == {"VALIDATION_FAILED": 1} and batch.completedAt == 7
+    assert store.get("p", "other-tenant", "b1") is None
+    store.store.close()
+
+
+def test_the_tenant_list_pages_newest_first_and_the_store_reopens_where_it_was(tmp_path: Path) -> None:
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store")
+    _fold(store, [_event(f"b{i:03d}", 1000 + i) for i in range(250)] + [_event("x", 5000, tenant="t2")], 251)
+    store.add(BatchMeta("fresh", "p", "t1", "s", 1, 9000))  # accepted here, not yet read back
+    store.add(BatchMeta("b000", "p", "t1", "s", 3, 1000))  # known already: not counted twice
+
+    seen, after = [], None
+    while True:
+        page, total, has_next = store.page("p", "t1", after, 100)
+        assert total == 251
+        seen += [b.batchId for b in page]
+        if not has_next:
+            break
+        after = page[-1].batchId
+    assert seen == ["fresh", *(f"b{i:03d}" for i in reversed(range(250)))]
+    store.store.close()
+
+    again = BatchStore("unused:9092", TOPIC, tmp_path / "store")
+    assert again.initial_positions() == {0: 251}
+    assert again.page("p", "t2", None, 10)[0][0].batchId == "x"
+    again.store.close()
