@@ -53,6 +53,13 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     return ";".join(f"kafka://{hp.strip()}" for hp in bootstrap_servers.split(","))
 
 
+# Per store (a table's partition: three tables times the partitions a worker owns), so that a
+# worker's memory is bounded by configuration, not by what is stored; Faust's defaults are a
+# 2 GiB block cache and three 64 MiB write buffers per store.
+TABLE_STORE_OPTIONS = {"block_cache_size": 8 * 1024 * 1024, "write_buffer_size": 4 * 1024 * 1024,
+                       "max_write_buffer_number": 2}
+
+
 def worker_datadir(settings: Settings) -> Path:
     """Where this worker keeps its RocksDB stores (one folder per worker web port)."""
     return settings.data_dir / "workers" / f"{settings.app_id}-{settings.worker_web_port}"
@@ -93,9 +100,10 @@ def create_app(settings: Settings) -> faust.App:
     # The resources topic is the resources table's changelog: one message per change, read
     # by Faust to restore the table and by everyone else as the resources' latest state.
     resources = app.Table("resources", default=None, partitions=parts, key_type=bytes,
-                          changelog_topic=app.topic(topics.resources.name, partitions=parts, **raw))
-    pending = app.Table("pending", default=None, partitions=parts, key_type=bytes)
-    waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes)
+                          changelog_topic=app.topic(topics.resources.name, partitions=parts, **raw),
+                          options=dict(TABLE_STORE_OPTIONS))
+    pending = app.Table("pending", default=None, partitions=parts, key_type=bytes, options=dict(TABLE_STORE_OPTIONS))
+    waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes, options=dict(TABLE_STORE_OPTIONS))
 
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
     resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name, datadir / "resource-keys")

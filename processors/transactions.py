@@ -51,8 +51,17 @@ takes its offsets between two events (point 3), then events go on while it makes
 trips to the broker; what they send through a committing producer is held back and sent,
 in order, into that producer's next transaction (`hold_sends`, `release_sends`).
 
-Local RocksDB writes are outside any transaction; `processors.worker` rebuilds the stores
-from the committed changelog after an unclean stop.
+9. Tables are RocksDB stores restored from their changelogs, and Faust remembers how far a
+   store reflects its changelog only when it restores one, so every start replayed everything
+   written since the last restore; and since writes went to RocksDB before their transaction
+   committed, a crash left changes of aborted transactions behind and the stores were thrown
+   away and rebuilt from the beginning. An event's table changes now wait in memory with its
+   transaction (`_TableWrites`; reads see them first) and reach RocksDB when, and only when,
+   that transaction has committed: in one write batch together with the changelog offset of
+   the transaction's last record, as Kafka's KIP-892 does for Kafka Streams. A store on disk
+   is therefore always the committed changelog up to its recorded offset; a start, after a
+   clean stop or a SIGKILL alike, replays only what came after it. Changes of an aborted
+   transaction die with its producer. Memory: one commit interval of changes per partition.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ import bisect
 import collections
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -74,7 +83,7 @@ from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
 from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT
-from rocksdict import WriteOptions
+from rocksdict import WriteBatch
 
 from topics import partitioning
 
@@ -85,8 +94,8 @@ _original_resume_streams = Recovery._resume_streams
 _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
-_NO_WAL = WriteOptions()
-_NO_WAL.disable_wal = True
+_ABSENT = object()
+_PERSISTED_OFFSET = b"__faust\0offset__"  # Faust's key for how far a store reflects its changelog
 # A send held while its transaction commits: input partition, topic, key, value, partition, headers.
 _HeldSend = tuple[TP, str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None]
 
@@ -112,7 +121,9 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
             await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         except BaseException:
             eos.drop_held_sends()  # the commit failed: Faust stops the worker
+            eos.drop_committing()
             raise
+        eos.reopen_uncommitted()
         await eos.release_sends()
         return True
 
@@ -142,6 +153,8 @@ TransactionManager.on_rebalance = _on_rebalance_stopping_lost_producers  # type:
 
 async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
                                             group_id: str, start_new_transaction: bool = True) -> None:
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+
     async def commit(transactional_id: str, offsets: Mapping[TP, int]) -> None:
         async with self._trn_locks[transactional_id]:
             producer = self._transaction_producers.get(transactional_id)
@@ -150,6 +163,8 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
                 return
             await producer.send_offsets_to_transaction(offsets, group_id)
             await producer.commit_transaction()
+            if eos is not None:
+                eos.store_committed(transactional_id, producer)
             if start_new_transaction:
                 await producer.begin_transaction()
 
@@ -257,6 +272,11 @@ class ExactlyOnce:
         self.processed: dict[TP, tuple[int, Any]] = {}
         self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
         self._tids: dict[TP, str] = {}
+        # Per transactional id: table changes of its open transaction, and of the committing one.
+        self._open: dict[str, _TableWrites] = {}
+        self._committing: dict[str, _TableWrites] = {}
+        self._tables: dict[str, faust.Table] = {}
+        self._changelogs: set[str] = set()
         setattr(app, _ATTRIBUTE, self)
 
     @contextlib.asynccontextmanager
@@ -400,32 +420,101 @@ class ExactlyOnce:
     # Tables: RocksDB stores with bytes keys and JSON values. A table's partition p holds what
     # events of input partition p wrote (Faust's rule), so an event reads and writes the store
     # of its own partition, directly: Faust's mapping interface looks a key up two or three
-    # times and encodes through its serializer registry, per call. Writes skip RocksDB's
-    # write-ahead log: after a crash the stores are rebuilt from the changelog anyway
-    # (`processors.worker`), and a clean stop flushes them (closing a store flushes it).
+    # times and encodes through its serializer registry, per call. Changes wait with their
+    # transaction and reach RocksDB once it has committed (point 9).
 
-    @staticmethod
-    def get(event: EventT, table: faust.Table, key: bytes) -> Any:
-        """`table[key]` in `event`'s partition, or None."""
+    def get(self, event: EventT, table: faust.Table, key: bytes) -> Any:
+        """`table[key]` in `event`'s partition, or None, including changes not yet committed."""
+        tid = self._tid(event.message.tp)
+        for writes in (self._open_writes(event.message.tp), self._committing.get(tid)):
+            if writes is not None:
+                raw = writes.changes.get((table.name, key), _ABSENT)
+                if raw is not _ABSENT:
+                    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
         raw = table.data._db_for_partition(event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
     async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
-        raw = orjson.dumps(value)
-        table.data._db_for_partition(event.message.partition).put(key, raw, _NO_WAL)
-        await self.send(event, table.changelog_topic.get_topic_name(), key, raw, event.message.partition)
+        await self._change(event, table, key, orjson.dumps(value))
 
     async def delete(self, event: EventT, table: faust.Table, key: bytes) -> None:
         """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
-        table.data._db_for_partition(event.message.partition).delete(key, _NO_WAL)
-        await self.send(event, table.changelog_topic.get_topic_name(), key, None, event.message.partition)
+        await self._change(event, table, key, None)
 
-    @staticmethod
-    def partition_items(table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
-        """Every (key, value) this worker holds for one partition of `table`."""
+    def _open_writes(self, tp: TP) -> _TableWrites | None:
+        """The changes of `tp`'s open transaction; dropped if that transaction died with its producer."""
+        tid = self._tid(tp)
+        writes = self._open.get(tid)
+        if writes is not None and writes.producer is not self.producer_of(tp):
+            del self._open[tid]  # aborted: the events that made them are processed again
+            return None
+        return writes
+
+    async def _change(self, event: EventT, table: faust.Table, key: bytes, raw: bytes | None) -> None:
+        tp = event.message.tp
+        writes = self._open_writes(tp)
+        if writes is None:
+            writes = self._open[self._tid(tp)] = _TableWrites(self.producer_of(tp), tp.partition)
+        writes.changes[(table.name, key)] = raw
+        changelog = table.changelog_topic.get_topic_name()
+        self._tables[table.name] = table
+        self._changelogs.add(changelog)
+        await self.send(event, changelog, key, raw, tp.partition)
+
+    def partition_items(self, table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
+        """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
         db = table.data._db_for_partition(partition)
-        return [(k, orjson.loads(v)) for k, v in db.items() if not k.startswith(b"__faust")]
+        found: dict[bytes, bytes | None] = {k: v for k, v in db.items() if not k.startswith(b"__faust")}
+        producers = self.app.producer._transaction_producers
+        live = [w for tid, w in self._open.items() if w.producer is producers.get(tid)]  # not aborted
+        for writes in (*self._committing.values(), *live):  # newest last
+            if writes.partition == partition:
+                found.update((k, raw) for (name, k), raw in writes.changes.items() if name == table.name)
+        return [(k, orjson.loads(raw)) for k, raw in found.items() if raw is not None]
+
+    def store_committed(self, tid: str, producer: Any) -> None:
+        """`tid`'s transaction has committed: write its table changes to RocksDB, each store's in
+        one write batch with the changelog offset of its last record (where a restore resumes)."""
+        writes = self._committing.pop(tid, None)
+        if writes is None or writes.producer is not producer:
+            return
+        batches: dict[str, Any] = {}
+        for (name, key), raw in writes.changes.items():
+            batch = batches.get(name)
+            if batch is None:
+                batch = batches[name] = WriteBatch(raw_mode=True)
+            if raw is None:
+                batch.delete(key)
+            else:
+                batch.put(key, raw)
+        for name, batch in batches.items():
+            table = self._tables[name]
+            sent = writes.last_sent.get(table.changelog_topic.get_topic_name())
+            if sent is not None and sent.done() and not sent.cancelled() and sent.exception() is None:
+                # The offset after the last record is the transaction's commit marker: only this
+                # producer writes the partition, and its next transaction began after the commit.
+                # A restore starts there, and one with nothing after it has nothing to do.
+                batch.put(_PERSISTED_OFFSET, str(sent.result().offset + 1).encode())
+            # With RocksDB's write-ahead log: a SIGKILL right after loses nothing written here.
+            table.data._db_for_partition(writes.partition).write(batch)
+
+    def drop_committing(self) -> None:
+        """A commit failed: what it carried is not committed (the worker stops)."""
+        self._committing.clear()
+
+    def reopen_uncommitted(self) -> None:
+        """After a commit: the changes of a transaction it did not end (Faust skips partitions it
+        no longer counts as assigned) stay with that transaction, ahead of the newer ones."""
+        for tid, writes in self._committing.items():
+            later = self._open.get(tid)
+            if later is not None and later.producer is not writes.producer:
+                continue  # `writes` died with their producer; `later` belong to its successor
+            if later is not None:
+                writes.changes.update(later.changes)
+                writes.last_sent.update(later.last_sent)
+            self._open[tid] = writes
+        self._committing.clear()
 
     async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -450,12 +539,24 @@ class ExactlyOnce:
     async def _send_now(self, tp: TP, topic: str, key: bytes | None, value: bytes | None, partition: int,
                         headers: list[tuple[str, bytes]] | None) -> None:
         await self.ensure_transaction(tp)
-        await self.app.producer.send(topic, key, value, partition, None, headers, transactional_id=self._tid(tp))
+        tid = self._tid(tp)
+        sent = await self.app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
+        if topic in self._changelogs:
+            writes = self._open.get(tid)
+            if writes is not None:
+                writes.last_sent[topic] = sent
 
     def hold_sends(self, offsets: Iterable[TP]) -> None:
-        """From now on, hold back what is sent through the producers that commit `offsets`."""
+        """From now on, hold back what is sent through the producers that commit `offsets`.
+
+        Their table changes so far are the committing transactions'; later ones go with the next.
+        """
         for tp in offsets:
-            self._held.setdefault(self._tid(tp), collections.deque())
+            tid = self._tid(tp)
+            self._held.setdefault(tid, collections.deque())
+            writes = self._open.pop(tid, None)
+            if writes is not None:
+                self._committing[tid] = writes
 
     async def release_sends(self) -> None:
         """Send what was held, in order, into each producer's next transaction; stop holding.
@@ -493,6 +594,16 @@ class ExactlyOnce:
 
     def partition_for(self, topic: str, key: bytes) -> int:
         return partitioning.partition_for(key, self.partitions[topic])
+
+
+@dataclass
+class _TableWrites:
+    """Table changes of one transaction of one partition, not yet in RocksDB (point 9)."""
+
+    producer: Any  # the transactional producer whose transaction carries them
+    partition: int  # the tables' partition they belong to
+    changes: dict[tuple[str, bytes], bytes | None] = field(default_factory=dict)  # (table, key) -> value
+    last_sent: dict[str, Any] = field(default_factory=dict)  # changelog -> future of its last record
 
 
 @dataclass(frozen=True)

@@ -5,38 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import sys
 import time
 
 import faust
 import uvloop
 
-from processors.app import create_app, worker_datadir
+from processors.app import create_app
 from reach.config import Settings
 from topics import create_topics, service_topics
 
 log = logging.getLogger(__name__)
-RUNNING_MARKER = "RUNNING"
 RESTART_DELAY_S = 2.0  # between a crash and the next run: a broker that is away gets time
-
-
-def discard_state_after_crash(settings: Settings) -> bool:
-    """Delete the local stores if the last run of this worker did not stop cleanly.
-
-    RocksDB is written as events are processed, before their Kafka transaction commits; after
-    a crash it may hold changes of transactions that were aborted. The committed changelog is
-    the truth, and Faust rebuilds the stores from it (as Kafka Streams does under EOS).
-    """
-    datadir = worker_datadir(settings)
-    marker = datadir / RUNNING_MARKER
-    crashed = marker.exists()
-    if crashed:
-        for tables in datadir.glob("v*/tables"):
-            shutil.rmtree(tables)
-    datadir.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    return crashed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
 
     A commit the broker could not confirm (it went away mid-commit) crashes Faust's consumer,
     as does any unexpected error: the worker's transactions must not commit half. A new run
-    resumes from the committed offsets with state rebuilt from Kafka, as after a SIGKILL.
+    resumes from the committed offsets; its stores hold what committed transactions wrote, up to
+    the changelog offsets recorded with it, and replay only what came after (`processors.transactions`).
     """
     argv = list(argv or [])
     if run(argv):
@@ -65,8 +46,6 @@ def run(argv: list[str]) -> bool:
     except Exception as exc:  # the broker is away: nothing was started yet
         log.error("reach worker: cannot create the topics: %r", exc)
         return False
-    if discard_state_after_crash(settings):
-        print("reach worker: the last run did not stop cleanly; rebuilding state from Kafka", flush=True)
     app = create_app(settings)
     sys.argv = ["reach-worker", "worker", "--loglevel", "info", *argv]
     clean = False
@@ -80,12 +59,11 @@ def run(argv: list[str]) -> bool:
     finally:
         if clean:
             flush_stores(app)
-            (worker_datadir(settings) / RUNNING_MARKER).unlink(missing_ok=True)
     return clean
 
 
 def flush_stores(app: faust.App) -> None:
-    """Persist what the stores still hold in memory (they are written without a log)."""
+    """Flush the stores' memtables: the next start then has no write-ahead log to replay."""
     for table in app.tables.values():
         for db in table.data._dbs.values():
             db.flush()
