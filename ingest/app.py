@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
             folder = ingress_state_dir(settings)
-            state.batches = BatchStore(settings.bootstrap_servers, topics.batch_events.name, folder / "batches", wait_s)
+            state.batches = BatchStore(settings.bootstrap_servers, topics.batch_events.name, folder / "batches", wait_s,
+                                       retention_s=settings.batch_retention_days * 24 * 3600)
             parts.append(state.batches)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
                                             folder / "resources", wait_s)

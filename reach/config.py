@@ -32,6 +32,9 @@ class Settings:
     ingress_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     ingress_producers: int = 4
     max_body_bytes: int = 16 * 1024 * 1024
+    # How long a batch's status stays readable after it was accepted (and the batch-events
+    # topic keeps its events, so that a new ingress can build the same statuses).
+    batch_retention_days: float = 30.0
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
 
     @classmethod
@@ -58,5 +61,6 @@ class Settings:
             ingress_id=env.get("REACH_INGRESS_ID") or f"{socket.gethostname()}-{env.get('REACH_HTTP_PORT', defaults.http_port)}",
             ingress_producers=int(env.get("REACH_INGRESS_PRODUCERS", defaults.ingress_producers)),
             max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            batch_retention_days=float(env.get("REACH_BATCH_RETENTION_DAYS", defaults.batch_retention_days)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
         )

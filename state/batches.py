@@ -7,12 +7,17 @@ outcome keeps it.
 Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
 `s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
 `p` + id + index → a pending record's detail; `t` + tenant + NUL + newest-first time + id →
-the tenant's list, so a page is one seek at any depth; `n` + tenant → the tenant's count.
+the tenant's list, so a page is one seek at any depth; `n` + tenant → the tenant's count;
+`a` + accepted time + id → nothing, the order in which batches expire (`expire`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +34,8 @@ from topics.view import TopicView
 _UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
 _STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
 _NEWEST_FIRST = (1 << 63) - 1
+EXPIRY_INTERVAL_S = 60.0  # how often batches past their retention are looked for
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,13 +136,34 @@ def _listed(batch: BatchState) -> bytes:
             + struct.pack(">Q", _NEWEST_FIRST - batch.acceptedAt) + batch.batchId.encode())
 
 
+def _expiring(batch: BatchState) -> bytes:
+    return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
+
+
 class BatchStore(TopicView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
-                 config: StoreConfig = StoreConfig()) -> None:
+                 config: StoreConfig = StoreConfig(), retention_s: float | None = None) -> None:
         super().__init__(bootstrap_servers, topic, wait_s)
         self.store = CheckpointedStore(path, config)
+        self.retention_s = retention_s  # None: batches are kept for ever
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        await super().start(timeout_s)
+        if self.retention_s is not None:
+            self._expiry = asyncio.create_task(self._expire_old(self.retention_s), name="batches:expiry")
+
+    async def _expire_old(self, retention_s: float) -> None:
+        while True:
+            try:
+                # In chunks, so that requests are served in between.
+                while self.expire(int((time.time() - retention_s) * 1000)):
+                    await asyncio.sleep(0)
+            except Exception:  # a disk error: try again at the next round
+                log.exception("expiring old batches failed")
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
 
     def initial_positions(self) -> dict[int, int]:
         return self.store.positions()
@@ -197,6 +225,7 @@ class BatchStore(TopicView):
         raw = changes.get(tenant)
         changes.put(tenant, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 0) + 1))
         changes.put(_listed(batch), b"")
+        changes.put(_expiring(batch), b"")
         return batch
 
     @staticmethod
@@ -254,10 +283,45 @@ class BatchStore(TopicView):
                 found.append(batch)
         return found, self._total(partner_id, tenant_id), has_next
 
+    def expire(self, accepted_before_ms: int, chunk: int = 500) -> int:
+        """Forget up to `chunk` batches accepted before the given time, oldest first; how many.
+
+        Each is forgotten in one write: counters, record states, details, the tenant's list entry
+        and count. Events of a forgotten batch that are read again (a new ingress reading the
+        topic) would register it anew; the topic keeps them no longer than the store does.
+        """
+        changes = Changes(self.store)
+        forgotten = 0
+        for key, _ in self.store.items_from(b"a", b"a"):
+            if struct.unpack(">Q", key[1:9])[0] >= accepted_before_ms or forgotten == chunk:
+                break
+            forgotten += 1
+            changes.delete(key)
+            batch = self._load(changes, key[9:].decode())
+            if batch is None:
+                continue
+            ident = _id(batch.batchId)
+            for prefix in (b"f", b"p"):
+                for detail, _ in self.store.items_from(prefix + ident, prefix + ident):
+                    changes.delete(detail)
+            changes.delete(b"b" + ident)
+            changes.delete(b"s" + ident)
+            changes.delete(_listed(batch))
+            tenant = b"n" + _tenant(batch.partnerId, batch.tenantId)
+            raw = changes.get(tenant)
+            changes.put(tenant, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 1) - 1))
+        if forgotten:
+            self.store.write(changes)
+        return forgotten
+
     def _total(self, partner_id: str, tenant_id: str) -> int:
         raw = self.store.get(b"n" + _tenant(partner_id, tenant_id))
         return struct.unpack(">q", raw)[0] if raw else 0
 
     async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         await super().stop()
         self.store.close()

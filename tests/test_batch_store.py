@@ -70,3 +70,24 @@ def test_the_tenant_list_pages_newest_first_and_the_store_reopens_where_it_was(t
     assert again.initial_positions() == {0: 251}
     assert again.page("p", "t2", None, 10)[0][0].batchId == "x"
     again.store.close()
+
+
+def test_batches_past_their_retention_are_forgotten_whole(tmp_path: Path) -> None:
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store")
+    failed = {"index": 0, "status": "failed", "at": 2, "code": "VALIDATION_FAILED", "message": "no"}
+    pending = {"index": 1, "status": "pending", "at": 2, "externalId": "b", "missingDependencies": []}
+    _fold(store, [_event("old1", 100, [failed, pending]), _event("old2", 200), _event("new", 5000)], 3)
+    _fold(store, [_event("other", 150, tenant="t2")], 4)
+
+    assert store.expire(accepted_before_ms=1000, chunk=2) == 2  # the two oldest: old1, then other
+    assert store.expire(accepted_before_ms=1000) == 1
+    assert store.expire(accepted_before_ms=1000) == 0
+
+    assert [store.get("p", "t1", b) is None for b in ("old1", "old2", "new")] == [True, True, False]
+    assert store.get("p", "t2", "other") is None
+    page, total, more = store.page("p", "t1", None, 10)
+    assert ([b.batchId for b in page], total, more) == (["new"], 1, False)
+    assert store.page("p", "t2", None, 10)[:2] == ([], 0)
+    left = [key for key, _ in store.store.items_from(b"", b"") if b"old" in key or b"other" in key]
+    assert left == [], f"keys of forgotten batches left behind: {left}"
+    assert store.store.positions() == {0: 4}  # expiring does not move the topic position

@@ -49,7 +49,8 @@ def service_topics(settings: Settings) -> ServiceTopics:
         ingest=TopicSpec(f"{prefix}.ingest", parts, rf, "delete", {"retention.ms": week_ms}),
         # Batch registrations (from the ingress) and record outcomes (from the workers),
         # keyed by batchId: what batch status is computed from.
-        batch_events=TopicSpec(f"{prefix}.batch-events", parts, rf, "delete", {"retention.ms": week_ms}),
+        batch_events=TopicSpec(f"{prefix}.batch-events", parts, rf, "delete",
+                               {"retention.ms": str(int(settings.batch_retention_days * 24 * 3600 * 1000))}),
         # The latest state of every resource, as the workers applied it: the read model, and
         # the changelog of the workers' resources table.
         resources=TopicSpec(f"{prefix}.resources", parts, rf, "compact"),

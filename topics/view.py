@@ -28,6 +28,10 @@ class TopicView:
         self._changed = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
         self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted: asks for high watermarks
+        # Asks for the last stable offsets. Not the following consumer: the broker answers a
+        # connection's requests in order, so on its connection the question would wait behind
+        # the long-poll fetch in flight (~50 ms on an idle topic, every read).
+        self._ends: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.started_at: dict[int, int] = {}
 
@@ -41,6 +45,9 @@ class TopicView:
         self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
                                          isolation_level="read_uncommitted")
         await self._offsets.start()
+        self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
+                                      isolation_level="read_committed")
+        await self._ends.start()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
             await self._consumer._client.force_metadata_update()  # a topic created moments ago
@@ -85,7 +92,7 @@ class TopicView:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for consumer in (self._consumer, self._offsets):
+        for consumer in (self._consumer, self._offsets, self._ends):
             if consumer is not None:
                 await consumer.stop()
 
@@ -123,8 +130,8 @@ class TopicView:
 
         Raises TimeoutError after `timeout_s` (default `wait_s`), also when the broker does not answer.
         """
-        assert self._consumer is not None
-        await self._reach_end_of(self._consumer, self.wait_s if timeout_s is None else timeout_s)
+        assert self._ends is not None
+        await self._reach_end_of(self._ends, self.wait_s if timeout_s is None else timeout_s)
 
     async def settle(self, timeout_s: float) -> bool:
         """Wait until every message written before this call, committed or in a transaction still
