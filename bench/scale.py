@@ -1,17 +1,19 @@
-"""How the service behaves as stored data grows: `python -m bench.scale --sizes 10000 200000`.
+"""How the service behaves as stored data grows: `make bench-scale SIZES="10000 200000 2000000"`.
 
 One stack (broker, one ingress, one worker; `bench.run.Stack`) is loaded over HTTP with
-1000-record batches into one tenant's schema, up to each size in turn. At each size it
-prints and records:
+batches of `--batch-size` records (default 100, so 2,000,000 resources are 20,000 batches)
+into one tenant's schema, up to each size in turn. At each size it prints and records:
 
 - each process's memory: peak (VmHWM) and current (VmRSS) of the ingress and the worker;
 - a resource GET (p50, p99) and a list page of 100, first page and one 90% deep (p50);
-- an ingress restarted on the same disk, after SIGTERM and after SIGKILL: seconds from its
-  start until it answers a read of the newest resource;
+- the batch list, a page of 100, first and 90% deep (p50);
+- an ingress restarted on the same disk, after SIGTERM and after SIGKILL, and a new ingress
+  with an empty disk: seconds from its start until it answers a read of the newest resource;
 - the worker restarted after SIGTERM and after SIGKILL: seconds from its start until a newly
   queued batch is terminal.
 
-Writes `bench/results/scale.json`. Figures are measurements, not pass/fail checks.
+Writes `bench/results/scale.json` and `bench/results/scale.png`. Figures are measurements,
+not pass/fail checks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ import httpx
 
 from bench.run import RESULTS, Stack, batch_body, percentile, post_batches, wait_all_terminal
 from ingest.pagination import encode_cursor
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, free_port
 
 RUN = "scale"
 
@@ -48,12 +51,20 @@ def resource_id(i: int) -> str:
     return f"{RUN}-{i:07d}"
 
 
-async def load(stack: Stack, start: int, end: int, concurrency: int = 4) -> float:
-    bodies = [batch_body(RUN, min(1000, end - i), i) for i in range(start, end, 1000)]
+async def load(stack: Stack, start: int, end: int, batch_size: int, concurrency: int = 8) -> tuple[float, list[str]]:
+    """Upload resources [start, end) and wait until every batch is terminal, showing progress."""
     started = time.monotonic()
-    _, ids, _ = await post_batches(stack, bodies, concurrency)
-    await wait_all_terminal(stack, ids, timeout_s=3600)
-    return time.monotonic() - started
+    ids: list[str] = []
+    step = 50_000
+    for chunk in range(start, end, step):
+        upto = min(end, chunk + step)
+        bodies = [batch_body(RUN, min(batch_size, upto - i), i) for i in range(chunk, upto, batch_size)]
+        _, chunk_ids, _ = await post_batches(stack, bodies, concurrency)
+        await wait_all_terminal(stack, chunk_ids, timeout_s=3600)
+        ids.extend(chunk_ids)
+        elapsed = time.monotonic() - started
+        print(f"  {upto:,} resources stored ({(upto - start) / elapsed:,.0f}/s end to end)", flush=True)
+    return time.monotonic() - started, ids
 
 
 def timed_gets(stack: Stack, paths: list[tuple[str, dict[str, str]]]) -> list[float]:
@@ -68,21 +79,38 @@ def timed_gets(stack: Stack, paths: list[tuple[str, dict[str, str]]]) -> list[fl
     return times
 
 
-def restart_ingress(stack: Stack, sig: int, newest: str) -> float:
-    """Seconds from a new ingress process's start until it answers a read of `newest`."""
-    stack.ingress.stop(sig)
-    stack.ingress = ServiceProcess(["-m", "ingest.server"], stack.settings, stack.workdir / "ingress.log").start()
+def time_to_read(stack: Stack, process: ServiceProcess, base: str, newest: str) -> float:
+    """Seconds from `process`'s start until it answers a read of `newest`."""
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {stack.tenant}"}
     while True:
         try:
-            if httpx.get(f"{stack.base}/api/resources/customer/{newest}", headers=headers, timeout=5).status_code == 200:
+            if httpx.get(f"{base}/api/resources/customer/{newest}", headers=headers, timeout=5).status_code == 200:
                 return time.monotonic() - started
         except httpx.TransportError:
             pass
+        if process.proc.poll() is not None:
+            raise RuntimeError(f"the ingress exited: {process.log()[-2000:]}")
         if time.monotonic() - started > 1800:
-            raise TimeoutError("the restarted ingress did not answer within 30 min")
+            raise TimeoutError("the ingress did not answer within 30 min")
         time.sleep(0.05)
+
+
+def restart_ingress(stack: Stack, sig: int, newest: str) -> float:
+    """Seconds from a new ingress process's start, on the same disk, until it answers a read of `newest`."""
+    stack.ingress.stop(sig)
+    stack.ingress = ServiceProcess(["-m", "ingest.server"], stack.settings, stack.workdir / "ingress.log").start()
+    return time_to_read(stack, stack.ingress, stack.base, newest)
+
+
+def fresh_ingress(stack: Stack, newest: str, n: int) -> float:
+    """Seconds from the start of a second ingress with an empty disk until it answers a read of `newest`."""
+    settings = replace(stack.settings, http_port=free_port(), ingress_id=f"scale-fresh-{n}")
+    process = ServiceProcess(["-m", "ingest.server"], settings, stack.workdir / f"fresh-ingress-{n}.log").start()
+    try:
+        return time_to_read(stack, process, f"http://127.0.0.1:{settings.http_port}", newest)
+    finally:
+        process.stop()
 
 
 def restart_worker(stack: Stack, sig: int, probe: int) -> float:
@@ -95,9 +123,9 @@ def restart_worker(stack: Stack, sig: int, probe: int) -> float:
     return time.monotonic() - started
 
 
-def measure_at(stack: Stack, size: int, probe: int) -> dict[str, Any]:
+def measure_at(stack: Stack, size: int, batch_ids: list[str], n: int) -> dict[str, Any]:
     rng = random.Random(size)
-    figures: dict[str, Any] = {"resources": size}
+    figures: dict[str, Any] = {"resources": size, "batches": len(batch_ids)}
     figures["memory_mb"] = {"ingress": memory_mb(stack.ingress.proc.pid), "worker": memory_mb(stack.worker.proc.pid)}
     gets = timed_gets(stack, [(f"/api/resources/customer/{resource_id(rng.randrange(size))}", {}) for _ in range(200)])
     figures["get_ms"] = {"p50": round(statistics.median(gets) * 1000, 2), "p99": round(percentile(gets, 99) * 1000, 2)}
@@ -106,31 +134,79 @@ def measure_at(stack: Stack, size: int, probe: int) -> dict[str, Any]:
     deep = timed_gets(stack, [("/api/resources/customer", {"limit": "100", "cursor": deep_cursor})] * 20)
     figures["page_ms"] = {"first_p50": round(statistics.median(first) * 1000, 2),
                           "deep_p50": round(statistics.median(deep) * 1000, 2)}
+    first = timed_gets(stack, [("/api/batches", {"limit": "100"})] * 20)
+    deep_cursor = encode_cursor(batch_ids[int(len(batch_ids) * 0.1)])  # newest first: 90% deep
+    deep = timed_gets(stack, [("/api/batches", {"limit": "100", "cursor": deep_cursor})] * 20)
+    figures["batch_page_ms"] = {"first_p50": round(statistics.median(first) * 1000, 2),
+                                "deep_p50": round(statistics.median(deep) * 1000, 2)}
     newest = resource_id(size - 1)
     figures["ingress_restart_s"] = {"after_sigterm": round(restart_ingress(stack, signal.SIGTERM, newest), 2),
-                                    "after_sigkill": round(restart_ingress(stack, signal.SIGKILL, newest), 2)}
-    figures["worker_restart_s"] = {"after_sigterm": round(restart_worker(stack, signal.SIGTERM, probe), 2),
-                                   "after_sigkill": round(restart_worker(stack, signal.SIGKILL, probe + 1), 2)}
+                                    "after_sigkill": round(restart_ingress(stack, signal.SIGKILL, newest), 2),
+                                    "new_empty_disk": round(fresh_ingress(stack, newest, n), 2)}
+    figures["worker_restart_s"] = {"after_sigterm": round(restart_worker(stack, signal.SIGTERM, 2 * n), 2),
+                                   "after_sigkill": round(restart_worker(stack, signal.SIGKILL, 2 * n + 1), 2)}
     return figures
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["resources"] for r in rows]
+    fig, (memory, restart) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for who in ("ingress", "worker"):
+        memory.plot(sizes, [r["memory_mb"][who]["peak"] for r in rows], marker="o", label=f"{who} peak RSS")
+    memory.set_xscale("log")
+    memory.set_ylim(bottom=0)
+    memory.set_xlabel("resources stored")
+    memory.set_ylabel("MB")
+    memory.set_title("Memory")
+    memory.legend()
+    for label, pick in (("worker after SIGTERM", lambda r: r["worker_restart_s"]["after_sigterm"]),
+                        ("worker after SIGKILL", lambda r: r["worker_restart_s"]["after_sigkill"]),
+                        ("ingress after SIGKILL", lambda r: r["ingress_restart_s"]["after_sigkill"]),
+                        ("new ingress, empty disk", lambda r: r["ingress_restart_s"]["new_empty_disk"])):
+        restart.plot(sizes, [pick(r) for r in rows], marker="o", label=label)
+    restart.set_xscale("log")
+    restart.set_ylim(bottom=0)
+    restart.set_xlabel("resources stored")
+    restart.set_ylabel("seconds from start to serving")
+    restart.set_title("Restart")
+    restart.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
+    parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="reach-scale-") as tmp, Stack(Path(tmp)) as stack:
-        loaded = 0
+        loaded, batch_ids = 0, []
         for n, size in enumerate(sorted(args.sizes)):
-            seconds = asyncio.run(load(stack, loaded, size))
-            print(f"loaded {size - loaded} resources in {seconds:.1f}s ({(size - loaded) / seconds:.0f}/s)", flush=True)
+            seconds, ids = asyncio.run(load(stack, loaded, size, args.batch_size))
+            batch_ids.extend(ids)
+            print(f"loaded {size - loaded:,} resources in {seconds:.1f}s ({(size - loaded) / seconds:,.0f}/s)", flush=True)
             loaded = size
-            row = measure_at(stack, size, probe=2 * n)
+            row = measure_at(stack, size, batch_ids, n)
+            row["disk_mb"] = disk_mb(Path(tmp) / "data")
             rows.append(row)
             print(json.dumps(row), flush=True)
     (RESULTS / "scale.json").write_text(json.dumps({"rows": rows, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2))
-    print(f"wrote {RESULTS / 'scale.json'}")
+    chart(rows, RESULTS / "scale.png")
+    print(f"wrote {RESULTS / 'scale.json'} and {RESULTS / 'scale.png'}")
+
+
+def disk_mb(folder: Path) -> dict[str, float]:
+    """Disk used under the data folder: the ingress's stores and the worker's."""
+    def size(path: Path) -> float:
+        return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024 / 1024, 1)
+    return {"ingress": size(folder / "ingress"), "worker": size(folder / "workers")}
 
 
 if __name__ == "__main__":
