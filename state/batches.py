@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from schemas.batch_events import CREATED, FAILED, PENDING, UPDATED, BatchMeta
-from state.store import Changes, CheckpointedStore, StoreConfig
-from topics.view import TopicView
+from state.store import Changes, StoreConfig
+from state.view import StoredView
 
 _UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
 _STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
@@ -140,13 +139,12 @@ def _expiring(batch: BatchState) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
 
-class BatchStore(TopicView):
+class BatchStore(StoredView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(), retention_s: float | None = None) -> None:
-        super().__init__(bootstrap_servers, topic, wait_s)
-        self.store = CheckpointedStore(path, config)
+        super().__init__(bootstrap_servers, topic, path, wait_s, config)
         self.retention_s = retention_s  # None: batches are kept for ever
         self._expiry: asyncio.Task[None] | None = None
 
@@ -165,9 +163,6 @@ class BatchStore(TopicView):
                 log.exception("expiring old batches failed")
             await asyncio.sleep(EXPIRY_INTERVAL_S)
 
-    def initial_positions(self) -> dict[int, int]:
-        return self.store.positions()
-
     async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
         """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
 
@@ -181,17 +176,12 @@ class BatchStore(TopicView):
             batch = self.get(partner_id, tenant_id, batch_id)
         return batch
 
-    def apply_all(self, batches: dict[TopicPartition, list[ConsumerRecord]],
-                  positions: dict[TopicPartition, int]) -> None:
-        changes = Changes(self.store)
-        touched: dict[str, BatchState] = {}
-        for messages in batches.values():
-            for message in messages:
-                self._fold(changes, touched, message.value)
+    def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
+        touched: dict[str, BatchState] = {}  # a batch is read and written once per fetch
+        for message in messages:
+            self._fold(changes, touched, message.value)
         for batch in touched.values():
             self._write(changes, batch)
-        changes.positions = {tp.partition: offset for tp, offset in positions.items()}
-        self.store.write(changes)
 
     def _fold(self, changes: Changes, touched: dict[str, BatchState], value: bytes | None) -> None:
         if value is None:
@@ -324,4 +314,3 @@ class BatchStore(TopicView):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         await super().stop()
-        self.store.close()

@@ -9,38 +9,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
-
-from state.store import Changes, CheckpointedStore, StoreConfig
-from topics.view import TopicView
+from state.store import Changes, StoreConfig
+from state.view import StoredView
 
 
-class ResourceKeys(TopicView):
+class ResourceKeys(StoredView):
     """Keys of the resources committed to the resources topic and not deleted since.
     A miss is confirmed against the topic's end first."""
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(block_cache_bytes=16 * 1024 * 1024)) -> None:
-        super().__init__(bootstrap_servers, topic, wait_s)
-        self.store = CheckpointedStore(path, config)
+        super().__init__(bootstrap_servers, topic, path, wait_s, config)
 
-    def initial_positions(self) -> dict[int, int]:
-        return self.store.positions()
-
-    def apply_all(self, batches: dict[TopicPartition, list[ConsumerRecord]],
-                  positions: dict[TopicPartition, int]) -> None:
-        changes = Changes(self.store)
-        for messages in batches.values():
-            for message in messages:
-                if message.key is None:
-                    continue
-                if message.value is None:  # a tombstone: the resource was deleted
-                    changes.delete(b"k" + message.key)
-                else:
-                    changes.put(b"k" + message.key, b"")
-        changes.positions = {tp.partition: offset for tp, offset in positions.items()}
-        self.store.write(changes)
+    def fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:  # a tombstone: the resource was deleted
+            changes.delete(b"k" + key)
+        else:
+            changes.put(b"k" + key, b"")
 
     async def exists(self, key: bytes) -> bool:
         if self.store.get(b"k" + key) is not None:
@@ -48,6 +35,3 @@ class ResourceKeys(TopicView):
         await self.sync()
         return self.store.get(b"k" + key) is not None
 
-    async def stop(self) -> None:
-        await super().stop()
-        self.store.close()

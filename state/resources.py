@@ -14,16 +14,13 @@ scope is `[partner, tenant, schemaDefinitionId]` in JSON, which cannot contain N
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
-from state.store import Changes, CheckpointedStore, StoreConfig
-from topics.view import TopicView
+from state.store import Changes
+from state.view import StoredView
 
 Resource = dict[str, Any]
 
@@ -32,27 +29,10 @@ def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
     return orjson.dumps([partner_id, tenant_id, definition_id])
 
 
-class ResourceStore(TopicView):
+class ResourceStore(StoredView):
     """Every resource's latest state, by scope and external id."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
-                 config: StoreConfig = StoreConfig()) -> None:
-        super().__init__(bootstrap_servers, topic, wait_s)
-        self.store = CheckpointedStore(path, config)
-
-    def initial_positions(self) -> dict[int, int]:
-        return self.store.positions()
-
-    def apply_all(self, batches: dict[TopicPartition, list[ConsumerRecord]],
-                  positions: dict[TopicPartition, int]) -> None:
-        changes = Changes(self.store)
-        for messages in batches.values():
-            for message in messages:
-                self._fold(changes, message.key, message.value)
-        changes.positions = {tp.partition: offset for tp, offset in positions.items()}
-        self.store.write(changes)
-
-    def _fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:
+    def fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:
         if value is not None:
             resource = orjson.loads(value)
             scope = _scope(resource["platformId"], resource["businessId"], resource["schemaDefinitionId"])
@@ -101,7 +81,3 @@ class ResourceStore(TopicView):
             found.append(orjson.loads(value))
         raw = self.store.get(b"c" + scope)
         return found, struct.unpack(">q", raw)[0] if raw else 0, has_next
-
-    async def stop(self) -> None:
-        await super().stop()
-        self.store.close()
