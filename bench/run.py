@@ -41,7 +41,7 @@ from processors.merge import merge_patch
 from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
-from schemas.events import build_ingest_batch, decode_ingest_event
+from schemas.events import build_ingest_batch, decode_ingest_message
 from tests.support import ServiceProcess, free_port, wait_until
 from topics import create_topics, service_topics
 
@@ -217,9 +217,9 @@ async def bare_merge_loop(stack: Stack, topic: str, expected: int) -> float:
     while seen < expected:
         for messages in (await consumer.getmany(timeout_ms=1000)).values():
             for message in messages:
-                event = decode_ingest_event(message.value)
-                state[message.key] = merge_patch(state.get(message.key), orjson.loads(event["data"]))
-                seen += 1
+                for event in decode_ingest_message(message.value, message.headers):
+                    state[message.key] = merge_patch(state.get(message.key), orjson.loads(event["data"]))
+                    seen += 1
     elapsed = time.perf_counter() - started
     await consumer.stop()
     return elapsed

@@ -12,9 +12,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
-from ingest import batches, resources, schema_definitions
+from ingest import batches, resource_writes, resources, schema_definitions
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
@@ -54,7 +54,14 @@ async def kafka_unreachable(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"success": False, "message": exc.detail}, status_code=exc.status_code)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # RFC 9110: a 405 names every allowed method, also those of other routes of the path
+        # (Starlette names only the first route's).
+        allowed = {m for route in request.app.routes if isinstance(route, Route)
+                   and route.matches(request.scope)[0] is not Match.NONE for m in route.methods or ()}
+        headers = {"Allow": ", ".join(sorted(allowed))}
+    return JSONResponse({"success": False, "message": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 def ingress_state_dir(settings: Settings) -> Path:
@@ -105,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *schema_definitions.routes,
             *batches.routes,
             *resources.routes,
+            *resource_writes.routes,
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},

@@ -13,34 +13,48 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from state.batches import BatchState
+from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
-from schemas.batch_events import BatchMeta, registration
+from schemas.batch_events import BATCH_TYPES, BatchMeta, registration
 from schemas.definitions import Definition
-from schemas.events import build_ingest_batch
+from schemas.events import BATCH_TYPE_OF_OP, build_ingest_batch
 from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 
-BATCH_TYPE = "PARTNER_RESOURCE_JSON_INGEST"
+def choice(query: QueryParams, name: str, allowed: tuple[str, ...], default: str | None,
+           problems: list[str]) -> str | None:
+    """A query value from `allowed`; absent → `default`; present but not allowed (empty
+    included) → a problem, and `default`."""
+    if name not in query:
+        return default
+    value = query[name]
+    if value not in allowed:
+        problems.append(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+        return default
+    return value
 
 
-def parse_options(query: QueryParams) -> tuple[BatchOptions, list[str]]:
-    """The upload's options and every problem with the query values."""
-    problems = []
-    on_conflict = query.get("onconflict") or "upsert"
-    if on_conflict not in ON_CONFLICT:
-        problems.append(f"onconflict must be one of {', '.join(ON_CONFLICT)} (got {on_conflict!r})")
-    ignore_raw = query.get("ignoreUnknownFields") or "false"
-    if ignore_raw not in ("true", "false"):
-        problems.append(f"ignoreUnknownFields must be true or false (got {ignore_raw!r})")
-    wait_raw = query.get("dependencyWaitTimeout") or "0"
-    wait = int(wait_raw) if wait_raw.isdigit() else -1
-    if not 0 <= wait <= MAX_WAIT_S:
-        problems.append(f"dependencyWaitTimeout must be an integer from 0 to {MAX_WAIT_S} (got {wait_raw!r})")
-    return BatchOptions(on_conflict, ignore_raw == "true", max(wait, 0)), problems
+def flag(query: QueryParams, name: str, problems: list[str]) -> bool:
+    return choice(query, name, ("true", "false"), "false", problems) == "true"
+
+
+def parse_options(query: QueryParams, with_conflict: bool = True, with_wait: bool = True
+                  ) -> tuple[BatchOptions, list[str]]:
+    """The write's options and every problem with the query values (strict: an empty value is
+    a problem, not the default)."""
+    problems: list[str] = []
+    on_conflict = choice(query, "onconflict", ON_CONFLICT, "upsert", problems) if with_conflict else "upsert"
+    ignore = flag(query, "ignoreUnknownFields", problems)
+    wait = 0
+    if with_wait and "dependencyWaitTimeout" in query:
+        wait_raw = query["dependencyWaitTimeout"]
+        wait = int(wait_raw) if wait_raw.isascii() and wait_raw.isdigit() and len(wait_raw) <= 6 else -1
+        if not 0 <= wait <= MAX_WAIT_S:
+            problems.append(f"dependencyWaitTimeout must be an integer from 0 to {MAX_WAIT_S} (got {wait_raw!r})")
+    return BatchOptions(on_conflict or "upsert", ignore, max(wait, 0)), problems
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -80,34 +94,70 @@ def schema_not_found(name: str) -> ApiError:
 
 
 async def upload(request: Request) -> Response:
+    """`POST /api/resources/{schema}/batch`: create or merge (API.md 4)."""
+    options, problems = parse_options(request.query_params)
+    return await _write_batch(request, options.on_conflict, options, problems)
+
+
+async def patch_batch(request: Request) -> Response:
+    """`PATCH /api/resources/{schema}/batch`: merge into existing resources only (API.md 6a)."""
+    options, problems = parse_options(request.query_params, with_conflict=False, with_wait=False)
+    return await _write_batch(request, "patch", options, problems)
+
+
+async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
-    name = request.path_params["schema"]
-    definition = await state.registry.find_fresh(principal.partner_id, name)
-    if definition is None:
-        raise schema_not_found(name)
+    definition = await find_definition(request, principal.partner_id)
     body = await read_body(request, state.settings.max_body_bytes)
-    options, request_problems = parse_options(request.query_params)
     resources, body_problem = _resources_of(body)
     if body_problem:
         request_problems.append(body_problem)
     record_problems: list[str] = []
     checked: list[dict[str, Any]] = []
     if resources is not None:
-        validators = validators_for(definition.id, definition.versionNumber, definition.schema)
-        for index, raw in enumerate(resources):
-            record, problems = check_record(index, raw, definition, validators, options)
-            record_problems.extend(problems)
-            if record is not None:
-                checked.append(record)
+        checked, record_problems = check_records(resources, definition, options)
     if request_problems or record_problems:
         message = "; ".join(request_problems) if request_problems else (
             f"{len(record_problems)} problem(s) in the submitted resources; nothing was enqueued")
         raise ApiError(400, message, record_problems or None)
-    meta = BatchMeta(str(uuid.uuid4()), principal.partner_id, principal.tenant_id or "", definition.id,
-                     len(checked), int(time.time() * 1000))
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+                               [(external_id_of(r, definition) or "", r) for r in checked], op, options)
+    return accepted(meta)
+
+
+async def find_definition(request: Request, partner_id: str) -> Definition:
+    """The active definition the path names, or 404."""
+    name = request.path_params["schema"]
+    definition = await request.app.state.registry.find_fresh(partner_id, name)
+    if definition is None:
+        raise schema_not_found(name)
+    return definition
+
+
+def check_records(resources: list[Any], definition: Definition, options: BatchOptions
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every record as it will be enqueued, and every problem found (API.md 4)."""
+    validators = validators_for(definition.id, definition.versionNumber, definition.schema)
+    checked: list[dict[str, Any]] = []
+    found: list[str] = []
+    for index, raw in enumerate(resources):
+        record, problems = check_record(index, raw, definition, validators, options)
+        found.extend(problems)
+        if record is not None:
+            checked.append(record)
+    return checked, found
+
+
+async def publish_batch(request: Request, partner_id: str, tenant_id: str, definition: Definition,
+                        records: list[tuple[str, dict[str, Any] | None]], op: str,
+                        options: BatchOptions = BatchOptions(), cascade: bool = False) -> BatchMeta:
+    """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503."""
+    state = request.app.state
+    meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
+                     int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
-        await state.publisher.publish(batch_messages(state.topics, meta, definition, checked, options))
+        await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade))
     except PublishError as exc:
         if exc.committing:  # the broker went silent while confirming the commit
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
@@ -115,21 +165,25 @@ async def upload(request: Request) -> Response:
                            data={"batchId": meta.batchId}) from None
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
     state.batches.add(meta)  # this ingress answers for it at once
-    return ok({"batchId": meta.batchId, "message": "Batch accepted for processing", "recordCount": len(checked),
-               "schemaDefinitionId": definition.id}, "Batch accepted", status=202)
+    return meta
+
+
+def accepted(meta: BatchMeta) -> Response:
+    """The 202 of a batch-shaped write."""
+    return ok({"batchId": meta.batchId, "message": "Batch accepted for processing", "recordCount": meta.recordCount,
+               "schemaDefinitionId": meta.schemaDefinitionId}, "Batch accepted", status=202)
 
 
 def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
-                   records: list[dict[str, Any]], options: BatchOptions) -> list[Message]:
-    """The batch's registration and one ingest event per record, ready to publish."""
-    batch_id, partner_id, tenant_id = meta.batchId, meta.partnerId, meta.tenantId
+                   records: list[tuple[str, dict[str, Any] | None]], op: str,
+                   options: BatchOptions = BatchOptions(), cascade: bool = False) -> list[Message]:
+    """The batch's registration and its ingest messages, ready to publish."""
     batch = build_ingest_batch(
-        partner_id, tenant_id, definition.id,
-        [(external_id_of(r, definition) or "", r) for r in records],  # ids were checked above
-        schema_version=definition.versionNumber, on_conflict=options.on_conflict,
-        ignore_unknown_fields=options.ignore_unknown_fields,
-        dependency_wait_timeout=options.dependency_wait_timeout, batch_id=batch_id, accepted_at=meta.acceptedAt)
-    messages: list[Message] = [(topics.batch_events.name, batch_id.encode(), registration(meta), None)]
+        meta.partnerId, meta.tenantId, definition.id, records, op=op,
+        schema_version=definition.versionNumber, ignore_unknown_fields=options.ignore_unknown_fields,
+        dependency_wait_timeout=options.dependency_wait_timeout if op in ("upsert", "reject") else 0,
+        cascade=cascade, batch_id=meta.batchId, accepted_at=meta.acceptedAt)
+    messages: list[Message] = [(topics.batch_events.name, meta.batchId.encode(), registration(meta), None)]
     messages.extend((topics.ingest.name, key, value, batch.headers) for key, value in batch.messages)
     return messages
 
@@ -139,7 +193,7 @@ def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -
     total = batch.recordCount
     schema_name = name_of(batch.schemaDefinitionId)
     view: dict[str, Any] = {
-        "batchId": batch.batchId, "status": batch.status, "batchType": BATCH_TYPE,
+        "batchId": batch.batchId, "status": batch.status, "batchType": batch.batchType,
         "progress": {
             "totalRecords": total, "processedRecords": batch.processed,
             "successfulRecords": batch.successful, "pendingRecords": batch.pending,
@@ -185,21 +239,31 @@ def _names(state: Any, partner_id: str) -> Any:
 async def get_batch(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
+    problems: list[str] = []
+    include = flag(request.query_params, "includePendingDetails", problems)
+    if problems:
+        raise ApiError(400, "; ".join(problems))
     batch_id = request.path_params["batch_id"]
     batch = await state.batches.find(principal.partner_id, principal.tenant_id, batch_id)
     if batch is None:
         raise ApiError(404, "Batch not found")
-    include = request.query_params.get("includePendingDetails", "false") == "true"
     return ok(batch_view(batch, _names(state, principal.partner_id), include))
 
 
 async def list_batches(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
-    limit = page_limit(request.query_params)
-    cursor = decode_cursor(request.query_params.get("cursor"))
+    query = request.query_params
+    limit = page_limit(query)
+    cursor = decode_cursor(query.get("cursor"))
+    problems: list[str] = []
+    batch_type = choice(query, "batchType", BATCH_TYPES, None, problems)
+    status = choice(query, "status", STATUSES, None, problems)
+    if problems:
+        raise ApiError(400, "; ".join(problems))
     await state.batches.sync()
-    chosen, total, has_next = state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit)
+    chosen, total, has_next = state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit,
+                                                 batch_type, status)
     return ok({
         "results": [batch_view(b, _names(state, principal.partner_id)) for b in chosen],
         "pagination": {"hasNextPage": has_next, "total": total,
@@ -209,6 +273,7 @@ async def list_batches(request: Request) -> Response:
 
 routes = [
     Route("/api/resources/{schema}/batch", upload, methods=["POST"]),
+    Route("/api/resources/{schema}/batch", patch_batch, methods=["PATCH"]),
     Route("/api/batches", list_batches, methods=["GET"]),
     Route("/api/batches/{batch_id}", get_batch, methods=["GET"]),
 ]

@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingest.responses import JSONResponse
+from schemas.batch_events import BATCH_TYPES
 from schemas.records import MAX_RECORDS
+from state.batches import STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER = [{"bearer": []}]
@@ -51,6 +53,12 @@ DEFINITION_BODY = {"type": "object", "required": ["name", "externalIdField", "sc
 UPLOAD_BODY = {"type": "object", "required": ["resources"], "properties": {
     "resources": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS,
                   "items": {"type": "object", "additionalProperties": {"nullable": True}}}}}
+SINGLE_BODY = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "object", "additionalProperties": {"nullable": True}}}}
+IGNORE_UNKNOWN = {"name": "ignoreUnknownFields", "in": "query", "required": False,
+                  "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}
+ON_CONFLICT = {"name": "onconflict", "in": "query", "required": False,
+               "schema": {"type": "string", "enum": ["upsert", "reject"], "default": "upsert"}}
 ID_OR_NAME = _path_param("idOrName", "The definition's id, name or pluralName (any case)")
 SCHEMA = _path_param("schema", "The schema definition's id, name or pluralName (any case)")
 
@@ -93,20 +101,28 @@ SPEC: dict[str, Any] = {
         "/api/resources/{schema}/batch": {
             "post": {
                 "summary": "Batch upload resources (1..1000), processed asynchronously", "security": BEARER,
-                "parameters": [SCHEMA, *TENANT_HEADER,
-                               {"name": "onconflict", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": ["upsert", "reject"], "default": "upsert"}},
-                               {"name": "ignoreUnknownFields", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}},
+                "parameters": [SCHEMA, *TENANT_HEADER, ON_CONFLICT, IGNORE_UNKNOWN,
                                {"name": "dependencyWaitTimeout", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
                               **_errors(400, 401, 403, 404, 413, 503)},
             },
+            "patch": {
+                "summary": "Batch patch existing resources (1..1000; RFC 7396 merge, never creates)",
+                "security": BEARER,
+                "parameters": [SCHEMA, *TENANT_HEADER, IGNORE_UNKNOWN],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
+                "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
+                              **_errors(400, 401, 403, 404, 413, 503)},
+            },
         },
         "/api/batches": {"get": {"summary": "The tenant's batches, newest first", "security": BEARER,
-                                 "parameters": [*TENANT_HEADER, *_page_params()],
+                                 "parameters": [*TENANT_HEADER, *_page_params(),
+                                                {"name": "batchType", "in": "query", "required": False,
+                                                 "schema": {"type": "string", "enum": list(BATCH_TYPES)}},
+                                                {"name": "status", "in": "query", "required": False,
+                                                 "schema": {"type": "string", "enum": list(STATUSES)}}],
                                  "responses": {**_ok("A page of batches"), **_errors(400, 401, 403)}}},
         "/api/batches/{batchId}": {"get": {
             "summary": "One batch's status", "security": BEARER,
@@ -114,16 +130,32 @@ SPEC: dict[str, Any] = {
                            {"name": "includePendingDetails", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": ["true", "false"]}}],
             "responses": {**_ok("The batch"), **_errors(400, 401, 403, 404)}}},
-        "/api/resources/{schema}": {"get": {
-            "summary": "The tenant's resources of a schema", "security": BEARER,
-            "parameters": [SCHEMA, *TENANT_HEADER, *_page_params()],
-            "responses": {**_ok("A page of resources"), **_errors(400, 401, 403, 404)}}},
-        "/api/resources/{schema}/{externalId}": {"get": {
-            "summary": "One resource", "security": BEARER,
-            "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
-                           {"name": "include", "in": "query", "required": False, "schema": {"type": "string"},
-                            "description": "Reference fields whose resources to return in `included`"}],
-            "responses": {**_ok("The resource"), **_errors(400, 401, 403, 404)}}},
+        "/api/resources/{schema}": {
+            "get": {"summary": "The tenant's resources of a schema", "security": BEARER,
+                    "parameters": [SCHEMA, *TENANT_HEADER, *_page_params()],
+                    "responses": {**_ok("A page of resources"), **_errors(400, 401, 403, 404)}},
+            "post": {"summary": "Create (or merge) one resource; waits for its outcome up to REACH_SYNC_WAIT_S",
+                     "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER, ON_CONFLICT, IGNORE_UNKNOWN],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": SINGLE_BODY}}},
+                     "responses": {**_ok("The resource as saved"),
+                                   **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
+                                   **_errors(400, 401, 403, 404, 409, 413, 503)}},
+        },
+        "/api/resources/{schema}/{externalId}": {
+            "get": {"summary": "One resource", "security": BEARER,
+                    "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
+                                   {"name": "include", "in": "query", "required": False, "schema": {"type": "string"},
+                                    "description": "Reference fields whose resources to return in `included`"}],
+                    "responses": {**_ok("The resource"), **_errors(400, 401, 403, 404)}},
+            "patch": {"summary": "Patch one existing resource (RFC 7396); waits for its outcome up to REACH_SYNC_WAIT_S",
+                      "security": BEARER,
+                      "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
+                                     IGNORE_UNKNOWN],
+                      "requestBody": {"required": True, "content": {"application/json": {"schema": SINGLE_BODY}}},
+                      "responses": {**_ok("The resource as saved"),
+                                    **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
+                                    **_errors(400, 401, 403, 404, 413, 503)}},
+        },
     },
 }
 

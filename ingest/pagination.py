@@ -11,8 +11,8 @@ from ingest.responses import ApiError
 
 
 def page_limit(query: QueryParams, default: int = 20, maximum: int = 100) -> int:
-    raw = query.get("limit") or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    raw = query.get("limit", str(default))  # present but empty is a mistake, not the default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= maximum:
         raise ApiError(400, f"limit must be an integer from 1 to {maximum} (got {raw!r})")
     return int(raw)
 

@@ -9,10 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import schema_not_found
+from ingest.batches import find_definition
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
-from schemas.definitions import Definition
 
 
 def resource_view(resource: dict[str, Any]) -> dict[str, Any]:
@@ -25,18 +24,10 @@ def resource_view(resource: dict[str, Any]) -> dict[str, Any]:
     })
 
 
-async def _definition(request: Request, partner_id: str) -> Definition:
-    name = request.path_params["schema"]
-    definition = await request.app.state.registry.find_fresh(partner_id, name)
-    if definition is None:
-        raise schema_not_found(name)
-    return definition
-
-
 async def get_resource(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
-    definition = await _definition(request, principal.partner_id)
+    definition = await find_definition(request, principal.partner_id)
     include = [f for f in (request.query_params.get("include") or "").split(",") if f]
     by_field = {r.name: r for r in definition.referenceFields}
     unknown = [f for f in include if f not in by_field]
@@ -66,7 +57,7 @@ async def get_resource(request: Request) -> Response:
 async def list_resources(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
-    definition = await _definition(request, principal.partner_id)
+    definition = await find_definition(request, principal.partner_id)
     limit = page_limit(request.query_params)
     after = decode_cursor(request.query_params.get("cursor"))
     await state.resources.sync()

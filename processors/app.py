@@ -129,17 +129,20 @@ def create_app(settings: Settings) -> faust.App:
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
                       inputs=records_in.topics)
     index = DependencyIndex(eos, topics, resources, waiters)
-    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists)
+    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists,
+                                  topics.ingest.partitions)
 
     async def on_ingest_message(event: faust.EventT) -> None:
-        """Decode and attribute an ingest message, or send it to the dead letters."""
+        """Decode and attribute an ingest message's operations, or send it to the dead letters."""
         try:
-            body = decode_ingest_message(event.value, event.message.headers)
-            reason = unusable_batch(body)
+            bodies = decode_ingest_message(event.value, event.message.headers)
+            reason = next((f"operation {n}: {r}" if len(bodies) > 1 else r
+                           for n, r in enumerate(map(unusable_batch, bodies)) if r is not None), None)
         except UndecodableEvent as exc:
             reason = str(exc)
         if reason is None:
-            await processor.on_ingest(event, body)
+            for body in bodies:
+                await processor.on_ingest(event, body)
             return
         message = event.message
         log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from processors.merge import merge_patch
-from schemas.batch_events import ALREADY_EXISTS, CREATED, FAILED, UPDATED, VALIDATION_FAILED
+from schemas.batch_events import ALREADY_EXISTS, CREATED, FAILED, NOT_FOUND, UPDATED, VALIDATION_FAILED
 from schemas.definitions import Definition
 from schemas.records import BatchOptions, check_record, external_id_of
 from schemas.validation import RecordValidators, error_messages, without_nulls
@@ -24,6 +24,17 @@ class Outcome:
     message: str | None = None
 
 
+def op_of(event: dict[str, Any]) -> str:
+    """The event's operation: upsert, reject, patch or delete (pending events stored before
+    operations had names are uploads)."""
+    return event.get("op") or event["onConflict"]
+
+
+def waits(event: dict[str, Any]) -> int:
+    """Seconds the event may wait for missing references: only uploads wait."""
+    return event["dependencyWaitTimeout"] if op_of(event) in ("upsert", "reject") else 0
+
+
 def options_of(event: dict[str, Any]) -> BatchOptions:
     return BatchOptions(event["onConflict"], event["ignoreUnknownFields"], event["dependencyWaitTimeout"])
 
@@ -31,6 +42,9 @@ def options_of(event: dict[str, Any]) -> BatchOptions:
 def checked_record(event: dict[str, Any], definition: Definition, validators: RecordValidators
                    ) -> tuple[dict[str, Any] | None, Outcome | None]:
     """The event's record after the ingress's checks (events may come from direct producers)."""
+    if event["data"] is None:
+        return None, Outcome(FAILED, VALIDATION_FAILED, f"resources[{event['recordIndex']}]: an {op_of(event)} "
+                                                        "operation needs its record in `data`")
     try:
         raw = orjson.loads(event["data"])
     except orjson.JSONDecodeError as exc:
@@ -48,10 +62,14 @@ def apply_record(current: dict[str, Any] | None, event: dict[str, Any], record: 
                  validators: RecordValidators, now_ms: int) -> tuple[dict[str, Any] | None, Outcome]:
     """The resource after applying a checked `record` (None if unchanged), and its outcome.
 
-    Creates or merges (RFC 7396); the result must validate against the full schema.
+    Creates or merges (RFC 7396); the result must validate against the full schema. A patch
+    of an absent resource fails NOT_FOUND.
     """
     options = options_of(event)
     where = f"resources[{event['recordIndex']}]"
+    if current is None and op_of(event) == "patch":
+        return None, Outcome(FAILED, NOT_FOUND, f"{where}: resource '{event['externalId']}' does not exist "
+                                                "(a patch never creates)")
     if current is None:
         data = without_nulls(record)
         if not validators.full.is_valid(data):

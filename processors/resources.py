@@ -22,7 +22,7 @@ from typing import Any
 import faust
 import orjson
 
-from processors.apply import Outcome, apply_record, checked_record, options_of
+from processors.apply import Outcome, apply_record, checked_record, op_of, options_of, waits
 from processors.dependencies import DependencyIndex
 from processors.outcomes import OutcomeBuffer
 from processors.references import Reference, references_of
@@ -43,6 +43,7 @@ from schemas.definitions import Definition
 from schemas.events import resource_key
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
+from topics.partitioning import partition_for
 
 Body = dict[str, Any]  # a decoded ingest event
 
@@ -50,11 +51,12 @@ Body = dict[str, Any]  # a decoded ingest event
 class ResourceProcessor:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, pending: faust.Table,
                  dependencies: DependencyIndex, definition_of: Callable[[Body], Awaitable[Definition | None]],
-                 exists_elsewhere: Callable[[bytes], Awaitable[bool]]) -> None:
+                 exists_elsewhere: Callable[[bytes], Awaitable[bool]], partitions: int) -> None:
         self.eos, self.topics = eos, topics
         self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
         self.exists_elsewhere = exists_elsewhere
+        self.partitions = partitions  # of the ingest topic
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # partition -> heap of (deadline ms, resource key); absent until built from the table
         self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
@@ -66,8 +68,9 @@ class ResourceProcessor:
     # -- inputs --------------------------------------------------------------------------
 
     async def on_ingest(self, event: faust.EventT, body: Body) -> None:
-        key: bytes = event.key
-        failure = await self._event_failure(key, body)
+        """One operation of an ingest message (a message of version 2 may hold several)."""
+        key = resource_key(body["partnerId"], body["tenantId"], body["schemaDefinitionId"], body["externalId"])
+        failure = await self._event_failure(event, key, body)
         if failure is not None:
             await self._emit(event, body, failure)
             return
@@ -145,6 +148,10 @@ class ResourceProcessor:
             await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
                              f"schema definition {body['schemaDefinitionId']} does not exist"))
             return []
+        if op_of(body) == "delete":  # applied from the next commit on (issue 14)
+            await self._emit(event, body, Outcome(FAILED, "NOT_SUPPORTED", f"resources[{body['recordIndex']}]: "
+                                                  "deletes are not applied by this version of the worker"))
+            return []
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
         record, failure = checked_record(body, definition, validators)
@@ -154,7 +161,7 @@ class ResourceProcessor:
         if not skip_references:
             references = references_of(record, definition, body["partnerId"], body["tenantId"])
             missing = [r for r in references if not await self._exists(event, r.key)]
-            if missing and body["dependencyWaitTimeout"] > 0:
+            if missing and waits(body) > 0:
                 return missing
             if missing:
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
@@ -171,7 +178,7 @@ class ResourceProcessor:
         await self._emit(event, body, result)
         return []
 
-    async def _event_failure(self, key: bytes, body: Body) -> Outcome | None:
+    async def _event_failure(self, event: faust.EventT, key: bytes, body: Body) -> Outcome | None:
         """What makes an event fail before it may even wait (direct producers skip the ingress)."""
         definition = await self.definition_of(body)
         if definition is None or (definition.deactivatedAt is not None
@@ -181,10 +188,15 @@ class ResourceProcessor:
         problems = options_of(body).problems()
         if problems:
             return Outcome(FAILED, INVALID_OPTIONS, f"resources[{body['recordIndex']}]: {'; '.join(problems)}")
-        expected = resource_key(body["partnerId"], body["tenantId"], body["schemaDefinitionId"], body["externalId"])
-        if key != expected:
+        if body.get("version") == 1 and event.key != key:
             return Outcome(FAILED, VALIDATION_FAILED,
-                           f"resources[{body['recordIndex']}]: the message key must be {expected.decode()!r}")
+                           f"resources[{body['recordIndex']}]: the message key must be {key.decode()!r}")
+        partition = partition_for(key, self.partitions)
+        if partition != event.message.partition:
+            # Its other writes go to that partition: applied here, they could overtake them.
+            return Outcome(FAILED, VALIDATION_FAILED,
+                           f"resources[{body['recordIndex']}]: the resource {key.decode()!r} belongs to partition "
+                           f"{partition}, not {event.message.partition}; key the message by its resource key")
         return None
 
     async def _exists(self, event: faust.EventT, key: bytes) -> bool:

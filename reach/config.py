@@ -35,6 +35,8 @@ class Settings:
     # How long a batch's status stays readable after it was accepted (and the batch-events
     # topic keeps its events, so that a new ingress can build the same statuses).
     batch_retention_days: float = 30.0
+    # How long a single-resource write waits for its record's outcome before answering 202.
+    sync_wait_s: float = 10.0
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
 
     @classmethod
@@ -62,5 +64,6 @@ class Settings:
             ingress_producers=int(env.get("REACH_INGRESS_PRODUCERS", defaults.ingress_producers)),
             max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),
             batch_retention_days=float(env.get("REACH_BATCH_RETENTION_DAYS", defaults.batch_retention_days)),
+            sync_wait_s=float(env.get("REACH_SYNC_WAIT_S", defaults.sync_wait_s)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
         )

@@ -2,11 +2,12 @@
 
 Keyed by batchId (UTF-8), values are JSON objects:
 
-- ``{"type": "batch", ...}`` — a batch registration, written by the ingress in the same Kafka
+- ``{"type": "batch", ...}`` — a batch registration (``batchType`` names its kind; absent means
+  an upload), written by the ingress in the same Kafka
   transaction as the batch's ingest events;
 - ``{"type": "records", "outcomes": [{"index", "externalId", "status", "at", "code",
   "message", ...}, ...]}`` — outcomes of records of the batch (``created``, ``updated``,
-  ``failed`` or ``pending``) in the order they happened, written by a worker in the same
+  ``deleted``, ``failed`` or ``pending``) in the order they happened, written by a worker in the same
   transaction as the changes they report.
 
 Both carry the batch's description (``BatchMeta``), so that a batch produced directly to
@@ -20,7 +21,13 @@ from typing import Any
 
 import orjson
 
-CREATED, UPDATED, FAILED, PENDING = "created", "updated", "failed", "pending"
+CREATED, UPDATED, DELETED, FAILED, PENDING = "created", "updated", "deleted", "failed", "pending"
+
+# Batch types (API.md 5, 6a): what kind of write a batch is.
+INGEST_BATCH = "PARTNER_RESOURCE_JSON_INGEST"
+PATCH_BATCH = "PARTNER_RESOURCE_BATCH_PATCH"
+DELETE_BATCH = "PARTNER_RESOURCE_BATCH_DELETE"
+BATCH_TYPES = (INGEST_BATCH, PATCH_BATCH, DELETE_BATCH)
 
 # Failure codes of a record.
 VALIDATION_FAILED = "VALIDATION_FAILED"
@@ -29,6 +36,7 @@ MISSING_DEPENDENCY = "MISSING_DEPENDENCY"
 DEPENDENCY_TIMEOUT = "DEPENDENCY_TIMEOUT"
 SCHEMA_NOT_FOUND = "SCHEMA_NOT_FOUND"
 INVALID_OPTIONS = "INVALID_OPTIONS"
+NOT_FOUND = "NOT_FOUND"
 
 
 @dataclass(frozen=True)
@@ -39,11 +47,12 @@ class BatchMeta:
     schemaDefinitionId: str
     recordCount: int
     acceptedAt: int  # epoch milliseconds
+    batchType: str = INGEST_BATCH  # events written before batch types existed are uploads
 
     @classmethod
     def of_event(cls, event: dict[str, Any]) -> "BatchMeta":
         return cls(event["batchId"], event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
-                   event["recordCount"], event["acceptedAt"])
+                   event["recordCount"], event["acceptedAt"], event.get("batchType") or INGEST_BATCH)
 
 
 def registration(meta: BatchMeta) -> bytes:

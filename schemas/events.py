@@ -1,8 +1,18 @@
-"""The ingest event: one record of a batch on the ingest topic (the public Kafka contract).
+"""The ingest events: writes of a batch on the ingest topic (the public Kafka contract).
 
-Value: Avro binary (schemaless) of `ingest_event.avsc`, version 1. Header
-`reach-event-version: 1` names the version; events without it, of another version, or whose
-bytes are not exactly one `IngestEvent` go to the dead-letter topic. Key: `resource_key(...)`.
+Two versions, named by the header `reach-event-version`; a message without it, of another
+version, or whose bytes are not exactly one value of its version's schema goes to the
+dead-letter topic.
+
+- Version 2 (`ingest_event_v2.avsc`, what the ingress writes): an `IngestMessage` holds a
+  batch's description once and a list of operations (`upsert`, `reject`, `patch`, `delete`),
+  applied in list order. Key: the first operation's `resource_key(...)`; every operation's
+  resource must fall in the message's partition (one resource, one partition, one order).
+- Version 1 (`ingest_event.avsc`, still accepted from direct producers): one `IngestEvent`
+  per record, an upload (`onConflict` upsert or reject). Key: `resource_key(...)`.
+
+Both decode to the same per-operation form (`decode_ingest_message`): the fields of version 1
+plus `op`, `batchType`, `cascade` and `version` (1 or 2).
 """
 
 from __future__ import annotations
@@ -20,12 +30,20 @@ from urllib.parse import quote
 import fastavro
 import orjson
 
-INGEST_EVENT_VERSION = b"1"
+from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH
+
 VERSION_HEADER = "reach-event-version"
-INGEST_HEADERS = [(VERSION_HEADER, INGEST_EVENT_VERSION)]
+INGEST_EVENT_V1, INGEST_EVENT_V2 = b"1", b"2"
+INGEST_HEADERS_V1 = [(VERSION_HEADER, INGEST_EVENT_V1)]
+INGEST_HEADERS = [(VERSION_HEADER, INGEST_EVENT_V2)]
 INGEST_EVENT_SCHEMA = fastavro.parse_schema(
     orjson.loads((Path(__file__).parent / "ingest_event.avsc").read_bytes())
 )
+INGEST_MESSAGE_SCHEMA = fastavro.parse_schema(
+    orjson.loads((Path(__file__).parent / "ingest_event_v2.avsc").read_bytes())
+)
+OPS = ("upsert", "reject", "patch", "delete")
+BATCH_TYPE_OF_OP = {"upsert": INGEST_BATCH, "reject": INGEST_BATCH, "patch": PATCH_BATCH, "delete": DELETE_BATCH}
 
 Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None
 
@@ -51,11 +69,6 @@ def encode_ingest_event(event: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def decode_ingest_event(payload: bytes) -> dict[str, Any]:
-    """Decode bytes written by `encode_ingest_event` (no version check)."""
-    return fastavro.schemaless_reader(io.BytesIO(payload), INGEST_EVENT_SCHEMA)  # type: ignore[return-value]
-
-
 def header(headers: Headers, name: str) -> bytes | None:
     if headers is None:
         return None
@@ -63,22 +76,45 @@ def header(headers: Headers, name: str) -> bytes | None:
     return next((value for key, value in items if key == name), None)
 
 
-def decode_ingest_message(payload: bytes | None, headers: Headers) -> dict[str, Any]:
-    """Decode a message of the ingest topic, or raise UndecodableEvent saying why not."""
-    version = header(headers, VERSION_HEADER)
-    if version != INGEST_EVENT_VERSION:
-        shown = "missing" if version is None else repr(version.decode(errors="replace"))
-        raise UndecodableEvent(f"unsupported event version ({VERSION_HEADER} header {shown}; expected 1)")
-    if not payload:
-        raise UndecodableEvent("empty message value")
+def encode_ingest_message(message: dict[str, Any]) -> bytes:
+    """Avro-encode one version-2 message (a dict with the fields of `ingest_event_v2.avsc`)."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, INGEST_MESSAGE_SCHEMA, message)
+    return buf.getvalue()
+
+
+def _read_exactly(payload: bytes, schema: Any, name: str) -> dict[str, Any]:
     buf = io.BytesIO(payload)
     try:
-        event = fastavro.schemaless_reader(buf, INGEST_EVENT_SCHEMA)
+        value = fastavro.schemaless_reader(buf, schema)
     except Exception as exc:  # fastavro raises many kinds on bad bytes
-        raise UndecodableEvent(f"not an IngestEvent v1: {type(exc).__name__}: {exc}") from None
+        raise UndecodableEvent(f"not an {name}: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(payload):
-        raise UndecodableEvent(f"not an IngestEvent v1: {len(payload) - buf.tell()} bytes left over")
-    return event  # type: ignore[return-value]
+        raise UndecodableEvent(f"not an {name}: {len(payload) - buf.tell()} bytes left over")
+    return value  # type: ignore[return-value]
+
+
+def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[str, Any]]:
+    """The operations of a message of the ingest topic, in order, each in the per-operation
+    form; or raise UndecodableEvent saying why not."""
+    version = header(headers, VERSION_HEADER)
+    if version not in (INGEST_EVENT_V1, INGEST_EVENT_V2):
+        shown = "missing" if version is None else repr(version.decode(errors="replace"))
+        raise UndecodableEvent(f"unsupported event version ({VERSION_HEADER} header {shown}; expected 1 or 2)")
+    if not payload:
+        raise UndecodableEvent("empty message value")
+    if version == INGEST_EVENT_V1:
+        event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1")
+        event["op"], event["batchType"], event["cascade"], event["version"] = \
+            event["onConflict"], INGEST_BATCH, False, 1
+        return [event]
+    message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2")
+    operations = message.pop("operations")
+    if not operations:
+        raise UndecodableEvent("an IngestMessage v2 without operations")
+    return [{**message, "eventId": f"{message['batchId']}:{op['recordIndex']}", "recordIndex": op["recordIndex"],
+             "externalId": op["externalId"], "op": op["op"], "data": op["data"],
+             "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2} for op in operations]
 
 
 @dataclass(frozen=True)
@@ -92,32 +128,58 @@ class IngestBatch:
 
 
 def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: str,
-                       records: list[tuple[str, dict[str, Any]]], *, schema_version: int | None = None,
-                       on_conflict: str = "upsert", ignore_unknown_fields: bool = False,
-                       dependency_wait_timeout: int = 0, batch_id: str | None = None,
+                       records: list[tuple[str, dict[str, Any] | None]], *, op: str = "upsert",
+                       schema_version: int | None = None, ignore_unknown_fields: bool = False,
+                       dependency_wait_timeout: int = 0, cascade: bool = False, batch_id: str | None = None,
                        accepted_at: int | None = None) -> IngestBatch:
-    """The ingest events of one batch: `records` are (externalId, record) pairs, in order.
+    """The version-2 messages of one batch, one operation `op` per record: `records` are
+    (externalId, record) pairs in order (record None for a delete).
 
     This is what the HTTP ingress produces, and what a direct producer should produce.
     """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {', '.join(OPS)}")
     batch_id = batch_id or str(uuid.uuid4())
     accepted_at = int(time.time() * 1000) if accepted_at is None else accepted_at
-    # Avro binary of a record is its fields in order, so what every event of the batch shares
-    # is encoded once (byte-identical to fastavro's writer, which costs ~10 µs per event).
-    after_event_id = _string(batch_id)
-    after_index = b"".join((
-        _long(len(records)), _string(partner_id), _string(tenant_id), _string(schema_definition_id),
-        b"\x00" if schema_version is None else b"\x02" + _long(schema_version)))
-    after_external_id = b"".join((
-        _long(_ON_CONFLICT.index(on_conflict)), b"\x01" if ignore_unknown_fields else b"\x00",
-        _long(dependency_wait_timeout), _long(accepted_at)))
+    # Avro binary of a record is its fields in order, so what every message of the batch shares
+    # is encoded once (byte-identical to fastavro's writer, which costs ~10 µs per message).
+    head = b"".join((
+        _string(batch_id), _long(_BATCH_TYPES.index(BATCH_TYPE_OF_OP[op])), _long(len(records)),
+        _string(partner_id), _string(tenant_id), _string(schema_definition_id),
+        b"\x00" if schema_version is None else b"\x02" + _long(schema_version),
+        b"\x01" if ignore_unknown_fields else b"\x00", _long(dependency_wait_timeout),
+        b"\x01" if cascade else b"\x00", _long(accepted_at),
+        _long(1)))  # one operation per message
+    op_code = _long(OPS.index(op))
     messages = []
     for index, (external_id, record) in enumerate(records):
-        data = orjson.dumps(record)
-        value = b"".join((_string(f"{batch_id}:{index}"), after_event_id, _long(index), after_index,
-                          _string(external_id), after_external_id, _long(len(data)), data))
+        if record is None:
+            data = b"\x00"
+        else:
+            raw = orjson.dumps(record)
+            data = b"\x02" + _long(len(raw)) + raw
+        value = b"".join((head, _long(index), _string(external_id), op_code, data, b"\x00"))
         messages.append((resource_key(partner_id, tenant_id, schema_definition_id, external_id), value))
     return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS))
+
+
+def build_ingest_batch_v1(partner_id: str, tenant_id: str, schema_definition_id: str,
+                          records: list[tuple[str, dict[str, Any]]], *, schema_version: int | None = None,
+                          on_conflict: str = "upsert", ignore_unknown_fields: bool = False,
+                          dependency_wait_timeout: int = 0, batch_id: str | None = None,
+                          accepted_at: int | None = None) -> IngestBatch:
+    """The version-1 events of one upload (one `IngestEvent` per record), as producers written
+    before version 2 send them."""
+    batch_id = batch_id or str(uuid.uuid4())
+    accepted_at = int(time.time() * 1000) if accepted_at is None else accepted_at
+    messages = [(resource_key(partner_id, tenant_id, schema_definition_id, external_id), encode_ingest_event({
+        "eventId": f"{batch_id}:{index}", "batchId": batch_id, "recordIndex": index, "recordCount": len(records),
+        "partnerId": partner_id, "tenantId": tenant_id, "schemaDefinitionId": schema_definition_id,
+        "schemaVersion": schema_version, "externalId": external_id, "onConflict": on_conflict,
+        "ignoreUnknownFields": ignore_unknown_fields, "dependencyWaitTimeout": dependency_wait_timeout,
+        "acceptedAt": accepted_at, "data": orjson.dumps(record).decode()}))
+        for index, (external_id, record) in enumerate(records)]
+    return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS_V1))
 
 
 def _zigzag(n: int) -> bytes:
@@ -132,7 +194,7 @@ def _zigzag(n: int) -> bytes:
 
 
 _SMALL_LONGS = [_zigzag(n) for n in range(1 << 14)]
-_ON_CONFLICT = [symbol for field in INGEST_EVENT_SCHEMA["fields"] if field["name"] == "onConflict"
+_BATCH_TYPES = [symbol for field in INGEST_MESSAGE_SCHEMA["fields"] if field["name"] == "batchType"
                 for symbol in field["type"]["symbols"]]
 
 

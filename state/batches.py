@@ -6,9 +6,12 @@ outcome keeps it.
 
 Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
 `s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
-`p` + id + index → a pending record's detail; `t` + tenant + NUL + newest-first time + id →
-the tenant's list, so a page is one seek at any depth; `n` + tenant → the tenant's count;
-`a` + accepted time + id → nothing, the order in which batches expire (`expire`).
+`p` + id + index → a pending record's detail; `t` + tenant + NUL + filter + newest-first time
++ id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
+its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`).
+A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
+four times (any/any, its type/any, any/its status, its type/its status), and moves between
+status lists as its status changes, so every filtered page is one seek too.
 """
 
 from __future__ import annotations
@@ -26,12 +29,26 @@ from typing import Any
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from schemas.batch_events import CREATED, FAILED, PENDING, UPDATED, BatchMeta
+from schemas.batch_events import (
+    CREATED,
+    DELETE_BATCH,
+    DELETED,
+    FAILED,
+    INGEST_BATCH,
+    PATCH_BATCH,
+    PENDING,
+    UPDATED,
+    BatchMeta,
+)
 from state.store import Changes, StoreConfig
 from state.view import StoredView
 
 _UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
-_STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
+_STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, DELETED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
+STATUSES = ("queued", "processing", "success", "partial_success", "failed")
+_STATUS_CODE = dict(zip(STATUSES, b"qpsxf"))
+_TYPE_CODE = {INGEST_BATCH: ord("i"), PATCH_BATCH: ord("u"), DELETE_BATCH: ord("d")}
+_ANY = ord("*")
 _NEWEST_FIRST = (1 << 63) - 1
 EXPIRY_INTERVAL_S = 60.0  # how often batches past their retention are looked for
 log = logging.getLogger(__name__)
@@ -48,6 +65,7 @@ class BatchState:
     schemaDefinitionId: str
     recordCount: int
     acceptedAt: int
+    batchType: str = INGEST_BATCH
     states: bytearray = field(default_factory=bytearray)
     successful: int = 0
     failed: int = 0
@@ -58,6 +76,7 @@ class BatchState:
     details: dict[int, dict[str, Any]] = field(default_factory=dict)
     pending_details: dict[int, dict[str, Any]] = field(default_factory=dict)
     resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
+    listed_status: str | None = None  # the status its list entries carry on disk
 
     def __post_init__(self) -> None:
         if len(self.states) != self.recordCount:
@@ -109,7 +128,8 @@ class BatchState:
         return orjson.dumps({
             "batchId": self.batchId, "partnerId": self.partnerId, "tenantId": self.tenantId,
             "schemaDefinitionId": self.schemaDefinitionId, "recordCount": self.recordCount,
-            "acceptedAt": self.acceptedAt, "successful": self.successful, "failed": self.failed,
+            "acceptedAt": self.acceptedAt, "batchType": self.batchType, "listedStatus": self.listed_status,
+            "successful": self.successful, "failed": self.failed,
             "pending": self.pending, "startedAt": self.startedAt, "completedAt": self.completedAt,
             "summary": self.summary,
         })
@@ -118,8 +138,9 @@ class BatchState:
     def from_counters(cls, raw: bytes, states: bytes | None) -> "BatchState":
         c = orjson.loads(raw)
         return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
-                   c["acceptedAt"], bytearray(states or b""), c["successful"], c["failed"], c["pending"],
-                   c["startedAt"], c["completedAt"], Counter(c["summary"]))
+                   c["acceptedAt"], c["batchType"], bytearray(states or b""), c["successful"], c["failed"],
+                   c["pending"], c["startedAt"], c["completedAt"], Counter(c["summary"]),
+                   listed_status=c["listedStatus"])
 
 
 def _id(batch_id: str) -> bytes:
@@ -130,9 +151,45 @@ def _tenant(partner_id: str, tenant_id: str) -> bytes:
     return orjson.dumps([partner_id, tenant_id])
 
 
-def _listed(batch: BatchState) -> bytes:
-    return (b"t" + _tenant(batch.partnerId, batch.tenantId) + b"\x00"
+def _filter(batch_type: str | None, status: str | None) -> bytes:
+    return bytes((_TYPE_CODE[batch_type] if batch_type else _ANY, _STATUS_CODE[status] if status else _ANY))
+
+
+def _list_prefix(partner_id: str, tenant_id: str, batch_type: str | None, status: str | None) -> bytes:
+    return b"t" + _tenant(partner_id, tenant_id) + b"\x00" + _filter(batch_type, status)
+
+
+def _count_key(partner_id: str, tenant_id: str, batch_type: str | None, status: str | None) -> bytes:
+    return b"n" + _tenant(partner_id, tenant_id) + b"\x00" + _filter(batch_type, status)
+
+
+def _filters(batch: BatchState, status: str) -> list[tuple[str | None, str | None]]:
+    """The four lists a batch of this status is in."""
+    return [(t, s) for t in (None, batch.batchType) for s in (None, status)]
+
+
+def _entry(batch: BatchState, batch_type: str | None, status: str | None) -> bytes:
+    return (_list_prefix(batch.partnerId, batch.tenantId, batch_type, status)
             + struct.pack(">Q", _NEWEST_FIRST - batch.acceptedAt) + batch.batchId.encode())
+
+
+def _add_count(changes: Changes, key: bytes, delta: int) -> None:
+    raw = changes.get(key)
+    changes.put(key, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 0) + delta))
+
+
+def _list(changes: Changes, batch: BatchState, status: str, delta: int, only_by_status: bool = False) -> None:
+    """Put the batch in (delta +1) or take it out of (-1) its lists as a batch of `status`
+    (`only_by_status`: the two lists filtered by status, what a change of status moves)."""
+    for batch_type, filtered_status in _filters(batch, status):
+        if only_by_status and filtered_status is None:
+            continue
+        entry = _entry(batch, batch_type, filtered_status)
+        if delta > 0:
+            changes.put(entry, b"")
+        else:
+            changes.delete(entry)
+        _add_count(changes, _count_key(batch.partnerId, batch.tenantId, batch_type, filtered_status), delta)
 
 
 def _expiring(batch: BatchState) -> bytes:
@@ -141,6 +198,8 @@ def _expiring(batch: BatchState) -> bytes:
 
 class BatchStore(StoredView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
+
+    FORMAT = b"2"  # 2: lists filtered by batch type and status
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(), retention_s: float | None = None) -> None:
@@ -176,6 +235,19 @@ class BatchStore(StoredView):
             batch = self.get(partner_id, tenant_id, batch_id)
         return batch
 
+    async def outcome(self, partner_id: str, tenant_id: str, batch_id: str, timeout_s: float) -> BatchState | None:
+        """The batch once it is terminal (every record applied or failed), waiting up to
+        `timeout_s` for it; None if it is not terminal by then."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = self.get(partner_id, tenant_id, batch_id)
+            if batch is not None and batch.processed == batch.recordCount:
+                return batch
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await self.changed(left)
+
     def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
         touched: dict[str, BatchState] = {}  # a batch is read and written once per fetch
         for message in messages:
@@ -191,9 +263,12 @@ class BatchStore(StoredView):
             batch_id = event["batchId"]
             batch = touched.get(batch_id) or self._load(changes, batch_id)
             if batch is None:
+                batch_type = event.get("batchType") or INGEST_BATCH
+                if batch_type not in _TYPE_CODE:
+                    return
                 batch = self._register(changes, BatchMeta(
                     batch_id, event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
-                    int(event["recordCount"]), int(event["acceptedAt"])))
+                    int(event["recordCount"]), int(event["acceptedAt"]), batch_type))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return  # not a batch event of ours; nothing to count
         touched[batch_id] = batch
@@ -210,17 +285,20 @@ class BatchStore(StoredView):
     @staticmethod
     def _register(changes: Changes, meta: BatchMeta) -> BatchState:
         batch = BatchState(meta.batchId, meta.partnerId, meta.tenantId, meta.schemaDefinitionId,
-                           meta.recordCount, meta.acceptedAt)
-        tenant = b"n" + _tenant(batch.partnerId, batch.tenantId)
-        raw = changes.get(tenant)
-        changes.put(tenant, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 0) + 1))
-        changes.put(_listed(batch), b"")
+                           meta.recordCount, meta.acceptedAt, meta.batchType)
+        batch.listed_status = batch.status
+        _list(changes, batch, batch.status, +1)
         changes.put(_expiring(batch), b"")
         return batch
 
     @staticmethod
     def _write(changes: Changes, batch: BatchState) -> None:
         key = _id(batch.batchId)
+        status = batch.status
+        if batch.listed_status is not None and status != batch.listed_status:
+            _list(changes, batch, batch.listed_status, -1, only_by_status=True)
+            _list(changes, batch, status, +1, only_by_status=True)
+            batch.listed_status = status
         changes.put(b"b" + key, batch.counters())
         changes.put(b"s" + key, bytes(batch.states))
         for index, detail in batch.details.items():
@@ -251,15 +329,19 @@ class BatchStore(StoredView):
                 into[struct.unpack(">I", k[-4:])[0]] = orjson.loads(v)
         return batch
 
-    def page(self, partner_id: str, tenant_id: str, after: str | None, limit: int) -> tuple[list[BatchState], int, bool]:
-        """The tenant's batches, newest first, after the batch `after`: (page, total, has_next_page)."""
-        prefix = b"t" + _tenant(partner_id, tenant_id) + b"\x00"
+    def page(self, partner_id: str, tenant_id: str, after: str | None, limit: int,
+             batch_type: str | None = None, status: str | None = None) -> tuple[list[BatchState], int, bool]:
+        """The tenant's batches of that type and status (None: any), newest first, after the
+        batch `after`: (page, total, has_next_page)."""
+        prefix = _list_prefix(partner_id, tenant_id, batch_type, status)
+        total = self._total(_count_key(partner_id, tenant_id, batch_type, status))
         start = prefix
         if after is not None:
             cursor = self.get(partner_id, tenant_id, after)
             if cursor is None:
-                return [], self._total(partner_id, tenant_id), False
-            start = _listed(cursor)
+                return [], total, False
+            # The cursor's time and id: where it is (or was, if its status changed since) in this list.
+            start = _entry(cursor, batch_type, status)
         found: list[BatchState] = []
         has_next = False
         for key, _ in self.store.items_from(start, prefix):
@@ -271,7 +353,7 @@ class BatchStore(StoredView):
             batch = self.get(partner_id, tenant_id, key[len(prefix) + 8:].decode())
             if batch is not None:
                 found.append(batch)
-        return found, self._total(partner_id, tenant_id), has_next
+        return found, total, has_next
 
     def expire(self, accepted_before_ms: int, chunk: int = 500) -> int:
         """Forget up to `chunk` batches accepted before the given time, oldest first; how many.
@@ -296,16 +378,14 @@ class BatchStore(StoredView):
                     changes.delete(detail)
             changes.delete(b"b" + ident)
             changes.delete(b"s" + ident)
-            changes.delete(_listed(batch))
-            tenant = b"n" + _tenant(batch.partnerId, batch.tenantId)
-            raw = changes.get(tenant)
-            changes.put(tenant, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 1) - 1))
+            if batch.listed_status is not None:
+                _list(changes, batch, batch.listed_status, -1)
         if forgotten:
             self.store.write(changes)
         return forgotten
 
-    def _total(self, partner_id: str, tenant_id: str) -> int:
-        raw = self.store.get(b"n" + _tenant(partner_id, tenant_id))
+    def _total(self, count_key: bytes) -> int:
+        raw = self.store.get(count_key)
         return struct.unpack(">q", raw)[0] if raw else 0
 
     async def stop(self) -> None:

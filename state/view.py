@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from aiokafka import TopicPartition
@@ -10,15 +12,34 @@ from aiokafka.structs import ConsumerRecord
 from state.store import Changes, CheckpointedStore, StoreConfig
 from topics.view import TopicView
 
+_FORMAT = b"\x00format"
+log = logging.getLogger(__name__)
+
 
 class StoredView(TopicView):
     """Folds each fetch into one atomic write of the store, with the positions it reaches;
     starts reading where the store's positions say (from the beginning when it is new)."""
 
+    # The layout of the store's keys; a store of another layout is dropped and read again from
+    # the topic (no marker: the first layout).
+    FORMAT = b"1"
+
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig()) -> None:
         super().__init__(bootstrap_servers, topic, wait_s)
         self.store = CheckpointedStore(path, config)
+        found = self.store.get(_FORMAT)
+        if found is None and next(self.store.items_from(b"", b""), None) is not None:
+            found = b"1"  # written before layouts were marked
+        if found is not None and found != self.FORMAT:
+            log.warning("the store %s has layout %s, not %s: reading %s again from the beginning",
+                        path, found.decode(), self.FORMAT.decode(), topic)
+            self.store.close()
+            shutil.rmtree(path)
+            self.store = CheckpointedStore(path, config)
+        changes = Changes(self.store)
+        changes.put(_FORMAT, self.FORMAT)
+        self.store.write(changes)
 
     def initial_positions(self) -> dict[int, int]:
         return self.store.positions()

@@ -10,16 +10,18 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from schemas.batch_events import BatchMeta
+from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH, BatchMeta
 from state.batches import BatchStore
 
 TOPIC = "batch-events"
 
 
 def _event(batch_id: str, accepted_at: int, outcomes: list[dict[str, Any]] | None = None, count: int = 3,
-           tenant: str = "t1") -> Any:
+           tenant: str = "t1", batch_type: str | None = None) -> Any:
     body = {"type": "records" if outcomes else "batch", "batchId": batch_id, "partnerId": "p", "tenantId": tenant,
             "schemaDefinitionId": "s", "recordCount": count, "acceptedAt": accepted_at, "outcomes": outcomes or []}
+    if batch_type:
+        body["batchType"] = batch_type
     return SimpleNamespace(offset=0, key=batch_id.encode(), value=orjson.dumps(body))
 
 
@@ -91,3 +93,39 @@ def test_batches_past_their_retention_are_forgotten_whole(tmp_path: Path) -> Non
     left = [key for key, _ in store.store.items_from(b"", b"") if b"old" in key or b"other" in key]
     assert left == [], f"keys of forgotten batches left behind: {left}"
     assert store.store.positions() == {0: 4}  # expiring does not move the topic position
+
+
+def test_lists_filtered_by_type_and_status_page_by_seek_and_follow_status_changes(tmp_path: Path) -> None:
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store")
+    kinds = [INGEST_BATCH, PATCH_BATCH, DELETE_BATCH]
+    _fold(store, [_event(f"b{i:03d}", 1000 + i, count=1, batch_type=kinds[i % 3]) for i in range(90)], 90)
+    done = {"index": 0, "status": "created", "at": 5}
+    failed = {"index": 0, "status": "failed", "at": 5, "code": "NOT_FOUND", "message": "no"}
+    # Every patch batch ends: even-numbered ones succeed, odd ones fail.
+    _fold(store, [_event(f"b{i:03d}", 1000 + i, [done if i % 2 == 0 else failed], count=1)
+                  for i in range(1, 90, 3)], 120)
+
+    def every(batch_type: str | None, status: str | None) -> tuple[list[str], int]:
+        seen, after, totals = [], None, set()
+        while True:
+            page, total, has_next = store.page("p", "t1", after, 7, batch_type, status)
+            seen += [b.batchId for b in page]
+            totals.add(total)
+            if not has_next:
+                return seen, totals.pop() if len(totals) == 1 else -1
+            after = page[-1].batchId
+
+    patches = [f"b{i:03d}" for i in reversed(range(1, 90, 3))]
+    assert every(PATCH_BATCH, None) == (patches, 30)
+    assert every(None, "queued") == ([f"b{i:03d}" for i in reversed(range(90)) if i % 3 != 1], 60)
+    succeeded = [b for b in patches if int(b[1:]) % 2 == 0]
+    assert every(PATCH_BATCH, "success") == (succeeded, 15)
+    assert every(None, "failed") == ([b for b in patches if b not in succeeded], 15)
+    assert every(DELETE_BATCH, "success") == ([], 0)
+    assert every(None, None)[1] == 90
+    assert store.get("p", "t1", "b001").batchType == PATCH_BATCH  # type: ignore[union-attr]
+
+    assert store.expire(accepted_before_ms=1045) == 45
+    assert every(PATCH_BATCH, "success")[1] == len([b for b in succeeded if int(b[1:]) >= 45])
+    assert every(None, None)[1] == 45
+    store.store.close()

@@ -8,12 +8,21 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from starlette.testclient import TestClient
 
 from processors.dead_letters import OFFSET, PARTITION, REASON, TOPIC, read_dead_letters
 from reach.config import Settings
-from schemas.events import INGEST_HEADERS, IngestBatch, build_ingest_batch, resource_key
+from schemas.events import (
+    INGEST_HEADERS,
+    IngestBatch,
+    build_ingest_batch,
+    build_ingest_batch_v1,
+    encode_ingest_message,
+    resource_key,
+)
+from topics.partitioning import partition_for
 from tests.support import ServiceProcess, bearer, partner_token, settings_env, tenant_token, wait_terminal, wait_until
 from topics import service_topics
 
@@ -30,12 +39,14 @@ def _define(client: TestClient) -> str:
     return response.json()["data"]["id"]
 
 
-async def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> None:
+async def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+                   partition: int | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
     await producer.start()
     try:
         for key, value, headers in messages:
-            await producer.send_and_wait(service_topics(settings).ingest.name, value, key=key, headers=headers)
+            await producer.send_and_wait(service_topics(settings).ingest.name, value, key=key, headers=headers,
+                                         partition=partition)
     finally:
         await producer.stop()
 
@@ -48,18 +59,50 @@ def _batch(definition_id: str, records: list[dict], **options: object) -> Ingest
     return build_ingest_batch("partner-a", "tenant-1", definition_id, [(r["id"], r) for r in records], **options)
 
 
+@pytest.mark.parametrize("build", [build_ingest_batch, build_ingest_batch_v1], ids=["version 2", "version 1"])
 def test_a_direct_batch_is_processed_and_reported_like_an_upload(settings: Settings, ingress: TestClient,
-                                                                 worker: ServiceProcess) -> None:
+                                                                 worker: ServiceProcess, build: object) -> None:
     definition_id = _define(ingress)
-    batch = _batch(definition_id, [{"id": "d1", "name": "Dee"}, {"id": "d2", "name": "Dan", "age": 3}])
+    records = [{"id": "d1", "name": "Dee"}, {"id": "d2", "name": "Dan", "age": 3}]
+    batch = build("partner-a", "tenant-1", definition_id, [(r["id"], r) for r in records])  # type: ignore[operator]
     asyncio.run(_produce(settings, _messages(batch)))
     headers = bearer(tenant_token())
     data = wait_terminal(ingress, batch.batch_id, headers)
     assert data["status"] == "success"
     assert data["progress"]["totalRecords"] == 2 and data["progress"]["successfulRecords"] == 2
     assert data["schemaName"] == "Customer"
+    assert data["batchType"] == "PARTNER_RESOURCE_JSON_INGEST"
     resource = ingress.get("/api/resources/customer/d2", headers=headers).json()["data"]["result"]
     assert resource["data"] == {"id": "d2", "name": "Dan", "age": 3}
+
+
+def test_one_message_of_many_operations_applies_them_in_order(settings: Settings, ingress: TestClient,
+                                                              worker: ServiceProcess) -> None:
+    """Version 2 lets one message carry a batch's operations on one partition, in order."""
+    definition_id = _define(ingress)
+    ops = [("m1", "upsert", {"id": "m1", "name": "First"}), ("m1", "patch", {"id": "m1", "age": 7}),
+           ("m1", "reject", {"id": "m1", "name": "Again"}), ("m2", "patch", {"id": "m2", "age": 1}),
+           ("m1", "upsert", {"id": "m1", "name": "Last"})]
+    key = resource_key("partner-a", "tenant-1", definition_id, "m1")
+    partitions = service_topics(settings).ingest.partitions
+    # m2 is looked at only if it shares m1's partition; else it is refused as in the wrong one.
+    same = partition_for(resource_key("partner-a", "tenant-1", definition_id, "m2"), partitions) == \
+        partition_for(key, partitions)
+    message = {"batchId": "many-ops-" + definition_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST",
+               "recordCount": len(ops), "partnerId": "partner-a", "tenantId": "tenant-1",
+               "schemaDefinitionId": definition_id, "schemaVersion": None, "ignoreUnknownFields": False,
+               "dependencyWaitTimeout": 0, "cascade": False, "acceptedAt": 1,
+               "operations": [{"recordIndex": i, "externalId": x, "op": op, "data": orjson.dumps(d).decode()}
+                              for i, (x, op, d) in enumerate(ops)]}
+    asyncio.run(_produce(settings, [(key, encode_ingest_message(message), list(INGEST_HEADERS))]))
+    headers = bearer(tenant_token())
+    data = wait_terminal(ingress, message["batchId"], headers)
+    details = data["errors"]["details"]
+    assert (data["progress"]["successfulRecords"], data["progress"]["failedRecords"]) == (3, 2), data
+    assert details["2"]["code"] == "ALREADY_EXISTS", details
+    assert details["3"]["code"] == ("NOT_FOUND" if same else "VALIDATION_FAILED"), details
+    resource = ingress.get("/api/resources/customer/m1", headers=headers).json()["data"]["result"]
+    assert resource["data"] == {"id": "m1", "name": "Last", "age": 7}
 
 
 def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Settings, ingress: TestClient,
@@ -70,7 +113,7 @@ def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Se
     valid_event = good.messages[0][1]
     asyncio.run(_produce(settings, [
         (key, b"\x00\xffnot avro at all", list(INGEST_HEADERS)),                   # garbage bytes
-        (key, valid_event, [("reach-event-version", b"2")]),                       # a version we don't read
+        (key, valid_event, [("reach-event-version", b"3")]),                       # a version we don't read
         (key, valid_event, []),                                                    # no version at all
         (key, valid_event + b"trailing", list(INGEST_HEADERS)),                    # not exactly one event
         (key, _with_record_index(valid_event, 7), list(INGEST_HEADERS)),           # index outside its batch
@@ -83,8 +126,8 @@ def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Se
     letters = wait_until(lambda: _five(asyncio.run(read_dead_letters(settings.bootstrap_servers, topic))), 30,
                          what="five dead letters")
     reasons = [letter.header(REASON) for letter in letters]
-    assert "not an IngestEvent v1" in reasons[0]
-    assert "unsupported event version" in reasons[1] and "'2'" in reasons[1]
+    assert "not an IngestMessage v2" in reasons[0]
+    assert "unsupported event version" in reasons[1] and "'3'" in reasons[1]
     assert "unsupported event version" in reasons[2] and "missing" in reasons[2]
     assert "bytes left over" in reasons[3]
     assert "recordIndex 7" in reasons[4]
@@ -100,12 +143,16 @@ def _five(letters: list) -> list | None:
     return letters if len(letters) >= 5 else None
 
 
-def _with_record_index(event: bytes, index: int) -> bytes:
-    from schemas.events import decode_ingest_event, encode_ingest_event
+def _with_record_index(message: bytes, index: int) -> bytes:
+    import io
 
-    decoded = decode_ingest_event(event)
-    decoded["recordIndex"] = index
-    return encode_ingest_event(decoded)
+    import fastavro
+
+    from schemas.events import INGEST_MESSAGE_SCHEMA
+
+    decoded = fastavro.schemaless_reader(io.BytesIO(message), INGEST_MESSAGE_SCHEMA)
+    decoded["operations"][0]["recordIndex"] = index  # type: ignore[index]
+    return encode_ingest_message(decoded)  # type: ignore[arg-type]
 
 
 def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, ingress: TestClient,
@@ -115,10 +162,15 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     unknown = _batch("00000000-0000-0000-0000-000000000000", [{"id": "u1", "name": "n"}])
     out_of_range = _batch(definition_id, [{"id": "o1", "name": "n"}], dependency_wait_timeout=90_000)
     invalid = _batch(definition_id, [{"id": "v1", "name": "ok"}, {"id": "v2", "name": 5}, {"id": "v3", "zip": "x"}])
-    wrong_key = _batch(definition_id, [{"id": "k1", "name": "n"}])
+    wrong_key = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [("k1", {"id": "k1", "name": "n"})])
     wrong_key_messages = [(b"not/the/resource/key", wrong_key.messages[0][1], wrong_key.headers)]
+    wrong_partition = _batch(definition_id, [{"id": "k2", "name": "n"}])
+    k2 = wrong_partition.messages[0][0]
+    elsewhere = (partition_for(k2, service_topics(settings).ingest.partitions) + 1) % \
+        service_topics(settings).ingest.partitions
     asyncio.run(_produce(settings, [*_messages(unknown), *_messages(out_of_range), *_messages(invalid),
                                     *wrong_key_messages]))
+    asyncio.run(_produce(settings, _messages(wrong_partition), partition=elsewhere))
 
     data = wait_terminal(ingress, unknown.batch_id, headers)
     assert data["status"] == "failed" and data["errors"]["summary"] == {"SCHEMA_NOT_FOUND": 1}
@@ -134,6 +186,11 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}
     assert resource_key("partner-a", "tenant-1", definition_id, "k1").decode() in data["errors"]["details"]["0"]["message"]
     assert ingress.get("/api/resources/customer/k1", headers=headers).status_code == 404
+    data = wait_terminal(ingress, wrong_partition.batch_id, headers)
+    assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}
+    assert f"belongs to partition {(elsewhere - 1) % service_topics(settings).ingest.partitions}" in \
+        data["errors"]["details"]["0"]["message"]
+    assert ingress.get("/api/resources/customer/k2", headers=headers).status_code == 404
 
 
 def test_dead_letters_are_listed_and_redriven_by_command(settings: Settings, ingress: TestClient,
@@ -154,14 +211,14 @@ def test_dead_letters_are_listed_and_redriven_by_command(settings: Settings, ing
     # apart when a commit marker fell between them (the worker committed in between).
     offsets = [row["offset"] for row in rows]
     assert len(rows) == 2 and offsets[0] == 0 and offsets[1] in (1, 2), offsets
-    assert "not an IngestEvent" in rows[0]["reason"] and "unsupported event version" in rows[1]["reason"]
+    assert "not an IngestMessage v2" in rows[0]["reason"] and "unsupported event version" in rows[1]["reason"]
     assert rows[0]["from"].startswith(service_topics(settings).ingest.name)
 
     redrive = _reach(settings, "dead-letters", "redrive", "0")
     assert "re-drove offset 0" in redrive.stdout
     letters = wait_until(lambda: _at_least(asyncio.run(read_dead_letters(settings.bootstrap_servers, topic)), 3),
                          30, what="the re-driven message to come back")
-    assert letters[2].value == b"garbage" and "not an IngestEvent" in letters[2].header(REASON)
+    assert letters[2].value == b"garbage" and "not an IngestMessage v2" in letters[2].header(REASON)
     assert int(letters[2].header(OFFSET)) > int(letters[0].header(OFFSET))  # a new ingest message
     missing = _reach(settings, "dead-letters", "redrive", "99", check=False)
     assert missing.returncode == 2 and "no dead letter at offset" in missing.stderr

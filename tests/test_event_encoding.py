@@ -1,38 +1,81 @@
-"""The ingest events `build_ingest_batch` writes are byte for byte what fastavro writes for the
-published schema, so that any Avro reader of `ingest_event.avsc` reads them."""
+"""The version-2 ingest messages `build_ingest_batch` writes are byte for byte what fastavro
+writes for the published schema, so that any Avro reader of `ingest_event_v2.avsc` reads them;
+both versions decode to the same per-operation form."""
 
 from __future__ import annotations
 
+import fastavro
+import orjson
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from schemas.events import build_ingest_batch, decode_ingest_event, encode_ingest_event
+from schemas.events import (
+    INGEST_HEADERS,
+    INGEST_HEADERS_V1,
+    INGEST_MESSAGE_SCHEMA,
+    UndecodableEvent,
+    build_ingest_batch,
+    build_ingest_batch_v1,
+    decode_ingest_message,
+    encode_ingest_message,
+)
 
 TEXT = st.text(max_size=40)
 RECORD = st.dictionaries(TEXT, st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | TEXT, max_size=5)
 
 
+def _decode_v2(value: bytes) -> dict:
+    import io
+    return fastavro.schemaless_reader(io.BytesIO(value), INGEST_MESSAGE_SCHEMA)  # type: ignore[return-value]
+
+
 @settings(max_examples=300, deadline=None)
 @given(partner=TEXT, tenant=TEXT, definition=TEXT, records=st.lists(st.tuples(TEXT, RECORD), max_size=5),
-       version=st.none() | st.integers(0, 2**31 - 1), on_conflict=st.sampled_from(["upsert", "reject"]),
-       ignore_unknown=st.booleans(), wait=st.integers(0, 86400),
+       version=st.none() | st.integers(0, 2**31 - 1), op=st.sampled_from(["upsert", "reject", "patch", "delete"]),
+       ignore_unknown=st.booleans(), wait=st.integers(0, 86400), cascade=st.booleans(),
        accepted_at=st.integers(0, 2**63 - 1) | st.integers(-2**63, -1))
-def test_events_are_byte_identical_to_fastavro(partner: str, tenant: str, definition: str,
-                                               records: list, version: int | None, on_conflict: str,
-                                               ignore_unknown: bool, wait: int, accepted_at: int) -> None:
-    batch = build_ingest_batch(partner, tenant, definition, records, schema_version=version,
-                               on_conflict=on_conflict, ignore_unknown_fields=ignore_unknown,
-                               dependency_wait_timeout=wait, accepted_at=accepted_at)
+def test_messages_are_byte_identical_to_fastavro(partner: str, tenant: str, definition: str, records: list,
+                                                 version: int | None, op: str, ignore_unknown: bool, wait: int,
+                                                 cascade: bool, accepted_at: int) -> None:
+    if op == "delete":
+        records = [(external_id, None) for external_id, _ in records]
+    batch = build_ingest_batch(partner, tenant, definition, records, op=op, schema_version=version,
+                               ignore_unknown_fields=ignore_unknown, dependency_wait_timeout=wait,
+                               cascade=cascade, accepted_at=accepted_at)
     assert len(batch.messages) == len(records)
     for index, ((external_id, record), (_, value)) in enumerate(zip(records, batch.messages)):
-        event = decode_ingest_event(value)
-        assert encode_ingest_event(event) == value
-        assert (event["recordIndex"], event["externalId"], event["schemaVersion"], event["onConflict"],
-                event["acceptedAt"], event["partnerId"]) == \
-            (index, external_id, version, on_conflict, accepted_at, partner)
+        message = _decode_v2(value)
+        assert encode_ingest_message(message) == value
+        (body,) = decode_ingest_message(value, INGEST_HEADERS)
+        assert (body["recordIndex"], body["externalId"], body["schemaVersion"], body["op"], body["acceptedAt"],
+                body["partnerId"], body["cascade"], body["eventId"]) == \
+            (index, external_id, version, op, accepted_at, partner, cascade, f"{batch.batch_id}:{index}")
+        assert body["data"] == (None if record is None else orjson.dumps(record).decode())
 
 
 def test_long_values_use_multi_byte_lengths() -> None:
     record = {"text": "é" * 20_000}
     batch = build_ingest_batch("p", "t", "d", [("x" * 17_000, record)], accepted_at=2**62)
     (_, value), = batch.messages
-    assert encode_ingest_event(decode_ingest_event(value)) == value
+    assert encode_ingest_message(_decode_v2(value)) == value
+
+
+def test_a_message_of_many_operations_decodes_to_them_in_order() -> None:
+    message = {"batchId": "b", "batchType": "PARTNER_RESOURCE_BATCH_DELETE", "recordCount": 3, "partnerId": "p",
+               "tenantId": "t", "schemaDefinitionId": "d", "schemaVersion": None, "ignoreUnknownFields": False,
+               "dependencyWaitTimeout": 0, "cascade": True, "acceptedAt": 1,
+               "operations": [{"recordIndex": i, "externalId": f"x{i}", "op": "delete", "data": None}
+                              for i in (2, 0, 1)]}
+    bodies = decode_ingest_message(encode_ingest_message(message), INGEST_HEADERS)
+    assert [(b["eventId"], b["externalId"], b["op"], b["batchType"]) for b in bodies] == [
+        (f"b:{i}", f"x{i}", "delete", "PARTNER_RESOURCE_BATCH_DELETE") for i in (2, 0, 1)]
+
+
+def test_version_1_events_decode_to_the_same_form_as_uploads() -> None:
+    batch = build_ingest_batch_v1("p", "t", "d", [("a", {"id": "a"})], on_conflict="reject", batch_id="b")
+    (_, value), = batch.messages
+    (body,) = decode_ingest_message(value, INGEST_HEADERS_V1)
+    assert (body["eventId"], body["op"], body["onConflict"], body["batchType"], body["cascade"], body["data"]) == \
+        ("b:0", "reject", "reject", "PARTNER_RESOURCE_JSON_INGEST", False, '{"id":"a"}')
+    with pytest.raises(UndecodableEvent, match="IngestMessage v2"):
+        decode_ingest_message(value, INGEST_HEADERS)  # a v1 body under a v2 header

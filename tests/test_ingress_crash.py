@@ -105,6 +105,6 @@ async def _records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
     spec = service_topics(settings).ingest
     found: dict[str, Counter[str]] = defaultdict(Counter)
     for record in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
-        event = decode_ingest_message(record.value, record.headers)
-        found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
+        for event in decode_ingest_message(record.value, record.headers):
+            found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
     return {tag: dict(batches) for tag, batches in found.items()}

@@ -161,5 +161,11 @@ class TopicView:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(reached), timeout_s)
 
+    async def changed(self, timeout_s: float) -> None:
+        """Wait until the view has applied another fetch, or `timeout_s` has passed."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+
     def partition(self, number: int) -> TopicPartition:
         return TopicPartition(self.topic, number)

@@ -1,0 +1,113 @@
+"""Single-resource writes: `POST /api/resources/{schema}`, `PATCH /api/resources/{schema}/{externalId}`
+(API.md 6a). Each is a one-record batch through the same pipeline as batch uploads; the
+answer waits for the record's outcome up to `REACH_SYNC_WAIT_S`, else it is the batch's 202.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest.auth import tenant_principal
+from ingest.batches import accepted, check_records, find_definition, parse_options, publish_batch, read_body
+from ingest.resources import resource_view
+from ingest.responses import ApiError, ok
+from schemas.batch_events import (
+    ALREADY_EXISTS,
+    NOT_FOUND,
+    SCHEMA_NOT_FOUND,
+    BatchMeta,
+)
+from schemas.definitions import Definition
+from schemas.records import BatchOptions, external_id_of
+
+# A failed record's code -> the status of the single-resource answer.
+_STATUS_OF_CODE = {ALREADY_EXISTS: 409, NOT_FOUND: 404, SCHEMA_NOT_FOUND: 404}
+
+
+def _data_of(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), dict):
+        raise ApiError(400, "the body must be an object with a 'data' object")
+    return parsed["data"]
+
+
+def _checked(data: dict[str, Any], definition: Definition, options: BatchOptions,
+             problems: list[str]) -> dict[str, Any]:
+    checked, record_problems = check_records([data], definition, options)
+    found = problems + [p.replace("resources[0]", "data", 1) for p in record_problems]
+    if found:
+        raise ApiError(400, "; ".join(problems) if problems else "the resource is not valid; nothing was enqueued",
+                       [p.replace("resources[0]", "data", 1) for p in record_problems] or None)
+    return checked[0]
+
+
+async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[str, Any] | None:
+    """The written resource once its record succeeded; None if its outcome is not known in
+    time; ApiError if it failed."""
+    state = request.app.state
+    batch = await state.batches.outcome(meta.partnerId, meta.tenantId, meta.batchId, state.settings.sync_wait_s)
+    if batch is None:
+        return None
+    if batch.failed:
+        batch = state.batches.get(meta.partnerId, meta.tenantId, meta.batchId)  # with its details
+        detail = batch.details.get(0, {}) if batch is not None else {}
+        code = detail.get("code") or "FAILED"
+        message = (detail.get("message") or code).replace("resources[0]", "data", 1)
+        raise ApiError(_STATUS_OF_CODE.get(code, 400), message, [message], data={"batchId": meta.batchId, "code": code})
+    await state.resources.sync()
+    return state.resources.get(meta.partnerId, meta.tenantId, meta.schemaDefinitionId, external_id)
+
+
+async def create(request: Request) -> Response:
+    """`POST /api/resources/{schema}`: create (or merge, with onconflict=upsert) one resource."""
+    options, problems = parse_options(request.query_params, with_wait=False)
+    state = request.app.state
+    principal = tenant_principal(request, state.settings.partner_secrets)
+    definition = await find_definition(request, principal.partner_id)
+    data = _data_of(await read_body(request, state.settings.max_body_bytes))
+    record = _checked(data, definition, options, problems)
+    external_id = external_id_of(record, definition) or ""
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+                               [(external_id, record)], options.on_conflict, options)
+    resource = await _outcome(request, meta, external_id)
+    if resource is None:
+        return accepted(meta)
+    return ok(resource_view(resource), "Resource saved")
+
+
+async def patch(request: Request) -> Response:
+    """`PATCH /api/resources/{schema}/{externalId}`: merge into an existing resource."""
+    options, problems = parse_options(request.query_params, with_conflict=False, with_wait=False)
+    state = request.app.state
+    principal = tenant_principal(request, state.settings.partner_secrets)
+    definition = await find_definition(request, principal.partner_id)
+    data = _data_of(await read_body(request, state.settings.max_body_bytes))
+    external_id = request.path_params["external_id"]
+    field = definition.externalIdField
+    if field in data and external_id_of(data, definition) != external_id:
+        raise ApiError(400, f"data.{field} names {data[field]!r}, not the path's {external_id!r}")
+    if field not in data:  # the path names it; typed as the schema says
+        typed = (definition.schema.get("properties", {}).get(field) or {}).get("type")
+        is_int = typed == "integer" or (isinstance(typed, list) and "integer" in typed and "string" not in typed)
+        data = {**data, field: int(external_id) if is_int and external_id.lstrip("-").isascii() and external_id.lstrip("-").isdigit() else external_id}
+    record = _checked(data, definition, options, problems)
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+                               [(external_id, record)], "patch", options)
+    resource = await _outcome(request, meta, external_id)
+    if resource is None:
+        return accepted(meta)
+    return ok({"result": resource_view(resource), "included": []}, "Resource updated")
+
+
+routes = [
+    Route("/api/resources/{schema}", create, methods=["POST"]),
+    Route("/api/resources/{schema}/{external_id}", patch, methods=["PATCH"]),
+]
