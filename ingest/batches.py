@@ -105,6 +105,47 @@ async def patch_batch(request: Request) -> Response:
     return await _write_batch(request, "patch", options, problems)
 
 
+async def delete_batch(request: Request) -> Response:
+    """`DELETE /api/resources/{schema}/batch`: delete resources by external id (API.md 6a)."""
+    state = request.app.state
+    principal = tenant_principal(request, state.settings.partner_secrets)
+    definition = await find_definition(request, principal.partner_id)
+    external_ids = delete_request(await read_body(request, state.settings.max_body_bytes))
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+                               [(external_id, None) for external_id in external_ids], "delete")
+    return accepted(meta)
+
+
+def delete_request(body: bytes) -> list[str]:
+    """The external ids of a batch delete's body, or a 400 naming every problem."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "the body must be an object with an 'externalIds' array")
+    problems = [f"'{name}' must be true or false" for name in ("cascade", "deleteAll", "dryRun")
+                if name in parsed and not isinstance(parsed[name], bool)]
+    ids = parsed.get("externalIds")
+    delete_all = parsed.get("deleteAll") is True
+    if delete_all and ids:
+        problems.append("'externalIds' must be empty or absent with deleteAll")
+    elif not delete_all:
+        if not isinstance(ids, list) or not ids:
+            problems.append("'externalIds' must be an array of 1 to 1000 external ids (or deleteAll: true)")
+        elif len(ids) > MAX_RECORDS:
+            problems.append(f"'externalIds' has {len(ids)} items; at most {MAX_RECORDS} are allowed")
+        else:
+            problems.extend(f"externalIds[{i}]: must be a non-empty string or an integer" for i, x in enumerate(ids)
+                            if isinstance(x, bool) or not isinstance(x, (str, int)) or x == "")
+    if problems:
+        raise ApiError(400, "; ".join(problems))
+    unsupported = [name for name in ("cascade", "deleteAll", "dryRun") if parsed.get(name) is True]
+    if unsupported:
+        raise ApiError(501, f"{', '.join(unsupported)} not implemented yet; nothing was enqueued")
+    return [str(x) for x in ids]
+
+
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
@@ -274,6 +315,7 @@ async def list_batches(request: Request) -> Response:
 routes = [
     Route("/api/resources/{schema}/batch", upload, methods=["POST"]),
     Route("/api/resources/{schema}/batch", patch_batch, methods=["PATCH"]),
+    Route("/api/resources/{schema}/batch", delete_batch, methods=["DELETE"]),
     Route("/api/batches", list_batches, methods=["GET"]),
     Route("/api/batches/{batch_id}", get_batch, methods=["GET"]),
 ]

@@ -22,7 +22,8 @@ TENANT_HEADER = [
 
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
-             409: "Conflict", 413: "Body too large", 503: "Kafka cannot take the write now"}
+             409: "Conflict", 413: "Body too large", 501: "Not implemented yet",
+             503: "Kafka cannot take the write now"}
     return {str(c): {"description": texts[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
@@ -53,6 +54,10 @@ DEFINITION_BODY = {"type": "object", "required": ["name", "externalIdField", "sc
 UPLOAD_BODY = {"type": "object", "required": ["resources"], "properties": {
     "resources": {"type": "array", "minItems": 1, "maxItems": MAX_RECORDS,
                   "items": {"type": "object", "additionalProperties": {"nullable": True}}}}}
+DELETE_BODY = {"type": "object", "properties": {
+    "externalIds": {"type": "array", "maxItems": MAX_RECORDS, "items": {"type": "string", "minLength": 1}},
+    "cascade": {"type": "boolean", "default": False}, "deleteAll": {"type": "boolean", "default": False},
+    "dryRun": {"type": "boolean", "default": False}}}
 SINGLE_BODY = {"type": "object", "required": ["data"], "properties": {
     "data": {"type": "object", "additionalProperties": {"nullable": True}}}}
 IGNORE_UNKNOWN = {"name": "ignoreUnknownFields", "in": "query", "required": False,
@@ -108,6 +113,13 @@ SPEC: dict[str, Any] = {
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
                               **_errors(400, 401, 403, 404, 413, 503)},
             },
+            "delete": {
+                "summary": "Batch delete resources by external id (1..1000); a referenced resource stays (REFERENCED)",
+                "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": DELETE_BODY}}},
+                "responses": {**_ok("Accepted: every delete is durably in Kafka", 202),
+                              **_errors(400, 401, 403, 404, 413, 501, 503)},
+            },
             "patch": {
                 "summary": "Batch patch existing resources (1..1000; RFC 7396 merge, never creates)",
                 "security": BEARER,
@@ -155,6 +167,14 @@ SPEC: dict[str, Any] = {
                       "responses": {**_ok("The resource as saved"),
                                     **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
                                     **_errors(400, 401, 403, 404, 413, 503)}},
+            "delete": {"summary": "Delete one resource; waits for its outcome up to REACH_SYNC_WAIT_S",
+                       "security": BEARER,
+                       "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
+                                      {"name": "cascade", "in": "query", "required": False,
+                                       "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}],
+                       "responses": {**_ok("Deleted"),
+                                     **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
+                                     **_errors(400, 401, 403, 404, 409, 501, 503)}},
         },
     },
 }

@@ -13,12 +13,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import accepted, check_records, find_definition, parse_options, publish_batch, read_body
+from ingest.batches import accepted, check_records, choice, find_definition, parse_options, publish_batch, read_body
 from ingest.resources import resource_view
 from ingest.responses import ApiError, ok
 from schemas.batch_events import (
     ALREADY_EXISTS,
     NOT_FOUND,
+    REFERENCED,
     SCHEMA_NOT_FOUND,
     BatchMeta,
 )
@@ -26,7 +27,7 @@ from schemas.definitions import Definition
 from schemas.records import BatchOptions, external_id_of
 
 # A failed record's code -> the status of the single-resource answer.
-_STATUS_OF_CODE = {ALREADY_EXISTS: 409, NOT_FOUND: 404, SCHEMA_NOT_FOUND: 404}
+_STATUS_OF_CODE = {ALREADY_EXISTS: 409, REFERENCED: 409, NOT_FOUND: 404, SCHEMA_NOT_FOUND: 404}
 
 
 def _data_of(body: bytes) -> dict[str, Any]:
@@ -107,7 +108,31 @@ async def patch(request: Request) -> Response:
     return ok({"result": resource_view(resource), "included": []}, "Resource updated")
 
 
+async def delete(request: Request) -> Response:
+    """`DELETE /api/resources/{schema}/{externalId}`: delete one resource, unless referenced."""
+    problems: list[str] = []
+    cascade = choice(request.query_params, "cascade", ("true", "false"), "false", problems) == "true"
+    if problems:
+        raise ApiError(400, "; ".join(problems))
+    if cascade:
+        raise ApiError(501, "cascade not implemented yet; nothing was enqueued")
+    state = request.app.state
+    principal = tenant_principal(request, state.settings.partner_secrets)
+    definition = await find_definition(request, principal.partner_id)
+    external_id = request.path_params["external_id"]
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+                               [(external_id, None)], "delete")
+    batch = await state.batches.outcome(meta.partnerId, meta.tenantId, meta.batchId, state.settings.sync_wait_s)
+    if batch is None:
+        return accepted(meta)
+    if batch.failed:
+        await _outcome(request, meta, external_id)  # raises the record's error
+    return ok({"resourceExternalId": external_id, "deleted": True,
+               "cascade": {"deletedRecords": 0, "bySchema": {}}}, "Resource deleted")
+
+
 routes = [
     Route("/api/resources/{schema}", create, methods=["POST"]),
     Route("/api/resources/{schema}/{external_id}", patch, methods=["PATCH"]),
+    Route("/api/resources/{schema}/{external_id}", delete, methods=["DELETE"]),
 ]

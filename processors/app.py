@@ -104,6 +104,9 @@ def create_app(settings: Settings) -> faust.App:
                           options=dict(TABLE_STORE_OPTIONS))
     pending = app.Table("pending", default=None, partitions=parts, key_type=bytes, options=dict(TABLE_STORE_OPTIONS))
     waiters = app.Table("waiters", default=None, partitions=parts, key_type=bytes, options=dict(TABLE_STORE_OPTIONS))
+    # Who references a resource (key: its key, NUL, the referrer's key), on its partition.
+    referrers = app.Table("referrers", default=None, partitions=parts, key_type=bytes,
+                          options=dict(TABLE_STORE_OPTIONS))
 
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
     resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name, datadir / "resource-keys")
@@ -128,7 +131,7 @@ def create_app(settings: Settings) -> faust.App:
 
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
                       inputs=records_in.topics)
-    index = DependencyIndex(eos, topics, resources, waiters)
+    index = DependencyIndex(eos, topics, resources, waiters, referrers)
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists,
                                   topics.ingest.partitions)
 

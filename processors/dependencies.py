@@ -1,11 +1,18 @@
-"""Who waits for which resource, kept on the partition of the resource waited for.
+"""Who waits for which resource, and who references it: kept on the referenced resource's partition.
 
-A record R that references a missing resource T sends a dependency request, keyed by T, to
-the dependency-requests topic. That topic is co-partitioned with the ingest topic, so the
-request reaches the agent that also applies T's own records, in one serial order: either T
-exists already in its `resources` table (the request is answered at once) or the request
-joins `waiters[T]`, and T's creation answers every request there. An answer is a
-"resolved" notice on the waiter's own partition of the dependency-notices topic.
+A record of R that references T sends a request, keyed by T, to the dependency-requests topic.
+That topic is co-partitioned with the ingest topic, so the request reaches the agent that also
+applies T's own writes, in one serial order with them:
+- T exists → R is recorded among T's referrers (`referrers`, key T + NUL + R) and a
+  "resolved" notice goes back; R applies only once every reference it names is resolved;
+- T is absent and R may wait → the request joins `waiters[T]`; T's creation records R as a
+  referrer and answers it;
+- T is absent and R may not wait → a "missing" notice goes back (R fails).
+An "unref" from R (it no longer references T, or never came to) removes R from T's referrers.
+A delete of T is therefore decided in the same order as every reference to it: it sees every
+resource that references T, or is about to (the invariant of API.md 6a: without cascade,
+nothing ever points at a deleted resource). Answers are notices on R's partition of the
+dependency-notices topic.
 """
 
 from __future__ import annotations
@@ -18,31 +25,69 @@ import orjson
 from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
 
+PIN, UNREF = "pin", "unref"
+
+
+def _referrer_key(target: bytes, referrer: bytes) -> bytes:
+    return target + b"\x00" + referrer  # resource keys never hold a NUL
+
 
 class DependencyIndex:
-    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, waiters: faust.Table) -> None:
-        self.eos, self.topics, self.resources, self.waiters = eos, topics, resources, waiters
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, waiters: faust.Table,
+                 referrers: faust.Table) -> None:
+        self.eos, self.topics, self.resources = eos, topics, resources
+        self.waiters, self.referrers = waiters, referrers
 
     async def on_request(self, event: faust.EventT) -> None:
-        """Record R waits for T (the event's key): answer now if T exists, else remember R."""
+        """A request about T (the event's key): pin R as a referrer of T, or forget R's pin."""
         request = orjson.loads(event.value)
         target: bytes = event.key
+        if request.get("type", PIN) == UNREF:
+            key = _referrer_key(target, request["referrer"].encode())
+            if self.eos.get(event, self.referrers, key) is not None:
+                await self.eos.delete(event, self.referrers, key)
+            return
         if self.eos.get(event, self.resources, target) is not None:
-            await self._notify(event, request)
+            await self._pin(event, target, request)
+            await self._notify(event, request, "resolved")
+            return
+        if request.get("mode") == "now":
+            await self._notify(event, request, "missing")
             return
         waiters = self.eos.get(event, self.waiters, target) or []
         await self.eos.put(event, self.waiters, target, [*waiters, request])
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
-        """T was just created by `event`: answer everyone waiting for it."""
+        """T was just created by `event`: pin and answer everyone waiting for it."""
         waiters = self.eos.get(event, self.waiters, target)
         if not waiters:
             return
         await self.eos.delete(event, self.waiters, target)
         for request in waiters:
-            await self._notify(event, request)
+            await self._pin(event, target, request)
+            await self._notify(event, request, "resolved")
 
-    async def _notify(self, event: faust.EventT, request: dict[str, Any]) -> None:
-        notice = {"type": "resolved", "eventId": request["eventId"], "target": request["target"]}
+    def referrer_of(self, event: faust.EventT, target: bytes) -> bytes | None:
+        """A resource other than T that references T or is about to (pinned), if any."""
+        found = self.eos.first_key_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target))
+        return None if found is None else found[len(target) + 1:]
+
+    async def _pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
+        key = _referrer_key(target, request["waiter"].encode())
+        if self.eos.get(event, self.referrers, key) is None:
+            await self.eos.put(event, self.referrers, key, 1)
+
+    async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:
+        notice = {"type": kind, "eventId": request["eventId"], "target": request["target"]}
         waiter = request["waiter"].encode()
         await self.eos.send(event, self.topics.dependency_notices.name, waiter, orjson.dumps(notice))
+
+
+def pin_request(waiter: bytes, event_id: str, target: bytes, may_wait: bool) -> bytes:
+    """R (`waiter`) asks T's partition to pin it as a referrer: wait for T, or answer at once."""
+    return orjson.dumps({"type": PIN, "waiter": waiter.decode(), "eventId": event_id, "target": target.decode(),
+                         "mode": "wait" if may_wait else "now"})
+
+
+def unref_request(referrer: bytes) -> bytes:
+    return orjson.dumps({"type": UNREF, "referrer": referrer.decode()})

@@ -1,21 +1,26 @@
-"""The resource agent's logic: apply records, hold the ones whose references are missing.
+"""The resource agent's logic: apply writes in order per resource, hold those that must wait.
 
 Per resource R (one partition of the ingest topic, one agent at a time):
-- no record of R is pending → check the record, check its references, apply it;
-- a reference is missing and `dependencyWaitTimeout` > 0 → R gets a pending queue whose head
-  is this record, with its missing references and its deadline; a dependency request per
-  missing reference goes to the referenced resource's partition (`processors.dependencies`);
+- no record of R is pending → check the record; if it references other resources, it first
+  pins every one of them on its own partition (`processors.dependencies`: a request per
+  reference) and waits for the answers — so that a delete there sees R — then applies;
+- a reference is missing → with `dependencyWaitTimeout` > 0 (uploads only) the record waits,
+  reported pending with its missing references, until they are created or its deadline
+  passes; else it fails MISSING_DEPENDENCY (at once when this worker knows it is missing, or
+  when the referenced partition answers "missing");
 - R has a pending queue → the record joins its tail: records of one resource apply in order.
-A "resolved" notice for the head removes a missing reference; with none left, the head is
-applied against the state at that moment and the queue drains. A tick past the head's
-deadline fails it with DEPENDENCY_TIMEOUT and the queue drains. Deadlines live in an
-in-memory heap per partition, rebuilt from the pending table when a partition arrives.
+A patch of an absent resource fails NOT_FOUND. A delete fails NOT_FOUND or, when another
+resource references R or has pinned it, REFERENCED; else R's tombstone goes to the
+resources topic. After each record, the resources R no longer references (nor will, by its
+queued records) are told to forget R ("unref"). Deadlines live in an in-memory heap per
+partition, rebuilt from the pending table when a partition arrives.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from urllib.parse import unquote
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,17 +28,20 @@ import faust
 import orjson
 
 from processors.apply import Outcome, apply_record, checked_record, op_of, options_of, waits
-from processors.dependencies import DependencyIndex
+from processors.dependencies import DependencyIndex, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
 from processors.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     CREATED,
+    DELETED,
     DEPENDENCY_TIMEOUT,
     FAILED,
     INVALID_OPTIONS,
     MISSING_DEPENDENCY,
+    NOT_FOUND,
     PENDING,
+    REFERENCED,
     SCHEMA_NOT_FOUND,
     VALIDATION_FAILED,
     BatchMeta,
@@ -46,6 +54,9 @@ from topics.definitions import ServiceTopics
 from topics.partitioning import partition_for
 
 Body = dict[str, Any]  # a decoded ingest event
+# How long a record that may not wait for missing references waits for its pins' answers at
+# most (they come within a round trip; this bounds a lost one).
+PIN_ANSWER_S = 60
 
 
 class ResourceProcessor:
@@ -83,15 +94,31 @@ class ResourceProcessor:
         await self._drain(event, key, [body])
 
     async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
+        """An answer from a referenced resource's partition: "resolved" (pinned) or "missing"."""
         key: bytes = event.key
+        target = notice["target"]
         queue = self.eos.get(event, self.pending, key)
         if queue is None or queue["queue"][0]["eventId"] != notice["eventId"]:
-            return  # that record expired or was applied already
-        queue["missing"] = [m for m in queue["missing"] if m["key"] != notice["target"]]
-        if queue["missing"]:
+            # That record expired or failed meanwhile: its pin, if one was made, is not needed.
+            if notice["type"] == "resolved":
+                await self._settle(event, key, None, {target.encode()}, queue["queue"] if queue else [])
+            return
+        head, *rest = queue["queue"]
+        if notice["type"] == "missing":
+            name = next((f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue.get("missing", [])
+                         if m["key"] == target), target)
+            await self._emit(event, head, Outcome(FAILED, MISSING_DEPENDENCY,
+                             f"resources[{head['recordIndex']}]: referenced resources do not exist: {name}"))
+            await self._settle(event, key, None, await self._body_refs(head), rest)
+            await self._drain(event, key, rest)
+            return
+        queue["missing"] = [m for m in queue["missing"] if m["key"] != target]
+        queue["pins"] = [p for p in _pins(queue) if p != target]
+        if queue["pins"]:
             await self.eos.put(event, self.pending, key, queue)
-            for waiting in queue["queue"]:  # the status shows only what is still missing
-                await self._emit_pending(event, waiting, queue)
+            if queue["missing"]:
+                for waiting in queue["queue"]:  # the status shows only what is still missing
+                    await self._emit_pending(event, waiting, queue)
             return
         await self._drain(event, key, queue["queue"], head_released=True)
 
@@ -112,6 +139,7 @@ class ResourceProcessor:
             missing = ", ".join(f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue["missing"])
             await self._emit(event, head, Outcome(FAILED, DEPENDENCY_TIMEOUT,
                              f"resources[{head['recordIndex']}]: references still missing at the deadline: {missing}"))
+            await self._settle(event, key, None, await self._body_refs(head), rest)
             await self._drain(event, key, rest)
 
     # -- processing ------------------------------------------------------------------------
@@ -120,19 +148,21 @@ class ResourceProcessor:
         """Process `queue` in order until a record must wait; store what is left pending."""
         while queue:
             body = queue[0]
-            missing = await self._apply_or_missing(event, key, body, skip_references=head_released)
+            wait = await self._apply_or_wait(event, key, body, queue[1:], references_pinned=head_released)
             head_released = False
-            if missing:
-                deadline = _now_ms() + body["dependencyWaitTimeout"] * 1000
-                pending = {"queue": queue, "deadline": deadline,
+            if wait is not None:
+                missing, pins = wait
+                # Only uploads wait for missing references; the others wait just for the answers.
+                deadline = _now_ms() + (waits(body) or PIN_ANSWER_S) * 1000
+                pending = {"queue": queue, "deadline": deadline, "pins": [p.key.decode() for p in pins],
                            "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]}
                 await self.eos.put(event, self.pending, key, pending)
                 heap = self._deadlines.get(event.message.partition)
                 if heap is not None:
                     heapq.heappush(heap, (deadline, key))
-                for reference in missing:
-                    request = {"waiter": key.decode(), "eventId": body["eventId"], "target": reference.key.decode()}
-                    await self.eos.send(event, self.topics.dependency_requests.name, reference.key, orjson.dumps(request))
+                for reference in pins:
+                    await self.eos.send(event, self.topics.dependency_requests.name, reference.key,
+                                        pin_request(key, body["eventId"], reference.key, waits(body) > 0))
                 for waiting in queue:  # the head and everything queued behind it
                     await self._emit_pending(event, waiting, pending)
                 return
@@ -140,34 +170,35 @@ class ResourceProcessor:
         if self.eos.get(event, self.pending, key) is not None:
             await self.eos.delete(event, self.pending, key)
 
-    async def _apply_or_missing(self, event: faust.EventT, key: bytes, body: Body,
-                                skip_references: bool) -> list[Reference]:
-        """Apply `body` (or fail it); return its missing references if it has to wait instead."""
+    async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
+                             references_pinned: bool) -> tuple[list[Reference], list[Reference]] | None:
+        """Apply `body` (or fail it); or, if it must first pin its references on their partitions,
+        return (the ones not known to exist, all of them)."""
         definition = await self.definition_of(body)
         if definition is None:
             await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
                              f"schema definition {body['schemaDefinitionId']} does not exist"))
-            return []
-        if op_of(body) == "delete":  # applied from the next commit on (issue 14)
-            await self._emit(event, body, Outcome(FAILED, "NOT_SUPPORTED", f"resources[{body['recordIndex']}]: "
-                                                  "deletes are not applied by this version of the worker"))
-            return []
+            return None
+        if op_of(body) == "delete":
+            await self._delete(event, key, body, rest)
+            return None
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
         record, failure = checked_record(body, definition, validators)
         if failure is not None or record is None:
             await self._emit(event, body, failure or Outcome(FAILED))
-            return []
-        if not skip_references:
-            references = references_of(record, definition, body["partnerId"], body["tenantId"])
+            return None
+        references = references_of(record, definition, body["partnerId"], body["tenantId"])
+        if references and not references_pinned:
             missing = [r for r in references if not await self._exists(event, r.key)]
-            if missing and waits(body) > 0:
-                return missing
-            if missing:
+            if missing and waits(body) == 0:
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
                                  f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
-                return []
+                return None
+            # Every reference is pinned on its resource's partition before this record applies,
+            # so that a delete there sees it (processors.dependencies).
+            return missing, references
         current = self.eos.get(event, self.resources, key)
         changed, result = apply_record(current, body, record, validators, _now_ms())
         if changed is not None:
@@ -176,7 +207,67 @@ class ResourceProcessor:
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
-        return []
+        pinned = {r.key for r in references} if references_pinned else set()
+        await self._settle(event, key, current, pinned, rest)
+        return None
+
+    async def _delete(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body]) -> None:
+        where = f"resources[{body['recordIndex']}]"
+        current = self.eos.get(event, self.resources, key)
+        if current is None:
+            await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{where}: resource '{body['externalId']}' "
+                                                  "does not exist"))
+            return
+        referrer = self.dependencies.referrer_of(event, key)
+        if referrer is not None:
+            parts = [unquote(p) for p in referrer.decode().split("/")]
+            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{where}: resource '{body['externalId']}' is "
+                                                  f"referenced by {parts[2]}/{parts[3]}"))
+            return
+        await self.eos.delete(event, self.resources, key)  # a tombstone on the resources topic
+        await self._emit(event, body, Outcome(DELETED))
+        await self._settle(event, key, current, set(), rest)
+
+    async def _settle(self, event: faust.EventT, key: bytes, before: dict[str, Any] | None, pinned: set[bytes],
+                      rest: list[Body]) -> None:
+        """After a record of R: tell every resource R referenced (`before`) or pinned, and no
+        longer references nor will (its records still queued), that it may forget R."""
+        candidates = set(pinned)
+        if before is not None:
+            candidates |= await self._resource_refs(before)
+        if not candidates:
+            return
+        keep: set[bytes] = set()
+        current = self.eos.get(event, self.resources, key)
+        if current is not None:
+            keep |= await self._resource_refs(current)
+        for queued in rest:
+            keep |= await self._body_refs(queued)
+        for target in sorted(candidates - keep):
+            await self.eos.send(event, self.topics.dependency_requests.name, target, unref_request(key))
+
+    async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:
+        definition = await self.definition_of({"partnerId": resource["platformId"],
+                                               "schemaDefinitionId": resource["schemaDefinitionId"]})
+        if definition is None or not definition.referenceFields:
+            return set()
+        return {r.key for r in references_of(resource["data"], definition, resource["platformId"],
+                                             resource["businessId"])}
+
+    async def _body_refs(self, body: Body) -> set[bytes]:
+        """What a queued record references (nothing for a delete or an unreadable record)."""
+        if body.get("data") is None:
+            return set()
+        definition = await self.definition_of(body)
+        if definition is None or not definition.referenceFields:
+            return set()
+        try:
+            record = orjson.loads(body["data"])
+        except orjson.JSONDecodeError:
+            return set()
+        if not isinstance(record, dict):
+            return set()
+        return {r.key for r in references_of(record, definition, body["partnerId"], body["tenantId"])}
 
     async def _event_failure(self, event: faust.EventT, key: bytes, body: Body) -> Outcome | None:
         """What makes an event fail before it may even wait (direct producers skip the ingress)."""
@@ -211,10 +302,17 @@ class ResourceProcessor:
             body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
+        if not pending["missing"]:
+            return  # only waiting for its pins' answers (a round trip): not reported as pending
         dependencies = [{"schemaDefinitionId": m["schemaDefinitionId"], "externalId": m["externalId"]}
                         for m in pending["missing"]]
         await self._emit(event, body, Outcome(PENDING),
                          {"missingDependencies": dependencies, "expiresAt": pending["deadline"]})
+
+
+def _pins(queue: dict[str, Any]) -> list[str]:
+    """The references of the head still unanswered (queues stored before pins: its missing ones)."""
+    return queue["pins"] if "pins" in queue else [m["key"] for m in queue["missing"]]
 
 
 def _now_ms() -> int:

@@ -434,6 +434,31 @@ class ExactlyOnce:
         raw = table.data._db_for_partition(event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
+    def first_key_with_prefix(self, event: EventT, table: faust.Table, prefix: bytes,
+                              skip: bytes | None = None) -> bytes | None:
+        """A key of `table` in `event`'s partition that starts with `prefix`, other than `skip`
+        (changes not yet committed included), or None: a seek in RocksDB, and a look at one
+        commit interval of changes."""
+        tid = self._tid(event.message.tp)
+        overlay: dict[bytes, bytes | None] = {}
+        for writes in (self._committing.get(tid), self._open_writes(event.message.tp)):  # newest last
+            if writes is not None:
+                overlay.update((k, raw) for (name, k), raw in writes.changes.items()
+                               if name == table.name and k.startswith(prefix))
+        added = next((k for k, raw in overlay.items() if raw is not None and k != skip), None)
+        if added is not None:
+            return added
+        it = table.data._db_for_partition(event.message.partition).iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return None
+            if overlay.get(key, b"") is not None and key != skip:  # not deleted by a change still uncommitted
+                return key
+            it.next()
+        return None
+
     async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
         await self._change(event, table, key, orjson.dumps(value))

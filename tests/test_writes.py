@@ -8,10 +8,14 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
-from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal, wait_until
 
 DEFINITIONS = "/partner/schema-definitions"
-HEADERS = bearer(tenant_token())
+
+
+def _headers() -> dict[str, str]:
+    """A fresh tenant token per request: one made at import time expires during a long suite."""
+    return bearer(tenant_token())
 
 
 def _define(client: TestClient) -> None:
@@ -26,13 +30,13 @@ def _define(client: TestClient) -> None:
 
 def _batch(client: TestClient, method: str, schema: str, resources: list[dict[str, Any]], **query: str) -> dict:
     response = client.request(method, f"/api/resources/{schema}/batch", json={"resources": resources},
-                              params=query, headers=HEADERS)
+                              params=query, headers=_headers())
     assert response.status_code == 202, response.text
-    return wait_terminal(client, response.json()["data"]["batchId"], HEADERS)
+    return wait_terminal(client, response.json()["data"]["batchId"], _headers())
 
 
 def _resource(client: TestClient, schema: str, external_id: str) -> dict[str, Any] | None:
-    response = client.get(f"/api/resources/{schema}/{external_id}", headers=HEADERS)
+    response = client.get(f"/api/resources/{schema}/{external_id}", headers=_headers())
     return response.json()["data"]["result"] if response.status_code == 200 else None
 
 
@@ -71,55 +75,55 @@ def test_a_patch_with_a_missing_reference_fails_at_once_and_never_waits(ingress:
 
 def test_a_batch_patch_is_refused_whole_for_what_an_upsert_would_be(ingress: TestClient) -> None:
     _define(ingress)
-    response = ingress.patch("/api/resources/Customer/batch", headers=HEADERS, json={"resources": [
+    response = ingress.patch("/api/resources/Customer/batch", headers=_headers(), json={"resources": [
         {"name": "no id"}, {"id": "c1", "name": None}, {"id": "c2", "age": "old"}, {"id": "c3", "zip": 1}]})
     assert response.status_code == 400, response.text
     errors = response.json()["errors"]
     assert [e.split(":")[0] for e in errors] == [
         "resources[0].id", "resources[1].name", "resources[2].age", "resources[3].zip"], errors
-    listed = ingress.get("/api/batches", headers=HEADERS).json()["data"]
+    listed = ingress.get("/api/batches", headers=_headers()).json()["data"]
     assert listed["pagination"]["total"] == 0, "a refused patch enqueued something"
 
 
 def test_single_resource_writes_answer_with_the_outcome(ingress: TestClient, worker: Any) -> None:
     _define(ingress)
-    created = ingress.post("/api/resources/Customer", json={"data": {"id": "s1", "name": "Sam"}}, headers=HEADERS)
+    created = ingress.post("/api/resources/Customer", json={"data": {"id": "s1", "name": "Sam"}}, headers=_headers())
     assert created.status_code == 200, created.text
     resource = created.json()["data"]
     assert resource["resourceExternalId"] == "s1" and resource["data"] == {"id": "s1", "name": "Sam"}
     assert resource["resource_external_id"] == "s1"
 
     again = ingress.post("/api/resources/Customer", params={"onconflict": "reject"},
-                         json={"data": {"id": "s1", "name": "Other"}}, headers=HEADERS)
+                         json={"data": {"id": "s1", "name": "Other"}}, headers=_headers())
     assert again.status_code == 409 and again.json()["data"]["code"] == "ALREADY_EXISTS", again.text
-    merged = ingress.post("/api/resources/Customer", json={"data": {"id": "s1", "age": 4}}, headers=HEADERS)
+    merged = ingress.post("/api/resources/Customer", json={"data": {"id": "s1", "age": 4}}, headers=_headers())
     assert merged.status_code == 200 and merged.json()["data"]["data"]["age"] == 4, merged.text
 
     patched = ingress.patch("/api/resources/Customer/s1", json={"data": {"age": None, "tags": ["x"]}},
-                            headers=HEADERS)
+                            headers=_headers())
     assert patched.status_code == 200, patched.text
     body = patched.json()["data"]
     assert body["included"] == [] and body["result"]["data"] == {"id": "s1", "name": "Sam", "tags": ["x"]}
     assert body["result"]["id"] == resource["id"]
 
-    absent = ingress.patch("/api/resources/Customer/nobody", json={"data": {"age": 1}}, headers=HEADERS)
+    absent = ingress.patch("/api/resources/Customer/nobody", json={"data": {"age": 1}}, headers=_headers())
     assert absent.status_code == 404 and absent.json()["data"]["code"] == "NOT_FOUND", absent.text
-    other = ingress.patch("/api/resources/Customer/s1", json={"data": {"id": "s2", "age": 1}}, headers=HEADERS)
+    other = ingress.patch("/api/resources/Customer/s1", json={"data": {"id": "s2", "age": 1}}, headers=_headers())
     assert other.status_code == 400 and "s2" in other.json()["message"], other.text
-    invalid = ingress.post("/api/resources/Customer", json={"data": {"id": "s3"}}, headers=HEADERS)
+    invalid = ingress.post("/api/resources/Customer", json={"data": {"id": "s3"}}, headers=_headers())
     assert invalid.status_code == 400 and invalid.json()["data"]["code"] == "VALIDATION_FAILED", invalid.text
     assert invalid.json()["errors"][0].startswith("data"), invalid.text
-    missing = ingress.post("/api/resources/Order", json={"data": {"id": "o1", "customer": "nobody"}}, headers=HEADERS)
+    missing = ingress.post("/api/resources/Order", json={"data": {"id": "o1", "customer": "nobody"}}, headers=_headers())
     assert missing.status_code == 400 and missing.json()["data"]["code"] == "MISSING_DEPENDENCY", missing.text
-    refused = ingress.post("/api/resources/Customer", json={"data": {"id": "s4", "name": 5}}, headers=HEADERS)
+    refused = ingress.post("/api/resources/Customer", json={"data": {"id": "s4", "name": 5}}, headers=_headers())
     assert refused.status_code == 400 and refused.json()["errors"] == ['data.name: 5 is not of type "string"']
     for bad in (b"[]", b"{}", b'{"data": 1}', b"not json"):
-        response = ingress.post("/api/resources/Customer", content=bad, headers=HEADERS)
+        response = ingress.post("/api/resources/Customer", content=bad, headers=_headers())
         assert response.status_code == 400, (bad, response.text)
 
     # Each write was a one-record batch of its type.
     types = [b["batchType"] for b in ingress.get("/api/batches", params={"limit": "100"},
-                                                 headers=HEADERS).json()["data"]["results"]]
+                                                 headers=_headers()).json()["data"]["results"]]
     assert types.count("PARTNER_RESOURCE_BATCH_PATCH") == 2 and types.count("PARTNER_RESOURCE_JSON_INGEST") == 5
 
 
@@ -127,10 +131,10 @@ def test_a_single_write_whose_outcome_is_late_answers_202_with_its_batch(setting
     """No worker runs: the outcome cannot be known within REACH_SYNC_WAIT_S."""
     _define(ingress)
     ingress.app.state.settings = settings.__class__(**{**settings.__dict__, "sync_wait_s": 0.5})
-    response = ingress.post("/api/resources/Customer", json={"data": {"id": "late", "name": "L"}}, headers=HEADERS)
+    response = ingress.post("/api/resources/Customer", json={"data": {"id": "late", "name": "L"}}, headers=_headers())
     assert response.status_code == 202, response.text
     data = response.json()["data"]
-    assert data["recordCount"] == 1 and ingress.get(f"/api/batches/{data['batchId']}", headers=HEADERS).json()[
+    assert data["recordCount"] == 1 and ingress.get(f"/api/batches/{data['batchId']}", headers=_headers()).json()[
         "data"]["status"] == "queued"
 
 
@@ -141,7 +145,7 @@ def test_batch_lists_filter_by_type_and_status(ingress: TestClient, worker: Any)
     failed = _batch(ingress, "PATCH", "Customer", [{"id": "nobody", "age": 2}])
 
     def ids(**query: str) -> list[str]:
-        response = ingress.get("/api/batches", params=query, headers=HEADERS)
+        response = ingress.get("/api/batches", params=query, headers=_headers())
         assert response.status_code == 200, response.text
         data = response.json()["data"]
         assert data["pagination"]["total"] == len(data["results"])
@@ -153,7 +157,7 @@ def test_batch_lists_filter_by_type_and_status(ingress: TestClient, worker: Any)
     assert ids(status="failed") == [failed["batchId"]]
     assert ids(batchType="PARTNER_RESOURCE_BATCH_DELETE") == []
     for query in ({"batchType": "UPLOAD"}, {"batchType": ""}, {"status": "done"}, {"limit": ""}):
-        response = ingress.get("/api/batches", params=query, headers=HEADERS)
+        response = ingress.get("/api/batches", params=query, headers=_headers())
         assert response.status_code == 400, (query, response.text)
 
 
@@ -161,13 +165,13 @@ def test_query_values_are_strict_and_405_names_the_allowed_methods(ingress: Test
     _define(ingress)
     for query in ({"onconflict": ""}, {"onconflict": "UPSERT"}, {"ignoreUnknownFields": ""},
                   {"dependencyWaitTimeout": ""}, {"dependencyWaitTimeout": "²"}, {"dependencyWaitTimeout": "-1"}):
-        response = ingress.post("/api/resources/Customer/batch", params=query, headers=HEADERS,
+        response = ingress.post("/api/resources/Customer/batch", params=query, headers=_headers(),
                                 json={"resources": [{"id": "q", "name": "Q"}]})
         assert response.status_code == 400, (query, response.text)
     response = ingress.patch("/api/resources/Customer/batch", params={"ignoreUnknownFields": "yes"},
-                             headers=HEADERS, json={"resources": [{"id": "q", "name": "Q"}]})
+                             headers=_headers(), json={"resources": [{"id": "q", "name": "Q"}]})
     assert response.status_code == 400, response.text
-    response = ingress.get("/api/batches/x", params={"includePendingDetails": "1"}, headers=HEADERS)
+    response = ingress.get("/api/batches/x", params={"includePendingDetails": "1"}, headers=_headers())
     assert response.status_code == 400, response.text
 
     def allow(response: httpx.Response) -> set[str]:
@@ -177,3 +181,153 @@ def test_query_values_are_strict_and_405_names_the_allowed_methods(ingress: Test
     assert allow(ingress.put("/api/resources/Customer/batch", json={})) >= {"POST", "PATCH"}
     assert allow(ingress.delete("/api/batches")) == {"GET", "HEAD"}
     assert allow(ingress.put("/api/resources/Customer")) == {"GET", "HEAD", "POST"}
+
+
+# --- deletes ------------------------------------------------------------------------------
+
+def _delete(client: TestClient, schema: str, ids: list[str], **body: Any) -> dict:
+    response = client.request("DELETE", f"/api/resources/{schema}/batch", json={"externalIds": ids, **body},
+                              headers=_headers())
+    assert response.status_code == 202, response.text
+    return wait_terminal(client, response.json()["data"]["batchId"], _headers())
+
+
+def _listed(client: TestClient, schema: str) -> tuple[list[str], int]:
+    data = client.get(f"/api/resources/{schema}", params={"limit": "100"}, headers=_headers()).json()["data"]
+    return [r["resourceExternalId"] for r in data["results"]], data["pagination"]["total"]
+
+
+def test_a_delete_removes_the_resource_from_every_read_and_a_later_upsert_creates_it_anew(
+        ingress: TestClient, worker: Any) -> None:
+    _define(ingress)
+    _batch(ingress, "POST", "Customer", [{"id": f"d{i}", "name": "D"} for i in range(3)])
+    first = _resource(ingress, "Customer", "d1")
+    batch = _delete(ingress, "Customer", ["d1", "nobody", "d1"])
+    assert batch["batchType"] == "PARTNER_RESOURCE_BATCH_DELETE", batch
+    assert batch["progress"]["successfulRecords"] == 1, batch
+    assert {k: v["code"] for k, v in batch["errors"]["details"].items()} == {"1": "NOT_FOUND", "2": "NOT_FOUND"}
+    assert _resource(ingress, "Customer", "d1") is None
+    assert _listed(ingress, "Customer") == (["d0", "d2"], 2)
+    # A record naming it fails as for any missing resource.
+    order = _batch(ingress, "POST", "Order", [{"id": "o1", "customer": "d1"}])
+    assert order["errors"]["summary"] == {"MISSING_DEPENDENCY": 1}, order
+    _batch(ingress, "POST", "Customer", [{"id": "d1", "name": "New"}])
+    again = _resource(ingress, "Customer", "d1")
+    assert again is not None and first is not None
+    assert again["id"] != first["id"] and again["data"] == {"id": "d1", "name": "New"}
+    assert _listed(ingress, "Customer")[1] == 3
+
+
+def test_upsert_delete_upsert_back_to_back_ends_with_the_last_data_every_time(ingress: TestClient,
+                                                                            worker: Any) -> None:
+    _define(ingress)
+    ids = []
+    for i in range(15):
+        for method, body in (("POST", {"resources": [{"id": f"u{i}", "name": "one", "age": 1}]}),
+                             ("DELETE", {"externalIds": [f"u{i}"]}),
+                             ("POST", {"resources": [{"id": f"u{i}", "name": "three"}]})):
+            response = ingress.request(method, "/api/resources/Customer/batch", json=body, headers=_headers())
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["data"]["batchId"])
+    outcomes = [wait_terminal(ingress, b, _headers())["status"] for b in ids]
+    assert outcomes == ["success"] * len(ids), outcomes
+    wrong = {f"u{i}": r for i in range(15)
+             if (r := _resource(ingress, "Customer", f"u{i}")) is None or r["data"] != {"id": f"u{i}", "name": "three"}}
+    assert not wrong, f"not the last write: {wrong}"
+
+
+def test_a_referenced_resource_stays_until_nothing_references_it(ingress: TestClient, worker: Any) -> None:
+    _define(ingress)
+    _batch(ingress, "POST", "Customer", [{"id": "c1", "name": "C"}, {"id": "c2", "name": "C"}])
+    _batch(ingress, "POST", "Order", [{"id": "o1", "customer": "c1"}, {"id": "o2", "customer": "c2"}])
+    batch = _delete(ingress, "Customer", ["c1", "c2"])
+    details = batch["errors"]["details"]
+    assert batch["status"] == "failed" and {v["code"] for v in details.values()} == {"REFERENCED"}, batch
+    assert "Order/o1" in details["0"]["message"] or "/o1" in details["0"]["message"], details
+    assert _resource(ingress, "Customer", "c1") is not None
+
+    # o1 stops referencing c1 (a patch), o2 is deleted: both customers may go now.
+    assert _batch(ingress, "PATCH", "Order", [{"id": "o1", "customer": None}])["status"] == "success"
+    assert _delete(ingress, "Order", ["o2"])["status"] == "success"
+    batch = _delete(ingress, "Customer", ["c1", "c2"])
+    assert batch["status"] == "success", batch
+    assert _listed(ingress, "Customer") == ([], 0)
+
+
+def test_single_delete_answers_with_its_outcome(ingress: TestClient, worker: Any) -> None:
+    _define(ingress)
+    _batch(ingress, "POST", "Customer", [{"id": "x1", "name": "X"}, {"id": "x2", "name": "Y"}])
+    _batch(ingress, "POST", "Order", [{"id": "o1", "customer": "x2"}])
+    deleted = ingress.delete("/api/resources/Customer/x1", headers=_headers())
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["data"] == {"resourceExternalId": "x1", "deleted": True,
+                                      "cascade": {"deletedRecords": 0, "bySchema": {}}}
+    gone = ingress.delete("/api/resources/Customer/x1", headers=_headers())
+    assert gone.status_code == 404 and gone.json()["data"]["code"] == "NOT_FOUND", gone.text
+    referenced = ingress.delete("/api/resources/Customer/x2", headers=_headers())
+    assert referenced.status_code == 409 and referenced.json()["data"]["code"] == "REFERENCED", referenced.text
+    assert ingress.delete("/api/resources/Customer/x2", params={"cascade": ""}, headers=_headers()).status_code == 400
+
+
+def test_a_self_reference_does_not_keep_a_resource_from_being_deleted(ingress: TestClient, worker: Any) -> None:
+    body = {"name": "Employee", "externalIdField": "id", "schema": {
+        "type": "object", "required": ["id"], "properties": {
+            "id": {"type": "string"}, "manager": {"$ref": "reach:schemas/Employee"}}}}
+    assert ingress.post(DEFINITIONS, json=body, headers=bearer(partner_token())).status_code == 200
+    _batch(ingress, "POST", "Employee", [{"id": "boss"}])
+    batch = _batch(ingress, "POST", "Employee", [{"id": "boss", "manager": "boss"}, {"id": "e1", "manager": "boss"}])
+    assert batch["status"] == "success", batch
+    assert _delete(ingress, "Employee", ["boss"])["errors"]["summary"] == {"REFERENCED": 1}
+    assert _delete(ingress, "Employee", ["e1"])["status"] == "success"
+    assert _delete(ingress, "Employee", ["boss"])["status"] == "success"
+
+
+def test_a_delete_racing_a_reference_never_leaves_a_reference_to_nothing(
+        ingress: TestClient, second_ingress: TestClient, worker: Any) -> None:
+    """Deletes of A_i through one ingress, writes of B_i naming A_i through another, at once:
+    each pair ends with A_i deleted and B_i failed, or A_i in place (REFERENCED) and B_i applied."""
+    import threading
+
+    _define(ingress)
+    rounds, size = 6, 50
+    seen: dict[str, int] = {"A deleted, B failed": 0, "A kept, B applied": 0}
+    for r in range(rounds):
+        ids = [f"r{r}a{i}" for i in range(size)]
+        _batch(ingress, "POST", "Customer", [{"id": a, "name": "A"} for a in ids])
+        answers: dict[str, Any] = {}
+
+        def delete() -> None:
+            answers["delete"] = ingress.request("DELETE", "/api/resources/Customer/batch",
+                                                json={"externalIds": ids}, headers=_headers())
+
+        def refer() -> None:
+            answers["refer"] = second_ingress.post("/api/resources/Order/batch", headers=_headers(), json={
+                "resources": [{"id": f"{a}-order", "customer": a} for a in ids]})
+
+        if r % 2 == 0:  # both at once
+            threads = [threading.Thread(target=delete), threading.Thread(target=refer)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        else:  # the deletes sent while the workers are applying the writes: they meet there
+            refer()
+            batch_id = answers["refer"].json()["data"]["batchId"]
+
+            def progressed() -> int | None:
+                done = ingress.get(f"/api/batches/{batch_id}", headers=_headers()).json()["data"]["progress"]
+                return done["processedRecords"] if done["processedRecords"] >= 1 else None
+            wait_until(progressed, 60, interval_s=0.005, what="the writes to begin applying")
+            delete()
+        assert answers["delete"].status_code == 202 and answers["refer"].status_code == 202, answers
+        deleted = wait_terminal(ingress, answers["delete"].json()["data"]["batchId"], _headers())
+        referred = wait_terminal(ingress, answers["refer"].json()["data"]["batchId"], _headers())
+        for i, a in enumerate(ids):
+            a_gone = _resource(ingress, "Customer", a) is None
+            b_there = _resource(ingress, "Order", f"{a}-order") is not None
+            state = (f"A {'deleted' if a_gone else 'kept'}, B {'applied' if b_there else 'failed'}; delete: "
+                     f"{deleted['errors']['details'].get(str(i))}, write: {referred['errors']['details'].get(str(i))}")
+            assert not (a_gone and b_there), f"{a}: {state}"
+            assert a_gone or b_there, f"{a}: neither happened: {state}"
+            seen["A deleted, B failed" if a_gone else "A kept, B applied"] += 1
+    print(f"delete/reference race, {rounds * size} pairs: {seen}")
