@@ -142,7 +142,7 @@ def delete_request(body: bytes) -> list[str]:
         raise ApiError(400, "; ".join(problems))
     unsupported = [name for name in ("cascade", "deleteAll", "dryRun") if parsed.get(name) is True]
     if unsupported:
-        raise ApiError(501, f"{', '.join(unsupported)} not implemented yet; nothing was enqueued")
+        raise ApiError(400, f"{', '.join(unsupported)} not supported yet; nothing was enqueued")
     return [str(x) for x in ids]
 
 

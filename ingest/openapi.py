@@ -22,7 +22,7 @@ TENANT_HEADER = [
 
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
-             409: "Conflict", 413: "Body too large", 501: "Not implemented yet",
+             409: "Conflict", 413: "Body too large",
              503: "Kafka cannot take the write now"}
     return {str(c): {"description": texts[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
@@ -118,7 +118,7 @@ SPEC: dict[str, Any] = {
                 "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": DELETE_BODY}}},
                 "responses": {**_ok("Accepted: every delete is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 413, 501, 503)},
+                              **_errors(400, 401, 403, 404, 413, 503)},
             },
             "patch": {
                 "summary": "Batch patch existing resources (1..1000; RFC 7396 merge, never creates)",
@@ -174,7 +174,7 @@ SPEC: dict[str, Any] = {
                                        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}],
                        "responses": {**_ok("Deleted"),
                                      **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
-                                     **_errors(400, 401, 403, 404, 409, 501, 503)}},
+                                     **_errors(400, 401, 403, 404, 409, 503)}},
         },
     },
 }

@@ -115,7 +115,7 @@ async def delete(request: Request) -> Response:
     if problems:
         raise ApiError(400, "; ".join(problems))
     if cascade:
-        raise ApiError(501, "cascade not implemented yet; nothing was enqueued")
+        raise ApiError(400, "cascade not supported yet; nothing was enqueued")
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
