@@ -43,10 +43,10 @@ def _data_of(body: bytes) -> dict[str, Any]:
 def _checked(data: dict[str, Any], definition: Definition, options: BatchOptions,
              problems: list[str]) -> dict[str, Any]:
     checked, record_problems = check_records([data], definition, options)
-    found = problems + [p.replace("resources[0]", "data", 1) for p in record_problems]
-    if found:
+    about_data = [p.replace("resources[0]", "data", 1) for p in record_problems]
+    if problems or about_data:
         raise ApiError(400, "; ".join(problems) if problems else "the resource is not valid; nothing was enqueued",
-                       [p.replace("resources[0]", "data", 1) for p in record_problems] or None)
+                       about_data or None)
     return checked[0]
 
 
@@ -98,7 +98,9 @@ async def patch(request: Request) -> Response:
     if field not in data:  # the path names it; typed as the schema says
         typed = (definition.schema.get("properties", {}).get(field) or {}).get("type")
         is_int = typed == "integer" or (isinstance(typed, list) and "integer" in typed and "string" not in typed)
-        data = {**data, field: int(external_id) if is_int and external_id.lstrip("-").isascii() and external_id.lstrip("-").isdigit() else external_id}
+        digits = external_id.lstrip("-")
+        numeric = is_int and digits.isascii() and digits.isdigit()
+        data = {**data, field: int(external_id) if numeric else external_id}
     record = _checked(data, definition, options, problems)
     meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
                                [(external_id, record)], "patch", options)
