@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
-from schemas.batch_events import BATCH_TYPES, BatchMeta, registration
+from schemas.batch_events import BATCH_TYPES, DELETE_BATCH, BatchMeta, registration
 from schemas.definitions import Definition
 from schemas.events import BATCH_TYPE_OF_OP, build_ingest_batch
 from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
@@ -110,14 +111,14 @@ async def delete_batch(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
-    external_ids = delete_request(await read_body(request, state.settings.max_body_bytes))
+    external_ids, cascade = delete_request(await read_body(request, state.settings.max_body_bytes))
     meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
-                               [(external_id, None) for external_id in external_ids], "delete")
+                               [(external_id, None) for external_id in external_ids], "delete", cascade=cascade)
     return accepted(meta)
 
 
-def delete_request(body: bytes) -> list[str]:
-    """The external ids of a batch delete's body, or a 400 naming every problem."""
+def delete_request(body: bytes) -> tuple[list[str], bool]:
+    """The external ids of a batch delete's body and its `cascade`, or a 400 naming every problem."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -140,10 +141,10 @@ def delete_request(body: bytes) -> list[str]:
                             if isinstance(x, bool) or not isinstance(x, (str, int)) or x == "")
     if problems:
         raise ApiError(400, "; ".join(problems))
-    unsupported = [name for name in ("cascade", "deleteAll", "dryRun") if parsed.get(name) is True]
+    unsupported = [name for name in ("deleteAll", "dryRun") if parsed.get(name) is True]
     if unsupported:
         raise ApiError(400, f"{', '.join(unsupported)} not supported yet; nothing was enqueued")
-    return [str(x) for x in ids]
+    return [str(x) for x in ids], parsed.get("cascade") is True
 
 
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
@@ -251,10 +252,20 @@ def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -
             "message": f"{batch.failed} of {total} records failed" if batch.failed else None,
         },
     }
+    if batch.batchType == DELETE_BATCH and batch.processed == total:
+        view["cascade"] = cascade_view(batch, name_of)
     if include_pending:
         view["pendingResources"] = [pending_view(e, batch.schemaDefinitionId, schema_name, name_of)
                                     for _, e in sorted(batch.pending_details.items())]
     return view
+
+
+def cascade_view(batch: BatchState, name_of: Any) -> dict[str, Any]:
+    """What a delete batch's cascade deleted beside the resources it named (API.md 6a)."""
+    by_schema: Counter[str] = Counter()
+    for definition_id, n in batch.cascade.items():
+        by_schema[name_of(definition_id) or definition_id] += n
+    return {"deletedRecords": sum(by_schema.values()), "bySchema": dict(by_schema)}
 
 
 def pending_view(event: dict[str, Any], schema_definition_id: str, schema_name: str | None,
@@ -269,7 +280,7 @@ def pending_view(event: dict[str, Any], schema_definition_id: str, schema_name: 
     }
 
 
-def _names(state: Any, partner_id: str) -> Any:
+def names(state: Any, partner_id: str) -> Any:
     """Definition id -> name, for the partner's definitions (deactivated ones too)."""
     def name_of(definition_id: str) -> str | None:
         definition = state.registry.get(partner_id, definition_id)
@@ -288,7 +299,7 @@ async def get_batch(request: Request) -> Response:
     batch = await state.batches.find(principal.partner_id, principal.tenant_id, batch_id)
     if batch is None:
         raise ApiError(404, "Batch not found")
-    return ok(batch_view(batch, _names(state, principal.partner_id), include))
+    return ok(batch_view(batch, names(state, principal.partner_id), include))
 
 
 async def list_batches(request: Request) -> Response:
@@ -306,7 +317,7 @@ async def list_batches(request: Request) -> Response:
     chosen, total, has_next = state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit,
                                                  batch_type, status)
     return ok({
-        "results": [batch_view(b, _names(state, principal.partner_id)) for b in chosen],
+        "results": [batch_view(b, names(state, principal.partner_id)) for b in chosen],
         "pagination": {"hasNextPage": has_next, "total": total,
                        "cursor": encode_cursor(chosen[-1].batchId) if has_next and chosen else None},
     })

@@ -13,7 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import accepted, check_records, choice, find_definition, parse_options, publish_batch, read_body
+from ingest.batches import (
+    accepted,
+    cascade_view,
+    check_records,
+    choice,
+    find_definition,
+    names,
+    parse_options,
+    publish_batch,
+    read_body,
+)
 from ingest.resources import resource_view
 from ingest.responses import ApiError, ok
 from schemas.batch_events import (
@@ -116,21 +126,19 @@ async def delete(request: Request) -> Response:
     cascade = choice(request.query_params, "cascade", ("true", "false"), "false", problems) == "true"
     if problems:
         raise ApiError(400, "; ".join(problems))
-    if cascade:
-        raise ApiError(400, "cascade not supported yet; nothing was enqueued")
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     external_id = request.path_params["external_id"]
     meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
-                               [(external_id, None)], "delete")
+                               [(external_id, None)], "delete", cascade=cascade)
     batch = await state.batches.outcome(meta.partnerId, meta.tenantId, meta.batchId, state.settings.sync_wait_s)
     if batch is None:
         return accepted(meta)
     if batch.failed:
         await _outcome(request, meta, external_id)  # raises the record's error
     return ok({"resourceExternalId": external_id, "deleted": True,
-               "cascade": {"deletedRecords": 0, "bySchema": {}}}, "Resource deleted")
+               "cascade": cascade_view(batch, names(state, principal.partner_id))}, "Resource deleted")
 
 
 routes = [

@@ -26,7 +26,7 @@ from faust.web import Request, Response, View
 
 from faust.types import TP
 
-from processors.dependencies import DependencyIndex
+from processors.dependencies import CASCADE, CASCADED, DependencyIndex
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
@@ -158,7 +158,14 @@ def create_app(settings: Settings) -> faust.App:
             await on_ingest_message(record)
             return
         if record.message.topic == topics.dependency_requests.name:
-            await index.on_request(record)
+            request = orjson.loads(record.value)
+            kind = request.get("type")
+            if kind == CASCADE:
+                await processor.on_cascade(record, request)
+            elif kind == CASCADED:
+                await processor.on_cascaded(record, request)
+            else:
+                await index.on_request(record, request)
             return
         notice = orjson.loads(record.value)
         if notice["type"] == "tick":

@@ -26,6 +26,10 @@ from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
 
 PIN, UNREF = "pin", "unref"
+# A cascade delete asks each referrer to delete itself (CASCADE) and waits for their answers
+# (CASCADED); both travel on the dependency-requests topic, so that a referrer's "unref", sent
+# in the same transaction just before its answer, is read first.
+CASCADE, CASCADED = "cascade", "cascaded"
 
 
 def _referrer_key(target: bytes, referrer: bytes) -> bytes:
@@ -38,9 +42,8 @@ class DependencyIndex:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
 
-    async def on_request(self, event: faust.EventT) -> None:
+    async def on_request(self, event: faust.EventT, request: dict[str, Any]) -> None:
         """A request about T (the event's key): pin R as a referrer of T, or forget R's pin."""
-        request = orjson.loads(event.value)
         target: bytes = event.key
         if request.get("type", PIN) == UNREF:
             key = _referrer_key(target, request["referrer"].encode())
@@ -67,10 +70,11 @@ class DependencyIndex:
             await self._pin(event, target, request)
             await self._notify(event, request, "resolved")
 
-    def referrer_of(self, event: faust.EventT, target: bytes) -> bytes | None:
-        """A resource other than T that references T or is about to (pinned), if any."""
-        found = self.eos.first_key_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target))
-        return None if found is None else found[len(target) + 1:]
+    def referrers_of(self, event: faust.EventT, target: bytes, limit: int = 1000) -> list[bytes]:
+        """Up to `limit` resources other than T that reference T or are about to (pinned)."""
+        found = self.eos.keys_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target),
+                                          limit)
+        return [key[len(target) + 1:] for key in found]
 
     async def _pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         key = _referrer_key(target, request["waiter"].encode())
@@ -91,3 +95,17 @@ def pin_request(waiter: bytes, event_id: str, target: bytes, may_wait: bool) -> 
 
 def unref_request(referrer: bytes) -> bytes:
     return orjson.dumps({"type": UNREF, "referrer": referrer.decode()})
+
+
+def cascade_request(asker: bytes, event_id: str, target: bytes, batch_id: str) -> bytes:
+    """A cascade delete of `asker` asks `target`, which references it, to delete itself first."""
+    return orjson.dumps({"type": CASCADE, "asker": asker.decode(), "eventId": event_id, "target": target.decode(),
+                         "batchId": batch_id})
+
+
+def cascade_answer(request: dict[str, Any], deleted: dict[str, int], outcome: str) -> bytes:
+    """What a cascade request came to: `outcome` "deleted" (or already absent), "deleting" (its
+    own cascade is under way: a cycle) or "kept"; `deleted` counts the resources it deleted by
+    schema definition id, itself included."""
+    return orjson.dumps({"type": CASCADED, "eventId": request["eventId"], "target": request["target"],
+                         "deleted": deleted, "outcome": outcome})

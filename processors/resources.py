@@ -11,7 +11,11 @@ Per resource R (one partition of the ingest topic, one agent at a time):
 - R has a pending queue → the record joins its tail: records of one resource apply in order.
 A patch of an absent resource fails NOT_FOUND. A delete fails NOT_FOUND or, when another
 resource references R or has pinned it, REFERENCED; else R's tombstone goes to the
-resources topic. After each record, the resources R no longer references (nor will, by its
+resources topic. A cascade delete of R instead asks every referrer to delete itself (a
+cascade request on its partition, queued behind its other writes; it asks its own referrers in
+turn), waits for all answers, looks again (a new referrer may have pinned R meanwhile) and
+deletes R once none is left. A referrer whose own cascade is under way answers "deleting" at
+once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count. After each record, the resources R no longer references (nor will, by its
 queued records) are told to forget R ("unref"). Deadlines live in an in-memory heap per
 partition, rebuilt from the pending table when a partition arrives.
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import heapq
 import time
+import uuid
+from dataclasses import dataclass
 from urllib.parse import unquote
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,9 +34,9 @@ import faust
 import orjson
 
 from processors.apply import Outcome, apply_record, checked_record, op_of, options_of, waits
-from processors.dependencies import DependencyIndex, pin_request, unref_request
+from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
-from processors.references import Reference, references_of
+from processors.references import references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     CREATED,
@@ -57,6 +63,20 @@ Body = dict[str, Any]  # a decoded ingest event
 # How long a record that may not wait for missing references waits for its pins' answers at
 # most (they come within a round trip; this bounds a lost one).
 PIN_ANSWER_S = 60
+# How long a cascade delete waits for its referrers' answers at most (a referrer's own queue,
+# a record waiting for a missing reference included); past it the resource is kept.
+CASCADE_S = 600
+_CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0")
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Why the head record of a resource waits: fields of its pending entry, the requests
+    (target key, message) whose answers it waits for, and for how long at most."""
+
+    state: dict[str, Any]
+    requests: list[tuple[bytes, bytes]]
+    seconds: int
 
 
 class ResourceProcessor:
@@ -120,7 +140,41 @@ class ResourceProcessor:
                 for waiting in queue["queue"]:  # the status shows only what is still missing
                     await self._emit_pending(event, waiting, queue)
             return
-        await self._drain(event, key, queue["queue"], head_released=True)
+        await self._drain(event, key, queue["queue"], released=queue)
+
+    async def on_cascade(self, event: faust.EventT, request: dict[str, Any]) -> None:
+        """A cascade delete of a resource that this one (the event's key) references."""
+        key: bytes = event.key
+        body = _cascade_body(request, key)
+        queue = self.eos.get(event, self.pending, key)
+        if queue is None:
+            await self._drain(event, key, [body])
+        elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
+            await self.eos.send(event, self.topics.dependency_requests.name, request["asker"].encode(),
+                                cascade_answer(request, {}, "deleting"))
+        else:
+            queue["queue"].append(body)  # after the writes of this resource accepted before it
+            await self.eos.put(event, self.pending, key, queue)
+
+    async def on_cascaded(self, event: faust.EventT, answer: dict[str, Any]) -> None:
+        """A referrer's answer to this resource's cascade delete."""
+        key: bytes = event.key
+        queue = self.eos.get(event, self.pending, key)
+        if (queue is None or "cascade" not in queue or queue["queue"][0]["eventId"] != answer["eventId"]
+                or answer["target"] not in queue["cascade"]["asked"]):
+            return  # that delete ended meanwhile (its deadline), or a duplicate
+        progress = queue["cascade"]
+        progress["asked"].remove(answer["target"])
+        for definition_id, n in answer["deleted"].items():
+            progress["deleted"][definition_id] = progress["deleted"].get(definition_id, 0) + n
+        if answer["outcome"] == "deleting":
+            progress["excused"].append(answer["target"])
+        elif answer["outcome"] == "kept":
+            progress["kept"] = True
+        if progress["asked"]:
+            await self.eos.put(event, self.pending, key, queue)
+            return
+        await self._drain(event, key, queue["queue"], released=queue)
 
     async def on_tick(self, event: faust.EventT) -> None:
         partition = event.message.partition
@@ -136,6 +190,12 @@ class ResourceProcessor:
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
             head, *rest = queue["queue"]
+            if "cascade" in queue:
+                await self._emit(event, head, Outcome(FAILED, REFERENCED, f"{_where(head)}: resource "
+                                 f"'{head['externalId']}' is still referenced: its cascade did not end in time"),
+                                 {"cascade": queue["cascade"]["deleted"]})
+                await self._drain(event, key, rest)
+                continue
             missing = ", ".join(f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue["missing"])
             await self._emit(event, head, Outcome(FAILED, DEPENDENCY_TIMEOUT,
                              f"resources[{head['recordIndex']}]: references still missing at the deadline: {missing}"))
@@ -144,25 +204,23 @@ class ResourceProcessor:
 
     # -- processing ------------------------------------------------------------------------
 
-    async def _drain(self, event: faust.EventT, key: bytes, queue: list[Body], head_released: bool = False) -> None:
-        """Process `queue` in order until a record must wait; store what is left pending."""
+    async def _drain(self, event: faust.EventT, key: bytes, queue: list[Body],
+                     released: dict[str, Any] | None = None) -> None:
+        """Process `queue` in order until a record must wait; store what is left pending.
+        `released`: the pending entry whose head has just had every answer it waited for."""
         while queue:
             body = queue[0]
-            wait = await self._apply_or_wait(event, key, body, queue[1:], references_pinned=head_released)
-            head_released = False
+            wait = await self._apply_or_wait(event, key, body, queue[1:], released)
+            released = None
             if wait is not None:
-                missing, pins = wait
-                # Only uploads wait for missing references; the others wait just for the answers.
-                deadline = _now_ms() + (waits(body) or PIN_ANSWER_S) * 1000
-                pending = {"queue": queue, "deadline": deadline, "pins": [p.key.decode() for p in pins],
-                           "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]}
+                deadline = _now_ms() + wait.seconds * 1000
+                pending = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
                 await self.eos.put(event, self.pending, key, pending)
                 heap = self._deadlines.get(event.message.partition)
                 if heap is not None:
                     heapq.heappush(heap, (deadline, key))
-                for reference in pins:
-                    await self.eos.send(event, self.topics.dependency_requests.name, reference.key,
-                                        pin_request(key, body["eventId"], reference.key, waits(body) > 0))
+                for target, request in wait.requests:
+                    await self.eos.send(event, self.topics.dependency_requests.name, target, request)
                 for waiting in queue:  # the head and everything queued behind it
                     await self._emit_pending(event, waiting, pending)
                 return
@@ -171,17 +229,16 @@ class ResourceProcessor:
             await self.eos.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
-                             references_pinned: bool) -> tuple[list[Reference], list[Reference]] | None:
-        """Apply `body` (or fail it); or, if it must first pin its references on their partitions,
-        return (the ones not known to exist, all of them)."""
+                             released: dict[str, Any] | None) -> Wait | None:
+        """Apply `body` (or fail it); or say what it must first wait for: its references pinned
+        on their partitions, or (a cascade delete) its referrers deleted."""
         definition = await self.definition_of(body)
         if definition is None:
             await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
                              f"schema definition {body['schemaDefinitionId']} does not exist"))
             return None
         if op_of(body) == "delete":
-            await self._delete(event, key, body, rest)
-            return None
+            return await self._delete(event, key, body, rest, released.get("cascade") if released else None)
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
         record, failure = checked_record(body, definition, validators)
@@ -189,6 +246,7 @@ class ResourceProcessor:
             await self._emit(event, body, failure or Outcome(FAILED))
             return None
         references = references_of(record, definition, body["partnerId"], body["tenantId"])
+        references_pinned = released is not None
         if references and not references_pinned:
             missing = [r for r in references if not await self._exists(event, r.key)]
             if missing and waits(body) == 0:
@@ -197,8 +255,12 @@ class ResourceProcessor:
                                  f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
                 return None
             # Every reference is pinned on its resource's partition before this record applies,
-            # so that a delete there sees it (processors.dependencies).
-            return missing, references
+            # so that a delete there sees it (processors.dependencies). Only uploads wait for
+            # missing references; the others wait just for the answers.
+            return Wait({"pins": [r.key.decode() for r in references],
+                         "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]},
+                        [(r.key, pin_request(key, body["eventId"], r.key, waits(body) > 0)) for r in references],
+                        waits(body) or PIN_ANSWER_S)
         current = self.eos.get(event, self.resources, key)
         changed, result = apply_record(current, body, record, validators, _now_ms())
         if changed is not None:
@@ -211,22 +273,47 @@ class ResourceProcessor:
         await self._settle(event, key, current, pinned, rest)
         return None
 
-    async def _delete(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body]) -> None:
-        where = f"resources[{body['recordIndex']}]"
+    async def _delete(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
+                      progress: dict[str, Any] | None) -> Wait | None:
+        """Delete R, or refuse; a cascade delete first waits for its referrers to be deleted
+        (`progress`: what their answers said, once all came)."""
         current = self.eos.get(event, self.resources, key)
+        asker = body.get("cascadeFor")
         if current is None:
-            await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{where}: resource '{body['externalId']}' "
-                                                  "does not exist"))
-            return
-        referrer = self.dependencies.referrer_of(event, key)
-        if referrer is not None:
-            parts = [unquote(p) for p in referrer.decode().split("/")]
-            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{where}: resource '{body['externalId']}' is "
-                                                  f"referenced by {parts[2]}/{parts[3]}"))
-            return
+            if asker is not None:
+                # Nothing to delete; a pin this absent resource still holds on the asker is stale.
+                await self.eos.send(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+                                    unref_request(key))
+                await self._emit(event, body, Outcome(DELETED))
+            else:
+                await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{_where(body)}: resource "
+                                                      f"'{body['externalId']}' does not exist"))
+            return None
+        deleted: dict[str, int] = dict(progress["deleted"]) if progress else {}
+        excused: list[str] = progress["excused"] if progress else []
+        referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused))
+                     if r.decode() not in excused][:1000]
+        if progress is not None and progress["kept"]:
+            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
+                             f"'{body['externalId']}' is referenced by a resource its cascade could not delete"),
+                             {"cascade": deleted})
+            return None
+        if referrers and not body.get("cascade"):
+            parts = [unquote(p) for p in referrers[0].decode().split("/")]
+            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
+                                                  f"'{body['externalId']}' is referenced by {parts[2]}/{parts[3]}"))
+            return None
+        if referrers:  # a round of at most 1000; the next look finds any more
+            state = {"asked": [r.decode() for r in referrers], "deleted": deleted, "excused": excused, "kept": False}
+            return Wait({"cascade": state},
+                        [(r, cascade_request(key, body["eventId"], r, body["batchId"])) for r in referrers], CASCADE_S)
         await self.eos.delete(event, self.resources, key)  # a tombstone on the resources topic
-        await self._emit(event, body, Outcome(DELETED))
+        # Unrefs first: an asker reads them before the answer (one topic, one transaction).
         await self._settle(event, key, current, set(), rest)
+        if asker is not None:
+            deleted[body["schemaDefinitionId"]] = deleted.get(body["schemaDefinitionId"], 0) + 1
+        await self._emit(event, body, Outcome(DELETED), {"cascade": deleted} if body.get("cascade") else None)
+        return None
 
     async def _settle(self, event: faust.EventT, key: bytes, before: dict[str, Any] | None, pinned: set[bytes],
                       rest: list[Body]) -> None:
@@ -297,12 +384,18 @@ class ResourceProcessor:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _emit(self, event: faust.EventT, body: Body, result: Outcome, extra: dict[str, Any] | None = None) -> None:
+        asker = body.get("cascadeFor")
+        if asker is not None:  # a resource deleted by cascade: its answer goes to the one that asked
+            await self.eos.send(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+                                cascade_answer(asker, (extra or {}).get("cascade", {}),
+                                               "deleted" if result.status == DELETED else "kept"))
+            return
         details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
         await self.outcomes.add(event, BatchMeta.of_event(body), outcome_entry(
             body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
-        if not pending["missing"]:
+        if not pending["missing"] or "cascadeFor" in body:
             return  # only waiting for its pins' answers (a round trip): not reported as pending
         dependencies = [{"schemaDefinitionId": m["schemaDefinitionId"], "externalId": m["externalId"]}
                         for m in pending["missing"]]
@@ -313,6 +406,21 @@ class ResourceProcessor:
 def _pins(queue: dict[str, Any]) -> list[str]:
     """The references of the head still unanswered (queues stored before pins: its missing ones)."""
     return queue["pins"] if "pins" in queue else [m["key"] for m in queue["missing"]]
+
+
+def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
+    """The delete that a cascade request asks of the resource `key` (no batch counts it: its
+    outcome is an answer to the asker)."""
+    partner_id, tenant_id, definition_id, external_id = (unquote(p) for p in key.decode().split("/"))
+    return {"op": "delete", "cascade": True, "cascadeFor": request, "partnerId": partner_id, "tenantId": tenant_id,
+            "schemaDefinitionId": definition_id, "externalId": external_id, "recordIndex": -1,
+            "eventId": str(uuid.uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"])),
+            "batchId": request["batchId"], "data": None, "schemaVersion": None, "onConflict": "upsert",
+            "ignoreUnknownFields": False, "dependencyWaitTimeout": 0}
+
+
+def _where(body: Body) -> str:
+    return f"resources[{body['recordIndex']}]"
 
 
 def _now_ms() -> int:

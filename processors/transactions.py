@@ -439,25 +439,30 @@ class ExactlyOnce:
         """A key of `table` in `event`'s partition that starts with `prefix`, other than `skip`
         (changes not yet committed included), or None: a seek in RocksDB, and a look at one
         commit interval of changes."""
+        found = self.keys_with_prefix(event, table, prefix, skip, limit=1)
+        return found[0] if found else None
+
+    def keys_with_prefix(self, event: EventT, table: faust.Table, prefix: bytes, skip: bytes | None = None,
+                         limit: int = 1000) -> list[bytes]:
+        """Up to `limit` keys of `table` in `event`'s partition that start with `prefix`, other
+        than `skip`, changes not yet committed included (those first, then in key order)."""
         tid = self._tid(event.message.tp)
         overlay: dict[bytes, bytes | None] = {}
         for writes in (self._committing.get(tid), self._open_writes(event.message.tp)):  # newest last
             if writes is not None:
                 overlay.update((k, raw) for (name, k), raw in writes.changes.items()
                                if name == table.name and k.startswith(prefix))
-        added = next((k for k, raw in overlay.items() if raw is not None and k != skip), None)
-        if added is not None:
-            return added
+        found = [k for k, raw in overlay.items() if raw is not None and k != skip][:limit]
         it = table.data._db_for_partition(event.message.partition).iter()
         it.seek(prefix)
-        while it.valid():
+        while len(found) < limit and it.valid():
             key = it.key()
             if not key.startswith(prefix):
-                return None
-            if overlay.get(key, b"") is not None and key != skip:  # not deleted by a change still uncommitted
-                return key
+                break
+            if key not in overlay and key != skip:  # changes still uncommitted were counted above
+                found.append(key)
             it.next()
-        return None
+        return found
 
     async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""

@@ -73,6 +73,7 @@ class BatchState:
     startedAt: int | None = None
     completedAt: int | None = None
     summary: Counter[str] = field(default_factory=Counter)
+    cascade: Counter[str] = field(default_factory=Counter)  # resources deleted by cascade, by definition id
     details: dict[int, dict[str, Any]] = field(default_factory=dict)
     pending_details: dict[int, dict[str, Any]] = field(default_factory=dict)
     resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
@@ -111,6 +112,9 @@ class BatchState:
         self.states[index] = new
         if new == _SUCCESS:
             self.successful += 1
+            cascade = event.get("cascade")
+            if isinstance(cascade, dict):
+                self.cascade.update({k: v for k, v in cascade.items() if isinstance(v, int)})
         elif new == _FAILED:
             self.failed += 1
             code = event.get("code") or "FAILED"
@@ -131,7 +135,7 @@ class BatchState:
             "acceptedAt": self.acceptedAt, "batchType": self.batchType, "listedStatus": self.listed_status,
             "successful": self.successful, "failed": self.failed,
             "pending": self.pending, "startedAt": self.startedAt, "completedAt": self.completedAt,
-            "summary": self.summary,
+            "summary": self.summary, "cascade": self.cascade,
         })
 
     @classmethod
@@ -140,7 +144,7 @@ class BatchState:
         return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
                    c["acceptedAt"], c["batchType"], bytearray(states or b""), c["successful"], c["failed"],
                    c["pending"], c["startedAt"], c["completedAt"], Counter(c["summary"]),
-                   listed_status=c["listedStatus"])
+                   Counter(c.get("cascade") or {}), listed_status=c["listedStatus"])
 
 
 def _id(batch_id: str) -> bytes:
