@@ -2,8 +2,12 @@
 
 After each run, three things must be exactly what the accepted records imply:
 - every batch's counts and error summary;
-- every resource's data (merges applied once each, in order);
+- every resource's data (merges applied once each, in order), and which resources exist;
 - the outcome messages on the batch-events topic: exactly one committed outcome per record.
+
+The load mixes uploads, creations, patches, deletes and a cascade delete; where the order of
+two partitions decides an outcome (an item whose holder a cascade deletes: created then deleted
+by the cascade, or failed), the check allows either and asserts the state both must end in.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -41,6 +45,13 @@ SCHEMA = {
         "score": {"type": "integer", "maximum": 1000},
     }},
 }
+HOLDER = {"name": "Holder", "externalIdField": "id", "schema": {
+    "type": "object", "required": ["id", "name"], "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "v": {"type": "integer"}}}}
+ITEM = {"name": "Item", "externalIdField": "id", "schema": {
+    "type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string"}, "holder": {"$ref": "reach:schemas/Holder"}, "v": {"type": "integer"}}}}
+HOLDERS, ITEMS = 100, 200  # item i references holder i % HOLDERS
 IDS = 400          # resources updated by every upsert batch
 UPSERT_ROUNDS = 6  # batches of IDS upserts each
 REJECT_BATCHES = 4  # batches of fresh creations with onconflict=reject
@@ -63,40 +74,77 @@ def _expected_data(i: int) -> dict:
             "history": {f"r{r}": i for r in range(UPSERT_ROUNDS)}}
 
 
-Upload = tuple[str, list[dict], tuple[int, int, dict]]  # query, records, (successful, failed, summary)
+@dataclass(frozen=True)
+class Expect:
+    """What a batch must end with: its records, and how many succeed with which failures
+    (None: decided by a race the load allows)."""
+
+    total: int
+    successful: int | None = None
+    summary: dict[str, int] | None = None
+
+
+Upload = tuple[str, str, dict, Expect]  # method, path and query, body, what it must end with
+Expected = dict[str, Expect]  # batchId -> what it must end with
+
+
+def _mixed_load() -> list[Upload]:
+    """Holders, items naming them, patches, deletes and a cascade: holders 0-49 end deleted by
+    the cascade with their items, holders 50-99 patched, their items deleted by id."""
+    kept = [{"id": f"i{i}", "holder": f"h{i % HOLDERS}"} for i in range(ITEMS) if i % HOLDERS >= HOLDERS // 2]
+    doomed = [{"id": f"i{i}", "holder": f"h{i % HOLDERS}"} for i in range(ITEMS) if i % HOLDERS < HOLDERS // 2]
+    return [
+        ("POST", "/api/resources/holder/batch", {"resources": [{"id": f"h{j}", "name": "H"} for j in range(HOLDERS)]},
+         Expect(HOLDERS, HOLDERS, {})),
+        # They may wait out a worker's restart for their holders: each is created.
+        ("POST", "/api/resources/item/batch?dependencyWaitTimeout=300", {"resources": kept},
+         Expect(len(kept), len(kept), {})),
+        # An item of a holder the cascade deletes first fails when its short wait ends; otherwise
+        # it is created, and then deleted by the cascade.
+        ("POST", "/api/resources/item/batch?dependencyWaitTimeout=3", {"resources": doomed}, Expect(len(doomed))),
+        ("PATCH", "/api/resources/holder/batch", {"resources": [{"id": f"h{j}", "v": 1} for j in range(HOLDERS)]},
+         Expect(HOLDERS, HOLDERS, {})),
+        ("DELETE", "/api/resources/item/batch", {"externalIds": [item["id"] for item in kept]},
+         Expect(len(kept), len(kept), {})),
+        ("DELETE", "/api/resources/holder/batch", {"externalIds": [f"h{j}" for j in range(HOLDERS // 2)],
+                                                   "cascade": True}, Expect(HOLDERS // 2, HOLDERS // 2, {})),
+    ]
 
 
 def _load() -> list[Upload]:
     """Every batch of the load, in upload order, with what each must end with."""
-    uploads: list[Upload] = [("", _upsert_batch(round_), (IDS - 2, 2, {"VALIDATION_FAILED": 2}))
-                             for round_ in range(UPSERT_ROUNDS)]
-    uploads += [("?onconflict=reject", [{"id": f"new-{b}-{i}", "name": "fresh"} for i in range(REJECT_SIZE)],
-                 (REJECT_SIZE, 0, {})) for b in range(REJECT_BATCHES)]
-    return uploads
+    accounts: list[Upload] = [("POST", "/api/resources/account/batch", {"resources": _upsert_batch(round_)},
+                               Expect(IDS, IDS - 2, {"VALIDATION_FAILED": 2})) for round_ in range(UPSERT_ROUNDS)]
+    creations: list[Upload] = [("POST", "/api/resources/account/batch?onconflict=reject",
+                                {"resources": [{"id": f"new-{b}-{i}", "name": "fresh"} for i in range(REJECT_SIZE)]},
+                                Expect(REJECT_SIZE, REJECT_SIZE, {})) for b in range(REJECT_BATCHES)]
+    mixed = _mixed_load()
+    # Two account batches first (the kill tests wait for them to start), then the rest interleaved.
+    return [*accounts[:2], *mixed[:3], accounts[2], mixed[3], accounts[3], mixed[4], accounts[4], mixed[5],
+            accounts[5], *creations]
 
 
-def _upload(client: TestClient, headers: dict[str, str], uploads: list[Upload],
-            expected: dict[str, tuple[int, int, dict]]) -> None:
-    """Upload each batch; record its batchId -> outcome expected in `expected`."""
-    for query, records, outcome in uploads:
-        response = client.post(f"/api/resources/account/batch{query}", json={"resources": records}, headers=headers)
+def _upload(client: TestClient, headers: dict[str, str], uploads: list[Upload], expected: Expected) -> None:
+    """Send each batch; record its batchId -> what it must end with in `expected`."""
+    for method, path, body, outcome in uploads:
+        response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == 202, response.text
         expected[response.json()["data"]["batchId"]] = outcome
 
 
-def _upload_load(client: TestClient, tenant_headers: dict[str, str]) -> dict[str, tuple[int, int, dict]]:
-    """Upload every batch of the load; return batchId -> (successful, failed, summary) expected."""
-    expected: dict[str, tuple[int, int, dict]] = {}
+def _upload_load(client: TestClient, tenant_headers: dict[str, str]) -> Expected:
+    """Send every batch of the load; return batchId -> what it must end with."""
+    expected: Expected = {}
     _upload(client, tenant_headers, _load(), expected)
     return expected
 
 
 def _upload_and_kill_mid_load(client: TestClient, headers: dict[str, str], victim: ServiceProcess,
-                              expected: dict[str, tuple[int, int, dict]], uploads: list[Upload] | None = None) -> int:
+                              expected: Expected, uploads: list[Upload] | None = None) -> int:
     """Upload the load and SIGKILL `victim` while the workers are busy with it; return the
     records processed at the kill.
 
-    The first two batches go first; once the workers are visibly processing, the other eight
+    The first two batches go first; once the workers are visibly processing, the others
     follow back to back and the kill comes right after the last one is accepted. The workers
     are then in the middle of the load whatever their speed (a kill at a fraction of a load
     uploaded in advance raced a worker that does all of it in half a second).
@@ -108,24 +156,25 @@ def _upload_and_kill_mid_load(client: TestClient, headers: dict[str, str], victi
     _upload(client, headers, uploads[2:], expected)
     victim.stop(signal.SIGKILL)
     done_at_kill = _progress(client, headers, list(expected))
-    total = sum(s + f for s, f, _ in expected.values())
+    total = sum(e.total for e in expected.values())
     assert done_at_kill < total, "the workers finished the load before the kill; the test proves nothing"
     return done_at_kill
 
 
-def _check_results(client: TestClient, tenant_headers: dict[str, str],
-                   expected: dict[str, tuple[int, int, dict]], timeout_s: float) -> None:
+def _check_results(client: TestClient, tenant_headers: dict[str, str], expected: Expected, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    for batch_id, (successful, failed, summary) in expected.items():
+    for batch_id, expect in expected.items():
         try:
             data = wait_terminal(client, batch_id, tenant_headers, max(deadline - time.monotonic(), 1))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nevery batch: {_batches_progress(client, tenant_headers, expected)}") from None
         progress = data["progress"]
-        assert (progress["successfulRecords"], progress["failedRecords"], progress["pendingRecords"]) == \
-            (successful, failed, 0), (batch_id, progress)
-        assert progress["processedRecords"] == progress["totalRecords"] == successful + failed
-        assert data["errors"]["summary"] == summary
+        assert progress["processedRecords"] == progress["totalRecords"] == expect.total, (batch_id, progress)
+        assert progress["pendingRecords"] == 0, (batch_id, progress)
+        if expect.successful is not None:
+            assert (progress["successfulRecords"], progress["failedRecords"]) == \
+                (expect.successful, expect.total - expect.successful), (batch_id, progress, data["errors"])
+            assert data["errors"]["summary"] == expect.summary, (batch_id, data["errors"])
     for i in range(IDS):
         response = client.get(f"/api/resources/account/a{i}", headers=tenant_headers)
         if i in (7, 11):
@@ -136,31 +185,54 @@ def _check_results(client: TestClient, tenant_headers: dict[str, str],
         assert response.json()["data"]["result"]["data"] == _expected_data(i), i
     total = client.get("/api/resources/account?limit=1", headers=tenant_headers).json()["data"]["pagination"]["total"]
     assert total == IDS - 2 + REJECT_BATCHES * REJECT_SIZE
+    _check_mixed_state(client, tenant_headers)
+
+
+def _check_mixed_state(client: TestClient, headers: dict[str, str]) -> None:
+    """Holders 0-49 deleted by the cascade, 50-99 patched once; no item left (cascaded, failed or deleted)."""
+    wrong = {}
+    for j in range(HOLDERS):
+        response = client.get(f"/api/resources/holder/h{j}", headers=headers)
+        want = None if j < HOLDERS // 2 else {"id": f"h{j}", "name": "H", "v": 1}
+        got = response.json()["data"]["result"]["data"] if response.status_code == 200 else None
+        if got != want:
+            wrong[f"h{j}"] = got
+    for i in range(ITEMS):
+        response = client.get(f"/api/resources/item/i{i}", headers=headers)
+        if response.status_code != 404:
+            wrong[f"i{i}"] = response.json()
+    assert not wrong, f"{len(wrong)} resources not as the writes imply: {dict(list(wrong.items())[:5])}"
+    totals = [client.get(f"/api/resources/{s}?limit=1", headers=headers).json()["data"]["pagination"]["total"]
+              for s in ("holder", "item")]
+    assert totals == [HOLDERS // 2, 0], totals
 
 
 async def _committed_outcomes(settings: Settings) -> Counter[tuple[str, int]]:
-    """How many committed outcome messages each (batchId, index) has on the batch-events topic."""
+    """How many committed terminal outcomes each (batchId, index) has on the batch-events topic
+    (a record waiting for a reference also reports itself pending, once or more: not counted)."""
     spec = service_topics(settings).batch_events
     counts: Counter[tuple[str, int]] = Counter()
     for message in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
         event = orjson.loads(message.value)
         if event["type"] == "records":
             for entry in event["outcomes"]:
-                counts[(event["batchId"], entry["index"])] += 1
+                if entry["status"] != "pending":
+                    counts[(event["batchId"], entry["index"])] += 1
     return counts
 
 
-def _assert_exactly_one_outcome_each(settings: Settings, expected: dict[str, tuple[int, int, dict]]) -> None:
+def _assert_exactly_one_outcome_each(settings: Settings, expected: Expected) -> None:
     counts = asyncio.run(_committed_outcomes(settings))
-    want = {(b, i) for b, (s, f, _) in expected.items() for i in range(s + f)}
+    want = {(b, i) for b, e in expected.items() for i in range(e.total)}
     assert set(counts) == want
     duplicated = {k: n for k, n in counts.items() if n != 1}
     assert not duplicated, f"{len(duplicated)} records have more than one committed outcome"
 
 
 def _define_schema(client: TestClient) -> None:
-    response = client.post("/partner/schema-definitions", json=SCHEMA, headers=bearer(partner_token()))
-    assert response.status_code == 200, response.text
+    for definition in (SCHEMA, HOLDER, ITEM):
+        response = client.post("/partner/schema-definitions", json=definition, headers=bearer(partner_token()))
+        assert response.status_code == 200, response.text
 
 
 def _batches_progress(client: TestClient, headers: dict[str, str], batch_ids: Iterable[str]) -> list[str]:
@@ -182,7 +254,7 @@ def test_worker_killed_mid_load_and_restarted_applies_every_record_exactly_once(
         settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     headers = bearer(tenant_token())
     _define_schema(ingress)
-    expected: dict[str, tuple[int, int, dict]] = {}
+    expected: Expected = {}
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     with explained_by(worker):
         _upload_and_kill_mid_load(ingress, headers, worker, expected)
@@ -229,9 +301,10 @@ def test_worker_killed_mid_creation_keeps_no_change_of_the_transaction_it_aborte
     headers = bearer(tenant_token())
     _define_schema(ingress)
     size, batches = 250, 12
-    uploads: list[Upload] = [("?onconflict=reject", [{"id": f"c{b}-{i}", "name": "fresh"} for i in range(size)],
-                              (size, 0, {})) for b in range(batches)]
-    expected: dict[str, tuple[int, int, dict]] = {}
+    uploads: list[Upload] = [("POST", "/api/resources/account/batch?onconflict=reject",
+                              {"resources": [{"id": f"c{b}-{i}", "name": "fresh"} for i in range(size)]},
+                              Expect(size, size, {})) for b in range(batches)]
+    expected: Expected = {}
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     with explained_by(worker):
         _upload_and_kill_mid_load(ingress, headers, worker, expected, uploads)
@@ -256,7 +329,7 @@ def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
     first = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     second_settings = replace(settings, worker_web_port=free_port())
     second = ServiceProcess(["-m", "processors.worker"], second_settings, tmp_path / "w2.log").start()
-    expected: dict[str, tuple[int, int, dict]] = {}
+    expected: Expected = {}
     try:
         with explained_by(first, second):
             # Both own partitions before the load starts, so that the kill takes work away.

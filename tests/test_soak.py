@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from reach.config import Settings
 from tests.support import SUMMARY, ServiceProcess, bearer, free_port, tenant_token, wait_until
 from tests.test_exactly_once import (
+    Expected,
     _assert_exactly_one_outcome_each,
     _check_results,
     _define_schema,
@@ -35,14 +36,14 @@ def test_workers_killed_again_and_again_lose_and_repeat_nothing(
     _define_schema(ingress)
     workers = [ServiceProcess(["-m", "processors.worker"], replace(settings, worker_web_port=free_port()),
                               tmp_path / f"w{n}.log").start() for n in range(2)]
-    loads: list[tuple[dict[str, str], dict[str, tuple[int, int, dict]]]] = []
+    loads: list[tuple[dict[str, str], Expected]] = []
     kills = 0
     try:
         for cycle in range(CYCLES):
             headers = bearer(tenant_token(tenant=f"soak-{cycle}"))
             expected = _upload_load(ingress, headers)
             loads.append((headers, expected))
-            total = sum(s + f for s, f, _ in expected.values())
+            total = sum(e.total for e in expected.values())
             # Kill one worker at a random point of this tenant's load, restart it at once.
             point = int(total * rng.uniform(0.05, 0.8))
             wait_until(lambda: _progress(ingress, headers, list(expected)) >= point, 180, 0.05,
@@ -59,6 +60,6 @@ def test_workers_killed_again_and_again_lose_and_repeat_nothing(
     assert codes == [0, 0], [worker.log()[-3000:] for worker in workers]
     everything = {batch: counts for _, expected in loads for batch, counts in expected.items()}
     _assert_exactly_one_outcome_each(settings, everything)
-    records = sum(s + f for s, f, _ in everything.values())
+    records = sum(e.total for e in everything.values())
     SUMMARY.append(f"soak: {kills} workers killed with SIGKILL over {CYCLES} loads; "
                    f"{records} records checked, none lost or counted twice")
