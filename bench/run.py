@@ -11,6 +11,11 @@ bare Kafka client does on the same machine in the same run:
   to a bare aiokafka consume-and-merge loop over the same events into a dict;
 - latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
 - dependency release latency: referenced resource accepted → waiting record applied;
+- records with a reference (orders naming existing customers, each pinned on its customer's
+  partition first) end to end, next to the plain end-to-end figure;
+- deletes: records/s deleting 100,000 resources by id, and a cascade over 2 levels (customers
+  whose orders and the shipments of those orders go with them);
+- single-resource write latency (`POST /api/resources/{schema}`, answered with the outcome);
 - peak memory (VmHWM) of the ingress and the worker.
 
 Writes `bench/results/results.json` and `bench/results/results.png`, and prints a table.
@@ -58,6 +63,11 @@ ORDER = {
     "name": "Order", "externalIdField": "id",
     "schema": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": "string"}, "total": {"type": "number"}, "customer": {"$ref": "reach:schemas/Customer"}}},
+}
+SHIPMENT = {
+    "name": "Shipment", "externalIdField": "id",
+    "schema": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string"}, "carrier": {"type": "string"}, "order": {"$ref": "reach:schemas/Order"}}},
 }
 
 
@@ -117,7 +127,7 @@ class Stack:
         wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.settings.worker_web_port}/state/resources",
                                      params={"key": "-"}, timeout=3).status_code == 200, 90, what="the worker")
-        for definition in (SCHEMA, ORDER):
+        for definition in (SCHEMA, ORDER, SHIPMENT):
             response = httpx.post(f"{self.base}/partner/schema-definitions", json=definition,
                                   headers={"Authorization": f"Bearer {self.partner}"}, timeout=30)
             response.raise_for_status()
@@ -133,9 +143,9 @@ class Stack:
             self.broker.stop()
 
 
-async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path: str = "/api/resources/customer/batch"
-                       ) -> tuple[float, list[str], list[float]]:
-    """POST every body with `concurrency` connections; (seconds, batch ids, per-request seconds)."""
+async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path: str = "/api/resources/customer/batch",
+                       method: str = "POST") -> tuple[float, list[str], list[float]]:
+    """Send every body with `concurrency` connections; (seconds, batch ids, per-request seconds)."""
     headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
@@ -148,7 +158,7 @@ async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path
             while not queue.empty():
                 body = queue.get_nowait()
                 started = time.perf_counter()
-                response = await http.post(path, content=body, headers=headers)
+                response = await http.request(method, path, content=body, headers=headers)
                 durations.append(time.perf_counter() - started)
                 if response.status_code != 202:
                     raise RuntimeError(f"upload answered {response.status_code}: {response.text[:300]}")
@@ -257,7 +267,6 @@ async def release_latencies(stack: Stack, runs: int) -> list[float]:
 
 async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"ingest": [], "raw_producer": []}
-    ingest_topic = service_topics(stack.settings).ingest.name
     scratch_topic = f"{stack.settings.topic_prefix}.bench-raw"
     from topics.definitions import TopicSpec
     await create_topics(stack.settings.bootstrap_servers,
@@ -317,7 +326,65 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     releases = await release_latencies(stack, args.release_runs)
     results["dependency_release_s"] = {"p50": statistics.median(releases), "max": max(releases), "runs": releases}
     print(f"dependency release p50 {statistics.median(releases) * 1000:.0f} ms", flush=True)
+
+    await measure_writes(stack, args, results)
     return results
+
+
+async def timed(stack: Stack, bodies: list[bytes], path: str, method: str = "POST") -> float:
+    """Records/s from the first request until every batch is terminal (concurrency 4)."""
+    started = time.monotonic()
+    _, ids, _ = await post_batches(stack, bodies, 4, path, method)
+    return await wait_all_terminal(stack, ids) - started
+
+
+async def measure_writes(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Records with references, deletes by id and by cascade, and single-resource writes."""
+    # Customers of the end-to-end run are `e2e-<b>-<i>`, 1000 per batch b.
+    def ids(b: int) -> list[str]:
+        return [record(i, f"e2e-{b}")["id"] for i in range(1000)]
+
+    # 5. Records with a reference: each order pins its customer on the customer's partition first.
+    roots = args.cascade_roots // 1000
+    first = args.delete_records // 1000  # batches 0..first-1 are deleted by id; the next `roots` by cascade
+    orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 10.5, "customer": c} for c in ids(b)]})
+              for b in range(first, first + roots)]
+    shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in ids(b)]})
+                 for b in range(first, first + roots)]
+    seconds = await timed(stack, orders, "/api/resources/order/batch")
+    results["with_references"] = {"records": len(orders) * 1000, "records_per_s": len(orders) * 1000 / seconds}
+    await timed(stack, shipments, "/api/resources/shipment/batch")
+    print(f"records with a reference, end to end: {results['with_references']['records_per_s']:,.0f} rec/s "
+          f"(without: {results['end_to_end']['records_per_s']:,.0f})", flush=True)
+
+    # 6. Deletes by id, then a cascade over two levels (customer -> its order -> its shipment).
+    deletes = [orjson.dumps({"externalIds": ids(b)}) for b in range(first)]
+    seconds = await timed(stack, deletes, "/api/resources/customer/batch", "DELETE")
+    results["delete_by_id"] = {"records": len(deletes) * 1000, "records_per_s": len(deletes) * 1000 / seconds}
+    cascades = [orjson.dumps({"externalIds": ids(b), "cascade": True}) for b in range(first, first + roots)]
+    seconds = await timed(stack, cascades, "/api/resources/customer/batch", "DELETE")
+    deleted = len(cascades) * 1000 * 3
+    results["delete_cascade"] = {"named": len(cascades) * 1000, "deleted": deleted,
+                                 "named_per_s": len(cascades) * 1000 / seconds, "deleted_per_s": deleted / seconds}
+    print(f"delete by id: {results['delete_by_id']['records_per_s']:,.0f} rec/s; cascade over 2 levels: "
+          f"{results['delete_cascade']['named_per_s']:,.0f} named/s, {results['delete_cascade']['deleted_per_s']:,.0f} "
+          "resources deleted/s", flush=True)
+
+    # 7. Single-resource writes, one after another: POST answered with the resource once applied.
+    headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
+    latencies = []
+    async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
+        for n in range(args.single_writes):
+            body = orjson.dumps({"data": record(n, "single")})
+            started = time.perf_counter()
+            response = await http.post("/api/resources/customer", content=body, headers=headers)
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(f"single write answered {response.status_code}: {response.text[:300]}")
+    results["single_write_s"] = {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                                 "runs": len(latencies)}
+    print(f"single-resource write p50 {percentile(latencies, 50) * 1000:.0f} ms "
+          f"p99 {percentile(latencies, 99) * 1000:.0f} ms", flush=True)
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -362,6 +429,17 @@ def table(results: dict[str, Any]) -> str:
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("dependency release p50", f"{results['dependency_release_s']['p50'] * 1000:.0f} ms", "", ""))
+    refs = results["with_references"]["records_per_s"]
+    rows.append(("end to end, records with a reference (rec/s)", f"{refs:,.0f}", f"{e2e:,.0f} (without)",
+                 f"{refs / e2e:.2f}"))
+    deletes = results["delete_by_id"]["records_per_s"]
+    rows.append((f"delete {results['delete_by_id']['records']:,} by id (rec/s)", f"{deletes:,.0f}",
+                 f"{e2e:,.0f} (upserts)", f"{deletes / e2e:.2f}"))
+    cascade = results["delete_cascade"]
+    rows.append((f"cascade, 2 levels, {cascade['named']:,} named (named/s, deleted/s)",
+                 f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
+    single = results["single_write_s"]
+    rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("peak memory ingress / worker", f"{results['peak_mb']['ingress']:.0f} / {results['peak_mb']['worker']:.0f} MB", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows)
@@ -374,7 +452,15 @@ def main() -> None:
     parser.add_argument("--e2e-batches", type=int, default=200)
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--release-runs", type=int, default=5)
+    parser.add_argument("--delete-records", type=int, default=100_000, help="deleted by id (a multiple of 1000)")
+    parser.add_argument("--cascade-roots", type=int, default=10_000,
+                        help="customers deleted with cascade, each with an order and its shipment (a multiple of 1000)")
+    parser.add_argument("--single-writes", type=int, default=200)
     args = parser.parse_args()
+    if args.delete_records % 1000 or args.cascade_roots % 1000 or \
+            (args.delete_records + args.cascade_roots) // 1000 > args.e2e_batches:
+        parser.error("--delete-records and --cascade-roots are multiples of 1000 whose sum of thousands is at most "
+                     "--e2e-batches (they delete the customers of the end-to-end run)")
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="reach-bench-") as tmp, Stack(Path(tmp)) as stack:
         results = asyncio.run(measure(stack, args))
