@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
@@ -14,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from ingest import batches, resource_writes, resources, schema_definitions
+from ingest import batches, deletes, resource_writes, resources, schema_definitions
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
+from schemas.references import references_of
 from schemas.registry import SchemaRegistry
 from state.batches import BatchStore
 from state.resources import ResourceStore
@@ -69,6 +71,18 @@ def ingress_state_dir(settings: Settings) -> Path:
     return settings.data_dir / "ingress" / settings.ingress_id
 
 
+def stored_references(registry: SchemaRegistry) -> Callable[[dict[str, Any]], list[str]]:
+    """The references of a resource stored before workers kept them with it, from its definition
+    (the registry starts before the resources are read)."""
+    def references(resource: dict[str, Any]) -> list[str]:
+        definition = registry.get(resource["platformId"], resource["schemaDefinitionId"])
+        if definition is None or not definition.referenceFields:
+            return []
+        return [r.key.decode() for r in references_of(resource["data"], definition, resource["platformId"],
+                                                      resource["businessId"])]
+    return references
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ingress app; its Kafka clients start and stop with the app's lifespan."""
     settings = settings or Settings.from_env()
@@ -94,7 +108,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                        retention_s=settings.batch_retention_days * 24 * 3600)
             parts.append(state.batches)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
-                                            folder / "resources", wait_s)
+                                            folder / "resources", wait_s,
+                                            references_of=stored_references(state.registry))
             parts.append(state.resources)
             for part in parts:
                 await part.start()
@@ -111,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/openapi.json", openapi),
             *schema_definitions.routes,
             *batches.routes,
+            *deletes.routes,
             *resources.routes,
             *resource_writes.routes,
         ],

@@ -106,47 +106,6 @@ async def patch_batch(request: Request) -> Response:
     return await _write_batch(request, "patch", options, problems)
 
 
-async def delete_batch(request: Request) -> Response:
-    """`DELETE /api/resources/{schema}/batch`: delete resources by external id (API.md 6a)."""
-    state = request.app.state
-    principal = tenant_principal(request, state.settings.partner_secrets)
-    definition = await find_definition(request, principal.partner_id)
-    external_ids, cascade = delete_request(await read_body(request, state.settings.max_body_bytes))
-    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
-                               [(external_id, None) for external_id in external_ids], "delete", cascade=cascade)
-    return accepted(meta)
-
-
-def delete_request(body: bytes) -> tuple[list[str], bool]:
-    """The external ids of a batch delete's body and its `cascade`, or a 400 naming every problem."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise ApiError(400, "the body must be an object with an 'externalIds' array")
-    problems = [f"'{name}' must be true or false" for name in ("cascade", "deleteAll", "dryRun")
-                if name in parsed and not isinstance(parsed[name], bool)]
-    ids = parsed.get("externalIds")
-    delete_all = parsed.get("deleteAll") is True
-    if delete_all and ids:
-        problems.append("'externalIds' must be empty or absent with deleteAll")
-    elif not delete_all:
-        if not isinstance(ids, list) or not ids:
-            problems.append("'externalIds' must be an array of 1 to 1000 external ids (or deleteAll: true)")
-        elif len(ids) > MAX_RECORDS:
-            problems.append(f"'externalIds' has {len(ids)} items; at most {MAX_RECORDS} are allowed")
-        else:
-            problems.extend(f"externalIds[{i}]: must be a non-empty string or an integer" for i, x in enumerate(ids)
-                            if isinstance(x, bool) or not isinstance(x, (str, int)) or x == "")
-    if problems:
-        raise ApiError(400, "; ".join(problems))
-    unsupported = [name for name in ("deleteAll", "dryRun") if parsed.get(name) is True]
-    if unsupported:
-        raise ApiError(400, f"{', '.join(unsupported)} not supported yet; nothing was enqueued")
-    return [str(x) for x in ids], parsed.get("cascade") is True
-
-
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
@@ -193,13 +152,16 @@ def check_records(resources: list[Any], definition: Definition, options: BatchOp
 
 async def publish_batch(request: Request, partner_id: str, tenant_id: str, definition: Definition,
                         records: list[tuple[str, dict[str, Any] | None]], op: str,
-                        options: BatchOptions = BatchOptions(), cascade: bool = False) -> BatchMeta:
-    """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503."""
+                        options: BatchOptions = BatchOptions(), cascade: bool = False,
+                        headers: dict[int, list[tuple[str, bytes]]] | None = None) -> BatchMeta:
+    """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503.
+    `headers`: more headers for the messages of some record indexes."""
     state = request.app.state
     meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
-        await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade))
+        await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade,
+                                                     headers))
     except PublishError as exc:
         if exc.committing:  # the broker went silent while confirming the commit
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
@@ -218,7 +180,8 @@ def accepted(meta: BatchMeta) -> Response:
 
 def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
                    records: list[tuple[str, dict[str, Any] | None]], op: str,
-                   options: BatchOptions = BatchOptions(), cascade: bool = False) -> list[Message]:
+                   options: BatchOptions = BatchOptions(), cascade: bool = False,
+                   headers: dict[int, list[tuple[str, bytes]]] | None = None) -> list[Message]:
     """The batch's registration and its ingest messages, ready to publish."""
     batch = build_ingest_batch(
         meta.partnerId, meta.tenantId, definition.id, records, op=op,
@@ -226,7 +189,9 @@ def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definitio
         dependency_wait_timeout=options.dependency_wait_timeout if op in ("upsert", "reject") else 0,
         cascade=cascade, batch_id=meta.batchId, accepted_at=meta.acceptedAt)
     messages: list[Message] = [(topics.batch_events.name, meta.batchId.encode(), registration(meta), None)]
-    messages.extend((topics.ingest.name, key, value, batch.headers) for key, value in batch.messages)
+    more = headers or {}
+    messages.extend((topics.ingest.name, key, value, batch.headers + more[index] if index in more else batch.headers)
+                    for index, (key, value) in enumerate(batch.messages))
     return messages
 
 
@@ -326,7 +291,6 @@ async def list_batches(request: Request) -> Response:
 routes = [
     Route("/api/resources/{schema}/batch", upload, methods=["POST"]),
     Route("/api/resources/{schema}/batch", patch_batch, methods=["PATCH"]),
-    Route("/api/resources/{schema}/batch", delete_batch, methods=["DELETE"]),
     Route("/api/batches", list_batches, methods=["GET"]),
     Route("/api/batches/{batch_id}", get_batch, methods=["GET"]),
 ]

@@ -114,10 +114,14 @@ SPEC: dict[str, Any] = {
                               **_errors(400, 401, 403, 404, 413, 503)},
             },
             "delete": {
-                "summary": "Batch delete resources by external id (1..1000); a referenced resource stays (REFERENCED)",
+                "summary": "Batch delete resources by external id (1..1000) or every one of the schema (deleteAll); "
+                           "a resource referenced by one this request does not delete stays (REFERENCED) unless "
+                           "cascade; dryRun answers 200 with what would be deleted and changes nothing",
                 "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": DELETE_BODY}}},
-                "responses": {**_ok("Accepted: every delete is durably in Kafka", 202),
+                "responses": {**_ok("Dry run: {dryRun, schemaDefinitionId, wouldDelete, skippedDueToReferences, "
+                                    "totalRecords}; nothing changed, no batch"),
+                              **_ok("Accepted: every delete is durably in Kafka", 202),
                               **_errors(400, 401, 403, 404, 413, 503)},
             },
             "patch": {

@@ -26,7 +26,7 @@ from faust.web import Request, Response, View
 
 from faust.types import TP
 
-from processors.dependencies import CASCADE, CASCADED, DependencyIndex
+from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
@@ -166,6 +166,8 @@ def create_app(settings: Settings) -> faust.App:
                 await processor.on_cascaded(record, request)
             else:
                 await index.on_request(record, request)
+                if kind == UNREF:
+                    await processor.on_unref(record)
             return
         notice = orjson.loads(record.value)
         if notice["type"] == "tick":

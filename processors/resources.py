@@ -36,7 +36,7 @@ import orjson
 from processors.apply import Outcome, apply_record, checked_record, op_of, options_of, waits
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
-from processors.references import references_of
+from schemas.references import references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     CREATED,
@@ -156,6 +156,13 @@ class ResourceProcessor:
             queue["queue"].append(body)  # after the writes of this resource accepted before it
             await self.eos.put(event, self.pending, key, queue)
 
+    async def on_unref(self, event: faust.EventT) -> None:
+        """A resource stopped referencing this one: a delete waiting for that looks again."""
+        key: bytes = event.key
+        queue = self.eos.get(event, self.pending, key)
+        if queue is not None and "exempt" in queue:
+            await self._drain(event, key, queue["queue"], released=queue)
+
     async def on_cascaded(self, event: faust.EventT, answer: dict[str, Any]) -> None:
         """A referrer's answer to this resource's cascade delete."""
         key: bytes = event.key
@@ -190,6 +197,12 @@ class ResourceProcessor:
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
             head, *rest = queue["queue"]
+            if "exempt" in queue:
+                left = self.dependencies.referrers_of(event, key, 1)
+                await self._emit(event, head, _referenced(head, left[0]) if left else Outcome(
+                    FAILED, REFERENCED, f"{_where(head)}: resource '{head['externalId']}' was still referenced"))
+                await self._drain(event, key, rest)
+                continue
             if "cascade" in queue:
                 await self._emit(event, head, Outcome(FAILED, REFERENCED, f"{_where(head)}: resource "
                                  f"'{head['externalId']}' is still referenced: its cascade did not end in time"),
@@ -263,6 +276,11 @@ class ResourceProcessor:
                         waits(body) or PIN_ANSWER_S)
         current = self.eos.get(event, self.resources, key)
         changed, result = apply_record(current, body, record, validators, _now_ms())
+        if changed is not None and definition.referenceFields:
+            # Stored with the resource: who references whom is then readable from the resources
+            # topic alone (the ingress's reverse index, `state.resources`).
+            changed["references"] = [r.key.decode() for r in references_of(changed["data"], definition,
+                                                                           body["partnerId"], body["tenantId"])]
         if changed is not None:
             # Its changelog record is the resource's message on the resources topic.
             await self.eos.put(event, self.resources, key, changed)
@@ -291,18 +309,24 @@ class ResourceProcessor:
             return None
         deleted: dict[str, int] = dict(progress["deleted"]) if progress else {}
         excused: list[str] = progress["excused"] if progress else []
-        referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused))
-                     if r.decode() not in excused][:1000]
+        exempt = body.get("exempt") or {}
+        free, wait = set(exempt.get("free", [])), set(exempt.get("wait", []))
+        referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused) + len(free) + len(wait))
+                     if r.decode() not in excused and r.decode() not in free]
         if progress is not None and progress["kept"]:
             await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
                              f"'{body['externalId']}' is referenced by a resource its cascade could not delete"),
                              {"cascade": deleted})
             return None
         if referrers and not body.get("cascade"):
-            parts = [unquote(p) for p in referrers[0].decode().split("/")]
-            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
-                                                  f"'{body['externalId']}' is referenced by {parts[2]}/{parts[3]}"))
+            others = [r for r in referrers if r.decode() not in wait]
+            if not others:
+                # Referenced only by resources its request deletes too: deleted once they are
+                # (each one's unref looks again), or left in place at the deadline.
+                return Wait({"exempt": True}, [], PIN_ANSWER_S)
+            await self._emit(event, body, _referenced(body, others[0]))
             return None
+        referrers = referrers[:1000]
         if referrers:  # a round of at most 1000; the next look finds any more
             state = {"asked": [r.decode() for r in referrers], "deleted": deleted, "excused": excused, "kept": False}
             return Wait({"cascade": state},
@@ -334,6 +358,8 @@ class ResourceProcessor:
             await self.eos.send(event, self.topics.dependency_requests.name, target, unref_request(key))
 
     async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:
+        if "references" in resource:
+            return {r.encode() for r in resource["references"]}
         definition = await self.definition_of({"partnerId": resource["platformId"],
                                                "schemaDefinitionId": resource["schemaDefinitionId"]})
         if definition is None or not definition.referenceFields:
@@ -417,6 +443,12 @@ def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
             "eventId": str(uuid.uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"])),
             "batchId": request["batchId"], "data": None, "schemaVersion": None, "onConflict": "upsert",
             "ignoreUnknownFields": False, "dependencyWaitTimeout": 0}
+
+
+def _referenced(body: Body, referrer: bytes) -> Outcome:
+    parts = [unquote(p) for p in referrer.decode().split("/")]
+    return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
+                                       f"{parts[2]}/{parts[3]}")
 
 
 def _where(body: Body) -> str:

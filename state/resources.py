@@ -9,20 +9,30 @@ Layout, sorted as RocksDB keeps it: a resource under `r` + scope + NUL + externa
 message's JSON as it came), so a scope's resources sit together in external id order and a
 page is one seek and `limit` steps at any depth; each scope's count under `c` + scope. A
 scope is `[partner, tenant, schemaDefinitionId]` in JSON, which cannot contain NUL.
+
+Who references whom, the other way round: `x` + referenced resource key + NUL + referrer key,
+from the `references` the workers store with each resource (or, for resources stored before
+they did, from the definition), so that a delete's dry run can follow referrers with one seek
+per resource.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
-from state.store import Changes
+from schemas.events import resource_key
+from state.store import Changes, StoreConfig
 from state.view import StoredView
 
 Resource = dict[str, Any]
+# The keys a resource stored without `references` names (from its schema definition).
+ReferencesOf = Callable[[Resource], list[str]]
 
 
 def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
@@ -30,29 +40,73 @@ def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
 
 
 class ResourceStore(StoredView):
-    """Every resource's latest state, by scope and external id."""
+    """Every resource's latest state, by scope and external id, and who references it."""
+
+    FORMAT = b"2"  # 2: the reverse index
+
+    def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
+                 config: StoreConfig = StoreConfig(), references_of: ReferencesOf | None = None) -> None:
+        super().__init__(bootstrap_servers, topic, path, wait_s, config)
+        self.references_of = references_of
 
     def fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:
+        resource = None
         if value is not None:
             resource = orjson.loads(value)
             scope = _scope(resource["platformId"], resource["businessId"], resource["schemaDefinitionId"])
             external_id = resource["resourceExternalId"]
+            referrer = resource_key(resource["platformId"], resource["businessId"], resource["schemaDefinitionId"],
+                                    external_id)
         elif key is not None:  # a tombstone: the resource was deleted
             parts = [unquote(p) for p in key.decode().split("/")]
             if len(parts) != 4:
                 return
-            scope, external_id = _scope(*parts[:3]), parts[3]
+            scope, external_id, referrer = _scope(*parts[:3]), parts[3], key
         else:
             return
         item = b"r" + scope + b"\x00" + external_id.encode()
-        existed = changes.get(item) is not None
+        old = changes.get(item)
         if value is not None:
             changes.put(item, value)
-            if not existed:
+            if old is None:
                 self._count(changes, scope, +1)
-        elif existed:
+        elif old is not None:
             changes.delete(item)
             self._count(changes, scope, -1)
+        before = set(self._references(orjson.loads(old))) if old is not None else set()
+        after = set(self._references(resource)) if resource is not None else set()
+        for target in before - after:
+            changes.delete(b"x" + target.encode() + b"\x00" + referrer)
+        for target in after - before:
+            changes.put(b"x" + target.encode() + b"\x00" + referrer, b"")
+
+    def _references(self, resource: Resource) -> list[str]:
+        if "references" in resource:
+            return resource["references"]
+        return self.references_of(resource) if self.references_of is not None else []
+
+    def referrers(self, key: bytes) -> Iterator[bytes]:
+        """Keys of the resources that reference the resource `key`, itself excluded, in key order."""
+        prefix = b"x" + key + b"\x00"
+        for found, _ in self.store.items_from(prefix, prefix):
+            referrer = found[len(prefix):]
+            if referrer != key:
+                yield referrer
+
+    def get_key(self, key: bytes) -> Resource | None:
+        """The resource of a resource key (as on the resources topic)."""
+        parts = [unquote(p) for p in key.decode().split("/")]
+        return self.get(*parts) if len(parts) == 4 else None
+
+    def external_ids(self, partner_id: str, tenant_id: str, definition_id: str) -> Iterator[str]:
+        """Every external id of a scope, in order."""
+        prefix = b"r" + _scope(partner_id, tenant_id, definition_id) + b"\x00"
+        for found, _ in self.store.items_from(prefix, prefix):
+            yield found[len(prefix):].decode()
+
+    def count(self, partner_id: str, tenant_id: str, definition_id: str) -> int:
+        raw = self.store.get(b"c" + _scope(partner_id, tenant_id, definition_id))
+        return struct.unpack(">q", raw)[0] if raw else 0
 
     @staticmethod
     def _count(changes: Changes, scope: bytes, delta: int) -> None:

@@ -102,3 +102,32 @@ def test_a_restarted_ingress_reads_on_from_its_checkpoint(settings: Settings, wo
         assert resumed == reached, "the restarted ingress did not read on from where it stopped"
         listed = second.get("/api/resources/parcel", params={"limit": 100}, headers=bearer(tenant_token())).json()
         assert listed["data"]["pagination"]["total"] == 20, listed
+
+
+def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path: Path) -> None:
+    def key(external_id: str, schema: str = "s1") -> bytes:
+        return resource_key("p", "t1", schema, external_id)
+
+    legacy: list[str] = []  # what the fallback was asked about (resources stored without `references`)
+
+    def from_definition(resource: dict[str, Any]) -> list[str]:
+        legacy.append(resource["resourceExternalId"])
+        return [key(resource["parent"]).decode()] if "parent" in resource else []
+
+    store = ResourceStore("unused:9092", TOPIC, tmp_path / "store", references_of=from_definition)
+    a, b, c = (_resource(x) for x in ("a", "b", "c"))
+    _fold(store, [_message(0, a), _message(1, b), _message(2, c),
+                  _message(3, {**_resource("o1", schema="s2"), "references": [key("a").decode(), key("b").decode()]}),
+                  _message(4, {**_resource("o2", schema="s2"), "references": [key("a").decode()]}),
+                  _message(5, {**_resource("a"), "references": [key("a").decode()]}),  # itself: never listed
+                  _message(6, {**_resource("old", schema="s3"), "parent": "c"})], 7)
+    assert list(store.referrers(key("a"))) == [key("o1", "s2"), key("o2", "s2")]
+    assert list(store.referrers(key("b"))) == [key("o1", "s2")]
+    assert list(store.referrers(key("c"))) == [key("old", "s3")] and "old" in legacy
+    # o1 stops referencing b; o2 is deleted (a tombstone); a is deleted and comes back without references.
+    _fold(store, [_message(7, {**_resource("o1", schema="s2"), "references": [key("a").decode()]}),
+                  _message(8, None, key("o2", "s2")), _message(9, None, key("a")), _message(10, a)], 11)
+    assert list(store.referrers(key("a"))) == [key("o1", "s2")]
+    assert list(store.referrers(key("b"))) == []
+    assert store.count("p", "t1", "s2") == 1 and list(store.external_ids("p", "t1", "s1")) == ["a", "b", "c"]
+    assert store.get_key(key("o1", "s2"))["references"] == [key("a").decode()]  # type: ignore[index]

@@ -438,3 +438,76 @@ def test_a_cascade_racing_new_references_leaves_no_reference_to_nothing(
         applied = referred["progress"]["successfulRecords"]
         assert cascaded == size // 2 + applied, (deleted["cascade"], referred["progress"])
     print(f"cascade/reference race, {rounds * size} pairs: {seen}")
+
+
+# --- deletes of resources that reference each other; dry runs; deleteAll -----------------
+
+def _dry_run(client: TestClient, schema: str, ids: list[str] | None = None, **body: Any) -> dict:
+    payload = {"externalIds": ids, "dryRun": True, **body} if ids is not None else {"dryRun": True, **body}
+    response = client.request("DELETE", f"/api/resources/{schema}/batch", json=payload, headers=_headers())
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def test_a_delete_spares_what_its_own_request_deletes_and_the_dry_run_says_so_first(
+        ingress: TestClient, worker: Any) -> None:
+    _define_employees(ingress)
+    # boss <- e1, boss <- e2 <- e3 <- x (x is never named); a <-> b; p -> q -> r -> p, s -> p
+    for wave in ([{"id": "boss"}, {"id": "a"}, {"id": "b"}, {"id": "p"}, {"id": "q"}, {"id": "r"}],
+                 [{"id": "e1", "manager": "boss"}, {"id": "e2", "manager": "boss"}, {"id": "a", "manager": "b"},
+                  {"id": "b", "manager": "a"}, {"id": "p", "manager": "q"}, {"id": "q", "manager": "r"},
+                  {"id": "r", "manager": "p"}, {"id": "s", "manager": "p"}],
+                 [{"id": "e3", "manager": "e2"}], [{"id": "x", "manager": "e3"}]):
+        assert _batch(ingress, "POST", "Employee", wave)["status"] == "success"
+    listed = _listed(ingress, "Employee")[1]
+
+    # x keeps e3, e3 keeps e2, e2 keeps boss: only e1 goes.
+    named = ["boss", "e1", "e2", "e3"]
+    dry = _dry_run(ingress, "Employee", named)
+    assert (dry["wouldDelete"], dry["skippedDueToReferences"], dry["totalRecords"]) == ({"Employee": 1}, 3, 1), dry
+    assert dry["dryRun"] is True and dry["schemaDefinitionId"]
+    assert _listed(ingress, "Employee")[1] == listed, "a dry run deleted something"
+    assert ingress.get("/api/batches", headers=_headers()).json()["data"]["pagination"]["total"] == 4, \
+        "a dry run created a batch"
+    batch = _delete(ingress, "Employee", named)
+    assert {k: v["code"] for k, v in batch["errors"]["details"].items()} == \
+        {"0": "REFERENCED", "2": "REFERENCED", "3": "REFERENCED"}, batch
+    assert _resource(ingress, "Employee", "e1") is None
+
+    # Named with x, the chain goes whole (each waits for its referrer's delete); so do cycles.
+    for ids in (["boss", "e2", "e3", "x"], ["a", "b"], ["s", "r", "q", "p"]):
+        dry = _dry_run(ingress, "Employee", ids)
+        assert (dry["totalRecords"], dry["skippedDueToReferences"]) == (len(ids), 0), (ids, dry)
+        batch = _delete(ingress, "Employee", ids)
+        assert batch["status"] == "success", (ids, batch)
+    assert _listed(ingress, "Employee") == ([], 0)
+
+
+def test_a_cascade_dry_run_counts_every_schema_and_delete_all_takes_the_schema_at_acceptance(
+        ingress: TestClient, worker: Any) -> None:
+    _define(ingress)
+    _batch(ingress, "POST", "Customer", [{"id": f"c{i}", "name": "C"} for i in range(5)])
+    _batch(ingress, "POST", "Order", [{"id": "o1", "customer": "c1"}, {"id": "o2", "customer": "c1"},
+                                      {"id": "o3", "customer": "c2"}])
+    dry = _dry_run(ingress, "Customer", ["c1", "c2", "nobody"], cascade=True)
+    assert dry["wouldDelete"] == {"Customer": 2, "Order": 3} and dry["totalRecords"] == 5, dry
+    assert dry["skippedDueToReferences"] == 0
+    dry = _dry_run(ingress, "Customer", deleteAll=True)
+    assert (dry["wouldDelete"], dry["skippedDueToReferences"]) == ({"Customer": 3}, 2), dry
+
+    response = ingress.request("DELETE", "/api/resources/Customer/batch", json={"deleteAll": True, "externalIds": []},
+                               headers=_headers())
+    assert response.status_code == 202 and response.json()["data"]["recordCount"] == 5, response.text
+    batch = wait_terminal(ingress, response.json()["data"]["batchId"], _headers())
+    assert batch["progress"]["successfulRecords"] == 3 and batch["errors"]["summary"] == {"REFERENCED": 2}, batch
+    assert _listed(ingress, "Customer") == (["c1", "c2"], 2)
+
+    response = ingress.request("DELETE", "/api/resources/Customer/batch", json={"deleteAll": True, "cascade": True},
+                               headers=_headers())
+    batch = wait_terminal(ingress, response.json()["data"]["batchId"], _headers())
+    assert batch["status"] == "success" and batch["cascade"] == {"deletedRecords": 3, "bySchema": {"Order": 3}}, batch
+    assert _listed(ingress, "Customer") == ([], 0) and _listed(ingress, "Order") == ([], 0)
+    # Nothing left: a batch of no records, complete at once.
+    response = ingress.request("DELETE", "/api/resources/Customer/batch", json={"deleteAll": True}, headers=_headers())
+    assert response.status_code == 202 and response.json()["data"]["recordCount"] == 0, response.text
+    assert wait_terminal(ingress, response.json()["data"]["batchId"], _headers())["status"] == "success"

@@ -1,0 +1,188 @@
+"""Batch deletes: `DELETE /api/resources/{schema}/batch` (API.md 6a), its dry run and deleteAll.
+
+What a delete will do is decided by the workers, on each resource's partition, in order with
+every other write of it. The ingress reads the same state (`state.resources`, reverse index
+included) to answer a dry run and to tell each delete which referrers the request deletes too:
+
+- with `cascade`: the named resources and, transitively, everything that references them;
+- without: the named resources that exist, less those that a resource *not deleted by this
+  request* references — repeatedly, since a named resource left in place keeps what it
+  references in place too (a fixpoint).
+
+Without cascade, each delete's message carries (header `reach-delete-exempt`) the referrers
+that this request deletes too: the worker waits for those to go before it deletes (`wait`),
+except for referrers that reference it back through others deleted here (`free`: a cycle, whose
+members cannot each wait for the others).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest.auth import tenant_principal
+from ingest.batches import accepted, find_definition, names, publish_batch, read_body
+from ingest.responses import ApiError, ok
+from schemas.events import EXEMPT_HEADER, resource_key
+from schemas.records import MAX_RECORDS
+from state.resources import ResourceStore
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    external_ids: list[str]
+    cascade: bool = False
+    delete_all: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class DeletePlan:
+    """What a delete request does on the state read at one moment."""
+
+    deleted: list[bytes] = field(default_factory=list)  # every resource it deletes (named first)
+    skipped: int = 0  # named resources left in place: referenced by one it does not delete
+    # Without cascade: per deleted resource, its referrers deleted too ({"wait": [...], "free": [...]}).
+    exempt: dict[bytes, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def delete_request(body: bytes) -> DeleteRequest:
+    """A batch delete's body, or a 400 naming every problem."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "the body must be an object with an 'externalIds' array")
+    problems = [f"'{name}' must be true or false" for name in ("cascade", "deleteAll", "dryRun")
+                if name in parsed and not isinstance(parsed[name], bool)]
+    ids = parsed.get("externalIds")
+    delete_all = parsed.get("deleteAll") is True
+    if delete_all and ids:
+        problems.append("'externalIds' must be empty or absent with deleteAll")
+    elif delete_all and ids is not None and not isinstance(ids, list):
+        problems.append("'externalIds' must be an array")
+    elif not delete_all:
+        if not isinstance(ids, list) or not ids:
+            problems.append("'externalIds' must be an array of 1 to 1000 external ids (or deleteAll: true)")
+        elif len(ids) > MAX_RECORDS:
+            problems.append(f"'externalIds' has {len(ids)} items; at most {MAX_RECORDS} are allowed")
+        else:
+            problems.extend(f"externalIds[{i}]: must be a non-empty string or an integer" for i, x in enumerate(ids)
+                            if isinstance(x, bool) or not isinstance(x, (str, int)) or x == "")
+    if problems:
+        raise ApiError(400, "; ".join(problems))
+    return DeleteRequest([str(x) for x in ids or []], parsed.get("cascade") is True, delete_all,
+                         parsed.get("dryRun") is True)
+
+
+def plan(store: ResourceStore, named: list[bytes], cascade: bool) -> DeletePlan:
+    """What deleting the resources `named` (keys, in request order) does on `store`'s state."""
+    result = DeletePlan()
+    existing = list(dict.fromkeys(k for k in named if store.get_key(k) is not None))
+    if cascade:
+        seen = set(existing)
+        result.deleted = list(existing)
+        for key in result.deleted:  # grows as it goes: breadth first, each resource once
+            for referrer in store.referrers(key):
+                if referrer not in seen:
+                    seen.add(referrer)
+                    result.deleted.append(referrer)
+        return result
+    referrers = {key: list(store.referrers(key)) for key in existing}
+    kept = {key for key, found in referrers.items() if any(r not in referrers for r in found)}
+    changed = bool(kept)
+    while changed:  # a resource left in place keeps what it references in place
+        more = {key for key, found in referrers.items() if key not in kept and any(r in kept for r in found)}
+        kept |= more
+        changed = bool(more)
+    result.deleted = [key for key in existing if key not in kept]
+    result.skipped = len(kept)
+    deleted = set(result.deleted)
+    cycle_of = _cycles({key: [r for r in referrers[key]] for key in deleted})
+    for key in result.deleted:
+        if referrers[key]:
+            result.exempt[key] = {
+                "wait": [r.decode() for r in referrers[key] if cycle_of[r] != cycle_of[key]],
+                "free": [r.decode() for r in referrers[key] if cycle_of[r] == cycle_of[key]]}
+    return result
+
+
+def _cycles(edges: dict[bytes, list[bytes]]) -> dict[bytes, int]:
+    """The strongly connected component of every node (Tarjan's algorithm, iterative)."""
+    index: dict[bytes, int] = {}
+    low: dict[bytes, int] = {}
+    component: dict[bytes, int] = {}
+    stack: list[bytes] = []
+    on_stack: set[bytes] = set()
+    counter = 0
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            successors = edges.get(node, [])
+            if i < len(successors):
+                work.append((node, i + 1))
+                nxt = successors[i]
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            if low[node] == index[node]:
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component[member] = index[node]
+                    if member == node:
+                        break
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return component
+
+
+async def delete_batch(request: Request) -> Response:
+    """`DELETE /api/resources/{schema}/batch`: delete resources by external id, or all of a schema."""
+    state = request.app.state
+    principal = tenant_principal(request, state.settings.partner_secrets)
+    partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
+    definition = await find_definition(request, partner_id)
+    body = delete_request(await read_body(request, state.settings.max_body_bytes))
+    store: ResourceStore = state.resources
+    await store.sync()  # the state as of every write committed before this request
+    ids = list(store.external_ids(partner_id, tenant_id, definition.id)) if body.delete_all else body.external_ids
+    named = [resource_key(partner_id, tenant_id, definition.id, x) for x in ids]
+    if body.dry_run:
+        result = plan(store, named, body.cascade)
+        name_of = names(state, partner_id)
+        would: Counter[str] = Counter()
+        for key in result.deleted:
+            definition_id = key.decode().split("/")[2]
+            would[name_of(definition_id) or definition_id] += 1
+        return ok({"dryRun": True, "schemaDefinitionId": definition.id, "wouldDelete": dict(would),
+                   "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},
+                  "Dry run: nothing was deleted")
+    headers: dict[int, list[tuple[str, bytes]]] = {}
+    if not body.cascade:
+        exempt = plan(store, named, cascade=False).exempt
+        for index, key in enumerate(named):
+            if key in exempt:
+                # Keyed by record index: a message may hold several operations.
+                headers[index] = [(EXEMPT_HEADER, orjson.dumps({str(index): exempt.pop(key)}))]  # first naming only
+    meta = await publish_batch(request, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
+                               cascade=body.cascade, headers=headers)
+    return accepted(meta)
+
+
+routes = [Route("/api/resources/{schema}/batch", delete_batch, methods=["DELETE"])]
