@@ -22,6 +22,9 @@ usage: reach COMMAND
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
+  delete SCHEMA --tenant T (--id ID... | --ids-file FILE | --all) [--cascade] [--dry-run]
+                   delete resources through the HTTP API, in batches of 1000, and wait for
+                   the outcome (reach delete --help)
   dead-letters list | redrive OFFSET...
                    list the dead-letter topic; send chosen dead letters back to their topic
   token [--partner P] [--tenant T] [--ttl S]
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.server import main as ingress_main
         ingress_main()
         return 0
+    if command == "delete":
+        from reach.delete import main as delete_main
+        return delete_main(rest)
     if command == "dead-letters":
         from processors.dead_letters import main as dead_letters_main
         return dead_letters_main(rest)
