@@ -72,6 +72,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def json_object(body: bytes, shape: str) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying it is not JSON or not `shape`."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, f"the body must be an object with {shape}")
+    return parsed
+
+
 def _resources_of(body: bytes) -> tuple[list[Any] | None, str | None]:
     try:
         parsed = orjson.loads(body)

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import accepted, find_definition, names, publish_batch, read_body
+from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
 from ingest.responses import ApiError, ok
 from schemas.events import EXEMPT_HEADER, resource_key
 from schemas.records import MAX_RECORDS
@@ -51,12 +51,7 @@ class DeletePlan:
 
 def delete_request(body: bytes) -> DeleteRequest:
     """A batch delete's body, or a 400 naming every problem."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise ApiError(400, "the body must be an object with an 'externalIds' array")
+    parsed = json_object(body, "an 'externalIds' array")
     problems = [f"'{name}' must be true or false" for name in ("cascade", "deleteAll", "dryRun")
                 if name in parsed and not isinstance(parsed[name], bool)]
     ids = parsed.get("externalIds")

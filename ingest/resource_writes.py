@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,6 +18,7 @@ from ingest.batches import (
     check_records,
     choice,
     find_definition,
+    json_object,
     names,
     parse_options,
     publish_batch,
@@ -41,11 +41,8 @@ _STATUS_OF_CODE = {ALREADY_EXISTS: 409, REFERENCED: 409, NOT_FOUND: 404, SCHEMA_
 
 
 def _data_of(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("data"), dict):
+    parsed = json_object(body, "a 'data' object")
+    if not isinstance(parsed.get("data"), dict):
         raise ApiError(400, "the body must be an object with a 'data' object")
     return parsed["data"]
 
