@@ -156,6 +156,12 @@ async def delete_batch(request: Request) -> Response:
     body = delete_request(await read_body(request, state.settings.max_body_bytes))
     store: ResourceStore = state.resources
     await store.sync()  # the state as of every write committed before this request
+    if body.delete_all:
+        count = store.count(partner_id, tenant_id, definition.id)
+        if count > state.settings.delete_all_max and not body.dry_run:
+            raise ApiError(400, f"deleteAll deletes at most {state.settings.delete_all_max:,} resources in one request "
+                                f"(REACH_DELETE_ALL_MAX); {definition.name} has {count:,}: delete by external id in "
+                                "batches of 1000 (reach delete --ids-file); nothing was enqueued")
     ids = list(store.external_ids(partner_id, tenant_id, definition.id)) if body.delete_all else body.external_ids
     named = [resource_key(partner_id, tenant_id, definition.id, x) for x in ids]
     if body.dry_run:

@@ -37,6 +37,9 @@ class Settings:
     batch_retention_days: float = 30.0
     # How long a single-resource write waits for its record's outcome before answering 202.
     sync_wait_s: float = 10.0
+    # The most resources one deleteAll may name: its deletes are published in one transaction,
+    # which must commit within produce_timeout_s.
+    delete_all_max: int = 100_000
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
 
     @classmethod
@@ -65,5 +68,6 @@ class Settings:
             max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),
             batch_retention_days=float(env.get("REACH_BATCH_RETENTION_DAYS", defaults.batch_retention_days)),
             sync_wait_s=float(env.get("REACH_SYNC_WAIT_S", defaults.sync_wait_s)),
+            delete_all_max=int(env.get("REACH_DELETE_ALL_MAX", defaults.delete_all_max)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
         )

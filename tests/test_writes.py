@@ -511,3 +511,21 @@ def test_a_cascade_dry_run_counts_every_schema_and_delete_all_takes_the_schema_a
     response = ingress.request("DELETE", "/api/resources/Customer/batch", json={"deleteAll": True}, headers=_headers())
     assert response.status_code == 202 and response.json()["data"]["recordCount"] == 0, response.text
     assert wait_terminal(ingress, response.json()["data"]["batchId"], _headers())["status"] == "success"
+
+
+def test_delete_all_above_its_bound_is_refused_and_enqueues_nothing(settings: Any, worker: Any) -> None:
+    from dataclasses import replace
+
+    from ingest.app import create_app
+
+    with TestClient(create_app(replace(settings, delete_all_max=2))) as client:
+        _define(client)
+        _batch(client, "POST", "Customer", [{"id": f"c{i}", "name": "C"} for i in range(3)])
+        response = client.request("DELETE", "/api/resources/Customer/batch", json={"deleteAll": True},
+                                  headers=_headers())
+        assert response.status_code == 400 and "at most 2" in response.json()["message"], response.text
+        assert "Customer has 3" in response.json()["message"], response.text
+        assert _dry_run(client, "Customer", deleteAll=True)["totalRecords"] == 3  # a dry run has no bound
+        listed = client.get("/api/batches", params={"batchType": "PARTNER_RESOURCE_BATCH_DELETE"},
+                            headers=_headers()).json()["data"]
+        assert listed["pagination"]["total"] == 0 and _listed(client, "Customer")[1] == 3
