@@ -127,7 +127,7 @@ class Stack:
         wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.settings.worker_web_port}/state/resources",
                                      params={"key": "-"}, timeout=3).status_code == 200, 90, what="the worker")
-        for definition in (SCHEMA, ORDER, SHIPMENT):
+        for definition in (SCHEMA, ORDER, SHIPMENT, {**SCHEMA, "name": "Lead"}):
             response = httpx.post(f"{self.base}/partner/schema-definitions", json=definition,
                                   headers={"Authorization": f"Bearer {self.partner}"}, timeout=30)
             response.raise_for_status()
@@ -370,6 +370,18 @@ async def measure_writes(stack: Stack, args: argparse.Namespace, results: dict[s
           f"{results['delete_cascade']['named_per_s']:,.0f} named/s, {results['delete_cascade']['deleted_per_s']:,.0f} "
           "resources deleted/s", flush=True)
 
+    # deleteAll of a schema of `delete_all` resources: the request names them all at acceptance.
+    leads = [batch_body(f"lead-{b}") for b in range(args.delete_all // 1000)]
+    await timed(stack, leads, "/api/resources/lead/batch")
+    started = time.monotonic()
+    _, ids_all, durations = await post_batches(stack, [orjson.dumps({"deleteAll": True})], 1,
+                                               "/api/resources/lead/batch", "DELETE")
+    finished = await wait_all_terminal(stack, ids_all)
+    results["delete_all"] = {"records": args.delete_all, "accept_s": durations[0],
+                             "records_per_s": args.delete_all / (finished - started)}
+    print(f"deleteAll of {args.delete_all:,}: accepted in {durations[0]:.2f} s, "
+          f"{results['delete_all']['records_per_s']:,.0f} rec/s end to end", flush=True)
+
     # 7. Single-resource writes, one after another: POST answered with the resource once applied.
     headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
     latencies = []
@@ -435,6 +447,9 @@ def table(results: dict[str, Any]) -> str:
     deletes = results["delete_by_id"]["records_per_s"]
     rows.append((f"delete {results['delete_by_id']['records']:,} by id (rec/s)", f"{deletes:,.0f}",
                  f"{e2e:,.0f} (upserts)", f"{deletes / e2e:.2f}"))
+    delete_all = results["delete_all"]
+    rows.append((f"deleteAll of {delete_all['records']:,} (rec/s)",
+                 f"{delete_all['records_per_s']:,.0f} (accepted in {delete_all['accept_s']:.2f} s)", "", ""))
     cascade = results["delete_cascade"]
     rows.append((f"cascade, 2 levels, {cascade['named']:,} named (named/s, deleted/s)",
                  f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
@@ -456,6 +471,7 @@ def main() -> None:
     parser.add_argument("--cascade-roots", type=int, default=10_000,
                         help="customers deleted with cascade, each with an order and its shipment (a multiple of 1000)")
     parser.add_argument("--single-writes", type=int, default=200)
+    parser.add_argument("--delete-all", type=int, default=100_000, help="resources of the schema deleteAll deletes")
     args = parser.parse_args()
     if args.delete_records % 1000 or args.cascade_roots % 1000 or \
             (args.delete_records + args.cascade_roots) // 1000 > args.e2e_batches:

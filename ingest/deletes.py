@@ -28,7 +28,7 @@ from ingest.auth import tenant_principal
 from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
 from ingest.responses import ApiError, ok
 from schemas.events import EXEMPT_HEADER, resource_key
-from schemas.records import MAX_RECORDS
+from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.resources import ResourceStore
 
 @dataclass(frozen=True)
@@ -158,8 +158,9 @@ async def delete_batch(request: Request) -> Response:
     await store.sync()  # the state as of every write committed before this request
     if body.delete_all:
         count = store.count(partner_id, tenant_id, definition.id)
-        if count > state.settings.delete_all_max and not body.dry_run:
-            raise ApiError(400, f"deleteAll deletes at most {state.settings.delete_all_max:,} resources in one request "
+        most = min(state.settings.delete_all_max, MAX_DELETE_RECORDS)
+        if count > most and not body.dry_run:
+            raise ApiError(400, f"deleteAll deletes at most {most:,} resources in one request "
                                 f"(REACH_DELETE_ALL_MAX); {definition.name} has {count:,}: delete by external id in "
                                 "batches of 1000 (reach delete --ids-file); nothing was enqueued")
     ids = list(store.external_ids(partner_id, tenant_id, definition.id)) if body.delete_all else body.external_ids

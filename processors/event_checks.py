@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.records import MAX_RECORDS
+from schemas.batch_events import DELETE_BATCH
+from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 
 
 def unusable_batch(event: dict[str, Any]) -> str | None:
@@ -13,8 +14,9 @@ def unusable_batch(event: dict[str, Any]) -> str | None:
         return "no batchId"
     if not event["partnerId"] or not event["tenantId"]:
         return "partnerId and tenantId are required"
-    if not 1 <= event["recordCount"] <= MAX_RECORDS:
-        return f"recordCount must be 1..{MAX_RECORDS}, got {event['recordCount']}"
+    most = MAX_DELETE_RECORDS if event.get("batchType") == DELETE_BATCH else MAX_RECORDS
+    if not 1 <= event["recordCount"] <= most:
+        return f"recordCount must be 1..{most}, got {event['recordCount']}"
     if not 0 <= event["recordIndex"] < event["recordCount"]:
         return f"recordIndex {event['recordIndex']} is outside 0..{event['recordCount'] - 1}"
     return None

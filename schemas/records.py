@@ -10,6 +10,8 @@ from schemas.validation import RecordValidators, deleted_required_fields, error_
 
 ON_CONFLICT = ("upsert", "reject")
 MAX_RECORDS = 1000  # per batch
+# A deleteAll names every resource of a schema: its batch may hold more (REACH_DELETE_ALL_MAX, up to this).
+MAX_DELETE_RECORDS = 1_000_000
 MAX_WAIT_S = 86_400
 
 

@@ -57,11 +57,17 @@ def test_reach_delete_runs_a_dry_run_then_deletes_in_batches_and_reports(
         assert "would delete 2499 (2499 Customer); 1 left in place" in capsys.readouterr().out
         assert _total(base, "customer") == 2500
 
-        code = main(["customer", "--ids-file", str(ids), *common])
+        first = tmp_path / "first.txt"
+        first.write_text("".join(f"c{i}\n" for i in range(1200)))
+        code = main(["customer", "--ids-file", str(first), *common])
         out = capsys.readouterr().out
         assert code == 1, out  # c7 stays, REFERENCED: a failed record is a non-zero exit
-        assert out.count("accepted:") == 3 and "processed 2500/2500" in out, out
-        assert "deleted 2499; failed 1 (REFERENCED 1)" in out and "c7: REFERENCED" in out, out
+        assert out.count("accepted:") == 2 and "processed 1200/1200" in out, out
+        assert "deleted 1199; failed 1 (REFERENCED 1)" in out and "c7: REFERENCED" in out, out
+        # The rest with --all: one deleteAll batch of 1,301 records (more than an upload may hold).
+        code = main(["customer", "--all", *common])
+        out = capsys.readouterr().out
+        assert code == 1 and "(1301 records)" in out and "deleted 1300; failed 1 (REFERENCED 1)" in out, out
 
         assert main(["customer", "--id", "c7", "--cascade", *common]) == 0
         assert "deleted 1; failed 0; deleted by cascade 1 (1 Order)" in capsys.readouterr().out
