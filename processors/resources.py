@@ -199,7 +199,7 @@ class ResourceProcessor:
             head, *rest = queue["queue"]
             if "exempt" in queue:
                 left = self.dependencies.referrers_of(event, key, 1)
-                await self._emit(event, head, _referenced(head, left[0]) if left else Outcome(
+                await self._emit(event, head, await self._referenced(head, left[0]) if left else Outcome(
                     FAILED, REFERENCED, f"{_where(head)}: resource '{head['externalId']}' was still referenced"))
                 await self._drain(event, key, rest)
                 continue
@@ -324,7 +324,7 @@ class ResourceProcessor:
                 # Referenced only by resources its request deletes too: deleted once they are
                 # (each one's unref looks again), or left in place at the deadline.
                 return Wait({"exempt": True}, [], PIN_ANSWER_S)
-            await self._emit(event, body, _referenced(body, others[0]))
+            await self._emit(event, body, await self._referenced(body, others[0]))
             return None
         referrers = referrers[:1000]
         if referrers:  # a round of at most 1000; the next look finds any more
@@ -381,6 +381,13 @@ class ResourceProcessor:
         if not isinstance(record, dict):
             return set()
         return {r.key for r in references_of(record, definition, body["partnerId"], body["tenantId"])}
+
+    async def _referenced(self, body: Body, referrer: bytes) -> Outcome:
+        """REFERENCED, naming the referrer by its schema's name and external id."""
+        partner_id, _, definition_id, external_id = (unquote(p) for p in referrer.decode().split("/"))
+        definition = await self.definition_of({"partnerId": partner_id, "schemaDefinitionId": definition_id})
+        return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
+                                           f"{definition.name if definition else definition_id}/{external_id}")
 
     async def _event_failure(self, event: faust.EventT, key: bytes, body: Body) -> Outcome | None:
         """What makes an event fail before it may even wait (direct producers skip the ingress)."""
@@ -443,12 +450,6 @@ def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
             "eventId": str(uuid.uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"])),
             "batchId": request["batchId"], "data": None, "schemaVersion": None, "onConflict": "upsert",
             "ignoreUnknownFields": False, "dependencyWaitTimeout": 0}
-
-
-def _referenced(body: Body, referrer: bytes) -> Outcome:
-    parts = [unquote(p) for p in referrer.decode().split("/")]
-    return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
-                                       f"{parts[2]}/{parts[3]}")
 
 
 def _where(body: Body) -> str:
