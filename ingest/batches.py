@@ -241,6 +241,7 @@ def cascade_view(batch: BatchState, name_of: Any) -> dict[str, Any]:
     by_schema: Counter[str] = Counter()
     for definition_id, n in batch.cascade.items():
         by_schema[name_of(definition_id) or definition_id] += n
+    by_schema = +by_schema  # a named resource a cascade reached first counts -1 then +1: drop zeros
     return {"deletedRecords": sum(by_schema.values()), "bySchema": dict(by_schema)}
 
 

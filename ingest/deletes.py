@@ -6,20 +6,23 @@ included) to answer a dry run and to tell each delete which referrers the reques
 
 - with `cascade`: the named resources and, transitively, everything that references them;
 - without: the named resources that exist, less those that a resource *not deleted by this
-  request* references — repeatedly, since a named resource left in place keeps what it
-  references in place too (a fixpoint).
+  request* references, and those in a cycle of references (A→B→A: neither may go before the
+  other; cascade deletes cycles) — repeatedly, since a named resource left in place keeps what
+  it references in place too (a fixpoint).
 
-Without cascade, each delete's message carries (header `reach-delete-exempt`) the referrers
-that this request deletes too: the worker waits for those to go before it deletes (`wait`),
-except for referrers that reference it back through others deleted here (`free`: a cycle, whose
-members cannot each wait for the others).
+Without cascade, each delete's message carries (header `reach-delete-plan`) the referrers
+that this request deletes too: the worker waits for those to go before it deletes (`wait`);
+they are deleted in reference order, the referrers first. With cascade, a named resource that
+references another named one is marked `byCascade`: found already deleted, it succeeds.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 import orjson
+from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,7 +30,7 @@ from starlette.routing import Route
 from ingest.auth import tenant_principal
 from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
 from ingest.responses import ApiError, ok
-from schemas.events import EXEMPT_HEADER, resource_key
+from schemas.events import PLAN_HEADER, resource_key
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.resources import ResourceStore
 
@@ -45,8 +48,9 @@ class DeletePlan:
 
     deleted: list[bytes] = field(default_factory=list)  # every resource it deletes (named first)
     skipped: int = 0  # named resources left in place: referenced by one it does not delete
-    # Without cascade: per deleted resource, its referrers deleted too ({"wait": [...], "free": [...]}).
-    exempt: dict[bytes, dict[str, list[str]]] = field(default_factory=dict)
+    # Per named resource, what its delete is told ({"wait": [...]} without cascade: its
+    # referrers deleted too; {"byCascade": true}: another named one's cascade reaches it).
+    told: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 def delete_request(body: bytes) -> DeleteRequest:
@@ -79,16 +83,22 @@ def plan(store: ResourceStore, named: list[bytes], cascade: bool) -> DeletePlan:
     result = DeletePlan()
     existing = list(dict.fromkeys(k for k in named if store.get_key(k) is not None))
     if cascade:
+        named_set = set(existing)
         seen = set(existing)
         result.deleted = list(existing)
         for key in result.deleted:  # grows as it goes: breadth first, each resource once
             for referrer in store.referrers(key):
+                if referrer in named_set:
+                    result.told[referrer] = {"byCascade": True}
                 if referrer not in seen:
                     seen.add(referrer)
                     result.deleted.append(referrer)
         return result
     referrers = {key: list(store.referrers(key)) for key in existing}
     kept = {key for key, found in referrers.items() if any(r not in referrers for r in found)}
+    cycle_of = _cycles({key: found for key, found in referrers.items() if key not in kept})
+    sizes = Counter(cycle_of.values())
+    kept |= {key for key, cycle in cycle_of.items() if sizes[cycle] > 1}
     changed = bool(kept)
     while changed:  # a resource left in place keeps what it references in place
         more = {key for key, found in referrers.items() if key not in kept and any(r in kept for r in found)}
@@ -96,13 +106,9 @@ def plan(store: ResourceStore, named: list[bytes], cascade: bool) -> DeletePlan:
         changed = bool(more)
     result.deleted = [key for key in existing if key not in kept]
     result.skipped = len(kept)
-    deleted = set(result.deleted)
-    cycle_of = _cycles({key: [r for r in referrers[key]] for key in deleted})
     for key in result.deleted:
         if referrers[key]:
-            result.exempt[key] = {
-                "wait": [r.decode() for r in referrers[key] if cycle_of[r] != cycle_of[key]],
-                "free": [r.decode() for r in referrers[key] if cycle_of[r] == cycle_of[key]]}
+            result.told[key] = {"wait": [r.decode() for r in referrers[key]]}
     return result
 
 
@@ -125,7 +131,7 @@ def _cycles(edges: dict[bytes, list[bytes]]) -> dict[bytes, int]:
                 counter += 1
                 stack.append(node)
                 on_stack.add(node)
-            successors = edges.get(node, [])
+            successors = [s for s in edges.get(node, []) if s in edges]
             if i < len(successors):
                 work.append((node, i + 1))
                 nxt = successors[i]
@@ -155,7 +161,14 @@ async def delete_batch(request: Request) -> Response:
     definition = await find_definition(request, partner_id)
     body = delete_request(await read_body(request, state.settings.max_body_bytes))
     store: ResourceStore = state.resources
-    await store.sync()  # the state as of every write committed before this request
+    try:
+        await store.sync()  # the state as of every write committed before this request
+    except (TimeoutError, KafkaError):
+        if body.dry_run or body.delete_all:
+            raise ApiError(503, "this ingress's view of the resources is behind the workers' writes; "
+                                "retry shortly; nothing was enqueued") from None
+        # A plan on a view a moment old is still safe: it only makes a delete wait for
+        # referrers that the request names.
     if body.delete_all:
         count = store.count(partner_id, tenant_id, definition.id)
         most = min(state.settings.delete_all_max, MAX_DELETE_RECORDS)
@@ -176,12 +189,11 @@ async def delete_batch(request: Request) -> Response:
                    "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},
                   "Dry run: nothing was deleted")
     headers: dict[int, list[tuple[str, bytes]]] = {}
-    if not body.cascade:
-        exempt = plan(store, named, cascade=False).exempt
-        for index, key in enumerate(named):
-            if key in exempt:
-                # Keyed by record index: a message may hold several operations.
-                headers[index] = [(EXEMPT_HEADER, orjson.dumps({str(index): exempt.pop(key)}))]  # first naming only
+    told = plan(store, named, body.cascade).told
+    for index, key in enumerate(named):
+        if key in told:
+            # Keyed by record index: a message may hold several operations.
+            headers[index] = [(PLAN_HEADER, orjson.dumps({str(index): told.pop(key)}))]  # its first naming only
     meta = await publish_batch(request, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
                                cascade=body.cascade, headers=headers)
     return accepted(meta)

@@ -15,8 +15,10 @@ resources topic. A cascade delete of R instead asks every referrer to delete its
 cascade request on its partition, queued behind its other writes; it asks its own referrers in
 turn), waits for all answers, looks again (a new referrer may have pinned R meanwhile) and
 deletes R once none is left. A referrer whose own cascade is under way answers "deleting" at
-once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count. After each record, the resources R no longer references (nor will, by its
-queued records) are told to forget R ("unref"). Deadlines live in an in-memory heap per
+once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count.
+A delete without cascade whose referrers its own request deletes too (the ingress names them,
+`ingest.deletes`) waits for their unrefs instead of failing. After each record, the resources
+R no longer references (nor will, by its queued records) are told to forget R ("unref"). Deadlines live in an in-memory heap per
 partition, rebuilt from the pending table when a partition arrives.
 """
 
@@ -61,7 +63,8 @@ from topics.partitioning import partition_for
 
 Body = dict[str, Any]  # a decoded ingest event
 # How long a record that may not wait for missing references waits for its pins' answers at
-# most (they come within a round trip; this bounds a lost one).
+# most (they come within a round trip; this bounds a lost one); also how long a delete waits
+# for referrers its own request deletes.
 PIN_ANSWER_S = 60
 # How long a cascade delete waits for its referrers' answers at most (a referrer's own queue,
 # a record waiting for a missing reference included); past it the resource is kept.
@@ -303,16 +306,19 @@ class ResourceProcessor:
                 await self.eos.send(event, self.topics.dependency_requests.name, asker["asker"].encode(),
                                     unref_request(key))
                 await self._emit(event, body, Outcome(DELETED))
+            elif (body.get("plan") or {}).get("byCascade"):
+                # Its request's cascade deleted it first (it references another named one): a
+                # success, not counted twice among the resources deleted by cascade.
+                await self._emit(event, body, Outcome(DELETED), {"cascade": {body["schemaDefinitionId"]: -1}})
             else:
                 await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{_where(body)}: resource "
                                                       f"'{body['externalId']}' does not exist"))
             return None
         deleted: dict[str, int] = dict(progress["deleted"]) if progress else {}
         excused: list[str] = progress["excused"] if progress else []
-        exempt = body.get("exempt") or {}
-        free, wait = set(exempt.get("free", [])), set(exempt.get("wait", []))
-        referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused) + len(free) + len(wait))
-                     if r.decode() not in excused and r.decode() not in free]
+        wait = set((body.get("plan") or {}).get("wait", []))
+        referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused) + len(wait))
+                     if r.decode() not in excused]
         if progress is not None and progress["kept"]:
             await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
                              f"'{body['externalId']}' is referenced by a resource its cascade could not delete"),

@@ -33,9 +33,10 @@ import orjson
 from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH
 
 VERSION_HEADER = "reach-event-version"
-# Optional, on version-2 deletes without cascade: JSON {"<recordIndex>": {"wait": [keys],
-# "free": [keys]}}, the referrers of that resource its request deletes too (`ingest.deletes`).
-EXEMPT_HEADER = "reach-delete-exempt"
+# Optional, on version-2 deletes: JSON {"<recordIndex>": {"wait": [keys], "byCascade": bool}},
+# what the ingress planned for that delete (`ingest.deletes`): the
+# referrers its request deletes too; or that its request's cascade may delete it first.
+PLAN_HEADER = "reach-delete-plan"
 INGEST_EVENT_V1, INGEST_EVENT_V2 = b"1", b"2"
 INGEST_HEADERS_V1 = [(VERSION_HEADER, INGEST_EVENT_V1)]
 INGEST_HEADERS = [(VERSION_HEADER, INGEST_EVENT_V2)]
@@ -115,24 +116,24 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
     operations = message.pop("operations")
     if not operations:
         raise UndecodableEvent("an IngestMessage v2 without operations")
-    exempt = _exemptions(headers)
+    plans = _delete_plans(headers)
     return [{**message, "eventId": f"{message['batchId']}:{op['recordIndex']}", "recordIndex": op["recordIndex"],
              "externalId": op["externalId"], "op": op["op"], "data": op["data"],
              "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2,
-             "exempt": exempt.get(str(op["recordIndex"]))} for op in operations]
+             "plan": plans.get(str(op["recordIndex"]))} for op in operations]
 
 
-def _exemptions(headers: Headers) -> dict[str, Any]:
-    raw = header(headers, EXEMPT_HEADER)
+def _delete_plans(headers: Headers) -> dict[str, Any]:
+    raw = header(headers, PLAN_HEADER)
     if raw is None:
         return {}
     try:
         found = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UndecodableEvent(f"the {EXEMPT_HEADER} header is not JSON") from None
+        raise UndecodableEvent(f"the {PLAN_HEADER} header is not JSON") from None
     if not isinstance(found, dict) or not all(
-            isinstance(v, dict) and all(isinstance(v.get(k, []), list) for k in ("wait", "free")) for v in found.values()):
-        raise UndecodableEvent(f'the {EXEMPT_HEADER} header must map record indexes to {{"wait": [...], "free": [...]}}')
+            isinstance(v, dict) and isinstance(v.get("wait", []), list) for v in found.values()):
+        raise UndecodableEvent(f'the {PLAN_HEADER} header must map record indexes to {{"wait": [...]}}')
     return found
 
 

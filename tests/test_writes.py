@@ -474,12 +474,20 @@ def test_a_delete_spares_what_its_own_request_deletes_and_the_dry_run_says_so_fi
         {"0": "REFERENCED", "2": "REFERENCED", "3": "REFERENCED"}, batch
     assert _resource(ingress, "Employee", "e1") is None
 
-    # Named with x, the chain goes whole (each waits for its referrer's delete); so do cycles.
-    for ids in (["boss", "e2", "e3", "x"], ["a", "b"], ["s", "r", "q", "p"]):
-        dry = _dry_run(ingress, "Employee", ids)
-        assert (dry["totalRecords"], dry["skippedDueToReferences"]) == (len(ids), 0), (ids, dry)
-        batch = _delete(ingress, "Employee", ids)
-        assert batch["status"] == "success", (ids, batch)
+    # Named with x, the chain goes whole (each waits for its referrer's delete).
+    ids = ["boss", "e2", "e3", "x"]
+    dry = _dry_run(ingress, "Employee", ids)
+    assert (dry["totalRecords"], dry["skippedDueToReferences"]) == (4, 0), dry
+    assert _delete(ingress, "Employee", ids)["status"] == "success"
+    # Without cascade a cycle stays (none of it may go first); s, which references the cycle, goes.
+    ids = ["a", "b", "s", "r", "q", "p"]
+    dry = _dry_run(ingress, "Employee", ids)
+    assert (dry["totalRecords"], dry["skippedDueToReferences"]) == (1, 5), dry
+    batch = _delete(ingress, "Employee", ids)
+    assert batch["errors"]["summary"] == {"REFERENCED": 5} and "2" not in batch["errors"]["details"], batch
+    dry = _dry_run(ingress, "Employee", ids, cascade=True)
+    assert (dry["totalRecords"], dry["skippedDueToReferences"]) == (5, 0), dry
+    assert _delete(ingress, "Employee", ids, cascade=True)["status"] == "partial_success"  # s: NOT_FOUND
     assert _listed(ingress, "Employee") == ([], 0)
 
 
@@ -529,3 +537,23 @@ def test_delete_all_above_its_bound_is_refused_and_enqueues_nothing(settings: An
         listed = client.get("/api/batches", params={"batchType": "PARTNER_RESOURCE_BATCH_DELETE"},
                             headers=_headers()).json()["data"]
         assert listed["pagination"]["total"] == 0 and _listed(client, "Customer")[1] == 3
+
+
+def test_a_cascade_that_reaches_named_resources_first_counts_them_as_named(ingress: TestClient, worker: Any) -> None:
+    """deleteAll with cascade over a hierarchy: a manager's cascade may delete a report before
+    the report's own delete comes; that delete succeeds and nothing is counted twice."""
+    _define_employees(ingress)
+    _batch(ingress, "POST", "Employee", [{"id": "ceo"}])
+    _batch(ingress, "POST", "Employee", [{"id": f"m{i}", "manager": "ceo"} for i in range(5)])
+    _batch(ingress, "POST", "Employee", [{"id": f"e{i}", "manager": f"m{i % 5}"} for i in range(40)])
+    _define(ingress)
+    _batch(ingress, "POST", "Customer", [{"id": "cx", "name": "C"}])
+    dry = _dry_run(ingress, "Employee", deleteAll=True, cascade=True)
+    assert (dry["wouldDelete"], dry["totalRecords"]) == ({"Employee": 46}, 46), dry
+    response = ingress.request("DELETE", "/api/resources/Employee/batch", json={"deleteAll": True, "cascade": True},
+                               headers=_headers())
+    assert response.status_code == 202 and response.json()["data"]["recordCount"] == 46, response.text
+    batch = wait_terminal(ingress, response.json()["data"]["batchId"], _headers())
+    assert batch["status"] == "success", batch
+    assert batch["cascade"] == {"deletedRecords": 0, "bySchema": {}}, batch
+    assert _listed(ingress, "Employee") == ([], 0) and _listed(ingress, "Customer")[1] == 1
