@@ -78,23 +78,31 @@ def delete_request(body: bytes) -> DeleteRequest:
                          parsed.get("dryRun") is True)
 
 
-def plan(store: ResourceStore, named: list[bytes], cascade: bool) -> DeletePlan:
-    """What deleting the resources `named` (keys, in request order) does on `store`'s state."""
+def plan(store: ResourceStore, named: list[bytes], cascade: bool, count: bool = True) -> DeletePlan:
+    """What deleting the resources `named` (keys, in request order) does on `store`'s state.
+    Without `count` (a real run needs only `told`), absent named resources are not looked for:
+    they reference nothing and nothing listed references them."""
     result = DeletePlan()
-    existing = list(dict.fromkeys(k for k in named if store.get_key(k) is not None))
+    unique = list(dict.fromkeys(named))
+    existing = [k for k, found in zip(unique, store.exist(unique)) if found] if count else unique
     if cascade:
         named_set = set(existing)
         seen = set(existing)
         result.deleted = list(existing)
-        for key in result.deleted:  # grows as it goes: breadth first, each resource once
-            for referrer in store.referrers(key):
-                if referrer in named_set:
-                    result.told[referrer] = {"byCascade": True}
-                if referrer not in seen:
-                    seen.add(referrer)
-                    result.deleted.append(referrer)
+        frontier = list(existing)
+        while frontier:  # breadth first, each resource once
+            found = store.referrers_of_many(frontier)
+            frontier = []
+            for key in found:
+                for referrer in found[key]:
+                    if referrer in named_set:
+                        result.told[referrer] = {"byCascade": True}
+                    if referrer not in seen:
+                        seen.add(referrer)
+                        result.deleted.append(referrer)
+                        frontier.append(referrer)
         return result
-    referrers = {key: list(store.referrers(key)) for key in existing}
+    referrers = store.referrers_of_many(existing)
     kept = {key for key, found in referrers.items() if any(r not in referrers for r in found)}
     cycle_of = _cycles({key: found for key, found in referrers.items() if key not in kept})
     sizes = Counter(cycle_of.values())
@@ -189,7 +197,7 @@ async def delete_batch(request: Request) -> Response:
                    "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},
                   "Dry run: nothing was deleted")
     headers: dict[int, list[tuple[str, bytes]]] = {}
-    told = plan(store, named, body.cascade).told
+    told = plan(store, named, body.cascade, count=False).told
     for index, key in enumerate(named):
         if key in told:
             # Keyed by record index: a message may hold several operations.

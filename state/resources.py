@@ -93,6 +93,20 @@ class ResourceStore(StoredView):
             if referrer != key:
                 yield referrer
 
+    def referrers_of_many(self, keys: list[bytes]) -> dict[bytes, list[bytes]]:
+        """`referrers` of each key, with one iterator."""
+        prefixes = {b"x" + key + b"\x00": key for key in keys}
+        found = self.store.keys_with_prefixes(list(prefixes))
+        return {prefixes[p]: [k[len(p):] for k in found[p] if k[len(p):] != prefixes[p]] for p in prefixes}
+
+    def exist(self, keys: list[bytes]) -> list[bool]:
+        """Whether each resource key is stored (one multi-get)."""
+        items = []
+        for key in keys:
+            parts = [unquote(p) for p in key.decode().split("/")]
+            items.append(b"r" + _scope(*parts[:3]) + b"\x00" + parts[3].encode() if len(parts) == 4 else b"")
+        return [value is not None for value in self.store.get_many(items)]
+
     def get_key(self, key: bytes) -> Resource | None:
         """The resource of a resource key (as on the resources topic)."""
         parts = [unquote(p) for p in key.decode().split("/")]

@@ -46,6 +46,7 @@ class CheckpointedStore:
         table = BlockBasedOptions()
         table.set_block_cache(Cache(config.block_cache_bytes))
         table.set_cache_index_and_filter_blocks(True)  # index and filters count in the cache
+        table.set_bloom_filter(10, False)  # a point read skips the files that lack its key
         options.set_block_based_table_factory(table)
         options.set_write_buffer_size(config.write_buffer_bytes)
         options.set_max_write_buffer_number(config.max_write_buffers)
@@ -79,6 +80,25 @@ class CheckpointedStore:
                 return
             yield key, it.value()
             it.next()
+
+    def keys_with_prefixes(self, prefixes: list[bytes]) -> dict[bytes, list[bytes]]:
+        """Every key under each prefix: one iterator, seeking in key order (an iterator per
+        prefix costs several times more)."""
+        found: dict[bytes, list[bytes]] = {}
+        it = self._db.iter()
+        for prefix in sorted(set(prefixes)):
+            keys = found[prefix] = []
+            it.seek(prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                keys.append(key)
+                it.next()
+        return found
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self._db.get(keys) if keys else []
 
     def write(self, batch: "Changes") -> None:
         """Apply `batch` and its positions atomically."""
