@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 _POSITION = b"\x00position\x00"  # + partition (4 bytes, big-endian) -> next offset (8 bytes)
 _NO_WAL = WriteOptions()
@@ -47,6 +47,12 @@ class CheckpointedStore:
         table.set_block_cache(Cache(config.block_cache_bytes))
         table.set_cache_index_and_filter_blocks(True)  # index and filters count in the cache
         table.set_bloom_filter(10, False)  # a point read skips the files that lack its key
+        # Partitioned: with one index block per file, a file of a large store has an index of
+        # megabytes that the bounded cache evicts and reloads on every read (point reads of
+        # existing keys ran at 2,000/s instead of 40,000/s); its top level stays pinned.
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_pin_top_level_index_and_filter(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_size(config.write_buffer_bytes)
         options.set_max_write_buffer_number(config.max_write_buffers)
