@@ -107,11 +107,16 @@ def plan(store: ResourceStore, named: list[bytes], cascade: bool, count: bool = 
     cycle_of = _cycles({key: found for key, found in referrers.items() if key not in kept})
     sizes = Counter(cycle_of.values())
     kept |= {key for key, cycle in cycle_of.items() if sizes[cycle] > 1}
-    changed = bool(kept)
-    while changed:  # a resource left in place keeps what it references in place
-        more = {key for key, found in referrers.items() if key not in kept and any(r in kept for r in found)}
-        kept |= more
-        changed = bool(more)
+    targets: dict[bytes, list[bytes]] = {}  # named referrer -> the named resources it references
+    for key, found in referrers.items():
+        for referrer in found:
+            targets.setdefault(referrer, []).append(key)
+    left = list(kept)
+    while left:  # a resource left in place keeps what it references in place
+        for key in targets.get(left.pop(), []):
+            if key not in kept:
+                kept.add(key)
+                left.append(key)
     result.deleted = [key for key in existing if key not in kept]
     result.skipped = len(kept)
     for key in result.deleted:
@@ -128,6 +133,7 @@ def _cycles(edges: dict[bytes, list[bytes]]) -> dict[bytes, int]:
     stack: list[bytes] = []
     on_stack: set[bytes] = set()
     counter = 0
+    successors_of = {node: [s for s in found if s in edges] for node, found in edges.items()}
     for root in edges:
         if root in index:
             continue
@@ -139,7 +145,7 @@ def _cycles(edges: dict[bytes, list[bytes]]) -> dict[bytes, int]:
                 counter += 1
                 stack.append(node)
                 on_stack.add(node)
-            successors = [s for s in edges.get(node, []) if s in edges]
+            successors = successors_of[node]
             if i < len(successors):
                 work.append((node, i + 1))
                 nxt = successors[i]
