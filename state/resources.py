@@ -85,16 +85,9 @@ class ResourceStore(StoredView):
             return resource["references"]
         return self.references_of(resource) if self.references_of is not None else []
 
-    def referrers(self, key: bytes) -> Iterator[bytes]:
-        """Keys of the resources that reference the resource `key`, itself excluded, in key order."""
-        prefix = b"x" + key + b"\x00"
-        for found, _ in self.store.items_from(prefix, prefix):
-            referrer = found[len(prefix):]
-            if referrer != key:
-                yield referrer
-
     def referrers_of_many(self, keys: list[bytes]) -> dict[bytes, list[bytes]]:
-        """`referrers` of each key, with one iterator."""
+        """The keys of the resources that reference each resource of `keys` (itself excluded),
+        read with one iterator."""
         prefixes = {b"x" + key + b"\x00": key for key in keys}
         found = self.store.keys_with_prefixes(list(prefixes))
         return {prefixes[p]: [k[len(p):] for k in found[p] if k[len(p):] != prefixes[p]] for p in prefixes}
@@ -106,11 +99,6 @@ class ResourceStore(StoredView):
             parts = [unquote(p) for p in key.decode().split("/")]
             items.append(b"r" + _scope(*parts[:3]) + b"\x00" + parts[3].encode() if len(parts) == 4 else b"")
         return [value is not None for value in self.store.get_many(items)]
-
-    def get_key(self, key: bytes) -> Resource | None:
-        """The resource of a resource key (as on the resources topic)."""
-        parts = [unquote(p) for p in key.decode().split("/")]
-        return self.get(*parts) if len(parts) == 4 else None
 
     def external_ids(self, partner_id: str, tenant_id: str, definition_id: str) -> Iterator[str]:
         """Every external id of a scope, in order."""
