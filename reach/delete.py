@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def run(api: Api, schema: str, ids: list[str], delete_all: bool, cascade: bool, 
         wait: bool, out: Any = None) -> int:
     """Send the deletes (or dry runs) and report to `out` (stdout); the exit code."""
     out = out or sys.stdout
-    path = f"/api/resources/{urllib.request.quote(schema, safe='')}/batch"
+    path = f"/api/resources/{urllib.parse.quote(schema, safe='')}/batch"
     bodies = ([{"deleteAll": True, "cascade": cascade}] if delete_all else
               [{"externalIds": part, "cascade": cascade} for part in chunks(ids)])
     if dry_run:
