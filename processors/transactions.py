@@ -434,18 +434,11 @@ class ExactlyOnce:
         raw = table.data._db_for_partition(event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
-    def first_key_with_prefix(self, event: EventT, table: faust.Table, prefix: bytes,
-                              skip: bytes | None = None) -> bytes | None:
-        """A key of `table` in `event`'s partition that starts with `prefix`, other than `skip`
-        (changes not yet committed included), or None: a seek in RocksDB, and a look at one
-        commit interval of changes."""
-        found = self.keys_with_prefix(event, table, prefix, skip, limit=1)
-        return found[0] if found else None
-
     def keys_with_prefix(self, event: EventT, table: faust.Table, prefix: bytes, skip: bytes | None = None,
                          limit: int = 1000) -> list[bytes]:
         """Up to `limit` keys of `table` in `event`'s partition that start with `prefix`, other
-        than `skip`, changes not yet committed included (those first, then in key order)."""
+        than `skip`, changes not yet committed included (those first, then in key order): a
+        seek in RocksDB, and a look at one commit interval of changes."""
         tid = self._tid(event.message.tp)
         overlay: dict[bytes, bytes | None] = {}
         for writes in (self._committing.get(tid), self._open_writes(event.message.tp)):  # newest last
