@@ -204,8 +204,8 @@ async def raw_producer(stack: Stack, batches: int, concurrency: int, topic: str)
     async def sender() -> None:
         while not queue.empty():
             batch = queue.get_nowait()
-            futures = [await producer.send(topic, value, key=key, headers=batch.headers)
-                       for key, value in batch.messages]
+            futures = [await producer.send(topic, value, key=key, headers=headers)
+                       for key, value, headers in batch.messages]
             await asyncio.gather(*futures)
 
     started = time.perf_counter()

@@ -164,15 +164,15 @@ def check_records(resources: list[Any], definition: Definition, options: BatchOp
 async def publish_batch(request: Request, partner_id: str, tenant_id: str, definition: Definition,
                         records: list[tuple[str, dict[str, Any] | None]], op: str,
                         options: BatchOptions = BatchOptions(), cascade: bool = False,
-                        headers: dict[int, list[tuple[str, bytes]]] | None = None) -> BatchMeta:
+                        plans: dict[int, dict[str, Any]] | None = None) -> BatchMeta:
     """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503.
-    `headers`: more headers for the messages of some record indexes."""
+    `plans`: the delete plans of some record indexes (`ingest.deletes`)."""
     state = request.app.state
     meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
         await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade,
-                                                     headers))
+                                                     plans))
     except PublishError as exc:
         if exc.committing:  # the broker went silent while confirming the commit
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
@@ -192,17 +192,16 @@ def accepted(meta: BatchMeta) -> Response:
 def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
                    records: list[tuple[str, dict[str, Any] | None]], op: str,
                    options: BatchOptions = BatchOptions(), cascade: bool = False,
-                   headers: dict[int, list[tuple[str, bytes]]] | None = None) -> list[Message]:
-    """The batch's registration and its ingest messages, ready to publish."""
+                   plans: dict[int, dict[str, Any]] | None = None) -> list[Message]:
+    """The batch's registration and its ingest messages (a partition's records grouped), ready to publish."""
     batch = build_ingest_batch(
         meta.partnerId, meta.tenantId, definition.id, records, op=op,
         schema_version=definition.versionNumber, ignore_unknown_fields=options.ignore_unknown_fields,
         dependency_wait_timeout=options.dependency_wait_timeout if op in ("upsert", "reject") else 0,
-        cascade=cascade, batch_id=meta.batchId, accepted_at=meta.acceptedAt)
+        cascade=cascade, batch_id=meta.batchId, accepted_at=meta.acceptedAt, partitions=topics.ingest.partitions,
+        plans=plans)
     messages: list[Message] = [(topics.batch_events.name, meta.batchId.encode(), registration(meta), None)]
-    more = headers or {}
-    messages.extend((topics.ingest.name, key, value, batch.headers + more[index] if index in more else batch.headers)
-                    for index, (key, value) in enumerate(batch.messages))
+    messages.extend((topics.ingest.name, key, value, headers) for key, value, headers in batch.messages)
     return messages
 
 

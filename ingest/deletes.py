@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-import orjson
+
 from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +30,7 @@ from starlette.routing import Route
 from ingest.auth import tenant_principal
 from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
 from ingest.responses import ApiError, ok
-from schemas.events import PLAN_HEADER, resource_key
+from schemas.events import resource_key
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.resources import ResourceStore
 
@@ -202,14 +202,13 @@ async def delete_batch(request: Request) -> Response:
         return ok({"dryRun": True, "schemaDefinitionId": definition.id, "wouldDelete": dict(would),
                    "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},
                   "Dry run: nothing was deleted")
-    headers: dict[int, list[tuple[str, bytes]]] = {}
+    plans: dict[int, dict[str, Any]] = {}
     told = plan(store, named, body.cascade, count=False).told
     for index, key in enumerate(named):
         if key in told:
-            # Keyed by record index: a message may hold several operations.
-            headers[index] = [(PLAN_HEADER, orjson.dumps({str(index): told.pop(key)}))]  # its first naming only
+            plans[index] = told.pop(key)  # its first naming only
     meta = await publish_batch(request, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
-                               cascade=body.cascade, headers=headers)
+                               cascade=body.cascade, plans=plans)
     return accepted(meta)
 
 

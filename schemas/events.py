@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +31,7 @@ import fastavro
 import orjson
 
 from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH
+from topics.partitioning import partition_for
 
 VERSION_HEADER = "reach-event-version"
 # Optional, on version-2 deletes: JSON {"<recordIndex>": {"wait": [keys], "byCascade": bool}},
@@ -139,21 +140,31 @@ def _delete_plans(headers: Headers) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class IngestBatch:
-    """A batch to produce to the ingest topic: every (key, value) and the headers they carry."""
+    """A batch to produce to the ingest topic: every message as (key, value, headers)."""
 
     batch_id: str
     accepted_at: int
-    messages: list[tuple[bytes, bytes]]
-    headers: list[tuple[str, bytes]]
+    messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+
+
+# The most bytes of operations one grouped message carries: well below the broker's default
+# 1 MiB `message.max.bytes`, and small enough that one message is a moment's work.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: str,
                        records: list[tuple[str, dict[str, Any] | None]], *, op: str = "upsert",
                        schema_version: int | None = None, ignore_unknown_fields: bool = False,
                        dependency_wait_timeout: int = 0, cascade: bool = False, batch_id: str | None = None,
-                       accepted_at: int | None = None) -> IngestBatch:
+                       accepted_at: int | None = None, partitions: int | None = None,
+                       plans: Mapping[int, dict[str, Any]] | None = None) -> IngestBatch:
     """The version-2 messages of one batch, one operation `op` per record: `records` are
     (externalId, record) pairs in order (record None for a delete).
+
+    With `partitions` (the ingest topic's partition count) the operations of one partition
+    travel together, in batch order, in as few messages as `MAX_MESSAGE_BYTES` allows: Kafka's
+    and the worker's costs per message are then paid per group. Without it, one message per
+    record. `plans`: the delete plan of some record indexes (`PLAN_HEADER`).
 
     This is what the HTTP ingress produces, and what a direct producer should produce.
     """
@@ -168,19 +179,53 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
         _string(partner_id), _string(tenant_id), _string(schema_definition_id),
         b"\x00" if schema_version is None else b"\x02" + _long(schema_version),
         b"\x01" if ignore_unknown_fields else b"\x00", _long(dependency_wait_timeout),
-        b"\x01" if cascade else b"\x00", _long(accepted_at),
-        _long(1)))  # one operation per message
+        b"\x01" if cascade else b"\x00", _long(accepted_at)))
     op_code = _long(OPS.index(op))
-    messages = []
+    plans = plans or {}
+    messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+
+    def close(group: _Group) -> None:
+        # An array of one block of n items, then the empty block that ends it.
+        value = b"".join((head, _long(len(group.operations)), *group.operations, b"\x00"))
+        found = {str(i): plans[i] for i in group.indexes if i in plans}
+        headers = [*INGEST_HEADERS, (PLAN_HEADER, orjson.dumps(found))] if found else list(INGEST_HEADERS)
+        messages.append((group.key, value, headers))
+
+    open_groups: dict[int, _Group] = {}
     for index, (external_id, record) in enumerate(records):
         if record is None:
             data = b"\x00"
         else:
             raw = orjson.dumps(record)
             data = b"\x02" + _long(len(raw)) + raw
-        value = b"".join((head, _long(index), _string(external_id), op_code, data, b"\x00"))
-        messages.append((resource_key(partner_id, tenant_id, schema_definition_id, external_id), value))
-    return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS))
+        operation = b"".join((_long(index), _string(external_id), op_code, data))
+        key = resource_key(partner_id, tenant_id, schema_definition_id, external_id)
+        partition = -1 if partitions is None else partition_for(key, partitions)
+        group = open_groups.get(partition)
+        if group is not None and (partitions is None or group.size + len(operation) > MAX_MESSAGE_BYTES):
+            close(group)
+            group = None
+        if group is None:
+            group = open_groups[partition] = _Group(key)
+        group.add(index, operation)
+    for group in open_groups.values():
+        close(group)
+    return IngestBatch(batch_id, accepted_at, messages)
+
+
+@dataclass
+class _Group:
+    """Operations of one partition waiting to become a message, keyed by the first one's resource."""
+
+    key: bytes
+    operations: list[bytes] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, index: int, operation: bytes) -> None:
+        self.operations.append(operation)
+        self.indexes.append(index)
+        self.size += len(operation)
 
 
 def build_ingest_batch_v1(partner_id: str, tenant_id: str, schema_definition_id: str,
@@ -197,9 +242,9 @@ def build_ingest_batch_v1(partner_id: str, tenant_id: str, schema_definition_id:
         "partnerId": partner_id, "tenantId": tenant_id, "schemaDefinitionId": schema_definition_id,
         "schemaVersion": schema_version, "externalId": external_id, "onConflict": on_conflict,
         "ignoreUnknownFields": ignore_unknown_fields, "dependencyWaitTimeout": dependency_wait_timeout,
-        "acceptedAt": accepted_at, "data": orjson.dumps(record).decode()}))
+        "acceptedAt": accepted_at, "data": orjson.dumps(record).decode()}), list(INGEST_HEADERS_V1))
         for index, (external_id, record) in enumerate(records)]
-    return IngestBatch(batch_id, accepted_at, messages, list(INGEST_HEADERS_V1))
+    return IngestBatch(batch_id, accepted_at, messages)
 
 
 def _zigzag(n: int) -> bytes:

@@ -52,7 +52,7 @@ async def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes,
 
 
 def _messages(batch: IngestBatch) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-    return [(key, value, batch.headers) for key, value in batch.messages]
+    return list(batch.messages)
 
 
 def _batch(definition_id: str, records: list[dict], **options: object) -> IngestBatch:
@@ -163,7 +163,7 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     out_of_range = _batch(definition_id, [{"id": "o1", "name": "n"}], dependency_wait_timeout=90_000)
     invalid = _batch(definition_id, [{"id": "v1", "name": "ok"}, {"id": "v2", "name": 5}, {"id": "v3", "zip": "x"}])
     wrong_key = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [("k1", {"id": "k1", "name": "n"})])
-    wrong_key_messages = [(b"not/the/resource/key", wrong_key.messages[0][1], wrong_key.headers)]
+    wrong_key_messages = [(b"not/the/resource/key", wrong_key.messages[0][1], wrong_key.messages[0][2])]
     wrong_partition = _batch(definition_id, [{"id": "k2", "name": "n"}])
     k2 = wrong_partition.messages[0][0]
     elsewhere = (partition_for(k2, service_topics(settings).ingest.partitions) + 1) % \
@@ -197,7 +197,7 @@ def test_dead_letters_are_listed_and_redriven_by_command(settings: Settings, ing
                                                         worker: ServiceProcess) -> None:
     definition_id = _define(ingress)
     batch = _batch(definition_id, [{"id": "r1", "name": "redriven"}])
-    key, value = batch.messages[0]
+    key, value, _ = batch.messages[0]
     # Produced without its version header: a dead letter. The fix is on the producer's side;
     # re-driving the stored message as it was fails the same way and is dead-lettered again.
     asyncio.run(_produce(settings, [(key, b"garbage", list(INGEST_HEADERS)), (key, value, [])]))

@@ -13,12 +13,15 @@ from schemas.events import (
     INGEST_HEADERS,
     INGEST_HEADERS_V1,
     INGEST_MESSAGE_SCHEMA,
+    MAX_MESSAGE_BYTES,
     UndecodableEvent,
     build_ingest_batch,
     build_ingest_batch_v1,
     decode_ingest_message,
     encode_ingest_message,
+    resource_key,
 )
+from topics.partitioning import partition_for
 
 TEXT = st.text(max_size=40)
 RECORD = st.dictionaries(TEXT, st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | TEXT, max_size=5)
@@ -43,7 +46,7 @@ def test_messages_are_byte_identical_to_fastavro(partner: str, tenant: str, defi
                                ignore_unknown_fields=ignore_unknown, dependency_wait_timeout=wait,
                                cascade=cascade, accepted_at=accepted_at)
     assert len(batch.messages) == len(records)
-    for index, ((external_id, record), (_, value)) in enumerate(zip(records, batch.messages)):
+    for index, ((external_id, record), (_, value, _)) in enumerate(zip(records, batch.messages)):
         message = _decode_v2(value)
         assert encode_ingest_message(message) == value
         (body,) = decode_ingest_message(value, INGEST_HEADERS)
@@ -56,7 +59,7 @@ def test_messages_are_byte_identical_to_fastavro(partner: str, tenant: str, defi
 def test_long_values_use_multi_byte_lengths() -> None:
     record = {"text": "é" * 20_000}
     batch = build_ingest_batch("p", "t", "d", [("x" * 17_000, record)], accepted_at=2**62)
-    (_, value), = batch.messages
+    (_, value, _), = batch.messages
     assert encode_ingest_message(_decode_v2(value)) == value
 
 
@@ -73,9 +76,45 @@ def test_a_message_of_many_operations_decodes_to_them_in_order() -> None:
 
 def test_version_1_events_decode_to_the_same_form_as_uploads() -> None:
     batch = build_ingest_batch_v1("p", "t", "d", [("a", {"id": "a"})], on_conflict="reject", batch_id="b")
-    (_, value), = batch.messages
+    (_, value, _), = batch.messages
     (body,) = decode_ingest_message(value, INGEST_HEADERS_V1)
     assert (body["eventId"], body["op"], body["onConflict"], body["batchType"], body["cascade"], body["data"]) == \
         ("b:0", "reject", "reject", "PARTNER_RESOURCE_JSON_INGEST", False, '{"id":"a"}')
     with pytest.raises(UndecodableEvent, match="IngestMessage v2"):
         decode_ingest_message(value, INGEST_HEADERS)  # a v1 body under a v2 header
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=st.lists(st.tuples(st.text(min_size=1, max_size=12), RECORD), max_size=40),
+       partitions=st.integers(1, 8), planned=st.sets(st.integers(0, 39)))
+def test_grouped_messages_hold_each_partitions_operations_in_batch_order(records: list, partitions: int,
+                                                                        planned: set[int]) -> None:
+    plans = {i: {"wait": [f"k{i}"]} for i in planned if i < len(records)}
+    batch = build_ingest_batch("p", "t", "d", records, partitions=partitions, plans=plans, batch_id="b")
+    assert len(batch.messages) == len({partition_for(resource_key("p", "t", "d", x), partitions) for x, _ in records})
+    seen: dict[int, list[int]] = {}
+    for key, value, headers in batch.messages:
+        assert encode_ingest_message(_decode_v2(value)) == value
+        partition = partition_for(key, partitions)
+        bodies = decode_ingest_message(value, headers)
+        assert resource_key("p", "t", "d", bodies[0]["externalId"]) == key  # keyed by its first operation
+        for body in bodies:
+            assert partition_for(resource_key("p", "t", "d", body["externalId"]), partitions) == partition
+            assert body["plan"] == plans.get(body["recordIndex"])
+            assert body["data"] == orjson.dumps(records[body["recordIndex"]][1]).decode()
+        seen.setdefault(partition, []).extend(b["recordIndex"] for b in bodies)
+    assert sorted(i for indexes in seen.values() for i in indexes) == list(range(len(records)))
+    assert all(indexes == sorted(indexes) for indexes in seen.values())
+
+
+def test_grouped_messages_stay_within_the_size_bound() -> None:
+    records = [(f"r{i}", {"text": "x" * 20_000}) for i in range(100)]  # ~2 MB, on one partition
+    batch = build_ingest_batch("p", "t", "d", records, partitions=1)
+    sizes = [len(value) for _, value, _ in batch.messages]
+    per_message = MAX_MESSAGE_BYTES // 20_016  # the size of one operation here
+    assert len(sizes) == -(-100 // per_message) and max(sizes) <= MAX_MESSAGE_BYTES, sizes
+    indexes = [b["recordIndex"] for _, value, headers in batch.messages for b in decode_ingest_message(value, headers)]
+    assert indexes == list(range(100))
+    huge = build_ingest_batch("p", "t", "d", [("big", {"text": "x" * (MAX_MESSAGE_BYTES + 1)}), ("small", {})],
+                              partitions=1)
+    assert len(huge.messages) == 2  # an operation larger than the bound travels alone

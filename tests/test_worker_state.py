@@ -23,8 +23,8 @@ async def _produce(settings: Settings, batch: IngestBatch) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True)
     await producer.start()
     try:
-        for key, value in batch.messages:
-            await producer.send_and_wait(service_topics(settings).ingest.name, value, key=key, headers=batch.headers)
+        for key, value, headers in batch.messages:
+            await producer.send_and_wait(service_topics(settings).ingest.name, value, key=key, headers=headers)
     finally:
         await producer.stop()
 
