@@ -95,6 +95,7 @@ _original_on_rebalance = TransactionManager.on_rebalance
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _ABSENT = object()
+_NO_CHANGES: dict[bytes, bytes | None] = {}
 _PERSISTED_OFFSET = b"__faust\0offset__"  # Faust's key for how far a store reflects its changelog
 # A send held while its transaction commits: input partition, topic, key, value, partition, headers.
 _HeldSend = tuple[TP, str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None]
@@ -428,7 +429,7 @@ class ExactlyOnce:
         tid = self._tid(event.message.tp)
         for writes in (self._open_writes(event.message.tp), self._committing.get(tid)):
             if writes is not None:
-                raw = writes.changes.get((table.name, key), _ABSENT)
+                raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:
                     return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
         raw = table.data._db_for_partition(event.message.partition).get(key)
@@ -443,8 +444,8 @@ class ExactlyOnce:
         overlay: dict[bytes, bytes | None] = {}
         for writes in (self._committing.get(tid), self._open_writes(event.message.tp)):  # newest last
             if writes is not None:
-                overlay.update((k, raw) for (name, k), raw in writes.changes.items()
-                               if name == table.name and k.startswith(prefix))
+                overlay.update((k, raw) for k, raw in writes.changes.get(table.name, _NO_CHANGES).items()
+                               if k.startswith(prefix))
         found = [k for k, raw in overlay.items() if raw is not None and k != skip][:limit]
         it = table.data._db_for_partition(event.message.partition).iter()
         it.seek(prefix)
@@ -479,7 +480,10 @@ class ExactlyOnce:
         writes = self._open_writes(tp)
         if writes is None:
             writes = self._open[self._tid(tp)] = _TableWrites(self.producer_of(tp), tp.partition)
-        writes.changes[(table.name, key)] = raw
+        changes = writes.changes.get(table.name)
+        if changes is None:
+            changes = writes.changes[table.name] = {}
+        changes[key] = raw
         changelog = table.changelog_topic.get_topic_name()
         self._tables[table.name] = table
         self._changelogs.add(changelog)
@@ -493,7 +497,7 @@ class ExactlyOnce:
         live = [w for tid, w in self._open.items() if w.producer is producers.get(tid)]  # not aborted
         for writes in (*self._committing.values(), *live):  # newest last
             if writes.partition == partition:
-                found.update((k, raw) for (name, k), raw in writes.changes.items() if name == table.name)
+                found.update(writes.changes.get(table.name, _NO_CHANGES))
         return [(k, orjson.loads(raw)) for k, raw in found.items() if raw is not None]
 
     def store_committed(self, tid: str, producer: Any) -> None:
@@ -502,16 +506,13 @@ class ExactlyOnce:
         writes = self._committing.pop(tid, None)
         if writes is None or writes.producer is not producer:
             return
-        batches: dict[str, Any] = {}
-        for (name, key), raw in writes.changes.items():
-            batch = batches.get(name)
-            if batch is None:
-                batch = batches[name] = WriteBatch(raw_mode=True)
-            if raw is None:
-                batch.delete(key)
-            else:
-                batch.put(key, raw)
-        for name, batch in batches.items():
+        for name, changes in writes.changes.items():
+            batch = WriteBatch(raw_mode=True)
+            for key, raw in changes.items():
+                if raw is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, raw)
             table = self._tables[name]
             sent = writes.last_sent.get(table.changelog_topic.get_topic_name())
             if sent is not None and sent.done() and not sent.cancelled() and sent.exception() is None:
@@ -534,7 +535,8 @@ class ExactlyOnce:
             if later is not None and later.producer is not writes.producer:
                 continue  # `writes` died with their producer; `later` belong to its successor
             if later is not None:
-                writes.changes.update(later.changes)
+                for name, changes in later.changes.items():
+                    writes.changes.setdefault(name, {}).update(changes)
                 writes.last_sent.update(later.last_sent)
             self._open[tid] = writes
         self._committing.clear()
@@ -625,7 +627,7 @@ class _TableWrites:
 
     producer: Any  # the transactional producer whose transaction carries them
     partition: int  # the tables' partition they belong to
-    changes: dict[tuple[str, bytes], bytes | None] = field(default_factory=dict)  # (table, key) -> value
+    changes: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)  # table -> key -> value
     last_sent: dict[str, Any] = field(default_factory=dict)  # changelog -> future of its last record
 
 
