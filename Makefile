@@ -4,7 +4,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench bench-scale venv jars broker worker ingress clean
+.PHONY: run test bench bench-scale profile venv jars broker worker ingress clean
 
 run: venv
 	$(VENV)/bin/reach run
@@ -24,6 +24,11 @@ $(VENV_STAMP): pyproject.toml
 bench: venv
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# py-spy samples of the worker and the ingress under an end-to-end load (bench/profile.py).
+profile: venv
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 # Memory, restart times and read latency as stored data grows (bench/scale.py):
 # bench/results/scale.{json,png}. Loading 2,000,000 resources takes several minutes.
