@@ -48,15 +48,19 @@ effects, and this module closes each:
 For speed, the partitions' transactions commit concurrently rather than one after another
 (`_commit_transactions_concurrently`), and processing does not wait for a commit: a commit
 takes its offsets between two events (point 3), then events go on while it makes its round
-trips to the broker; what they send through a committing producer is held back and sent,
-in order, into that producer's next transaction (`hold_sends`, `release_sends`).
+trips to the broker; what they send meanwhile waits for that producer's next transaction
+(`hold_sends`, `release_sends`). And an event's outputs are not sent one by one: they wait with
+its transaction, per topic partition, and go out as whole record batches (`create_batch`,
+`send_batch`) when the transaction commits, or earlier once `FLUSH_BYTES` have gathered —
+one client call per partition instead of one per message, which cost the worker more than
+applying a record. Nothing is visible before the commit anyway.
 
 9. Tables are RocksDB stores restored from their changelogs, and Faust remembers how far a
    store reflects its changelog only when it restores one, so every start replayed everything
    written since the last restore; and since writes went to RocksDB before their transaction
    committed, a crash left changes of aborted transactions behind and the stores were thrown
    away and rebuilt from the beginning. An event's table changes now wait in memory with its
-   transaction (`_TableWrites`; reads see them first) and reach RocksDB when, and only when,
+   transaction (`_Transaction`; reads see them first) and reach RocksDB when, and only when,
    that transaction has committed: in one write batch together with the changelog offset of
    the transaction's last record, as Kafka's KIP-892 does for Kafka Streams. A store on disk
    is therefore always the committed changelog up to its recorded offset; a start, after a
@@ -68,7 +72,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -97,8 +100,9 @@ _ATTRIBUTE = "reach_exactly_once"
 _ABSENT = object()
 _NO_CHANGES: dict[bytes, bytes | None] = {}
 _PERSISTED_OFFSET = b"__faust\0offset__"  # Faust's key for how far a store reflects its changelog
-# A send held while its transaction commits: input partition, topic, key, value, partition, headers.
-_HeldSend = tuple[TP, str, bytes | None, bytes | None, int, list[tuple[str, bytes]] | None]
+# A transaction's outputs gathered beyond this are sent at once, before its commit.
+FLUSH_BYTES = 1024 * 1024
+_Output = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
 
 
 async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
@@ -121,8 +125,7 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         try:
             await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         except BaseException:
-            eos.drop_held_sends()  # the commit failed: Faust stops the worker
-            eos.drop_committing()
+            eos.drop_committing()  # the commit failed: Faust stops the worker
             raise
         eos.reopen_uncommitted()
         await eos.release_sends()
@@ -162,6 +165,8 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
             if producer is None:
                 log.warning("commit invoked for unknown transaction %s", transactional_id)
                 return
+            if eos is not None:
+                await eos.send_committing(transactional_id, producer)
             await producer.send_offsets_to_transaction(offsets, group_id)
             await producer.commit_transaction()
             if eos is not None:
@@ -266,16 +271,16 @@ class ExactlyOnce:
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
         self.commit_lock = asyncio.Lock()  # one commit at a time
-        # Per transactional id whose transaction is committing: sends held for its next one.
-        self._held: dict[str, collections.deque[_HeldSend]] = {}
+        # Transactional ids whose transaction is committing: their new outputs wait for the next one.
+        self._held: set[str] = set()
         # Per input partition: the offset after the last event whose outputs are all sent,
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
         self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
         self._tids: dict[TP, str] = {}
-        # Per transactional id: table changes of its open transaction, and of the committing one.
-        self._open: dict[str, _TableWrites] = {}
-        self._committing: dict[str, _TableWrites] = {}
+        # Per transactional id: its open transaction's changes and outputs, and the committing one's.
+        self._open: dict[str, _Transaction] = {}
+        self._committing: dict[str, _Transaction] = {}
         self._tables: dict[str, faust.Table] = {}
         self._changelogs: set[str] = set()
         setattr(app, _ATTRIBUTE, self)
@@ -466,20 +471,24 @@ class ExactlyOnce:
         """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
         await self._change(event, table, key, None)
 
-    def _open_writes(self, tp: TP) -> _TableWrites | None:
-        """The changes of `tp`'s open transaction; dropped if that transaction died with its producer."""
+    def _open_writes(self, tp: TP) -> _Transaction | None:
+        """`tp`'s open transaction; dropped if it died with its producer."""
         tid = self._tid(tp)
         writes = self._open.get(tid)
         if writes is not None and writes.producer is not self.producer_of(tp):
-            del self._open[tid]  # aborted: the events that made them are processed again
+            del self._open[tid]  # aborted: the events that made it are processed again
             return None
+        return writes
+
+    def _open_transaction(self, tp: TP) -> _Transaction:
+        writes = self._open_writes(tp)
+        if writes is None:
+            writes = self._open[self._tid(tp)] = _Transaction(self.producer_of(tp), tp.partition)
         return writes
 
     async def _change(self, event: EventT, table: faust.Table, key: bytes, raw: bytes | None) -> None:
         tp = event.message.tp
-        writes = self._open_writes(tp)
-        if writes is None:
-            writes = self._open[self._tid(tp)] = _TableWrites(self.producer_of(tp), tp.partition)
+        writes = self._open_transaction(tp)
         changes = writes.changes.get(table.name)
         if changes is None:
             changes = writes.changes[table.name] = {}
@@ -514,12 +523,13 @@ class ExactlyOnce:
                 else:
                     batch.put(key, raw)
             table = self._tables[name]
-            sent = writes.last_sent.get(table.changelog_topic.get_topic_name())
+            last = writes.last_sent.get(table.changelog_topic.get_topic_name())
+            sent = last[0] if last is not None else None
             if sent is not None and sent.done() and not sent.cancelled() and sent.exception() is None:
                 # The offset after the last record is the transaction's commit marker: only this
                 # producer writes the partition, and its next transaction began after the commit.
                 # A restore starts there, and one with nothing after it has nothing to do.
-                batch.put(_PERSISTED_OFFSET, str(sent.result().offset + 1).encode())
+                batch.put(_PERSISTED_OFFSET, str(sent.result().offset + last[1] + 1).encode())
             # With RocksDB's write-ahead log: a SIGKILL right after loses nothing written here.
             table.data._db_for_partition(writes.partition).write(batch)
 
@@ -535,9 +545,7 @@ class ExactlyOnce:
             if later is not None and later.producer is not writes.producer:
                 continue  # `writes` died with their producer; `later` belong to its successor
             if later is not None:
-                for name, changes in later.changes.items():
-                    writes.changes.setdefault(name, {}).update(changes)
-                writes.last_sent.update(later.last_sent)
+                writes.absorb(later)
             self._open[tid] = writes
         self._committing.clear()
 
@@ -552,59 +560,57 @@ class ExactlyOnce:
 
     async def send_in(self, tp: TP, topic: str, key: bytes | None, value: bytes | None,
                       partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Send in the open transaction of input partition `tp` (see `send`)."""
+        """Send in the open transaction of input partition `tp` (see `send`): kept with it, and
+        sent in record batches at its commit or once `FLUSH_BYTES` have gathered."""
         if partition is None:
             partition = self.partition_for(topic, key or b"")
-        held = self._held.get(self._tid(tp))
-        if held is not None:  # that transaction is committing: this goes into the next one
-            held.append((tp, topic, key, value, partition, headers))
-            return
-        await self._send_now(tp, topic, key, value, partition, headers)
+        writes = self._open_transaction(tp)
+        writes.outputs.setdefault((topic, partition), []).append((key, value, headers or []))
+        writes.size += len(value or b"") + len(key or b"")
+        if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
+            await self._send_outputs(writes)
 
-    async def _send_now(self, tp: TP, topic: str, key: bytes | None, value: bytes | None, partition: int,
-                        headers: list[tuple[str, bytes]] | None) -> None:
-        await self.ensure_transaction(tp)
-        tid = self._tid(tp)
-        sent = await self.app.producer.send(topic, key, value, partition, None, headers, transactional_id=tid)
-        if topic in self._changelogs:
-            writes = self._open.get(tid)
-            if writes is not None:
-                writes.last_sent[topic] = sent
+    async def _send_outputs(self, writes: _Transaction) -> None:
+        """Hand `writes`' outputs to its producer, one record batch per topic partition (or
+        more when one would exceed the producer's batch size), in the order they were sent."""
+        outputs, writes.outputs, writes.size = writes.outputs, {}, 0
+        producer = writes.producer
+        if not producer._txn_manager.is_in_transaction():
+            await producer.begin_transaction()
+        for (topic, partition), messages in outputs.items():
+            batch, count = producer.create_batch(), 0
+            for key, value, headers in messages:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    writes.delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch, count = producer.create_batch(), 0  # a first message always fits, however big
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
+                count += 1
+            delivered = await producer.send_batch(batch, topic, partition=partition)
+            writes.delivered.append(delivered)
+            if topic in self._changelogs:
+                writes.last_sent[topic] = (delivered, count - 1)
+
+    async def send_committing(self, tid: str, producer: Any) -> None:
+        """Send what `tid`'s committing transaction still holds and wait until the broker has it
+        (called just before that transaction commits)."""
+        writes = self._committing.get(tid)
+        if writes is None or writes.producer is not producer:
+            return
+        await self._send_outputs(writes)
+        await asyncio.gather(*writes.delivered)
 
     def hold_sends(self, offsets: Iterable[TP]) -> None:
-        """From now on, hold back what is sent through the producers that commit `offsets`.
-
-        Their table changes so far are the committing transactions'; later ones go with the next.
-        """
+        """The transactions of the producers that commit `offsets` are committing: their changes
+        and outputs so far are theirs; what events send from now on waits for the next ones."""
         for tp in offsets:
             tid = self._tid(tp)
-            self._held.setdefault(tid, collections.deque())
+            self._held.add(tid)
             writes = self._open.pop(tid, None)
             if writes is not None:
                 self._committing[tid] = writes
 
     async def release_sends(self) -> None:
-        """Send what was held, in order, into each producer's next transaction; stop holding.
-
-        If that fails, the worker stops: the events whose outputs were held count as
-        processed, and their offsets must not commit without those outputs.
-        """
-        try:
-            for tid in list(self._held):
-                held = self._held[tid]
-                while held:  # events may add to it while this sends
-                    await self._send_now(*held.popleft())
-                del self._held[tid]  # found empty, nothing awaited since: no send slips past
-        except Exception as exc:
-            self.drop_held_sends()
-            log.critical("sending held outputs failed; stopping the worker")
-            await self.app.crash(exc)
-            raise
-        except BaseException:
-            self.drop_held_sends()
-            raise
-
-    def drop_held_sends(self) -> None:
+        """The commit is over: outputs may go into the producers' new transactions again."""
         self._held.clear()
 
     def before_commit(self, hook: Callable[[TP], Awaitable[None]]) -> None:
@@ -622,13 +628,28 @@ class ExactlyOnce:
 
 
 @dataclass
-class _TableWrites:
-    """Table changes of one transaction of one partition, not yet in RocksDB (point 9)."""
+class _Transaction:
+    """One open or committing transaction of one partition: its table changes, not yet in
+    RocksDB (point 9), and its outputs, not yet handed to the producer."""
 
     producer: Any  # the transactional producer whose transaction carries them
     partition: int  # the tables' partition they belong to
     changes: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)  # table -> key -> value
-    last_sent: dict[str, Any] = field(default_factory=dict)  # changelog -> future of its last record
+    outputs: dict[tuple[str, int], list[_Output]] = field(default_factory=dict)  # (topic, partition) -> in order
+    size: int = 0  # bytes of keys and values in `outputs`
+    delivered: list[Any] = field(default_factory=list)  # futures of the record batches sent so far
+    # changelog -> (future of the record batch holding its last record, that record's index in it)
+    last_sent: dict[str, tuple[Any, int]] = field(default_factory=dict)
+
+    def absorb(self, later: "_Transaction") -> None:
+        """Take in `later`'s changes and outputs, which came after this transaction's own."""
+        for name, changes in later.changes.items():
+            self.changes.setdefault(name, {}).update(changes)
+        for destination, outputs in later.outputs.items():
+            self.outputs.setdefault(destination, []).extend(outputs)
+        self.size += later.size
+        self.delivered.extend(later.delivered)
+        self.last_sent.update(later.last_sent)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Sends made while a partition's transaction commits wait for its next one, in order.
+"""An event's outputs go out with its transaction, as record batches, in the order they were sent.
 
-A unit test of `ExactlyOnce`'s bookkeeping, with a recording stand-in for Faust's producer:
-the kill tests (`test_exactly_once.py`) check the same guarantee end to end on the broker.
+A unit test of `ExactlyOnce`'s bookkeeping, with a recording stand-in for the transactional
+producers: the kill tests (`test_exactly_once.py`) check the same guarantees end to end on the
+broker (an output missing from its transaction, or in the wrong one, fails them).
 """
 
 from __future__ import annotations
@@ -12,58 +13,117 @@ from typing import Any
 
 from faust.types import TP
 
-from processors.transactions import ExactlyOnce
+from processors.transactions import FLUSH_BYTES, ExactlyOnce
 
 
-class _RecordingProducer:
-    def __init__(self, tids: list[str]) -> None:
-        in_transaction = SimpleNamespace(is_in_transaction=lambda: True)
-        self._transaction_producers = {tid: SimpleNamespace(_txn_manager=in_transaction) for tid in tids}
-        self.sent: list[tuple[str, bytes]] = []
+class _Batch:
+    def __init__(self, limit: int) -> None:
+        self.values: list[bytes] = []
+        self.size, self.limit = 0, limit
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int, timestamp: Any,
-                   headers: Any, *, transactional_id: str) -> None:
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> object | None:
+        if self.values and self.size + len(value) > self.limit:
+            return None  # full, as aiokafka's BatchBuilder says
+        self.values.append(value)
+        self.size += len(value)
+        return object()
+
+
+class _TransactionalProducer:
+    """Records each record batch it is handed, numbered by the transaction it went into."""
+
+    def __init__(self, tid: str, log: list[tuple[str, int, str, int, list[bytes]]]) -> None:
+        self.tid, self.log, self.transaction = tid, log, 0
+        self._txn_manager = SimpleNamespace(is_in_transaction=lambda: True)
+
+    def create_batch(self) -> _Batch:
+        return _Batch(limit=FLUSH_BYTES // 2)
+
+    async def send_batch(self, batch: _Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
         await asyncio.sleep(0)  # a real send may yield to other tasks here
-        self.sent.append((transactional_id, value))
+        self.log.append((self.tid, self.transaction, topic, partition, batch.values))
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(SimpleNamespace(offset=0))
+        return delivered
+
+    async def commit(self) -> None:
+        self.transaction += 1
 
 
-def _eos() -> tuple[ExactlyOnce, _RecordingProducer]:
-    producer = _RecordingProducer(["app-g-0", "app-g-1"])
-    app = SimpleNamespace(producer=producer, conf=SimpleNamespace(id="app"),
+def _eos() -> tuple[ExactlyOnce, dict[str, _TransactionalProducer], list[Any]]:
+    log: list[Any] = []
+    producers = {tid: _TransactionalProducer(tid, log) for tid in ("app-g-0", "app-g-1")}
+    app = SimpleNamespace(producer=SimpleNamespace(_transaction_producers=producers), conf=SimpleNamespace(id="app"),
                           assignor=SimpleNamespace(group_for_topic=lambda topic: "g"))
-    return ExactlyOnce(app, {"out": 2}, "unused:9092", inputs=["in"]), producer  # type: ignore[arg-type]
+    return ExactlyOnce(app, {"out": 2}, "unused:9092", inputs=["in"]), producers, log  # type: ignore[arg-type]
 
 
-def test_sends_during_a_commit_go_out_after_it_in_the_order_they_were_made() -> None:
-    async def scenario() -> list[tuple[str, bytes]]:
-        eos, producer = _eos()
+async def _commit(eos: ExactlyOnce, producers: dict[str, _TransactionalProducer], tps: list[TP]) -> None:
+    """What a commit does around each partition's transaction (`_commit_tps_between_events`)."""
+    eos.hold_sends(tps)
+    for tp in tps:
+        producer = producers[f"app-g-{tp.partition}"]
+        await eos.send_committing(producer.tid, producer)
+        await producer.commit()
+    await eos.release_sends()
+
+
+def test_outputs_go_out_at_their_transactions_commit_in_order_one_batch_per_destination() -> None:
+    async def scenario() -> list[Any]:
+        eos, producers, log = _eos()
         p0, p1 = TP("in", 0), TP("in", 1)
-        await eos.send_in(p0, "out", b"k", b"before", 0)
+        for n in range(3):
+            await eos.send_in(p0, "out", b"k", f"first-{n}".encode(), n % 2)
+        assert log == []  # nothing leaves before the commit
         eos.hold_sends([p0])
-        await eos.send_in(p0, "out", b"k", b"held-1", 0)
-        await eos.send_in(p1, "out", b"k", b"other-partition", 1)  # not committing: goes at once
-        await eos.send_in(p0, "out", b"k", b"held-2", 0)
-        release = asyncio.create_task(eos.release_sends())
-        await asyncio.sleep(0)  # the release is under way, one send at a time
-        await eos.send_in(p0, "out", b"k", b"during-release", 0)
-        await release
-        await eos.send_in(p0, "out", b"k", b"after", 0)
-        return producer.sent
-
-    sent = asyncio.run(scenario())
-    assert [v for tid, v in sent if tid == "app-g-0"] == [b"before", b"held-1", b"held-2", b"during-release", b"after"]
-    assert sent.index(("app-g-1", b"other-partition")) < sent.index(("app-g-0", b"held-1"))
-
-
-def test_dropped_holds_send_nothing_and_stop_holding() -> None:
-    async def scenario() -> list[tuple[str, bytes]]:
-        eos, producer = _eos()
-        tp = TP("in", 0)
-        eos.hold_sends([tp])
-        await eos.send_in(tp, "out", b"k", b"of-a-failed-commit", 0)
-        eos.drop_held_sends()
+        await eos.send_in(p0, "out", b"k", b"during-commit", 0)  # belongs to the next transaction
+        await eos.send_in(p1, "out", b"k", b"other-partition", 1)
+        producer = producers["app-g-0"]
+        await eos.send_committing(producer.tid, producer)
+        await producer.commit()
         await eos.release_sends()
-        await eos.send_in(tp, "out", b"k", b"next", 0)
-        return producer.sent
+        await eos.send_in(p0, "out", b"k", b"after", 0)
+        await _commit(eos, producers, [p0, p1])
+        return log
 
-    assert asyncio.run(scenario()) == [("app-g-0", b"next")]
+    assert asyncio.run(scenario()) == [
+        ("app-g-0", 0, "out", 0, [b"first-0", b"first-2"]),
+        ("app-g-0", 0, "out", 1, [b"first-1"]),
+        ("app-g-0", 1, "out", 0, [b"during-commit", b"after"]),
+        ("app-g-1", 0, "out", 1, [b"other-partition"]),
+    ]
+
+
+def test_a_large_transaction_sends_early_but_never_into_a_committing_one() -> None:
+    async def scenario() -> list[Any]:
+        eos, producers, log = _eos()
+        tp = TP("in", 0)
+        chunk = b"x" * (FLUSH_BYTES // 4)
+        eos.hold_sends([tp])  # committing: however much gathers, it waits
+        for _ in range(6):
+            await eos.send_in(tp, "out", b"k", chunk, 0)
+        assert log == []
+        producer = producers["app-g-0"]
+        await producer.commit()  # the transaction that was committing (nothing of it was held back)
+        await eos.release_sends()
+        await eos.send_in(tp, "out", b"k", chunk, 0)  # past FLUSH_BYTES, not committing: sent now
+        sent_early = [len(values) for *_, values in log]
+        await _commit(eos, producers, [tp])
+        return [sent_early, [(transaction, len(values)) for _, transaction, _, _, values in log]]
+
+    sent_early, batches = asyncio.run(scenario())
+    assert sum(sent_early) == 7, sent_early  # all seven, in batches the producer's size allows
+    assert all(transaction == 1 for transaction, _ in batches), batches
+
+
+def test_outputs_of_a_transaction_whose_producer_was_replaced_are_dropped() -> None:
+    async def scenario() -> list[Any]:
+        eos, producers, log = _eos()
+        tp = TP("in", 0)
+        await eos.send_in(tp, "out", b"k", b"of-an-aborted-transaction", 0)
+        producers["app-g-0"] = _TransactionalProducer("app-g-0", log)  # a rebalance fenced the old one
+        await eos.send_in(tp, "out", b"k", b"processed-again", 0)
+        await _commit(eos, producers, [tp])
+        return log
+
+    assert asyncio.run(scenario()) == [("app-g-0", 0, "out", 0, [b"processed-again"])]
