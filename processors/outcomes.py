@@ -27,14 +27,17 @@ class OutcomeBuffer:
         self._open: dict[TP, tuple[Any, dict[str, tuple[BatchMeta, list[dict[str, Any]]]]]] = {}
         eos.before_commit(self.flush)
 
-    async def add(self, event: faust.EventT, meta: BatchMeta, entry: dict[str, Any]) -> None:
-        """Queue one record's outcome in `event`'s transaction."""
+    async def add(self, event: faust.EventT, body: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Queue the outcome of one record (`body`: its decoded ingest event) in `event`'s transaction."""
         tp = event.message.tp
         producer = self.eos.producer_of(tp)
         slot = self._open.get(tp)
         if slot is None or slot[0] is not producer:
             slot = self._open[tp] = (producer, {})
-        _, entries = slot[1].setdefault(meta.batchId, (meta, []))
+        waiting = slot[1].get(body["batchId"])
+        if waiting is None:
+            waiting = slot[1][body["batchId"]] = (BatchMeta.of_event(body), [])
+        meta, entries = waiting
         entries.append(entry)
         if len(entries) >= MAX_PER_MESSAGE:
             del slot[1][meta.batchId]

@@ -35,7 +35,7 @@ from typing import Any
 import faust
 import orjson
 
-from processors.apply import Outcome, apply_record, checked_record, op_of, options_of, waits
+from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, waits
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
 from schemas.references import references_of
@@ -52,7 +52,6 @@ from schemas.batch_events import (
     REFERENCED,
     SCHEMA_NOT_FOUND,
     VALIDATION_FAILED,
-    BatchMeta,
     outcome_entry,
 )
 from schemas.definitions import Definition
@@ -114,7 +113,7 @@ class ResourceProcessor:
             await self.eos.put(event, self.pending, key, queue)
             await self._emit_pending(event, body, queue)
             return
-        await self._drain(event, key, [body])
+        await self._drain(event, key, [body], stored=False)
 
     async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
         """An answer from a referenced resource's partition: "resolved" (pinned) or "missing"."""
@@ -151,7 +150,7 @@ class ResourceProcessor:
         body = _cascade_body(request, key)
         queue = self.eos.get(event, self.pending, key)
         if queue is None:
-            await self._drain(event, key, [body])
+            await self._drain(event, key, [body], stored=False)
         elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
             await self.eos.send(event, self.topics.dependency_requests.name, request["asker"].encode(),
                                 cascade_answer(request, {}, "deleting"))
@@ -221,9 +220,10 @@ class ResourceProcessor:
     # -- processing ------------------------------------------------------------------------
 
     async def _drain(self, event: faust.EventT, key: bytes, queue: list[Body],
-                     released: dict[str, Any] | None = None) -> None:
+                     released: dict[str, Any] | None = None, stored: bool = True) -> None:
         """Process `queue` in order until a record must wait; store what is left pending.
-        `released`: the pending entry whose head has just had every answer it waited for."""
+        `released`: the pending entry whose head has just had every answer it waited for;
+        `stored`: whether R may have a pending entry to remove (else one lookup is spared)."""
         while queue:
             body = queue[0]
             wait = await self._apply_or_wait(event, key, body, queue[1:], released)
@@ -241,7 +241,7 @@ class ResourceProcessor:
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
-        if self.eos.get(event, self.pending, key) is not None:
+        if stored and self.eos.get(event, self.pending, key) is not None:
             await self.eos.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
@@ -257,7 +257,10 @@ class ResourceProcessor:
             return await self._delete(event, key, body, rest, released.get("cascade") if released else None)
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
-        record, failure = checked_record(body, definition, validators)
+        # Read before the checks: a record that creates its resource is checked once, as a whole.
+        current = self.eos.get(event, self.resources, key)
+        creating = current is None and op_of(body) != "patch"
+        record, failure = checked_record(body, definition, validators, creating)
         if failure is not None or record is None:
             await self._emit(event, body, failure or Outcome(FAILED))
             return None
@@ -277,8 +280,7 @@ class ResourceProcessor:
                          "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]},
                         [(r.key, pin_request(key, body["eventId"], r.key, waits(body) > 0)) for r in references],
                         waits(body) or PIN_ANSWER_S)
-        current = self.eos.get(event, self.resources, key)
-        changed, result = apply_record(current, body, record, validators, _now_ms())
+        changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
             # Stored with the resource: who references whom is then readable from the resources
             # topic alone (the ingress's reverse index, `state.resources`).
@@ -402,7 +404,7 @@ class ResourceProcessor:
                                   and body["acceptedAt"] >= definition.deactivatedAt):
             return Outcome(FAILED, SCHEMA_NOT_FOUND,
                            f"schema definition {body['schemaDefinitionId']} does not exist or is deactivated")
-        problems = options_of(body).problems()
+        problems = option_problems(options_of(body))
         if problems:
             return Outcome(FAILED, INVALID_OPTIONS, f"resources[{body['recordIndex']}]: {'; '.join(problems)}")
         if body.get("version") == 1 and event.key != key:
@@ -430,7 +432,7 @@ class ResourceProcessor:
                                                "deleted" if result.status == DELETED else "kept"))
             return
         details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
-        await self.outcomes.add(event, BatchMeta.of_event(body), outcome_entry(
+        await self.outcomes.add(event, body, outcome_entry(
             body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from processors.apply import uuid5
 from processors.merge import merge_patch
 from schemas.definitions import Definition
 from schemas.records import BatchOptions, check_record
@@ -93,3 +95,9 @@ def test_a_null_on_a_required_field_is_always_refused(record: dict) -> None:
     refused = any("required fields cannot be deleted" in p for p in problems)
     assert refused == deletes_required
     assert all(p.startswith("resources[0]") for p in problems)
+
+
+@given(st.text(max_size=200))
+def test_resource_ids_are_the_rfc_4122_uuid5_of_their_event(name: str) -> None:
+    namespace = uuid.uuid4()
+    assert uuid5(namespace.bytes, name) == str(uuid.uuid5(namespace, name))
