@@ -31,6 +31,8 @@ class Settings:
     # so a restarted ingress fences what its predecessor left open.
     ingress_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     ingress_producers: int = 4
+    # HTTP ingress processes sharing the port (`ingest.server`): one per core by default.
+    ingress_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_body_bytes: int = 16 * 1024 * 1024
     # How long a batch's status stays readable after it was accepted (and the batch-events
     # topic keeps its events, so that a new ingress can build the same statuses).
@@ -65,6 +67,7 @@ class Settings:
             produce_timeout_s=float(env.get("REACH_PRODUCE_TIMEOUT_S", defaults.produce_timeout_s)),
             ingress_id=env.get("REACH_INGRESS_ID") or f"{socket.gethostname()}-{env.get('REACH_HTTP_PORT', defaults.http_port)}",
             ingress_producers=int(env.get("REACH_INGRESS_PRODUCERS", defaults.ingress_producers)),
+            ingress_processes=int(env.get("REACH_INGRESS_PROCESSES", defaults.ingress_processes)),
             max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),
             batch_retention_days=float(env.get("REACH_BATCH_RETENTION_DAYS", defaults.batch_retention_days)),
             sync_wait_s=float(env.get("REACH_SYNC_WAIT_S", defaults.sync_wait_s)),

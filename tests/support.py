@@ -132,6 +132,7 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
         Settings(), bootstrap_servers=bootstrap, external_broker=True, topic_prefix=name,
         app_id=f"{name}-worker", data_dir=data_dir, http_port=free_port(), worker_web_port=free_port(),
         partner_secrets=dict(PARTNER_SECRETS),
+        ingress_processes=1,  # a test that kills "the ingress" kills one process (tests/test_ingress_processes.py: several)
     )
 
 
@@ -151,6 +152,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REACH_WORKER_WEB_PORT": str(settings.worker_web_port),
         "REACH_PRODUCE_TIMEOUT_S": str(settings.produce_timeout_s),
         "REACH_INGRESS_ID": settings.ingress_id,
+        "REACH_INGRESS_PROCESSES": str(settings.ingress_processes),
         "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
     }
 
