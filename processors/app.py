@@ -80,9 +80,9 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="exactly_once",
         # Each commit ends a transaction: results become visible to readers only then.
         broker_commit_interval=0.1,
-        # Outputs wait to share produce requests: a commit sends what waits at once, and
-        # nothing is visible before the commit anyway (small requests cost a syscall each).
-        producer_linger=0.1,
+        # Outputs are already record batches, handed over at the commit (`processors.transactions`):
+        # lingering would only delay the commit that waits for them.
+        producer_linger=0.0,
         producer_max_batch_size=512 * 1024,
         # A worker that died is noticed within this, and its partitions move to the others.
         broker_session_timeout=10.0,
