@@ -57,7 +57,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="reach-profile-") as tmp, Stack(Path(tmp)) as stack:
+    # One ingress process: its samples are then one process's, as the worker's are.
+    with tempfile.TemporaryDirectory(prefix="reach-profile-") as tmp, Stack(Path(tmp), ingress_processes=1) as stack:
         asyncio.run(post_batches(stack, [batch_body("warmup")], 1))
         spies = {}
         for name, process in (("worker", stack.worker), ("ingress", stack.ingress)):

@@ -5,10 +5,11 @@ is set; one ingress and one worker as real processes) and measures, side by side
 bare Kafka client does on the same machine in the same run:
 
 - HTTP ingest: records/s accepted (202) with 1000-record batches of ~250-byte records, at a
-  few concurrency levels, next to a raw aiokafka producer sending the same Avro events with
-  the same acks (all, idempotent);
+  few concurrency levels, next to aiokafka sending the same messages as record batches
+  (`create_batch`/`send_batch`) and to Kafka's own Java `ProducerPerformance` sending records of
+  the same size, all with the same acks (all, idempotent) (`bench.baselines`);
 - end to end: records/s from the first POST until every batch is terminal (one worker), next
-  to a bare aiokafka consume-and-merge loop over the same events into a dict;
+  to a bare aiokafka consume-and-merge loop over the same messages into a dict;
 - latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
 - dependency release latency: referenced resource accepted → waiting record applied;
 - records with a reference (orders naming existing customers, each pinned on its customer's
@@ -40,15 +41,15 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from processors.merge import merge_patch
+from bench.baselines import bare_merge_loop, producer_performance, send_batch_producer
 from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
-from schemas.events import build_ingest_batch, decode_ingest_message
+from schemas.events import build_ingest_batch
 from tests.support import ServiceProcess, free_port, wait_until
 from topics import create_topics, service_topics
+from topics.definitions import TopicSpec
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SCHEMA = {
@@ -69,6 +70,9 @@ SHIPMENT = {
     "schema": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": "string"}, "carrier": {"type": "string"}, "order": {"$ref": "reach:schemas/Order"}}},
 }
+
+
+RECORD_BYTES = 250  # about what `record` encodes to; ProducerPerformance sends records of this size
 
 
 def record(i: int, run: str) -> dict[str, Any]:
@@ -96,10 +100,28 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def tree_hwm_mb(pid: int) -> float:
+    """Peak memory of a process and its children (the ingress's supervisor and its processes)."""
+    return vm_hwm_mb(pid) + sum(vm_hwm_mb(child) for child in children_of(pid))
+
+
 class Stack:
     """Broker (unless external), topics, one ingress and one worker, all real processes."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ingress_processes: int | None = None) -> None:
+        """`ingress_processes`: of `reach ingress` (default: one per core, as it runs by default)."""
         self.workdir = workdir
         self.broker: LocalBroker | None = None
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
@@ -112,6 +134,8 @@ class Stack:
             external_broker=True, topic_prefix=prefix, app_id=f"{prefix}-worker", data_dir=workdir / "data",
             http_port=free_port(), worker_web_port=free_port(),
             partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!"})
+        if ingress_processes is not None:
+            self.settings = replace(self.settings, ingress_processes=ingress_processes)
         self.base = f"http://127.0.0.1:{self.settings.http_port}"
         self.partner = make_token(self.settings, "bench")
         self.tenant = make_token(self.settings, "bench", "tenant-1")
@@ -136,7 +160,8 @@ class Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.peak_mb = {"ingress": vm_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid)}
+        self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
+                        "ingress_processes": self.settings.ingress_processes}
         self.worker.stop()
         self.ingress.stop()
         if self.broker is not None:
@@ -189,50 +214,11 @@ async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float
     return time.monotonic()
 
 
-async def raw_producer(stack: Stack, batches: int, concurrency: int, topic: str) -> float:
-    """Seconds for a bare aiokafka producer (acks=all, idempotent) to send the same events."""
-    events = [build_ingest_batch("bench", "tenant-1", stack.definition_id,
-                                 [(r["id"], r) for r in (record(i, f"raw{b}") for i in range(1000))])
-              for b in range(batches)]
-    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers, acks="all",
-                                enable_idempotence=True, linger_ms=2, max_batch_size=512 * 1024)
-    await producer.start()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for batch in events:
-        queue.put_nowait(batch)
-
-    async def sender() -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            futures = [await producer.send(topic, value, key=key, headers=headers)
-                       for key, value, headers in batch.messages]
-            await asyncio.gather(*futures)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(sender() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    await producer.stop()
-    return elapsed
-
-
-async def bare_merge_loop(stack: Stack, topic: str, expected: int) -> float:
-    """Seconds for a bare consumer to decode and merge `expected` events of `topic` into a dict."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.settings.bootstrap_servers,
-                                group_id=f"bare-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-                                isolation_level="read_committed", max_poll_records=5000)
-    await consumer.start()
-    state: dict[bytes, Any] = {}
-    seen = 0
-    started = time.perf_counter()
-    while seen < expected:
-        for messages in (await consumer.getmany(timeout_ms=1000)).values():
-            for message in messages:
-                for event in decode_ingest_message(message.value, message.headers):
-                    state[message.key] = merge_patch(state.get(message.key), orjson.loads(event["data"]))
-                    seen += 1
-    elapsed = time.perf_counter() - started
-    await consumer.stop()
-    return elapsed
+def ingest_batches(stack: Stack, batches: int, tag: str) -> list[Any]:
+    """The ingest messages the ingress would write for `batches` uploads of 1000 customers."""
+    return [build_ingest_batch("bench", "tenant-1", stack.definition_id,
+                               [(r["id"], r) for r in (record(i, f"{tag}{b}") for i in range(1000))],
+                               partitions=stack.settings.topic_partitions) for b in range(batches)]
 
 
 async def single_batch_latencies(stack: Stack, runs: int, tag: str) -> list[float]:
@@ -266,24 +252,34 @@ async def release_latencies(stack: Stack, runs: int) -> list[float]:
 
 
 async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"ingest": [], "raw_producer": []}
+    results: dict[str, Any] = {"ingest": [], "send_batch": []}
+    bootstrap = stack.settings.bootstrap_servers
     scratch_topic = f"{stack.settings.topic_prefix}.bench-raw"
-    from topics.definitions import TopicSpec
-    await create_topics(stack.settings.bootstrap_servers,
-                        [TopicSpec(scratch_topic, stack.settings.topic_partitions, 1)])
+    await create_topics(bootstrap, [TopicSpec(scratch_topic, stack.settings.topic_partitions, 1)])
     await post_batches(stack, [batch_body("warmup", 1000)], 1)  # first-use costs out of the way
 
-    # 1. HTTP ingest vs a raw producer, same events, same acks (the worker keeps up meanwhile).
+    # 1. HTTP ingest vs aiokafka sending the same messages as record batches, and Kafka's own
+    # Java producer sending records of the same size (the worker keeps up meanwhile).
     for concurrency in args.concurrency:
         bodies = [batch_body(f"in{concurrency}-{b}") for b in range(args.ingest_batches)]
         seconds, ids, _ = await post_batches(stack, bodies, concurrency)
         results["ingest"].append({"concurrency": concurrency, "records_per_s": len(bodies) * 1000 / seconds})
-        raw_seconds = await raw_producer(stack, args.ingest_batches, concurrency, scratch_topic)
-        results["raw_producer"].append({"concurrency": concurrency,
-                                        "records_per_s": args.ingest_batches * 1000 / raw_seconds})
+        await wait_all_terminal(stack, ids)  # drain before the baseline runs
+        raw_seconds = await send_batch_producer(bootstrap, scratch_topic,
+                                                ingest_batches(stack, args.ingest_batches, f"raw{concurrency}-"),
+                                                concurrency)
+        results["send_batch"].append({"concurrency": concurrency,
+                                      "records_per_s": args.ingest_batches * 1000 / raw_seconds})
         print(f"ingest c={concurrency}: {results['ingest'][-1]['records_per_s']:,.0f} rec/s; "
-              f"raw producer {results['raw_producer'][-1]['records_per_s']:,.0f} rec/s", flush=True)
-        await wait_all_terminal(stack, ids)  # drain before the next measurement
+              f"aiokafka send_batch {results['send_batch'][-1]['records_per_s']:,.0f} rec/s", flush=True)
+    performance_topic = f"{stack.settings.topic_prefix}.bench-java"
+    await create_topics(bootstrap, [TopicSpec(performance_topic, stack.settings.topic_partitions, 1)])
+    results["producer_performance"] = {"record_bytes": RECORD_BYTES, "records": args.java_records,
+                                       "records_per_s": await asyncio.to_thread(
+                                           producer_performance, bootstrap, performance_topic, args.java_records,
+                                           RECORD_BYTES)}
+    print(f"Kafka ProducerPerformance ({RECORD_BYTES}-byte records): "
+          f"{results['producer_performance']['records_per_s']:,.0f} rec/s", flush=True)
 
     # 2. End to end: first POST → every batch terminal, next to a bare consume-and-merge loop.
     bodies = [batch_body(f"e2e-{b}") for b in range(args.e2e_batches)]
@@ -293,7 +289,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     results["end_to_end"] = {"batches": len(bodies), "records_per_s": len(bodies) * 1000 / (finished - started),
                              "seconds": finished - started}
     raw_events = args.ingest_batches * len(args.concurrency) * 1000
-    bare = await bare_merge_loop(stack, scratch_topic, raw_events)
+    bare = await bare_merge_loop(bootstrap, scratch_topic, raw_events)
     results["bare_merge_loop"] = {"records_per_s": raw_events / bare}
     print(f"end to end: {results['end_to_end']['records_per_s']:,.0f} rec/s; bare merge loop "
           f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s", flush=True)
@@ -328,7 +324,28 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     print(f"dependency release p50 {statistics.median(releases) * 1000:.0f} ms", flush=True)
 
     await measure_writes(stack, args, results)
+    await measure_two_workers(stack, args, results)
     return results
+
+
+async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """8. Scale-out: a second worker joins the group; the end-to-end run again."""
+    settings = replace(stack.settings, worker_web_port=free_port())
+    second = ServiceProcess(["-m", "processors.worker"], settings, stack.workdir / "worker-2.log").start()
+    try:
+        # Its partitions are its own once it logs where each resumes (after the rebalance).
+        await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 120,
+                                what="the second worker to take partitions")
+        await wait_all_terminal(stack, (await post_batches(stack, [batch_body("two-warmup")], 1))[1])
+        bodies = [batch_body(f"e2e2-{b}") for b in range(args.e2e_batches)]
+        started = time.monotonic()
+        _, ids, _ = await post_batches(stack, bodies, 4)
+        finished = await wait_all_terminal(stack, ids)
+        rate = len(bodies) * 1000 / (finished - started)
+        results["end_to_end_2_workers"] = {"records_per_s": rate, "per_worker": rate / 2}
+        print(f"end to end, 2 workers: {rate:,.0f} rec/s ({rate / 2:,.0f} per worker)", flush=True)
+    finally:
+        second.stop()
 
 
 async def timed(stack: Stack, bodies: list[bytes], path: str, method: str = "POST") -> float:
@@ -410,8 +427,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     width = 0.38
     xs = range(len(levels))
     left.bar([x - width / 2 for x in xs], [r["records_per_s"] for r in results["ingest"]], width, label="HTTP ingress")
-    left.bar([x + width / 2 for x in xs], [r["records_per_s"] for r in results["raw_producer"]], width,
-             label="raw aiokafka producer")
+    left.bar([x + width / 2 for x in xs], [r["records_per_s"] for r in results["send_batch"]], width,
+             label="aiokafka send_batch")
+    left.axhline(results["producer_performance"]["records_per_s"], color="tab:red", linestyle="--",
+                 label="Kafka ProducerPerformance")
     left.set_xticks(list(xs), [f"c={c}" for c in levels])
     left.set_title("Ingest (records/s accepted)")
     left.legend()
@@ -432,11 +451,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def table(results: dict[str, Any]) -> str:
     rows = [("measure", "service", "baseline", "ratio")]
-    for ours, raw in zip(results["ingest"], results["raw_producer"]):
+    java = results["producer_performance"]["records_per_s"]
+    for ours, raw in zip(results["ingest"], results["send_batch"]):
         rows.append((f"ingest c={ours['concurrency']} (rec/s)", f"{ours['records_per_s']:,.0f}",
-                     f"{raw['records_per_s']:,.0f}", f"{ours['records_per_s'] / raw['records_per_s']:.2f}"))
+                     f"{raw['records_per_s']:,.0f} (aiokafka send_batch)",
+                     f"{ours['records_per_s'] / raw['records_per_s']:.2f}"))
+    best = max(r["records_per_s"] for r in results["ingest"])
+    rows.append(("ingest, best level (rec/s)", f"{best:,.0f}", f"{java:,.0f} (Kafka ProducerPerformance)",
+                 f"{best / java:.2f}"))
     e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
-    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{bare:,.0f}", f"{e2e / bare:.2f}"))
+    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     lat = results["latency_s"]
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
@@ -455,7 +479,12 @@ def table(results: dict[str, Any]) -> str:
                  f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
     single = results["single_write_s"]
     rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
-    rows.append(("peak memory ingress / worker", f"{results['peak_mb']['ingress']:.0f} / {results['peak_mb']['worker']:.0f} MB", "", ""))
+    two = results["end_to_end_2_workers"]
+    rows.append(("end to end, 2 workers (rec/s; per worker)", f"{two['records_per_s']:,.0f}; {two['per_worker']:,.0f}",
+                 f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
+    peak = results["peak_mb"]
+    rows.append((f"peak memory ingress ({peak['ingress_processes']} processes) / worker",
+                 f"{peak['ingress']:.0f} / {peak['worker']:.0f} MB", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(" | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows)
 
@@ -465,6 +494,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--ingest-batches", type=int, default=50, help="batches per concurrency level")
     parser.add_argument("--e2e-batches", type=int, default=200)
+    parser.add_argument("--java-records", type=int, default=500_000, help="records ProducerPerformance sends")
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--release-runs", type=int, default=5)
     parser.add_argument("--delete-records", type=int, default=100_000, help="deleted by id (a multiple of 1000)")

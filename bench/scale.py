@@ -186,7 +186,8 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="reach-scale-") as tmp, Stack(Path(tmp)) as stack:
+    # One ingress process: what one process's memory and restart time do as data grows.
+    with tempfile.TemporaryDirectory(prefix="reach-scale-") as tmp, Stack(Path(tmp), ingress_processes=1) as stack:
         loaded, batch_ids = 0, []
         for n, size in enumerate(sorted(args.sizes)):
             seconds, ids = asyncio.run(load(stack, loaded, size, args.batch_size))
