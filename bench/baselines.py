@@ -28,6 +28,7 @@ from reach.broker import KAFKA_VERSION
 from reach.config import PROJECT_ROOT
 from schemas.events import IngestBatch, decode_ingest_message, resource_key
 from topics.partitioning import partition_for
+from topics.record_batches import send_batches
 
 TOOLS_POM = PROJECT_ROOT / "bench" / "pom.xml"
 TOOLS_LIBS = PROJECT_ROOT / ".cache" / f"kafka-tools-{KAFKA_VERSION}" / "libs"
@@ -80,13 +81,7 @@ async def send_batch_producer(bootstrap: str, topic: str, batches: list[IngestBa
                 by_partition.setdefault(partition_for(message[0], partitions), []).append(message)
             delivered = []
             for partition, messages in by_partition.items():
-                built = producer.create_batch()
-                for key, value, headers in messages:
-                    if built.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                        delivered.append(await producer.send_batch(built, topic, partition=partition))
-                        built = producer.create_batch()
-                        built.append(key=key, value=value, timestamp=None, headers=headers)
-                delivered.append(await producer.send_batch(built, topic, partition=partition))
+                delivered.extend(future for future, _ in await send_batches(producer, topic, partition, messages))
             await asyncio.gather(*delivered)
 
     started = time.perf_counter()

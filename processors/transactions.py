@@ -89,6 +89,7 @@ from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
 from topics import partitioning
+from topics.record_batches import send_batches
 
 _original_commit_tps = Consumer._commit_tps
 _original_perform_seek = Consumer.perform_seek
@@ -578,16 +579,10 @@ class ExactlyOnce:
         if not producer._txn_manager.is_in_transaction():
             await producer.begin_transaction()
         for (topic, partition), messages in outputs.items():
-            batch, count = producer.create_batch(), 0
-            for key, value, headers in messages:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    writes.delivered.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch, count = producer.create_batch(), 0  # a first message always fits, however big
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)
-                count += 1
-            delivered = await producer.send_batch(batch, topic, partition=partition)
-            writes.delivered.append(delivered)
+            sent = await send_batches(producer, topic, partition, messages)
+            writes.delivered.extend(delivered for delivered, _ in sent)
             if topic in self._changelogs:
+                delivered, count = sent[-1]
                 writes.last_sent[topic] = (delivered, count - 1)
 
     async def send_committing(self, tid: str, producer: Any) -> None:
