@@ -132,9 +132,10 @@ def error_messages(validator: jsonschema_rs.Draft7Validator, instance: Any, wher
 def without_nulls(value: Any) -> Any:
     """`value` with every null object member removed, at any depth (a patch's deletions)."""
     if isinstance(value, dict):
-        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        # Scalars are kept as they are without a call each: most of a record's fields are scalars.
+        return {k: without_nulls(v) if isinstance(v, (dict, list)) else v for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [without_nulls(v) for v in value]
+        return [without_nulls(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 

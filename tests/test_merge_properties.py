@@ -12,7 +12,7 @@ from processors.apply import uuid5
 from processors.merge import merge_patch
 from schemas.definitions import Definition
 from schemas.records import BatchOptions, check_record
-from schemas.validation import build_validators
+from schemas.validation import build_validators, without_nulls
 
 keys = st.sampled_from(["a", "b", "c", "d"])
 scalars = st.one_of(st.integers(), st.text(max_size=3), st.booleans())
@@ -101,3 +101,27 @@ def test_a_null_on_a_required_field_is_always_refused(record: dict) -> None:
 def test_resource_ids_are_the_rfc_4122_uuid5_of_their_event(name: str) -> None:
     namespace = uuid.uuid4()
     assert uuid5(namespace.bytes, name) == str(uuid.uuid5(namespace, name))
+
+
+nested = st.recursive(st.none() | scalars,
+                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=4),
+                      max_leaves=16)
+
+
+@given(nested)
+def test_without_nulls_drops_exactly_the_null_members_at_every_depth(value: Any) -> None:
+    def null_members(v: Any) -> int:
+        if isinstance(v, dict):
+            return sum(1 if x is None else null_members(x) for x in v.values())
+        return sum(null_members(x) for x in v) if isinstance(v, list) else 0
+
+    def shape(v: Any) -> Any:  # what is left once null members are gone, written plainly
+        if isinstance(v, dict):
+            return {k: shape(x) for k, x in v.items() if x is not None}
+        return [shape(x) for x in v] if isinstance(v, list) else v
+
+    cleaned = without_nulls(value)
+    assert null_members(cleaned) == 0
+    assert cleaned == shape(value)
+    if null_members(value) == 0:
+        assert cleaned == value
