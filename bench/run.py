@@ -47,7 +47,7 @@ from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
 from schemas.events import build_ingest_batch
-from tests.support import ServiceProcess, free_port, wait_until
+from tests.support import ServiceProcess, children_of, free_port, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
 
@@ -98,18 +98,6 @@ def vm_hwm_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, ValueError):
-                continue
-    return found
 
 
 def tree_hwm_mb(pid: int) -> float:

@@ -157,6 +157,27 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc), in pid order."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return sorted(found)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (an exited child its parent has not reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 OUR_PACKAGES = ("ingest", "processors", "schemas", "state", "topics", "reach")
 
 

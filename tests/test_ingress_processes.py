@@ -15,7 +15,9 @@ from starlette.testclient import TestClient
 from reach.config import Settings
 from tests.support import (
     ServiceProcess,
+    alive,
     bearer,
+    children_of,
     partner_token,
     tenant_token,
     unique,
@@ -26,28 +28,6 @@ from tests.support import (
 
 SCHEMA = {"name": "Crate", "externalIdField": "id", "schema": {
     "type": "object", "required": ["id"], "properties": {"id": {"type": "string"}, "n": {"type": "integer"}}}}
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _upload(base: str, tag: str, headers: dict[str, str]) -> str:
@@ -68,20 +48,20 @@ def test_processes_share_the_port_and_each_serves_alone_while_another_restarts(
                                 tmp_path / "ingress.log").start()
     try:
         base = wait_ingress_ready(settings)
-        wait_until(lambda: len(_children(supervisor.proc.pid)) == 2, 60, what="two ingress processes")
+        wait_until(lambda: len(children_of(supervisor.proc.pid)) == 2, 60, what="two ingress processes")
         batches = [_upload(base, f"both-{n}", headers) for n in range(10)]
-        first, second = _children(supervisor.proc.pid)
+        first, second = children_of(supervisor.proc.pid)
         for pid in (first, second):
             # One process killed: the other alone answers every request meanwhile, including the
             # status of batches the killed one accepted (each reads the batch events itself).
             # First the original second process serves alone, then the first one's replacement.
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not _alive(pid), 10, what=f"process {pid} to die")
+            wait_until(lambda: not alive(pid), 10, what=f"process {pid} to die")
             batches += [_upload(base, f"alone-{pid}-{n}", headers) for n in range(10)]
             for batch_id in batches:
                 status = httpx.get(f"{base}/api/batches/{batch_id}", headers=headers, timeout=30)
                 assert status.status_code == 200, (batch_id, status.text)
-            wait_until(lambda: len(_children(supervisor.proc.pid)) == 2, 60, what="the killed process to be replaced")
+            wait_until(lambda: len(children_of(supervisor.proc.pid)) == 2, 60, what="the killed process to be replaced")
             wait_ingress_ready(settings)
         for batch_id in batches:
             data = wait_terminal(ingress, batch_id, headers)
@@ -89,10 +69,10 @@ def test_processes_share_the_port_and_each_serves_alone_while_another_restarts(
         assert {p.name for p in (settings.data_dir / "ingress").iterdir()} >= {
             f"{supervisor.settings.ingress_id}-0", f"{supervisor.settings.ingress_id}-1"}
     finally:
-        children = _children(supervisor.proc.pid)
+        children = children_of(supervisor.proc.pid)
         code = supervisor.stop()
     assert code == 0, supervisor.log()[-3000:]
-    assert not any(_alive(pid) for pid in children), "a child outlived its supervisor's SIGTERM"
+    assert not any(alive(pid) for pid in children), "a child outlived its supervisor's SIGTERM"
 
 
 def test_children_stop_when_their_supervisor_is_killed(settings: Settings, tmp_path: Path) -> None:
@@ -100,11 +80,11 @@ def test_children_stop_when_their_supervisor_is_killed(settings: Settings, tmp_p
                                 tmp_path / "ingress.log").start()
     try:
         wait_ingress_ready(settings)
-        wait_until(lambda: len(_children(supervisor.proc.pid)) == 2, 60, what="two ingress processes")
-        children = _children(supervisor.proc.pid)
+        wait_until(lambda: len(children_of(supervisor.proc.pid)) == 2, 60, what="two ingress processes")
+        children = children_of(supervisor.proc.pid)
     finally:
         supervisor.stop(signal.SIGKILL)
-    wait_until(lambda: not any(_alive(pid) for pid in children), 30,
+    wait_until(lambda: not any(alive(pid) for pid in children), 30,
                what=f"the children {children} to stop after their supervisor was killed")
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{settings.http_port}/health", timeout=5)
