@@ -30,7 +30,7 @@ from starlette.routing import Route
 from ingest.auth import tenant_principal
 from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
 from ingest.responses import ApiError, ok
-from schemas.events import resource_key
+from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.resources import ResourceStore
 
@@ -197,7 +197,7 @@ async def delete_batch(request: Request) -> Response:
         name_of = names(state, partner_id)
         would: Counter[str] = Counter()
         for key in result.deleted:
-            definition_id = key.decode().split("/")[2]
+            _, _, definition_id, _ = resource_key_parts(key)
             would[name_of(definition_id) or definition_id] += 1
         return ok({"dryRun": True, "schemaDefinitionId": definition.id, "wouldDelete": dict(would),
                    "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},

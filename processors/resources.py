@@ -28,7 +28,6 @@ import heapq
 import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,7 +54,7 @@ from schemas.batch_events import (
     outcome_entry,
 )
 from schemas.definitions import Definition
-from schemas.events import resource_key
+from schemas.events import resource_key, resource_key_parts
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 from topics.partitioning import partition_for
@@ -392,7 +391,7 @@ class ResourceProcessor:
 
     async def _referenced(self, body: Body, referrer: bytes) -> Outcome:
         """REFERENCED, naming the referrer by its schema's name and external id."""
-        partner_id, _, definition_id, external_id = (unquote(p) for p in referrer.decode().split("/"))
+        partner_id, _, definition_id, external_id = resource_key_parts(referrer)
         definition = await self.definition_of({"partnerId": partner_id, "schemaDefinitionId": definition_id})
         return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
                                            f"{definition.name if definition else definition_id}/{external_id}")
@@ -452,7 +451,7 @@ def _pins(queue: dict[str, Any]) -> list[str]:
 def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
     """The delete that a cascade request asks of the resource `key` (no batch counts it: its
     outcome is an answer to the asker)."""
-    partner_id, tenant_id, definition_id, external_id = (unquote(p) for p in key.decode().split("/"))
+    partner_id, tenant_id, definition_id, external_id = resource_key_parts(key)
     return {"op": "delete", "cascade": True, "cascadeFor": request, "partnerId": partner_id, "tenantId": tenant_id,
             "schemaDefinitionId": definition_id, "externalId": external_id, "recordIndex": -1,
             "eventId": str(uuid.uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"])),

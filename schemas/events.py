@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import fastavro
 import orjson
@@ -65,6 +65,16 @@ def resource_key(partner_id: str, tenant_id: str, schema_definition_id: str, ext
     """The Kafka key of every event of one resource: its parts, percent-encoded, joined by '/'."""
     return "/".join(p if _UNRESERVED(p) else quote(p, safe="")
                     for p in (partner_id, tenant_id, schema_definition_id, external_id)).encode()
+
+
+def resource_key_parts(key: bytes) -> tuple[str, str, str, str]:
+    """The partner, tenant, schema definition id and external id of a resource key; ValueError
+    if `key` is not one."""
+    parts = key.decode(errors="replace").split("/")
+    if len(parts) != 4:
+        raise ValueError(f"not a resource key: {key!r}")
+    partner_id, tenant_id, definition_id, external_id = (unquote(p) for p in parts)
+    return partner_id, tenant_id, definition_id, external_id
 
 
 def encode_ingest_event(event: dict[str, Any]) -> bytes:

@@ -22,11 +22,10 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
-from schemas.events import resource_key
+from schemas.events import resource_key, resource_key_parts
 from state.store import Changes, StoreConfig
 from state.view import StoredView
 
@@ -37,6 +36,11 @@ ReferencesOf = Callable[[Resource], list[str]]
 
 def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
     return orjson.dumps([partner_id, tenant_id, definition_id])
+
+
+def _item(scope: bytes, external_id: str) -> bytes:
+    """Where a resource is stored: "r", its scope, NUL, its external id."""
+    return b"r" + scope + b"\x00" + external_id.encode()
 
 
 class ResourceStore(StoredView):
@@ -58,13 +62,14 @@ class ResourceStore(StoredView):
             referrer = resource_key(resource["platformId"], resource["businessId"], resource["schemaDefinitionId"],
                                     external_id)
         elif key is not None:  # a tombstone: the resource was deleted
-            parts = [unquote(p) for p in key.decode().split("/")]
-            if len(parts) != 4:
+            try:
+                partner_id, tenant_id, definition_id, external_id = resource_key_parts(key)
+            except ValueError:
                 return
-            scope, external_id, referrer = _scope(*parts[:3]), parts[3], key
+            scope, referrer = _scope(partner_id, tenant_id, definition_id), key
         else:
             return
-        item = b"r" + scope + b"\x00" + external_id.encode()
+        item = _item(scope, external_id)
         old = changes.get(item)
         if value is not None:
             changes.put(item, value)
@@ -96,8 +101,12 @@ class ResourceStore(StoredView):
         """Whether each resource key is stored (one multi-get)."""
         items = []
         for key in keys:
-            parts = [unquote(p) for p in key.decode().split("/")]
-            items.append(b"r" + _scope(*parts[:3]) + b"\x00" + parts[3].encode() if len(parts) == 4 else b"")
+            try:
+                partner_id, tenant_id, definition_id, external_id = resource_key_parts(key)
+            except ValueError:
+                items.append(b"")  # not a resource key: nothing is stored under it
+                continue
+            items.append(_item(_scope(partner_id, tenant_id, definition_id), external_id))
         return [value is not None for value in self.store.get_many(items)]
 
     def external_ids(self, partner_id: str, tenant_id: str, definition_id: str) -> Iterator[str]:
@@ -117,7 +126,7 @@ class ResourceStore(StoredView):
         changes.put(key, struct.pack(">q", (struct.unpack(">q", raw)[0] if raw else 0) + delta))
 
     def get(self, partner_id: str, tenant_id: str, definition_id: str, external_id: str) -> Resource | None:
-        raw = self.store.get(b"r" + _scope(partner_id, tenant_id, definition_id) + b"\x00" + external_id.encode())
+        raw = self.store.get(_item(_scope(partner_id, tenant_id, definition_id), external_id))
         return None if raw is None else orjson.loads(raw)
 
     def page(self, partner_id: str, tenant_id: str, definition_id: str, after: str | None,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner, murmur2 as reference_murmur2
 from hypothesis import given, settings, strategies as st
 
-from schemas.events import resource_key
+from schemas.events import resource_key, resource_key_parts
 from topics.partitioning import murmur2, partition_for
 
 
@@ -38,3 +39,14 @@ def test_known_hashes_of_the_java_client() -> None:
 @given(st.lists(st.text(max_size=30), min_size=4, max_size=4))
 def test_resource_key_percent_encodes_every_part(parts: list[str]) -> None:
     assert resource_key(*parts) == "/".join(quote(p, safe="") for p in parts).encode()
+
+
+@settings(max_examples=1000)
+@given(st.lists(st.text(max_size=30), min_size=4, max_size=4))
+def test_a_resource_key_parses_back_into_its_parts(parts: list[str]) -> None:
+    assert resource_key_parts(resource_key(*parts)) == tuple(parts)
+
+
+def test_a_key_of_other_than_four_parts_is_not_a_resource_key() -> None:
+    with pytest.raises(ValueError, match="not a resource key"):
+        resource_key_parts(b"a/b/c")
