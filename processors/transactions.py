@@ -410,8 +410,8 @@ class ExactlyOnce:
         next one while the partition stays with this worker.
         """
         producer = self.producer_of(tp)
-        if producer is not None and not producer._txn_manager.is_in_transaction():
-            await producer.begin_transaction()
+        if producer is not None:
+            await _begin_unless_open(producer)
 
     def producer_of(self, tp: TP) -> Any:
         """The transactional producer of input partition `tp` now (its identity ends with it)."""
@@ -576,8 +576,7 @@ class ExactlyOnce:
         more when one would exceed the producer's batch size), in the order they were sent."""
         outputs, writes.outputs, writes.size = writes.outputs, {}, 0
         producer = writes.producer
-        if not producer._txn_manager.is_in_transaction():
-            await producer.begin_transaction()
+        await _begin_unless_open(producer)
         for (topic, partition), messages in outputs.items():
             sent = await send_batches(producer, topic, partition, messages)
             writes.delivered.extend(delivered for delivered, _ in sent)
@@ -620,6 +619,11 @@ class ExactlyOnce:
 
     def partition_for(self, topic: str, key: bytes) -> int:
         return partitioning.partition_for(key, self.partitions[topic])
+
+
+async def _begin_unless_open(producer: Any) -> None:
+    if not producer._txn_manager.is_in_transaction():
+        await producer.begin_transaction()
 
 
 @dataclass
