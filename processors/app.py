@@ -178,6 +178,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
+            eos.busy()
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
                     try:
@@ -190,6 +191,12 @@ def create_app(settings: Settings) -> faust.App:
                         await app.crash(exc)
                         return
                     eos.done(record)
+            if stream.channel.empty():
+                eos.idle()
+
+    @app.task
+    async def commit_when_idle() -> None:
+        await eos.commit_when_idle()
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
