@@ -178,7 +178,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            eos.busy()
+            eos.event_began()
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
                     try:
@@ -191,8 +191,7 @@ def create_app(settings: Settings) -> faust.App:
                         await app.crash(exc)
                         return
                     eos.done(record)
-            if stream.channel.empty():
-                eos.idle()
+            eos.event_ended(dry=stream.channel.empty())
 
     @app.task
     async def commit_when_idle() -> None:
