@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,29 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShare:
+    """How many of the machine's cores each part of the stack used over a stretch of time."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.started = time.monotonic()
+        self.before = self._now()
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+
+    def cores(self) -> dict[str, float]:
+        """Cores used per part since this was made (CPU seconds over wall seconds)."""
+        wall, now = time.monotonic() - self.started, self._now()
+        return {name: (now[name] - self.before[name]) / wall for name in self.pids}
+
+
 def tree_hwm_mb(pid: int) -> float:
     """Peak memory of a process and its children (the ingress's supervisor and its processes)."""
     return vm_hwm_mb(pid) + sum(vm_hwm_mb(child) for child in children_of(pid))
@@ -146,6 +170,15 @@ class Stack:
         self.definition_id = httpx.get(f"{self.base}/partner/schema-definitions/customer",
                                        headers={"Authorization": f"Bearer {self.partner}"}).json()["data"]["id"]
         return self
+
+    def cpu_share(self, **more: list[int]) -> CpuShare:
+        """Start counting the CPU of the worker, the ingress's processes, the broker and this client."""
+        pids = {"worker": [self.worker.proc.pid],
+                "ingress": [self.ingress.proc.pid, *children_of(self.ingress.proc.pid)],
+                "client": [os.getpid()], **more}
+        if self.broker is not None and self.broker.pid() is not None:
+            pids["broker"] = [self.broker.pid()]  # type: ignore[list-item]
+        return CpuShare(pids)
 
     def __exit__(self, *exc: object) -> None:
         self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
@@ -260,6 +293,19 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                                       "records_per_s": args.ingest_batches * 1000 / raw_seconds})
         print(f"ingest c={concurrency}: {results['ingest'][-1]['records_per_s']:,.0f} rec/s; "
               f"aiokafka send_batch {results['send_batch'][-1]['records_per_s']:,.0f} rec/s", flush=True)
+    # The same at the highest level with the worker paused: the ingress and the broker alone on
+    # the machine's cores, as where workers run on other machines (paused for far less than
+    # the session timeout, so its partitions stay with it).
+    concurrency = max(args.concurrency)
+    bodies = [batch_body(f"alone{concurrency}-{b}") for b in range(args.ingest_batches)]
+    stack.worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        seconds, ids, _ = await post_batches(stack, bodies, concurrency)
+    finally:
+        stack.worker.proc.send_signal(signal.SIGCONT)
+    results["ingest_alone"] = {"concurrency": concurrency, "records_per_s": len(bodies) * 1000 / seconds}
+    await wait_all_terminal(stack, ids)
+    print(f"ingest c={concurrency}, worker paused: {results['ingest_alone']['records_per_s']:,.0f} rec/s", flush=True)
     performance_topic = f"{stack.settings.topic_prefix}.bench-java"
     await create_topics(bootstrap, [TopicSpec(performance_topic, stack.settings.topic_partitions, 1)])
     results["producer_performance"] = {"record_bytes": RECORD_BYTES, "records": args.java_records,
@@ -271,16 +317,17 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
     # 2. End to end: first POST → every batch terminal, next to a bare consume-and-merge loop.
     bodies = [batch_body(f"e2e-{b}") for b in range(args.e2e_batches)]
-    started = time.monotonic()
+    started, cpu = time.monotonic(), stack.cpu_share()
     _, ids, _ = await post_batches(stack, bodies, 4)
     finished = await wait_all_terminal(stack, ids)
     results["end_to_end"] = {"batches": len(bodies), "records_per_s": len(bodies) * 1000 / (finished - started),
-                             "seconds": finished - started}
+                             "seconds": finished - started, "cores": cpu.cores()}
     raw_events = args.ingest_batches * len(args.concurrency) * 1000
     bare = await bare_merge_loop(bootstrap, scratch_topic, raw_events)
     results["bare_merge_loop"] = {"records_per_s": raw_events / bare}
     print(f"end to end: {results['end_to_end']['records_per_s']:,.0f} rec/s; bare merge loop "
-          f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s", flush=True)
+          f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s; cores used "
+          f"{ {k: round(v, 2) for k, v in results['end_to_end']['cores'].items()} }", flush=True)
 
     # 3. Latency of one batch, idle and under half of the measured end-to-end rate.
     idle = await single_batch_latencies(stack, args.latency_runs, "idle")
@@ -326,11 +373,11 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
                                 what="the second worker to take partitions")
         await wait_all_terminal(stack, (await post_batches(stack, [batch_body("two-warmup")], 1))[1])
         bodies = [batch_body(f"e2e2-{b}") for b in range(args.e2e_batches)]
-        started = time.monotonic()
+        started, cpu = time.monotonic(), stack.cpu_share(**{"worker 2": [second.proc.pid]})
         _, ids, _ = await post_batches(stack, bodies, 4)
         finished = await wait_all_terminal(stack, ids)
         rate = len(bodies) * 1000 / (finished - started)
-        results["end_to_end_2_workers"] = {"records_per_s": rate, "per_worker": rate / 2}
+        results["end_to_end_2_workers"] = {"records_per_s": rate, "per_worker": rate / 2, "cores": cpu.cores()}
         print(f"end to end, 2 workers: {rate:,.0f} rec/s ({rate / 2:,.0f} per worker)", flush=True)
     finally:
         second.stop()
@@ -447,6 +494,9 @@ def table(results: dict[str, Any]) -> str:
     best = max(r["records_per_s"] for r in results["ingest"])
     rows.append(("ingest, best level (rec/s)", f"{best:,.0f}", f"{java:,.0f} (Kafka ProducerPerformance)",
                  f"{best / java:.2f}"))
+    alone = results["ingest_alone"]
+    rows.append((f"ingest c={alone['concurrency']}, worker paused (rec/s)", f"{alone['records_per_s']:,.0f}",
+                 f"{java:,.0f} (Kafka ProducerPerformance)", f"{alone['records_per_s'] / java:.2f}"))
     e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
     rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     lat = results["latency_s"]
@@ -470,6 +520,9 @@ def table(results: dict[str, Any]) -> str:
     two = results["end_to_end_2_workers"]
     rows.append(("end to end, 2 workers (rec/s; per worker)", f"{two['records_per_s']:,.0f}; {two['per_worker']:,.0f}",
                  f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
+    for name, run in (("1 worker", results["end_to_end"]), ("2 workers", two)):
+        cores = ", ".join(f"{part} {used:.2f}" for part, used in sorted(run["cores"].items(), key=lambda kv: -kv[1]))
+        rows.append((f"cores used, end to end with {name}", cores, f"of {results['machine']['cpu_count']}", ""))
     peak = results["peak_mb"]
     rows.append((f"peak memory ingress ({peak['ingress_processes']} processes) / worker",
                  f"{peak['ingress']:.0f} / {peak['worker']:.0f} MB", "", ""))
