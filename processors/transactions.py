@@ -91,6 +91,7 @@ from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
+from state.store import prefix_items
 from topics import partitioning
 from topics.record_batches import send_batches
 
@@ -462,15 +463,11 @@ class ExactlyOnce:
                 overlay.update((k, raw) for k, raw in writes.changes.get(table.name, _NO_CHANGES).items()
                                if k.startswith(prefix))
         found = [k for k, raw in overlay.items() if raw is not None and k != skip][:limit]
-        it = table.data._db_for_partition(event.message.partition).iter()
-        it.seek(prefix)
-        while len(found) < limit and it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
+        for key, _ in prefix_items(table.data._db_for_partition(event.message.partition), prefix):
+            if len(found) >= limit:
                 break
             if key not in overlay and key != skip:  # changes still uncommitted were counted above
                 found.append(key)
-            it.next()
         return found
 
     async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:

@@ -16,11 +16,43 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch,
+                       WriteOptions)
 
 _POSITION = b"\x00position\x00"  # + partition (4 bytes, big-endian) -> next offset (8 bytes)
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The first key after every key that begins with `prefix` (None: no key is after them all)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+
+
+def prefix_items(db: Rdict, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of `db` in key order from `start` (default: `prefix`) while keys begin with
+    `prefix`, read by an iterator bounded to them.
+
+    Without the bound, a seek that finds no live key under its prefix walks on over every
+    deleted key (tombstone) after it until it meets a live one: 1.4 ms per seek behind 100,000
+    deletes, where a bounded seek takes 2 µs, and deletes of 100,000 resources ran at a third
+    of their speed once a benchmark had deleted as many before.
+    """
+    # RocksDB keeps a pointer to the bound: the options must outlive the iterator (freed
+    # before it, prefix reads missed keys: tests/test_store_iteration.py).
+    options = ReadOptions()
+    end = prefix_end(prefix)
+    if end is not None:
+        options.set_iterate_upper_bound(end)
+    it = db.iter(options)
+    it.seek(prefix if start is None else start)
+    while it.valid():
+        key = it.key()
+        if not key.startswith(prefix):
+            return
+        yield key, it.value()
+        it.next()
 
 
 @dataclass(frozen=True)
@@ -78,30 +110,11 @@ class CheckpointedStore:
 
     def items_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) in key order from `start`, while keys begin with `prefix`."""
-        it = self._db.iter()
-        it.seek(start)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                return
-            yield key, it.value()
-            it.next()
+        return prefix_items(self._db, prefix, start)
 
     def keys_with_prefixes(self, prefixes: list[bytes]) -> dict[bytes, list[bytes]]:
-        """Every key under each prefix: one iterator, seeking in key order (an iterator per
-        prefix costs several times more)."""
-        found: dict[bytes, list[bytes]] = {}
-        it = self._db.iter()
-        for prefix in sorted(set(prefixes)):
-            keys = found[prefix] = []
-            it.seek(prefix)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    break
-                keys.append(key)
-                it.next()
-        return found
+        """Every key under each prefix (an iterator bounded to each: `prefix_items`)."""
+        return {prefix: [key for key, _ in prefix_items(self._db, prefix)] for prefix in set(prefixes)}
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return self._db.get(keys) if keys else []
