@@ -113,8 +113,35 @@ class CheckpointedStore:
         return prefix_items(self._db, prefix, start)
 
     def keys_with_prefixes(self, prefixes: list[bytes]) -> dict[bytes, list[bytes]]:
-        """Every key under each prefix (an iterator bounded to each: `prefix_items`)."""
-        return {prefix: [key for key, _ in prefix_items(self._db, prefix)] for prefix in set(prefixes)}
+        """Every key under each prefix: one iterator, bounded at the end of the prefixes' ranges,
+        walking the prefixes in key order. A seek lands on the first live key at or after its
+        prefix; the prefixes before that key have no keys and are not sought again, so deleted
+        keys between them are walked over once (an iterator per prefix costs twice as much
+        where nothing was deleted, and one seek per prefix walks over them each time)."""
+        found: dict[bytes, list[bytes]] = {}
+        ordered = sorted(set(prefixes))
+        if not ordered:
+            return found
+        options = ReadOptions()  # outlives the iterator: see `prefix_items`
+        ends = [prefix_end(prefix) for prefix in ordered]  # a shorter prefix's range may end last
+        if None not in ends:
+            options.set_iterate_upper_bound(max(ends))  # type: ignore[type-var]
+        it = self._db.iter(options)
+        previous: bytes | None = None
+        for prefix in ordered:
+            keys = found[prefix] = []
+            # After the previous prefix's keys the iterator is at the first live key past them;
+            # a prefix within the previous one's range (it begins with it) was passed: seek.
+            if previous is None or prefix.startswith(previous) or (it.valid() and it.key() < prefix):
+                it.seek(prefix)
+            previous = prefix
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                keys.append(key)
+                it.next()
+        return found
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return self._db.get(keys) if keys else []

@@ -29,7 +29,7 @@ def test_prefix_end_is_after_exactly_the_keys_with_the_prefix(prefix: bytes, key
 
 
 # Each example opens its own store under tmp_path (`_store`): sharing the folder is safe.
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kept=st.sets(_keys, max_size=30), deleted=st.sets(_keys, max_size=30), prefixes=st.lists(_keys, max_size=6))
 def test_prefix_reads_find_exactly_the_live_keys_under_each_prefix(
         tmp_path: Path, kept: set[bytes], deleted: set[bytes], prefixes: list[bytes]) -> None:
