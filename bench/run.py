@@ -48,7 +48,7 @@ from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
 from schemas.events import build_ingest_batch
-from tests.support import ServiceProcess, children_of, free_port, wait_until
+from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
 
@@ -103,7 +103,7 @@ def vm_hwm_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)  # utime and stime are fields 14 and 15 of proc(5)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

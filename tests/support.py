@@ -157,13 +157,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def proc_stat(pid: int) -> list[str]:
+    """The fields of `/proc/<pid>/stat` after the command name (state, ppid, …: proc(5) from
+    field 3 on); OSError if there is no such process."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is `pid` (Linux /proc), in pid order."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if int(proc_stat(int(entry.name))[1]) == pid:
                     found.append(int(entry.name))
             except (OSError, ValueError):
                 continue
@@ -173,7 +179,7 @@ def children_of(pid: int) -> list[int]:
 def alive(pid: int) -> bool:
     """Whether `pid` runs (an exited child its parent has not reaped yet does not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except OSError:
         return False
 
