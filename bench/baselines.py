@@ -6,7 +6,11 @@
 - `send_batch_producer`: aiokafka at its fastest, each record its own Kafka message, built into
   one record batch per partition (`create_batch`/`send_batch`), as our ingress builds its own;
 - `bare_merge_loop`: a consumer that decodes the ingest events and merges them into a dict —
-  the least any worker must do per record, without state on disk or transactions.
+  the least any worker must do per record, without state on disk or transactions;
+- `bare_exactly_once_loop`: the least an exactly-once worker with state on disk must do per
+  record in Python: decode, read and merge against RocksDB, write each resource's new state as
+  its own message (the resources topic is keyed per resource), and commit outputs, state and
+  input offsets in one Kafka transaction every 100 ms — no checks, statuses or references.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from rocksdict import Options, Rdict, WriteBatch
 
 from processors.merge import merge_patch
 from reach.broker import KAFKA_VERSION
@@ -110,4 +115,51 @@ async def bare_merge_loop(bootstrap: str, topic: str, expected: int) -> float:
                     seen += 1
     elapsed = time.perf_counter() - started
     await consumer.stop()
+    return elapsed
+
+
+async def bare_exactly_once_loop(bootstrap: str, topic: str, output: str, expected: int, path: Path) -> float:
+    """Seconds for a bare exactly-once loop (see the module's docstring) to apply `expected`
+    records of `topic`, writing their states to `output` (as many partitions) and to RocksDB at `path`."""
+    group = f"bare-eos-{uuid.uuid4().hex[:6]}"
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                                isolation_level="read_committed", enable_auto_commit=False, max_poll_records=5000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=group, enable_idempotence=True,
+                                linger_ms=2, max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+    await consumer.start()
+    await producer.start()
+    db = Rdict(str(path), Options(raw_mode=True))
+    seen = 0
+    offsets: dict[Any, int] = {}
+    started = time.perf_counter()
+    await producer.begin_transaction()
+    opened = time.perf_counter()
+    while seen < expected:
+        fetched = await consumer.getmany(timeout_ms=1000)
+        for tp, messages in fetched.items():
+            writes, outputs = WriteBatch(raw_mode=True), []
+            for message in messages:
+                for event in decode_ingest_message(message.value, message.headers):
+                    key = resource_key(event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
+                                       event["externalId"])
+                    old = db.get(key)
+                    state = orjson.dumps(merge_patch(orjson.loads(old) if old is not None else None,
+                                                     orjson.loads(event["data"])))
+                    writes.put(key, state)
+                    outputs.append((key, state, []))
+                    seen += 1
+            db.write(writes)
+            await send_batches(producer, output, tp.partition, outputs)
+            offsets[tp] = messages[-1].offset + 1
+        if offsets and (time.perf_counter() - opened >= 0.1 or seen >= expected):
+            await producer.send_offsets_to_transaction(offsets, group)
+            offsets = {}
+            await producer.commit_transaction()
+            await producer.begin_transaction()
+            opened = time.perf_counter()
+    elapsed = time.perf_counter() - started
+    await producer.abort_transaction()
+    await producer.stop()
+    await consumer.stop()
+    db.close()
     return elapsed

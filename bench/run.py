@@ -9,7 +9,8 @@ bare Kafka client does on the same machine in the same run:
   (`create_batch`/`send_batch`) and to Kafka's own Java `ProducerPerformance` sending records of
   the same size, all with the same acks (all, idempotent) (`bench.baselines`);
 - end to end: records/s from the first POST until every batch is terminal (one worker), next
-  to a bare aiokafka consume-and-merge loop over the same messages into a dict;
+  to a bare aiokafka consume-and-merge loop over the same messages into a dict, and to a bare
+  exactly-once loop (state in RocksDB, a message per resource, a transaction every 100 ms);
 - latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
 - dependency release latency: referenced resource accepted → waiting record applied;
 - records with a reference (orders naming existing customers, each pinned on its customer's
@@ -43,7 +44,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.baselines import bare_merge_loop, producer_performance, send_batch_producer
+from bench.baselines import bare_exactly_once_loop, bare_merge_loop, producer_performance, send_batch_producer
 from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
@@ -299,11 +300,15 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     concurrency = max(args.concurrency)
     bodies = [batch_body(f"alone{concurrency}-{b}") for b in range(args.ingest_batches)]
     stack.worker.proc.send_signal(signal.SIGSTOP)
+    cpu = stack.cpu_share()
     try:
         seconds, ids, _ = await post_batches(stack, bodies, concurrency)
+        cores = cpu.cores()
     finally:
         stack.worker.proc.send_signal(signal.SIGCONT)
-    results["ingest_alone"] = {"concurrency": concurrency, "records_per_s": len(bodies) * 1000 / seconds}
+    cores.pop("worker", None)
+    results["ingest_alone"] = {"concurrency": concurrency, "records_per_s": len(bodies) * 1000 / seconds,
+                               "cores": cores}
     await wait_all_terminal(stack, ids)
     print(f"ingest c={concurrency}, worker paused: {results['ingest_alone']['records_per_s']:,.0f} rec/s", flush=True)
     performance_topic = f"{stack.settings.topic_prefix}.bench-java"
@@ -325,8 +330,16 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     raw_events = args.ingest_batches * len(args.concurrency) * 1000
     bare = await bare_merge_loop(bootstrap, scratch_topic, raw_events)
     results["bare_merge_loop"] = {"records_per_s": raw_events / bare}
+    output_topic = f"{stack.settings.topic_prefix}.bench-states"
+    await create_topics(bootstrap, [TopicSpec(output_topic, stack.settings.topic_partitions, 1)])
+    cpu = stack.cpu_share()
+    bare = await bare_exactly_once_loop(bootstrap, scratch_topic, output_topic, raw_events, stack.workdir / "bare-eos")
+    cores = cpu.cores()
+    cores["loop"] = cores.pop("client")  # the loop runs in this process
+    results["bare_exactly_once_loop"] = {"records_per_s": raw_events / bare, "cores": cores}
     print(f"end to end: {results['end_to_end']['records_per_s']:,.0f} rec/s; bare merge loop "
-          f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s; cores used "
+          f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s; bare exactly-once loop "
+          f"{results['bare_exactly_once_loop']['records_per_s']:,.0f} rec/s; cores used "
           f"{ {k: round(v, 2) for k, v in results['end_to_end']['cores'].items()} }", flush=True)
 
     # 3. Latency of one batch, idle and under half of the measured end-to-end rate.
@@ -469,9 +482,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     left.set_xticks(list(xs), [f"c={c}" for c in levels])
     left.set_title("Ingest (records/s accepted)")
     left.legend()
-    middle.bar(["service (1 worker)", "bare merge loop"],
-               [results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]],
-               color=["tab:blue", "tab:orange"])
+    middle.bar(["service (1 worker)", "bare exactly-once loop", "bare merge loop"],
+               [results["end_to_end"]["records_per_s"], results["bare_exactly_once_loop"]["records_per_s"],
+                results["bare_merge_loop"]["records_per_s"]],
+               color=["tab:blue", "tab:green", "tab:orange"])
     middle.set_title("End to end (records/s)")
     lat = results["latency_s"]
     right.bar(["idle p50", "idle p99", "half load p50", "half load p99", "dep. release p50"],
@@ -498,7 +512,9 @@ def table(results: dict[str, Any]) -> str:
     rows.append((f"ingest c={alone['concurrency']}, worker paused (rec/s)", f"{alone['records_per_s']:,.0f}",
                  f"{java:,.0f} (Kafka ProducerPerformance)", f"{alone['records_per_s'] / java:.2f}"))
     e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
-    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
+    eos = results["bare_exactly_once_loop"]["records_per_s"]
+    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
+    rows.append(("", "", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     lat = results["latency_s"]
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
@@ -520,9 +536,11 @@ def table(results: dict[str, Any]) -> str:
     two = results["end_to_end_2_workers"]
     rows.append(("end to end, 2 workers (rec/s; per worker)", f"{two['records_per_s']:,.0f}; {two['per_worker']:,.0f}",
                  f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
-    for name, run in (("1 worker", results["end_to_end"]), ("2 workers", two)):
+    for name, run in (("ingest alone", alone), ("end to end with 1 worker", results["end_to_end"]),
+                      ("end to end with 2 workers", two),
+                      ("bare exactly-once loop", results["bare_exactly_once_loop"])):
         cores = ", ".join(f"{part} {used:.2f}" for part, used in sorted(run["cores"].items(), key=lambda kv: -kv[1]))
-        rows.append((f"cores used, end to end with {name}", cores, f"of {results['machine']['cpu_count']}", ""))
+        rows.append((f"cores used, {name}", cores, f"of {results['machine']['cpu_count']}", ""))
     peak = results["peak_mb"]
     rows.append((f"peak memory ingress ({peak['ingress_processes']} processes) / worker",
                  f"{peak['ingress']:.0f} / {peak['worker']:.0f} MB", "", ""))
