@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from ingest import batches, deletes, resource_writes, resources, schema_definitions
+from ingest import batch_records, batches, deletes, resource_writes, resources, schema_definitions
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/openapi.json", openapi),
             *schema_definitions.routes,
             *batches.routes,
+            *batch_records.routes,
             *deletes.routes,
             *resources.routes,
             *resource_writes.routes,

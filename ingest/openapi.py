@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ingest.responses import JSONResponse
 from schemas.batch_events import BATCH_TYPES
 from schemas.records import MAX_RECORDS
-from state.batches import STATUSES
+from state.batches import RECORD_STATUSES, STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER = [{"bearer": []}]
@@ -146,6 +146,18 @@ SPEC: dict[str, Any] = {
                            {"name": "includePendingDetails", "in": "query", "required": False,
                             "schema": {"type": "string", "enum": ["true", "false"]}}],
             "responses": {**_ok("The batch"), **_errors(400, 401, 403, 404)}}},
+        "/api/batches/{batchId}/records": {"get": {
+            "summary": "Every record's outcome, in index order (those the workers have reached); "
+                       "Accept: application/x-ndjson streams them all",
+            "security": BEARER,
+            "parameters": [_path_param("batchId", "From the upload's 202"), *TENANT_HEADER,
+                           {"name": "status", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": list(RECORD_STATUSES)}},
+                           {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+            "responses": {**_ok("A page of record outcomes (or all, as NDJSON)"),
+                          **_errors(400, 401, 403, 404)}}},
         "/api/resources/{schema}": {
             "get": {"summary": "The tenant's resources of a schema", "security": BEARER,
                     "parameters": [SCHEMA, *TENANT_HEADER, *_page_params()],

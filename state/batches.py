@@ -6,7 +6,8 @@ outcome keeps it.
 
 Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
 `s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
-`p` + id + index → a pending record's detail; `t` + tenant + NUL + filter + newest-first time
+`k` + id + index → a succeeded record's external id and result; `p` + id + index → a pending
+record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order); `t` + tenant + NUL + filter + newest-first time
 + id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
 its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`).
 A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,9 @@ STATUSES = ("queued", "processing", "success", "partial_success", "failed")
 _STATUS_CODE = dict(zip(STATUSES, b"qpsxf"))
 _TYPE_CODE = {INGEST_BATCH: ord("i"), PATCH_BATCH: ord("u"), DELETE_BATCH: ord("d")}
 _ANY = ord("*")
+# What a record's outcome is listed as (`GET /api/batches/{id}/records`), and where it is stored.
+RECORD_STATUSES = ("succeeded", "failed", "pending")
+_RECORD_PREFIX = {"succeeded": b"k", "failed": b"f", "pending": b"p"}
 _NEWEST_FIRST = (1 << 63) - 1
 EXPIRY_INTERVAL_S = 60.0  # how often batches past their retention are looked for
 log = logging.getLogger(__name__)
@@ -75,6 +81,7 @@ class BatchState:
     summary: Counter[str] = field(default_factory=Counter)
     cascade: Counter[str] = field(default_factory=Counter)  # resources deleted by cascade, by definition id
     details: dict[int, dict[str, Any]] = field(default_factory=dict)
+    succeeded_details: dict[int, dict[str, Any]] = field(default_factory=dict)  # added by a fold
     pending_details: dict[int, dict[str, Any]] = field(default_factory=dict)
     resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
     listed_status: str | None = None  # the status its list entries carry on disk
@@ -112,6 +119,7 @@ class BatchState:
         self.states[index] = new
         if new == _SUCCESS:
             self.successful += 1
+            self.succeeded_details[index] = {"externalId": event.get("externalId"), "result": event["status"]}
             cascade = event.get("cascade")
             if isinstance(cascade, dict):
                 self.cascade.update({k: v for k, v in cascade.items() if isinstance(v, int)})
@@ -203,7 +211,7 @@ def _expiring(batch: BatchState) -> bytes:
 class BatchStore(StoredView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
-    FORMAT = b"2"  # 2: lists filtered by batch type and status
+    FORMAT = b"3"  # 2: lists filtered by batch type and status; 3: succeeded records
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(), retention_s: float | None = None) -> None:
@@ -226,17 +234,18 @@ class BatchStore(StoredView):
                 log.exception("expiring old batches failed")
             await asyncio.sleep(EXPIRY_INTERVAL_S)
 
-    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0) -> BatchState | None:
+    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0,
+                   details: bool = True) -> BatchState | None:
         """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
 
         Its registration is readable once committed and once any worker transaction open before
         it on that partition has ended (about one commit interval); an id nobody wrote is known
         to be unknown as soon as no transaction is open.
         """
-        batch = self.get(partner_id, tenant_id, batch_id)
+        batch = self.get(partner_id, tenant_id, batch_id, details)
         if batch is None:
             await self.settle(wait_s)
-            batch = self.get(partner_id, tenant_id, batch_id)
+            batch = self.get(partner_id, tenant_id, batch_id, details)
         return batch
 
     async def outcome(self, partner_id: str, tenant_id: str, batch_id: str, timeout_s: float) -> BatchState | None:
@@ -307,6 +316,8 @@ class BatchStore(StoredView):
         changes.put(b"s" + key, bytes(batch.states))
         for index, detail in batch.details.items():
             changes.put(b"f" + key + struct.pack(">I", index), orjson.dumps(detail))
+        for index, detail in batch.succeeded_details.items():
+            changes.put(b"k" + key + struct.pack(">I", index), orjson.dumps(detail))
         for index, event in batch.pending_details.items():
             changes.put(b"p" + key + struct.pack(">I", index), orjson.dumps(event))
         for index in batch.resolved_pending:
@@ -319,8 +330,8 @@ class BatchStore(StoredView):
             self._write(changes, self._register(changes, meta))
             self.store.write(changes)
 
-    def get(self, partner_id: str, tenant_id: str, batch_id: str) -> BatchState | None:
-        """The batch with its failure and pending details, if it is this tenant's."""
+    def get(self, partner_id: str, tenant_id: str, batch_id: str, details: bool = True) -> BatchState | None:
+        """The batch, with its failure and pending details unless not `details`, if it is this tenant's."""
         key = _id(batch_id)
         raw = self.store.get(b"b" + key)
         if raw is None:
@@ -328,10 +339,37 @@ class BatchStore(StoredView):
         batch = BatchState.from_counters(raw, self.store.get(b"s" + key))
         if (batch.partnerId, batch.tenantId) != (partner_id, tenant_id):
             return None
+        if not details:
+            return batch
         for prefix, into in ((b"f", batch.details), (b"p", batch.pending_details)):
             for k, v in self.store.items_from(prefix + key, prefix + key):
                 into[struct.unpack(">I", k[-4:])[0]] = orjson.loads(v)
         return batch
+
+    def records(self, batch: BatchState, status: str | None = None, after: int = -1) -> Iterator[dict[str, Any]]:
+        """The outcomes of `batch`'s records that have one, in index order after index `after`:
+        of one status (`RECORD_STATUSES`), or of all (None). A record the workers have not
+        reached yet has none. Each: index, externalId, status, and code and message (failed),
+        result (succeeded: created, updated or deleted), missingDependencies and expiresAt (pending)."""
+        ident = _id(batch.batchId)
+        chosen = RECORD_STATUSES if status is None else (status,)
+        streams = [self._records_of(ident, name, after) for name in chosen]
+        yield from streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda r: r["index"])
+
+    def _records_of(self, ident: bytes, status: str, after: int) -> Iterator[dict[str, Any]]:
+        prefix = _RECORD_PREFIX[status] + ident
+        for key, value in self.store.items_from(prefix + struct.pack(">I", after + 1), prefix):
+            detail = orjson.loads(value)
+            record = {"index": struct.unpack(">I", key[-4:])[0], "externalId": detail.get("externalId"),
+                      "status": status}
+            if status == "failed":
+                record.update(code=detail.get("code"), message=detail.get("message"))
+            elif status == "succeeded":
+                record["result"] = detail.get("result")
+            else:
+                record.update(missingDependencies=detail.get("missingDependencies", []),
+                              expiresAt=detail.get("expiresAt"))
+            yield record
 
     def page(self, partner_id: str, tenant_id: str, after: str | None, limit: int,
              batch_type: str | None = None, status: str | None = None) -> tuple[list[BatchState], int, bool]:
@@ -377,7 +415,7 @@ class BatchStore(StoredView):
             if batch is None:
                 continue
             ident = _id(batch.batchId)
-            for prefix in (b"f", b"p"):
+            for prefix in _RECORD_PREFIX.values():
                 for detail, _ in self.store.items_from(prefix + ident, prefix + ident):
                     changes.delete(detail)
             changes.delete(b"b" + ident)
