@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from ingest import batch_records, batches, deletes, resource_writes, resources, schema_definitions
+from ingest import batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.openapi import openapi
@@ -127,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *schema_definitions.routes,
             *batches.routes,
             *batch_records.routes,
+            *batch_progress.routes,
             *deletes.routes,
             *resources.routes,
             *resource_writes.routes,
@@ -136,5 +137,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.stopping = False  # set by the server when asked to stop (ingest.server)
     app.state.topics = topics
     return app

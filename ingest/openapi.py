@@ -158,6 +158,17 @@ SPEC: dict[str, Any] = {
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
             "responses": {**_ok("A page of record outcomes (or all, as NDJSON)"),
                           **_errors(400, 401, 403, 404)}}},
+        "/api/batches/{batchId}/events": {"get": {
+            "summary": "Live progress (Server-Sent Events): `progress` at once and at every change, then "
+                       "`completed` with the whole batch; resumable with Last-Event-ID",
+            "security": BEARER,
+            "parameters": [_path_param("batchId", "From the upload's 202"), *TENANT_HEADER,
+                           {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                            "description": "The id of the last event seen: only newer ones are sent"}],
+            "responses": {"200": {"description": "An event stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          "204": {"description": "The client has seen `completed`: nothing more will come"},
+                          **_errors(401, 403, 404)}}},
         "/api/resources/{schema}": {
             "get": {"summary": "The tenant's resources of a schema", "security": BEARER,
                     "parameters": [SCHEMA, *TENANT_HEADER, *_page_params()],

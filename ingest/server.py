@@ -20,9 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+from types import FrameType
 from dataclasses import replace
 
 import uvicorn
+from starlette.applications import Starlette
 
 from ingest.app import create_app
 from reach.config import Settings
@@ -42,10 +44,33 @@ def main(argv: list[str] | None = None) -> None:
         return
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
     if settings.ingress_processes <= 1:
-        uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                    log_level="info", access_log=False)
+        app = create_app(settings)
+        IngressServer(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="info",
+                                     access_log=False, timeout_graceful_shutdown=graceful_shutdown_s(settings)),
+                      app).run()
         return
     sys.exit(supervise(settings))
+
+
+class IngressServer(uvicorn.Server):
+    """uvicorn's server, telling the app when it is asked to stop (`app.state.stopping`), so
+    that responses without an end of their own (event streams) end at once instead of holding
+    the stop until the graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.stopping = True
+        super().handle_exit(sig, frame)
+
+
+def graceful_shutdown_s(settings: Settings) -> float:
+    """How long a stopping ingress lets requests finish: an upload in flight may take up to the
+    produce timeout; a client following a batch's events (which never ends by itself) is then
+    cut off and resumes on another ingress with Last-Event-ID."""
+    return settings.produce_timeout_s + 2
 
 
 def child_settings(settings: Settings, index: int) -> Settings:
@@ -57,8 +82,10 @@ def serve_child(settings: Settings, index: int, fd: int, supervisor: int) -> Non
     """Serve on the inherited listening socket `fd` as process `index`."""
     _stop_with(supervisor)
     sock = socket.socket(fileno=fd)
-    config = uvicorn.Config(create_app(child_settings(settings, index)), log_level="info", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    app = create_app(child_settings(settings, index))
+    config = uvicorn.Config(app, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=graceful_shutdown_s(settings))
+    IngressServer(config, app).run(sockets=[sock])
 
 
 def supervise(settings: Settings) -> int:
