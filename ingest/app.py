@@ -13,11 +13,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.middleware import Middleware
 from starlette.routing import Match, Route
 
 from ingest import batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions
 from ingest.publisher import BatchPublisher
 from ingest.kafka import KafkaGateway
+from ingest.metrics import MetricsMiddleware, metrics
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
@@ -124,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/health", health),
             Route("/ready", ready),
             Route("/openapi.json", openapi),
+            Route("/metrics", metrics),
             *schema_definitions.routes,
             *batches.routes,
             *batch_records.routes,
@@ -134,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},
+        middleware=[Middleware(MetricsMiddleware)],
         lifespan=lifespan,
     )
     app.state.settings = settings

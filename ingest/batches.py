@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingest import metrics
 from ingest.auth import tenant_principal
 from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
@@ -180,6 +181,7 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
                            data={"batchId": meta.batchId}) from None
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
     state.batches.add(meta)  # this ingress answers for it at once
+    metrics.accepted(op, len(records))
     return meta
 
 

@@ -86,6 +86,8 @@ SPEC: dict[str, Any] = {
         "/ready": {"get": {"summary": "Readiness: the broker answers",
                            "responses": {**_ok("Ready"), **_errors(503)}}},
         "/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (all processes of this ingress)", "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/partner/schema-definitions": {
             "post": {"summary": "Create a schema definition", "security": BEARER,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": DEFINITION_BODY}}},

@@ -20,13 +20,14 @@ import socket
 import subprocess
 import sys
 import time
-from types import FrameType
 from dataclasses import replace
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
 
 from ingest.app import create_app
+from ingest.metrics import prepare_multiprocess, process_exited
 from reach.config import Settings
 from reach.shutdown import StopRequested
 from topics import create_topics, service_topics
@@ -102,12 +103,15 @@ def supervise(settings: Settings) -> int:
         return subprocess.Popen([sys.executable, "-m", "ingest.server", "--child", str(index), str(sock.fileno()),
                                  str(os.getpid())], pass_fds=(sock.fileno(),))
 
+    # The children's metrics add up in one folder (`ingest.metrics`).
+    prepare_multiprocess(settings.data_dir / "metrics" / settings.ingress_id)
     children = {i: start(i) for i in range(settings.ingress_processes)}
     log.info("ingress: %d processes on http://%s:%d", len(children), settings.http_host, settings.http_port)
     while not stop:
         for index, child in list(children.items()):
             if child.poll() is not None and not stop:
                 log.error("ingress process %d exited with %s; starting it again", index, child.returncode)
+                process_exited(child.pid)
                 time.sleep(RESTART_DELAY_S)
                 children[index] = start(index)
         time.sleep(0.2)

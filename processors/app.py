@@ -26,6 +26,9 @@ from faust.web import Request, Response, View
 
 from faust.types import TP
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from processors import metrics
 from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
@@ -40,6 +43,7 @@ from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 0.5
+LAG_INTERVAL_S = 1.0  # how often the consumer lag gauges are measured
 TICK = orjson.dumps({"type": "tick"})
 
 
@@ -152,6 +156,7 @@ def create_app(settings: Settings) -> faust.App:
         headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
                                       message.offset)
         await eos.send(event, topics.dead_letters.name, message.key, message.value, 0, headers)
+        metrics.DEAD_LETTERS.inc()
 
     async def apply_one(record: Any) -> None:
         if record.message.topic == topics.ingest.name:
@@ -204,8 +209,28 @@ def create_app(settings: Settings) -> faust.App:
             if tp.topic == topics.dependency_notices.name:
                 await app.producer.send(tp.topic, b"tick", TICK, tp.partition, None, None)
 
+    @app.timer(LAG_INTERVAL_S)
+    async def measure_lag() -> None:
+        owned = [tp for tp in app.consumer.assignment() if tp.topic == topics.ingest.name]
+        lags = {}
+        for tp in owned:
+            end = app.consumer.highwater(tp)  # the last stable offset: the worker reads read_committed
+            position = eos.expected.get(tp, app.consumer._committed_offset.get(tp))
+            if end is not None and position is not None:
+                lags[tp.partition] = max(end - position, 0)
+        metrics.set_lags(lags, (tp.partition for tp in owned))
+
+    @app.page("/metrics")
+    class Metrics(View):
+        """Prometheus metrics of this worker (`processors.metrics`)."""
+
+        async def get(self, request: Request) -> Response:
+            # In the headers: aiohttp refuses a content_type argument with a charset in it.
+            return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     @app.on_partitions_assigned.connect
     async def rebuild_deadlines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        metrics.REBALANCES.inc()
         # Not eos.forget: the revocation before every assignment did, and the seek that
         # tells eos where partitions resume may already have run.
         processor.forget_partitions({tp.partition for tp in assigned})

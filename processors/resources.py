@@ -34,6 +34,7 @@ from typing import Any
 import faust
 import orjson
 
+from processors import metrics
 from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, waits
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
@@ -430,6 +431,8 @@ class ResourceProcessor:
                                 cascade_answer(asker, (extra or {}).get("cascade", {}),
                                                "deleted" if result.status == DELETED else "kept"))
             return
+        if result.status != PENDING:
+            metrics.record_applied(result.status, result.code, body.get("acceptedAt"))
         details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
         await self.outcomes.add(event, body, outcome_entry(
             body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))

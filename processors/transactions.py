@@ -91,6 +91,7 @@ from faust.transport.drivers.aiokafka import Producer
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
+from processors import metrics
 from state.store import prefix_items
 from topics import partitioning
 from topics.record_batches import send_batches
@@ -130,11 +131,14 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
                 return False
             eos.hold_sends(offsets)
         # Events go on meanwhile; what they send for these transactions waits for the next.
+        started = time.monotonic()
         try:
             await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         except BaseException:
             eos.drop_committing()  # the commit failed: Faust stops the worker
             raise
+        metrics.COMMIT_DURATION.observe(time.monotonic() - started)
+        metrics.COMMITS.inc(len(offsets))
         eos.reopen_uncommitted()
         await eos.release_sends()
         return True

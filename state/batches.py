@@ -9,7 +9,8 @@ Layout (`state.store`, sorted keys): `b` + id → the batch's counters and descr
 `k` + id + index → a succeeded record's external id and result; `p` + id + index → a pending
 record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order); `t` + tenant + NUL + filter + newest-first time
 + id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
-its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`).
+its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`);
+`g` → the records pending in all batches.
 A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
 four times (any/any, its type/any, any/its status, its type/its status), and moves between
 status lists as its status changes, so every filtered page is one seek too.
@@ -56,6 +57,7 @@ _ANY = ord("*")
 RECORD_STATUSES = ("succeeded", "failed", "pending")
 _RECORD_PREFIX = {"succeeded": b"k", "failed": b"f", "pending": b"p"}
 _NEWEST_FIRST = (1 << 63) - 1
+_PENDING_TOTAL = b"g"
 EXPIRY_INTERVAL_S = 60.0  # how often batches past their retention are looked for
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class BatchState:
     pending_details: dict[int, dict[str, Any]] = field(default_factory=dict)
     resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
     listed_status: str | None = None  # the status its list entries carry on disk
+    stored_pending: int = 0  # its pending count as on disk (what the store's total counts)
 
     def __post_init__(self) -> None:
         if len(self.states) != self.recordCount:
@@ -152,7 +155,7 @@ class BatchState:
         return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
                    c["acceptedAt"], c["batchType"], bytearray(states or b""), c["successful"], c["failed"],
                    c["pending"], c["startedAt"], c["completedAt"], Counter(c["summary"]),
-                   Counter(c.get("cascade") or {}), listed_status=c["listedStatus"])
+                   Counter(c.get("cascade") or {}), listed_status=c["listedStatus"], stored_pending=c["pending"])
 
 
 def _id(batch_id: str) -> bytes:
@@ -307,6 +310,9 @@ class BatchStore(StoredView):
     @staticmethod
     def _write(changes: Changes, batch: BatchState) -> None:
         key = _id(batch.batchId)
+        if batch.pending != batch.stored_pending:
+            _add_count(changes, _PENDING_TOTAL, batch.pending - batch.stored_pending)
+            batch.stored_pending = batch.pending
         status = batch.status
         if batch.listed_status is not None and status != batch.listed_status:
             _list(changes, batch, batch.listed_status, -1, only_by_status=True)
@@ -420,11 +426,17 @@ class BatchStore(StoredView):
                     changes.delete(detail)
             changes.delete(b"b" + ident)
             changes.delete(b"s" + ident)
+            if batch.stored_pending:
+                _add_count(changes, _PENDING_TOTAL, -batch.stored_pending)
             if batch.listed_status is not None:
                 _list(changes, batch, batch.listed_status, -1)
         if forgotten:
             self.store.write(changes)
         return forgotten
+
+    def pending_total(self) -> int:
+        """Records waiting for their references, in all batches."""
+        return self._total(_PENDING_TOTAL)
 
     def _total(self, count_key: bytes) -> int:
         raw = self.store.get(count_key)

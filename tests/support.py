@@ -264,6 +264,18 @@ def wait_ingress_ready(settings: Settings, timeout_s: float = 60.0) -> str:
     return base
 
 
+ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id"], "properties": {
+    "id": {"type": "string"}, "customer": {"$ref": "reach:schemas/Customer"}}}
+
+
+def define_customer_and_order(base: str) -> None:
+    """Create Customer and Order (Order.customer → Customer) through the ingress at `base`."""
+    for name, schema in (("Customer", CUSTOMER_SCHEMA), ("Order", ORDER_SCHEMA)):
+        response = httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token()), timeout=30,
+                              json={"name": name, "externalIdField": "id", "schema": schema})
+        assert response.status_code == 200, response.text
+
+
 TERMINAL = ("success", "partial_success", "failed")
 
 

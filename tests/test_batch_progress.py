@@ -22,6 +22,7 @@ from tests.support import (
     CUSTOMER_SCHEMA,
     ServiceProcess,
     bearer,
+    define_customer_and_order,
     partner_token,
     tenant_token,
     unique,
@@ -46,15 +47,6 @@ def ingress_process(settings: Settings, tmp_path: Path) -> Iterator[ServiceProce
 @pytest.fixture
 def base(settings: Settings, ingress_process: ServiceProcess) -> str:
     return f"http://127.0.0.1:{settings.http_port}"
-
-
-def define_shop(base: str) -> None:
-    for name, schema in (("Customer", CUSTOMER_SCHEMA),
-                         ("Order", {"type": "object", "required": ["id"], "properties": {
-                             "id": {"type": "string"}, "customer": {"$ref": "reach:schemas/Customer"}}})):
-        response = httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token()), timeout=30,
-                              json={"name": name, "externalIdField": "id", "schema": schema})
-        assert response.status_code == 200, response.text
 
 
 def upload(base: str, schema: str, records: list[dict[str, Any]], **query: str) -> str:
@@ -94,7 +86,7 @@ def follow(base: str, batch_id: str, until: Any, last_event_id: int | None = Non
 
 def test_progress_streams_live_resumes_with_last_event_id_and_ends_with_completed(
         base: str, worker: ServiceProcess) -> None:
-    define_shop(base)
+    define_customer_and_order(base)
     headers = bearer(tenant_token())
     # o-1 waits for its customer; o-2 applies at once.
     batch_id = upload(base, "Order", [{"id": "o-1", "customer": "c-1"}, {"id": "o-2"}], dependencyWaitTimeout="300")
@@ -137,7 +129,7 @@ def test_events_of_an_unknown_or_foreign_batch_are_not_found(settings: Settings,
 
 def test_a_stopping_ingress_ends_the_streams_it_serves_in_bounded_time(
         settings: Settings, ingress_process: ServiceProcess, base: str, worker: ServiceProcess) -> None:
-    define_shop(base)
+    define_customer_and_order(base)
     batch_id = upload(base, "Order", [{"id": "o-1", "customer": "c-1"}], dependencyWaitTimeout="300")
     received: list[Event] = []
     ended = threading.Event()
