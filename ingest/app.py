@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Match, Route
 
 from ingest import batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions
-from ingest.publisher import BatchPublisher
+from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.metrics import MetricsMiddleware, metrics
 from ingest.openapi import openapi
@@ -85,6 +85,13 @@ def stored_references(registry: SchemaRegistry) -> Callable[[dict[str, Any]], li
     return references
 
 
+def claim_stale_s(settings: Settings) -> float:
+    """How long an idempotency claim whose ingress died holds its key: until its batch surely
+    can no longer commit (an upload commits within its produce timeout, or the broker aborts its
+    transaction after the producers' transaction timeout, `ingest.publisher`), and 5 s more."""
+    return settings.produce_timeout_s + TRANSACTION_TIMEOUT_S + 5
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the ingress app; its Kafka clients start and stop with the app's lifespan."""
     settings = settings or Settings.from_env()
@@ -107,7 +114,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # Opened inside the try: a store another process holds stops the start cleanly.
             folder = ingress_state_dir(settings)
             state.batches = BatchStore(settings.bootstrap_servers, topics.batch_events.name, folder / "batches", wait_s,
-                                       retention_s=settings.batch_retention_days * 24 * 3600)
+                                       retention_s=settings.batch_retention_days * 24 * 3600,
+                                       idempotency_ttl_s=min(settings.idempotency_key_hours,
+                                                             settings.batch_retention_days * 24) * 3600,
+                                       claim_stale_s=claim_stale_s(settings))
             parts.append(state.batches)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
                                             folder / "resources", wait_s,

@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import metrics
+from ingest import idempotency, metrics
 from ingest.auth import tenant_principal
 from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
-from schemas.batch_events import BATCH_TYPES, DELETE_BATCH, BatchMeta, registration
+from schemas.batch_events import BATCH_TYPES, DELETE_BATCH, BatchMeta, IdempotencyClaim, registration
 from schemas.definitions import Definition
 from schemas.events import BATCH_TYPE_OF_OP, build_ingest_batch
 from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
@@ -123,6 +123,9 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     body = await read_body(request, state.settings.max_body_bytes)
+    replay = replay_if_accepted(request, principal.partner_id, principal.tenant_id or "", body)
+    if replay is not None:
+        return replay
     resources, body_problem = _resources_of(body)
     if body_problem:
         request_problems.append(body_problem)
@@ -134,9 +137,8 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
         message = "; ".join(request_problems) if request_problems else (
             f"{len(record_problems)} problem(s) in the submitted resources; nothing was enqueued")
         raise ApiError(400, message, record_problems or None)
-    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
-                               [(external_id_of(r, definition) or "", r) for r in checked], op, options)
-    return accepted(meta)
+    return await publish_accepted(request, body, principal.partner_id, principal.tenant_id or "", definition,
+                                  [(external_id_of(r, definition) or "", r) for r in checked], op, options)
 
 
 async def find_definition(request: Request, partner_id: str) -> Definition:
@@ -162,47 +164,88 @@ def check_records(resources: list[Any], definition: Definition, options: BatchOp
     return checked, found
 
 
+def replay_if_accepted(request: Request, partner_id: str, tenant_id: str, body: bytes) -> Response | None:
+    """The 202 again if this request (its Idempotency-Key and all) was accepted before, as far as
+    this ingress knows already (else `publish_accepted` decides, with every ingress)."""
+    key = idempotency.key_of(request)
+    if key is None:
+        return None
+    done = idempotency.accepted_before(request.app.state.batches.key_entry(partner_id, tenant_id, key),
+                                       idempotency.fingerprint(request, body))
+    return accepted(done, replayed=True) if done is not None else None
+
+
+async def publish_accepted(request: Request, body: bytes, partner_id: str, tenant_id: str, definition: Definition,
+                           records: list[tuple[str, dict[str, Any] | None]], op: str,
+                           options: BatchOptions = BatchOptions(), cascade: bool = False,
+                           plans: dict[int, dict[str, Any]] | None = None) -> Response:
+    """Publish a batch-shaped write (`publish_batch`) and answer 202; with an Idempotency-Key,
+    at most once per key (`ingest.idempotency`), answering a retry with the first 202."""
+    key = idempotency.key_of(request)
+    claim = None
+    if key is not None:
+        held = await idempotency.claim(request.app.state, partner_id, tenant_id, key,
+                                       idempotency.fingerprint(request, body))
+        if isinstance(held, BatchMeta):
+            return accepted(held, replayed=True)
+        claim = held
+    return accepted(await publish_batch(request, partner_id, tenant_id, definition, records, op, options, cascade,
+                                        plans, claim))
+
+
 async def publish_batch(request: Request, partner_id: str, tenant_id: str, definition: Definition,
                         records: list[tuple[str, dict[str, Any] | None]], op: str,
                         options: BatchOptions = BatchOptions(), cascade: bool = False,
-                        plans: dict[int, dict[str, Any]] | None = None) -> BatchMeta:
+                        plans: dict[int, dict[str, Any]] | None = None,
+                        claim: IdempotencyClaim | None = None) -> BatchMeta:
     """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503.
-    `plans`: the delete plans of some record indexes (`ingest.deletes`)."""
+    `plans`: the delete plans of some record indexes (`ingest.deletes`); `claim`: the
+    idempotency key it takes (released if the batch is surely not accepted)."""
     state = request.app.state
     meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
         await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade,
-                                                     plans))
+                                                     plans, claim))
     except PublishError as exc:
+        if claim is not None and not exc.committing:
+            await idempotency.release(state, claim)
         if exc.committing:  # the broker went silent while confirming the commit
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
                                 f"GET /api/batches/{meta.batchId} tells ({exc})",
                            data={"batchId": meta.batchId}) from None
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
     state.batches.add(meta)  # this ingress answers for it at once
+    if claim is not None:
+        state.batches.take_key(claim, meta)
     metrics.accepted(op, len(records))
     return meta
 
 
-def accepted(meta: BatchMeta) -> Response:
-    """The 202 of a batch-shaped write."""
-    return ok({"batchId": meta.batchId, "message": "Batch accepted for processing", "recordCount": meta.recordCount,
-               "schemaDefinitionId": meta.schemaDefinitionId}, "Batch accepted", status=202)
+def accepted(meta: BatchMeta, replayed: bool = False) -> Response:
+    """The 202 of a batch-shaped write (`replayed`: again, for a retry with its Idempotency-Key)."""
+    response = ok({"batchId": meta.batchId, "message": "Batch accepted for processing",
+                   "recordCount": meta.recordCount, "schemaDefinitionId": meta.schemaDefinitionId},
+                  "Batch accepted", status=202)
+    if replayed:
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    return response
 
 
 def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definition,
                    records: list[tuple[str, dict[str, Any] | None]], op: str,
                    options: BatchOptions = BatchOptions(), cascade: bool = False,
-                   plans: dict[int, dict[str, Any]] | None = None) -> list[Message]:
-    """The batch's registration and its ingest messages (a partition's records grouped), ready to publish."""
+                   plans: dict[int, dict[str, Any]] | None = None,
+                   claim: IdempotencyClaim | None = None) -> list[Message]:
+    """The batch's registration (with the idempotency key it takes) and its ingest messages (a
+    partition's records grouped), ready to publish."""
     batch = build_ingest_batch(
         meta.partnerId, meta.tenantId, definition.id, records, op=op,
         schema_version=definition.versionNumber, ignore_unknown_fields=options.ignore_unknown_fields,
         dependency_wait_timeout=options.dependency_wait_timeout if op in ("upsert", "reject") else 0,
         cascade=cascade, batch_id=meta.batchId, accepted_at=meta.acceptedAt, partitions=topics.ingest.partitions,
         plans=plans)
-    messages: list[Message] = [(topics.batch_events.name, meta.batchId.encode(), registration(meta), None)]
+    messages: list[Message] = [(topics.batch_events.name, meta.batchId.encode(), registration(meta, claim), None)]
     messages.extend((topics.ingest.name, key, value, headers) for key, value, headers in batch.messages)
     return messages
 

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import accepted, find_definition, json_object, names, publish_batch, read_body
+from ingest.batches import find_definition, json_object, names, publish_accepted, read_body, replay_if_accepted
 from ingest.responses import ApiError, ok
 from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
@@ -173,7 +173,11 @@ async def delete_batch(request: Request) -> Response:
     principal = tenant_principal(request, state.settings.partner_secrets)
     partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
     definition = await find_definition(request, partner_id)
-    body = delete_request(await read_body(request, state.settings.max_body_bytes))
+    raw = await read_body(request, state.settings.max_body_bytes)
+    replay = replay_if_accepted(request, partner_id, tenant_id, raw)
+    if replay is not None:
+        return replay
+    body = delete_request(raw)
     store: ResourceStore = state.resources
     try:
         await store.sync()  # the state as of every write committed before this request
@@ -207,9 +211,8 @@ async def delete_batch(request: Request) -> Response:
     for index, key in enumerate(named):
         if key in told:
             plans[index] = told.pop(key)  # its first naming only
-    meta = await publish_batch(request, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
-                               cascade=body.cascade, plans=plans)
-    return accepted(meta)
+    return await publish_accepted(request, raw, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
+                                  cascade=body.cascade, plans=plans)
 
 
 routes = [Route("/api/resources/{schema}/batch", delete_batch, methods=["DELETE"])]

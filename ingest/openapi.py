@@ -23,6 +23,7 @@ TENANT_HEADER = [
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
              409: "Conflict", 413: "Body too large",
+             422: "Idempotency-Key reused for another request",
              503: "Kafka cannot take the write now"}
     return {str(c): {"description": texts[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
@@ -60,6 +61,11 @@ DELETE_BODY = {"type": "object", "properties": {
     "dryRun": {"type": "boolean", "default": False}}}
 SINGLE_BODY = {"type": "object", "required": ["data"], "properties": {
     "data": {"type": "object", "additionalProperties": {"nullable": True}}}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
+    "description": "Accept this request at most once per key of the tenant (kept REACH_IDEMPOTENCY_KEY_HOURS, "
+                   "default 24): a retry gets the first 202 again with Idempotent-Replayed: true; the key with "
+                   "another request: 422; while the first is being accepted: 409 with Retry-After"}
 IGNORE_UNKNOWN = {"name": "ignoreUnknownFields", "in": "query", "required": False,
                   "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}
 ON_CONFLICT = {"name": "onconflict", "in": "query", "required": False,
@@ -108,31 +114,31 @@ SPEC: dict[str, Any] = {
         "/api/resources/{schema}/batch": {
             "post": {
                 "summary": "Batch upload resources (1..1000), processed asynchronously", "security": BEARER,
-                "parameters": [SCHEMA, *TENANT_HEADER, ON_CONFLICT, IGNORE_UNKNOWN,
+                "parameters": [SCHEMA, *TENANT_HEADER, IDEMPOTENCY_KEY, ON_CONFLICT, IGNORE_UNKNOWN,
                                {"name": "dependencyWaitTimeout", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 413, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
             },
             "delete": {
                 "summary": "Batch delete resources by external id (1..1000) or every one of the schema (deleteAll); "
                            "a resource referenced by one this request does not delete stays (REFERENCED) unless "
                            "cascade; dryRun answers 200 with what would be deleted and changes nothing",
-                "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER],
+                "security": BEARER, "parameters": [SCHEMA, *TENANT_HEADER, IDEMPOTENCY_KEY],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": DELETE_BODY}}},
                 "responses": {**_ok("Dry run: {dryRun, schemaDefinitionId, wouldDelete, skippedDueToReferences, "
                                     "totalRecords}; nothing changed, no batch"),
                               **_ok("Accepted: every delete is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 413, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
             },
             "patch": {
                 "summary": "Batch patch existing resources (1..1000; RFC 7396 merge, never creates)",
                 "security": BEARER,
-                "parameters": [SCHEMA, *TENANT_HEADER, IGNORE_UNKNOWN],
+                "parameters": [SCHEMA, *TENANT_HEADER, IDEMPOTENCY_KEY, IGNORE_UNKNOWN],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 413, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
             },
         },
         "/api/batches": {"get": {"summary": "The tenant's batches, newest first", "security": BEARER,

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Message = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]  # topic, key, value, headers
 RETRY_INTERVAL_S = 1.0  # between attempts to replace a retired producer while the broker is away
+TRANSACTION_TIMEOUT_S = 15.0  # after which the broker aborts a transaction its producer left open
 
 
 class PublishError(Exception):
@@ -70,7 +71,7 @@ class BatchPublisher:
             max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024,
             # An open transaction of a crashed ingress holds back readers until it times out.
-            transaction_timeout_ms=15_000,
+            transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
             request_timeout_ms=int(self.settings.produce_timeout_s * 1000),
         )
         try:

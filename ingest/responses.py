@@ -22,9 +22,10 @@ class ApiError(Exception):
     """Raised anywhere in a handler; becomes `{"success": false, ...}` with `status`."""
 
     def __init__(self, status: int, message: str, errors: list[str] | None = None,
-                 data: dict[str, Any] | None = None) -> None:
+                 data: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.errors, self.data = status, message, errors, data
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body: dict[str, Any] = {"success": False, "message": self.message}
@@ -32,7 +33,7 @@ class ApiError(Exception):
             body["errors"] = self.errors
         if self.data is not None:
             body["data"] = self.data
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def ok(data: Any, message: str = "OK", status: int = 200) -> JSONResponse:

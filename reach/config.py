@@ -42,6 +42,9 @@ class Settings:
     # The most resources one deleteAll may name: its deletes are published in one transaction,
     # which must commit within produce_timeout_s.
     delete_all_max: int = 100_000
+    # How long an Idempotency-Key stays taken after its request was accepted (at most as long
+    # as batch statuses are kept: the batch-events topic holds the keys).
+    idempotency_key_hours: float = 24.0
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
 
     @classmethod
@@ -72,5 +75,6 @@ class Settings:
             batch_retention_days=float(env.get("REACH_BATCH_RETENTION_DAYS", defaults.batch_retention_days)),
             sync_wait_s=float(env.get("REACH_SYNC_WAIT_S", defaults.sync_wait_s)),
             delete_all_max=int(env.get("REACH_DELETE_ALL_MAX", defaults.delete_all_max)),
+            idempotency_key_hours=float(env.get("REACH_IDEMPOTENCY_KEY_HOURS", defaults.idempotency_key_hours)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
         )

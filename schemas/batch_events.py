@@ -12,6 +12,13 @@ Keyed by batchId (UTF-8), values are JSON objects:
 
 Both carry the batch's description (``BatchMeta``), so that a batch produced directly to
 Kafka, without a registration, is described by its first outcomes.
+
+An upload with an `Idempotency-Key` first claims its key (``ingest.idempotency``):
+
+- ``{"type": "claim", "partnerId", "tenantId", "key", "fingerprint", "claimant", "at"}`` —
+  keyed by ``claim_key``, so that all claims of one key are in one partition, in one order;
+- ``{"type": "release", ...the claim}`` — its batch was not accepted: the key is free again;
+- the registration of the batch carries the claim under ``"idempotency"``: the key is taken.
 """
 
 from __future__ import annotations
@@ -56,8 +63,36 @@ class BatchMeta:
                    event["recordCount"], event["acceptedAt"], event.get("batchType") or INGEST_BATCH)
 
 
-def registration(meta: BatchMeta) -> bytes:
-    return orjson.dumps({"type": "batch", **asdict(meta)})
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """One attempt to accept a request under an idempotency key of a tenant."""
+
+    partnerId: str
+    tenantId: str
+    key: str
+    fingerprint: str  # of the request: method, path, query and body
+    claimant: str  # this attempt's id
+    at: int  # epoch milliseconds
+
+    @classmethod
+    def of_event(cls, event: dict[str, Any]) -> "IdempotencyClaim":
+        return cls(event["partnerId"], event["tenantId"], event["key"], event["fingerprint"], event["claimant"],
+                   int(event["at"]))
+
+
+def claim_key(partner_id: str, tenant_id: str, key: str) -> bytes:
+    return orjson.dumps([partner_id, tenant_id, key])
+
+
+def claim_event(claim: IdempotencyClaim, released: bool = False) -> bytes:
+    return orjson.dumps({"type": "release" if released else "claim", **asdict(claim)})
+
+
+def registration(meta: BatchMeta, claim: IdempotencyClaim | None = None) -> bytes:
+    event: dict[str, Any] = {"type": "batch", **asdict(meta)}
+    if claim is not None:
+        event["idempotency"] = asdict(claim)
+    return orjson.dumps(event)
 
 
 def outcome_entry(index: int, external_id: str, status: str, at_ms: int, code: str | None = None,

@@ -10,7 +10,9 @@ Layout (`state.store`, sorted keys): `b` + id → the batch's counters and descr
 record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order); `t` + tenant + NUL + filter + newest-first time
 + id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
 its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`);
-`g` → the records pending in all batches.
+`g` → the records pending in all batches; `i` + tenant + NUL + idempotency key → its entry
+(the claim that holds it, and the batch once accepted), and `j` + claim time + that entry's
+key → nothing, the order in which keys expire.
 A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
 four times (any/any, its type/any, any/its status, its type/its status), and moves between
 status lists as its status changes, so every filtered page is one seek too.
@@ -26,7 +28,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from schemas.batch_events import (
     PENDING,
     UPDATED,
     BatchMeta,
+    IdempotencyClaim,
 )
 from state.store import Changes, StoreConfig
 from state.view import StoredView
@@ -207,6 +210,10 @@ def _list(changes: Changes, batch: BatchState, status: str, delta: int, only_by_
         _add_count(changes, _count_key(batch.partnerId, batch.tenantId, batch_type, filtered_status), delta)
 
 
+def _key_entry(partner_id: str, tenant_id: str, key: str) -> bytes:
+    return b"i" + _tenant(partner_id, tenant_id) + b"\x00" + key.encode()
+
+
 def _expiring(batch: BatchState) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
@@ -217,21 +224,27 @@ class BatchStore(StoredView):
     FORMAT = b"3"  # 2: lists filtered by batch type and status; 3: succeeded records
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
-                 config: StoreConfig = StoreConfig(), retention_s: float | None = None) -> None:
+                 config: StoreConfig = StoreConfig(), retention_s: float | None = None,
+                 idempotency_ttl_s: float = 24 * 3600, claim_stale_s: float = 60.0) -> None:
         super().__init__(bootstrap_servers, topic, path, wait_s, config)
         self.retention_s = retention_s  # None: batches are kept for ever
+        self.idempotency_ttl_ms = int(idempotency_ttl_s * 1000)  # how long a key stays taken
+        # How long a claim whose batch was never accepted nor released (its ingress died) holds
+        # its key against later claims; longer than an upload may take to commit.
+        self.claim_stale_ms = int(claim_stale_s * 1000)
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 60.0) -> None:
         await super().start(timeout_s)
-        if self.retention_s is not None:
-            self._expiry = asyncio.create_task(self._expire_old(self.retention_s), name="batches:expiry")
+        self._expiry = asyncio.create_task(self._expire_old(self.retention_s), name="batches:expiry")
 
-    async def _expire_old(self, retention_s: float) -> None:
+    async def _expire_old(self, retention_s: float | None) -> None:
         while True:
             try:
                 # In chunks, so that requests are served in between.
-                while self.expire(int((time.time() - retention_s) * 1000)):
+                while retention_s is not None and self.expire(int((time.time() - retention_s) * 1000)):
+                    await asyncio.sleep(0)
+                while self.expire_keys(int(time.time() * 1000) - self.idempotency_ttl_ms):
                     await asyncio.sleep(0)
             except Exception:  # a disk error: try again at the next round
                 log.exception("expiring old batches failed")
@@ -276,6 +289,11 @@ class BatchStore(StoredView):
             return
         try:
             event = orjson.loads(value)
+            if event.get("type") in ("claim", "release"):
+                self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
+                return
+            if isinstance(event.get("idempotency"), dict):
+                self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), BatchMeta.of_event(event))
             batch_id = event["batchId"]
             batch = touched.get(batch_id) or self._load(changes, batch_id)
             if batch is None:
@@ -292,6 +310,83 @@ class BatchStore(StoredView):
             for entry in event.get("outcomes") or []:
                 if isinstance(entry, dict):
                     batch.record(entry)
+
+    # -- idempotency keys -------------------------------------------------------------------
+    # Decided by the order of the topic alone, so that every ingress decides the same: the
+    # first claim of a key holds it until its batch is accepted (the key is then taken until it
+    # expires), or it is released, or a later claim comes when it is stale.
+
+    def _fold_claim(self, changes: Changes, claim: IdempotencyClaim, released: bool) -> None:
+        where = _key_entry(claim.partnerId, claim.tenantId, claim.key)
+        raw = changes.get(where)
+        entry = orjson.loads(raw) if raw is not None else None
+        if released:
+            if entry is not None and entry.get("batch") is None and entry["claimant"] == claim.claimant:
+                self._put_entry(changes, where, entry, None)
+            return
+        if entry is not None:
+            age = claim.at - entry["at"]
+            if age < (self.idempotency_ttl_ms if entry.get("batch") is not None else self.claim_stale_ms):
+                return  # held: by an accepted batch, or by a claim in flight
+        self._put_entry(changes, where, entry, {"claimant": claim.claimant, "fingerprint": claim.fingerprint,
+                                                "at": claim.at, "batch": None})
+
+    def _key_taken(self, changes: Changes, claim: IdempotencyClaim, meta: BatchMeta) -> None:
+        """The batch of `claim` was accepted: it holds the key (whatever claims came meanwhile:
+        a batch in Kafka is what a retry must find)."""
+        where = _key_entry(claim.partnerId, claim.tenantId, claim.key)
+        raw = changes.get(where)
+        entry = orjson.loads(raw) if raw is not None else None
+        self._put_entry(changes, where, entry, {"claimant": claim.claimant, "fingerprint": claim.fingerprint,
+                                                "at": claim.at, "batch": asdict(meta)})
+
+    @staticmethod
+    def _put_entry(changes: Changes, where: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if old is not None:
+            changes.delete(b"j" + struct.pack(">Q", old["at"]) + where)
+        if new is None:
+            changes.delete(where)
+            return
+        changes.put(where, orjson.dumps(new))
+        changes.put(b"j" + struct.pack(">Q", new["at"]) + where, b"")
+
+    def take_key(self, claim: IdempotencyClaim, meta: BatchMeta) -> None:
+        """Record that `meta`'s batch took the key of `claim` (called by the ingress that accepted
+        it: Kafka makes a committed transaction readable moments after the commit returns)."""
+        changes = Changes(self.store)
+        self._key_taken(changes, claim, meta)
+        self.store.write(changes)
+
+    def key_entry(self, partner_id: str, tenant_id: str, key: str) -> dict[str, Any] | None:
+        """What holds an idempotency key of a tenant: {claimant, fingerprint, at, batch (a
+        BatchMeta's fields once accepted, else None)}; None if nothing does (or no longer)."""
+        raw = self.store.get(_key_entry(partner_id, tenant_id, key))
+        if raw is None:
+            return None
+        entry = orjson.loads(raw)
+        if entry.get("batch") is not None and entry["at"] <= time.time() * 1000 - self.idempotency_ttl_ms:
+            return None  # expired, not yet swept
+        return entry
+
+    def expire_keys(self, before_ms: int, chunk: int = 500) -> int:
+        """Forget up to `chunk` idempotency entries claimed before `before_ms`; how many."""
+        changes = Changes(self.store)
+        due = self._due(b"j", before_ms, chunk)
+        for key in due:
+            changes.delete(key)
+            changes.delete(key[9:])
+        if due:
+            self.store.write(changes)
+        return len(due)
+
+    def _due(self, prefix: bytes, before_ms: int, chunk: int) -> list[bytes]:
+        """Up to `chunk` keys of a time index (`prefix` + 8-byte time + ...) older than `before_ms`, oldest first."""
+        due = []
+        for key, _ in self.store.items_from(prefix, prefix):
+            if struct.unpack(">Q", key[1:9])[0] >= before_ms or len(due) == chunk:
+                break
+            due.append(key)
+        return due
 
     @staticmethod
     def _load(changes: Changes, batch_id: str) -> BatchState | None:
@@ -411,11 +506,8 @@ class BatchStore(StoredView):
         topic) would register it anew; the topic keeps them no longer than the store does.
         """
         changes = Changes(self.store)
-        forgotten = 0
-        for key, _ in self.store.items_from(b"a", b"a"):
-            if struct.unpack(">Q", key[1:9])[0] >= accepted_before_ms or forgotten == chunk:
-                break
-            forgotten += 1
+        due = self._due(b"a", accepted_before_ms, chunk)
+        for key in due:
             changes.delete(key)
             batch = self._load(changes, key[9:].decode())
             if batch is None:
@@ -430,9 +522,9 @@ class BatchStore(StoredView):
                 _add_count(changes, _PENDING_TOTAL, -batch.stored_pending)
             if batch.listed_status is not None:
                 _list(changes, batch, batch.listed_status, -1)
-        if forgotten:
+        if due:
             self.store.write(changes)
-        return forgotten
+        return len(due)
 
     def pending_total(self) -> int:
         """Records waiting for their references, in all batches."""

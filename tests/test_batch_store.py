@@ -3,6 +3,7 @@ dropped, the tenant's list newest first by seek, and a reopened store that knows
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH, BatchMeta
+from schemas.batch_events import (DELETE_BATCH, INGEST_BATCH, PATCH_BATCH, BatchMeta, IdempotencyClaim, claim_event,
+                                  registration)
 from state.batches import BatchStore
 
 TOPIC = "batch-events"
@@ -128,4 +130,45 @@ def test_lists_filtered_by_type_and_status_page_by_seek_and_follow_status_change
     assert store.expire(accepted_before_ms=1045) == 45
     assert every(PATCH_BATCH, "success")[1] == len([b for b in succeeded if int(b[1:]) >= 45])
     assert every(None, None)[1] == 45
+    store.store.close()
+
+
+def _claim_event(key: str, claimant: str, at: int, kind: str = "claim", tenant: str = "t1") -> Any:
+    claim = IdempotencyClaim("p", tenant, key, f"print-{claimant}", claimant, at)
+    return SimpleNamespace(offset=0, key=b"k", value=claim_event(claim, released=kind == "release"))
+
+
+def _taken(key: str, claimant: str, at: int, batch_id: str) -> Any:
+    claim = IdempotencyClaim("p", "t1", key, f"print-{claimant}", claimant, at)
+    return SimpleNamespace(offset=0, key=batch_id.encode(),
+                           value=registration(BatchMeta(batch_id, "p", "t1", "s", 1, at + 5), claim))
+
+
+def test_idempotency_keys_go_to_the_first_claim_are_taken_by_a_batch_and_expire(tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store", idempotency_ttl_s=3600, claim_stale_s=30)
+    _fold(store, [_claim_event("k1", "a", now), _claim_event("k1", "b", now + 10)], 2)
+    assert store.key_entry("p", "t1", "k1")["claimant"] == "a", "the first claim holds the key"
+    assert store.key_entry("p", "t2", "k1") is None, "keys are the tenant's"
+
+    _fold(store, [_claim_event("k1", "b", now + 20, "release")], 3)  # not b's to release
+    assert store.key_entry("p", "t1", "k1")["claimant"] == "a"
+    _fold(store, [_claim_event("k1", "a", now + 30, "release"), _claim_event("k1", "b", now + 40)], 5)
+    assert store.key_entry("p", "t1", "k1")["claimant"] == "b", "released: the next claim holds it"
+
+    _fold(store, [_claim_event("k1", "c", now + 40 + 30_000)], 6)  # b's claim is stale by then
+    assert store.key_entry("p", "t1", "k1")["claimant"] == "c"
+    _fold(store, [_taken("k1", "c", now + 40 + 30_000, "batch-c"),
+                  _claim_event("k1", "d", now + 3_000_000)], 8)  # taken: no claim moves it within the TTL
+    entry = store.key_entry("p", "t1", "k1")
+    assert entry["claimant"] == "c" and entry["batch"]["batchId"] == "batch-c", entry
+
+    # A batch whose claim this store never saw (another partition, read later) takes the key too.
+    _fold(store, [_taken("k2", "e", now, "batch-e")], 9)
+    assert store.key_entry("p", "t1", "k2")["batch"]["batchId"] == "batch-e"
+
+    assert store.expire_keys(now + 1) == 1  # k2's entry (claimed at `now`); k1's is younger
+    assert store.key_entry("p", "t1", "k2") is None and store.key_entry("p", "t1", "k1") is not None
+    assert store.expire_keys(now + 10**9) == 1 and store.key_entry("p", "t1", "k1") is None
+    assert list(store.store.items_from(b"j", b"j")) == [] and list(store.store.items_from(b"i", b"i")) == []
     store.store.close()
