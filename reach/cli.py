@@ -22,6 +22,9 @@ usage: reach COMMAND
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
+  upload FILE --schema NAME [--tenant T] [--concurrency N] [--batch-size N] [--no-wait] [--json]
+                   load a .jsonl/.json/.csv file in batches with a live progress bar, safe
+                   retries (Idempotency-Key) and failed records to failed.jsonl (reach upload --help)
   delete SCHEMA --tenant T (--id ID... | --ids-file FILE | --all) [--cascade] [--dry-run]
                    delete resources through the HTTP API, in batches of 1000, and wait for
                    the outcome (reach delete --help)
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.server import main as ingress_main
         ingress_main()
         return 0
+    if command == "upload":
+        from reach.upload import main as upload_main
+        return upload_main(rest)
     if command == "delete":
         from reach.delete import main as delete_main
         return delete_main(rest)
