@@ -32,7 +32,7 @@ UNMATCHED = "unmatched"  # the route label of a path no route serves (not the pa
 HTTP_REQUESTS = Counter("reach_http_requests", "HTTP requests answered", ["route", "method", "status"])
 HTTP_DURATION = Histogram("reach_http_request_duration_seconds",
                           "From a request's arrival to the end of its answer (event streams: their whole life)",
-                          ["route", "method"],
+                          ["route", "method", "status"],
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 RECORDS_ACCEPTED = Counter("reach_records_accepted", "Records accepted for processing (answered 202)",
                            ["operation"])
@@ -83,7 +83,7 @@ class MetricsMiddleware:
         finally:
             route = route_template(scope)
             HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
-            HTTP_DURATION.labels(route, scope["method"]).observe(time.perf_counter() - started)
+            HTTP_DURATION.labels(route, scope["method"], str(status)).observe(time.perf_counter() - started)
 
 
 def route_template(scope: Scope) -> str:

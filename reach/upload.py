@@ -119,7 +119,7 @@ def read_records(path: str, properties: dict[str, Any] | None) -> Iterator[Recor
             try:
                 item = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield Record(n, raw.decode("utf-8", errors="replace").rstrip("\n"), f"INVALID_JSON: {exc}")
+                yield Record(n, raw.decode("utf-8", errors="replace").rstrip("\n"), f"INVALID_JSON: not valid JSON ({exc})")
                 continue
             if isinstance(item, dict) and set(item) == {"line", "record", "code", "message"}:
                 item = item["record"]  # a line of failed.jsonl

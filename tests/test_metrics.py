@@ -104,7 +104,7 @@ def test_counters_move_by_exactly_the_records_of_the_batches(
         assert moved(ingress_before, after, "reach_http_requests_total", route=UPLOAD_ROUTE, method="POST",
                      status="202") == 8
         assert moved(ingress_before, after, "reach_http_request_duration_seconds_count", route=UPLOAD_ROUTE,
-                     method="POST") == 8
+                     method="POST", status="202") == 8
         assert value(after, "reach_records_pending") == 0
 
     worker_after = scrape(worker_url)
