@@ -19,6 +19,7 @@ from starlette.routing import Match, Route
 from ingest import batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions
 from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.kafka import KafkaGateway
+from ingest.idempotency import ClaimLog
 from ingest.metrics import MetricsMiddleware, metrics
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
@@ -119,6 +120,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                                              settings.batch_retention_days * 24) * 3600,
                                        claim_stale_s=claim_stale_s(settings))
             parts.append(state.batches)
+            state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.batches)
+            parts.append(state.claims)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
                                             folder / "resources", wait_s,
                                             references_of=stored_references(state.registry))

@@ -209,7 +209,7 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
                                                      plans, claim))
     except PublishError as exc:
         if claim is not None and not exc.committing:
-            await idempotency.release(state, claim)
+            idempotency.release_later(state, claim)
         if exc.committing:  # the broker went silent while confirming the commit
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
                                 f"GET /api/batches/{meta.batchId} tells ({exc})",

@@ -8,8 +8,12 @@ a retry while the first is still being accepted gets 409.
 
 How every ingress agrees, also across restarts: the decision lives in the batch-events topic.
 Before it publishes, a request claims its key there (`claim_event`; all claims of a key go to
-one partition, so they have one order) and waits until its own view of the topic has folded
-its claim (`state.batches`): the first claim holds the key. The accepted batch's registration,
+one partition, so they have one order): the first claim holds the key, by the rule every
+reader applies (`BatchStore.after_claim`). The request decides at once from its batch store
+and the claims written after what the store has folded, read up to its own claim without
+waiting for open transactions on that partition (claims are never part of one, so what is
+there is there for good): a worker's transaction in progress, or one a killed ingress left
+open for 15 s, does not hold the decision up. The accepted batch's registration,
 written in the batch's own transaction, carries the claim, so that once the batch is in Kafka
 so is the key — an ingress killed between Kafka's commit and its answer leaves a batch that the
 retry finds. A batch that was not accepted releases its claim; a claim whose ingress died
@@ -18,21 +22,25 @@ before it could publish or release holds the key for `claim_stale_s` at most.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
 from typing import Any
 
-from aiokafka import TopicPartition
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.requests import Request
 
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
+from state.batches import BatchStore
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
-CLAIM_WAIT_S = 10.0  # for this ingress to read its own claim back (behind open transactions at most)
+RELEASE_WAIT_S = 60.0  # how long a release may wait for the broker (after that, the claim goes stale)
 IN_FLIGHT_WAIT_S = 2.0  # for another attempt at the same request to be accepted, before answering 409
 
 
@@ -81,9 +89,16 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
         return done
     mine = IdempotencyClaim(partner_id, tenant_id, key, print_, str(uuid.uuid4()), int(time.time() * 1000))
     topic = state.topics.batch_events.name
-    sent = await state.kafka.producer.send_and_wait(topic, claim_event(mine), key=claim_key(partner_id, tenant_id, key))
-    await batches.wait_for({TopicPartition(topic, sent.partition): sent.offset + 1}, CLAIM_WAIT_S)
-    entry = batches.key_entry(partner_id, tenant_id, key)
+    try:
+        # Bounded: with the broker away, aiokafka would hold the send until it is back.
+        async with asyncio.timeout(state.settings.produce_timeout_s):
+            sent = await state.kafka.producer.send_and_wait(topic, claim_event(mine),
+                                                            key=claim_key(partner_id, tenant_id, key))
+            entry = await state.claims.entry_with(mine, sent.partition, sent.offset)
+    except TimeoutError:
+        release_later(state, mine)  # queued behind the claim: frees the key if the claim lands late
+        raise ApiError(503, "Kafka did not take this request's Idempotency-Key claim in time; nothing was "
+                            "accepted; retry later with the same key") from None
     done = accepted_before(entry, print_)
     if done is not None:
         return done
@@ -106,10 +121,71 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
                         "to get its answer", headers={"Retry-After": "1"})
 
 
-async def release(state: Any, mine: IdempotencyClaim) -> None:
-    """Free the key of a claim whose batch was not accepted (best effort: else it goes stale)."""
+_releasing: set[asyncio.Task[None]] = set()
+
+
+def release_later(state: Any, mine: IdempotencyClaim) -> None:
+    """Free the key of a claim whose batch was not accepted, in the background (best effort:
+    else the claim frees it once stale)."""
+    async def release() -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(RELEASE_WAIT_S):
+                await state.kafka.producer.send_and_wait(state.topics.batch_events.name,
+                                                         claim_event(mine, released=True),
+                                                         key=claim_key(mine.partnerId, mine.tenantId, mine.key))
+
+    task = asyncio.get_running_loop().create_task(release())
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+
+
+class ClaimLog:
+    """Reads the claims of a batch-events partition that the batch store has not folded yet,
+    up to a given offset, whatever transactions are open there (read_uncommitted: claims are
+    written outside transactions; the transactional messages around them are skipped)."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, batches: BatchStore) -> None:
+        self.topic, self.batches = topic, batches
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                          isolation_level="read_uncommitted", auto_offset_reset="earliest",
+                                          fetch_max_wait_ms=10)
+        self._lock = asyncio.Lock()  # one partition read at a time on the one consumer
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def entry_with(self, mine: IdempotencyClaim, partition: int, offset: int) -> dict[str, Any] | None:
+        """The entry of `mine`'s key once every claim up to `offset` (`mine`'s own) counts."""
+        entry, position = self.batches.key_entry_at(mine.partnerId, mine.tenantId, mine.key, partition)
+        if position > offset:
+            return entry  # folded already
+        tp = TopicPartition(self.topic, partition)
+        async with self._lock:
+            self._consumer.assign([tp])
+            self._consumer.seek(tp, position)
+            while position <= offset:
+                for message in (await self._consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    position = message.offset + 1
+                    if message.offset > offset:
+                        break
+                    event = _claim_of(message.value)
+                    if event is not None and (event[0].partnerId, event[0].tenantId, event[0].key) == (
+                            mine.partnerId, mine.tenantId, mine.key):
+                        entry = self.batches.after_claim(entry, *event)
+        return entry
+
+
+def _claim_of(value: bytes | None) -> tuple[IdempotencyClaim, bool] | None:
+    """(claim, released) of a claim or release message; None for any other message."""
+    if value is None or b'"claim"' not in value and b'"release"' not in value:
+        return None
     try:
-        await state.kafka.producer.send_and_wait(state.topics.batch_events.name, claim_event(mine, released=True),
-                                                 key=claim_key(mine.partnerId, mine.tenantId, mine.key))
-    except Exception:  # the broker is away: the claim frees the key once stale
-        pass
+        event = orjson.loads(value)
+        if event.get("type") not in ("claim", "release"):
+            return None
+        return IdempotencyClaim.of_event(event), event["type"] == "release"
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None

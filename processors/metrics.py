@@ -10,8 +10,8 @@ what counts each record exactly once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -36,11 +36,17 @@ CONSUMER_LAG = Gauge("reach_ingest_consumer_lag",
                      "transaction markers)", ["partition"])
 
 
-def record_applied(outcome: str, code: str | None, accepted_at_ms: int | None) -> None:
-    """Count one record's final outcome (`code`: its error code; none for a success)."""
-    RECORDS_APPLIED.labels(outcome, code or "").inc()
+_applied: dict[tuple[str, str | None], Any] = {}  # the counter of each outcome and code: labels() costs 1.7 µs
+
+
+def record_applied(outcome: str, code: str | None, accepted_at_ms: int | None, now_ms: int) -> None:
+    """Count one record's final outcome (`code`: its error code; none for a success) at `now_ms`."""
+    counter = _applied.get((outcome, code))
+    if counter is None:
+        counter = _applied[(outcome, code)] = RECORDS_APPLIED.labels(outcome, code or "")
+    counter.inc()
     if accepted_at_ms:
-        RECORD_LATENCY.observe(max(time.time() - accepted_at_ms / 1000, 0.0))
+        RECORD_LATENCY.observe(max(now_ms - accepted_at_ms, 0) / 1000)
 
 
 def set_lags(lags: dict[int, int], owned: Iterable[int]) -> None:

@@ -431,11 +431,12 @@ class ResourceProcessor:
                                 cascade_answer(asker, (extra or {}).get("cascade", {}),
                                                "deleted" if result.status == DELETED else "kept"))
             return
+        now = _now_ms()
         if result.status != PENDING:
-            metrics.record_applied(result.status, result.code, body.get("acceptedAt"))
+            metrics.record_applied(result.status, result.code, body.get("acceptedAt"), now)
         details = {"sourcePartition": event.message.partition, "sourceOffset": event.message.offset, **(extra or {})}
         await self.outcomes.add(event, body, outcome_entry(
-            body["recordIndex"], body["externalId"], result.status, _now_ms(), result.code, result.message, details))
+            body["recordIndex"], body["externalId"], result.status, now, result.code, result.message, details))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
         if not pending["missing"] or "cascadeFor" in body:

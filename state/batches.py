@@ -316,20 +316,26 @@ class BatchStore(StoredView):
     # first claim of a key holds it until its batch is accepted (the key is then taken until it
     # expires), or it is released, or a later claim comes when it is stale.
 
+    def after_claim(self, entry: dict[str, Any] | None, claim: IdempotencyClaim,
+                    released: bool) -> dict[str, Any] | None:
+        """A key's entry after a claim of it (or its release) — the rule every reader of the
+        topic applies (this store's fold, and `ingest.idempotency` reading ahead of it)."""
+        if released:
+            mine = entry is not None and entry.get("batch") is None and entry["claimant"] == claim.claimant
+            return None if mine else entry
+        if entry is not None:
+            age = claim.at - entry["at"]
+            if age < (self.idempotency_ttl_ms if entry.get("batch") is not None else self.claim_stale_ms):
+                return entry  # held: by an accepted batch, or by a claim in flight
+        return {"claimant": claim.claimant, "fingerprint": claim.fingerprint, "at": claim.at, "batch": None}
+
     def _fold_claim(self, changes: Changes, claim: IdempotencyClaim, released: bool) -> None:
         where = _key_entry(claim.partnerId, claim.tenantId, claim.key)
         raw = changes.get(where)
         entry = orjson.loads(raw) if raw is not None else None
-        if released:
-            if entry is not None and entry.get("batch") is None and entry["claimant"] == claim.claimant:
-                self._put_entry(changes, where, entry, None)
-            return
-        if entry is not None:
-            age = claim.at - entry["at"]
-            if age < (self.idempotency_ttl_ms if entry.get("batch") is not None else self.claim_stale_ms):
-                return  # held: by an accepted batch, or by a claim in flight
-        self._put_entry(changes, where, entry, {"claimant": claim.claimant, "fingerprint": claim.fingerprint,
-                                                "at": claim.at, "batch": None})
+        new = self.after_claim(entry, claim, released)
+        if new is not entry:
+            self._put_entry(changes, where, entry, new)
 
     def _key_taken(self, changes: Changes, claim: IdempotencyClaim, meta: BatchMeta) -> None:
         """The batch of `claim` was accepted: it holds the key (whatever claims came meanwhile:
@@ -356,6 +362,11 @@ class BatchStore(StoredView):
         changes = Changes(self.store)
         self._key_taken(changes, claim, meta)
         self.store.write(changes)
+
+    def key_entry_at(self, partner_id: str, tenant_id: str, key: str, partition: int) -> tuple[dict[str, Any] | None, int]:
+        """`key_entry`, and the next offset of `partition` this store has not folded yet (read
+        together: what the entry reflects of that partition)."""
+        return self.key_entry(partner_id, tenant_id, key), self.store.positions().get(partition, 0)
 
     def key_entry(self, partner_id: str, tenant_id: str, key: str) -> dict[str, Any] | None:
         """What holds an idempotency key of a tenant: {claimant, fingerprint, at, batch (a

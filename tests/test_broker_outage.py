@@ -5,22 +5,30 @@ accepts again within seconds of the broker's return; nothing accepted before is 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from reach.broker import LocalBroker
+from schemas.events import decode_ingest_message
 from tests.support import (
     ServiceProcess,
     bearer,
+    committed_records,
     explained_by,
     free_port,
     isolated_settings,
     partner_token,
+    settings_env,
     tenant_token,
     wait_ingress_ready,
     wait_terminal,
@@ -176,3 +184,53 @@ def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_works_once_i
                 ingress.stop()
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_reach_upload_rides_out_an_outage_and_every_batch_lands_once(own_broker: LocalBroker, tmp_path: Path) -> None:
+    settings = replace(isolated_settings(own_broker.bootstrap, tmp_path / "data"), produce_timeout_s=PRODUCE_TIMEOUT_S)
+    asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
+    ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
+    upload = None
+    try:
+        base = wait_ingress_ready(settings)
+        assert httpx.post(f"{base}/partner/schema-definitions", json=SCHEMA, headers=bearer(partner_token()),
+                          timeout=30).status_code == 200
+        source = tmp_path / "items.jsonl"
+        source.write_text("".join(f'{{"id": "i{i}", "n": {i}}}\n' for i in range(4000)))
+
+        own_broker.stop()
+        upload = subprocess.Popen(
+            [sys.executable, "-m", "reach.cli", "upload", str(source), "--schema", "item", "--batch-size", "250",
+             "--concurrency", "3", "--no-wait", "--json", "--url", base, "--token", partner_token(),
+             "--tenant", "tenant-1", "--failed", str(tmp_path / "failed.jsonl")],
+            env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The tenth refusal matters as much as the first: the command keeps going through them.
+        wait_until(lambda: _upload_503s(base) >= 10, 120, 0.5, what="ten uploads refused with 503",
+                   seen=lambda: _upload_503s(base))
+        assert upload.poll() is None, upload.communicate()
+        own_broker.start()
+        out, err = upload.communicate(timeout=180)
+        assert upload.returncode == 0, (out, err[-3000:], ingress.log()[-3000:])
+        summary = orjson.loads(out)
+        assert summary["sent"] == 4000 and summary["failed"] == 0 and summary["retries"] >= 10, summary
+
+        # Every record is in Kafka once, however many times its batch was sent.
+        spec = service_topics(settings).ingest
+        seen: Counter[str] = Counter()
+        for record in asyncio.run(committed_records(settings.bootstrap_servers, spec.name, spec.partitions)):
+            for event in decode_ingest_message(record.value, record.headers):
+                seen[event["externalId"]] += 1
+        assert len(seen) == 4000 and set(seen.values()) == {1}, seen.most_common(3)
+        print(f"reach upload through an outage: {summary['retries']} retries, {len(summary['batches'])} batches, "
+              f"each record in Kafka once")
+    finally:
+        if upload is not None and upload.poll() is None:
+            upload.kill()
+        ingress.stop()
+
+
+def _upload_503s(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "reach_http_requests_total" and s.labels.get("status") == "503"
+               and s.labels.get("route") == "/api/resources/{schema}/batch")
