@@ -81,6 +81,7 @@ class Tally:
     pending: int = 0
     waiting: str = ""  # why sending waits, if it does
     retries: int = 0  # requests sent again (429, 503, 409, lost connections)
+    read_all: bool = False  # the whole file is read: `total` is final
     batches: list[str] = field(default_factory=list)
     by_batch: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # applied, failed, pending
 
@@ -183,6 +184,17 @@ class Uploader:
         self.tally, self.failures = tally, failures
         self.run = uuid.uuid4().hex[:12]  # keys of this run: its retries are the same requests
         self.followers: list[asyncio.Task[None]] = []
+
+    def following(self) -> bool:
+        """Whether a batch is still being followed (forgets those that ended; raises what one raised)."""
+        running = []
+        for follower in self.followers:
+            if not follower.done():
+                running.append(follower)
+            elif follower.exception() is not None:
+                raise follower.exception()  # type: ignore[misc]
+        self.followers = running
+        return bool(running)
 
     async def send(self, number: int, batch: list[Record], wait: bool) -> None:
         """Send one batch until it is accepted; records a 400 names go to the failures."""
@@ -319,32 +331,40 @@ async def upload(args: argparse.Namespace, base_url: str, token: str, console: C
     tally, failures = Tally(), []
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120) as http:
         properties = await _properties(http, tally, args.schema) if Path(args.file).suffix.lower() == ".csv" else None
-        batches: list[list[Record]] = [[]]
-        for record in read_records(args.file, properties):
-            tally.total += 1
-            if record.problem is not None:
-                code, _, message = record.problem.partition(": ")
-                failures.append(Failure(record.line, record.data, code, message))
-                tally.failed += 1
-                continue
-            if len(batches[-1]) == args.batch_size:
-                batches.append([])
-            batches[-1].append(record)
         uploader = Uploader(http, args.schema, tally, failures)
-        queue: asyncio.Queue[tuple[int, list[Record]]] = asyncio.Queue()
-        for number, batch in enumerate(b for b in batches if b):
-            queue.put_nowait((number, batch))
+        # The file is read as it is sent: memory holds the batches queued and those not yet
+        # terminal (for failed.jsonl), not the file.
+        queue: asyncio.Queue[tuple[int, list[Record]] | None] = asyncio.Queue(maxsize=2 * args.concurrency)
+
+        async def reader() -> None:
+            batch: list[Record] = []
+            number = 0
+            for record in read_records(args.file, properties):
+                tally.total += 1
+                if record.problem is not None:
+                    code, _, message = record.problem.partition(": ")
+                    failures.append(Failure(record.line, record.data, code, message))
+                    tally.failed += 1
+                    continue
+                batch.append(record)
+                if len(batch) == args.batch_size:
+                    await queue.put((number, batch))
+                    batch, number = [], number + 1
+            if batch:
+                await queue.put((number, batch))
+            tally.read_all = True
+            for _ in range(args.concurrency):
+                await queue.put(None)
 
         async def sender() -> None:
-            while not queue.empty():
-                number, batch = queue.get_nowait()
-                await uploader.send(number, batch, args.wait)
+            while (item := await queue.get()) is not None:
+                await uploader.send(item[0], item[1], args.wait)
 
         with _progress(console, args.json) as progress:
-            task = progress.add_task("upload", total=tally.total)
-            work = asyncio.gather(*(sender() for _ in range(args.concurrency)))
+            task = progress.add_task("upload", total=None)  # known once the file is read
+            work = asyncio.gather(reader(), *(sender() for _ in range(args.concurrency)))
             try:
-                while not work.done() or (args.wait and not all(f.done() for f in uploader.followers)):
+                while not work.done() or (args.wait and uploader.following()):
                     _show(progress, task, tally, args.wait)
                     await asyncio.wait([work, *uploader.followers], timeout=0.2)
                     if work.done() and work.exception() is not None:
@@ -395,7 +415,7 @@ def _show(progress: Progress, task: Any, tally: Tally, wait: bool) -> None:
     text = f"sent {tally.sent:,} → applied {tally.applied:,} · failed {tally.failed:,} · pending {tally.pending:,}"
     if tally.waiting:
         text += f" · {tally.waiting}"
-    progress.update(task, completed=done, description=text)
+    progress.update(task, completed=done, description=text, total=tally.total if tally.read_all else None)
 
 
 def main(argv: list[str]) -> int:
