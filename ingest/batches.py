@@ -123,7 +123,8 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     body = await read_body(request, state.settings.max_body_bytes)
-    replay = replay_if_accepted(request, principal.partner_id, principal.tenant_id or "", body)
+    keyed = idempotency.keyed(request, body)
+    replay = replay_if_accepted(request, principal.partner_id, principal.tenant_id or "", keyed)
     if replay is not None:
         return replay
     resources, body_problem = _resources_of(body)
@@ -137,7 +138,7 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
         message = "; ".join(request_problems) if request_problems else (
             f"{len(record_problems)} problem(s) in the submitted resources; nothing was enqueued")
         raise ApiError(400, message, record_problems or None)
-    return await publish_accepted(request, body, principal.partner_id, principal.tenant_id or "", definition,
+    return await publish_accepted(request, keyed, principal.partner_id, principal.tenant_id or "", definition,
                                   [(external_id_of(r, definition) or "", r) for r in checked], op, options)
 
 
@@ -164,28 +165,26 @@ def check_records(resources: list[Any], definition: Definition, options: BatchOp
     return checked, found
 
 
-def replay_if_accepted(request: Request, partner_id: str, tenant_id: str, body: bytes) -> Response | None:
+def replay_if_accepted(request: Request, partner_id: str, tenant_id: str,
+                       keyed: idempotency.Keyed | None) -> Response | None:
     """The 202 again if this request (its Idempotency-Key and all) was accepted before, as far as
     this ingress knows already (else `publish_accepted` decides, with every ingress)."""
-    key = idempotency.key_of(request)
-    if key is None:
+    if keyed is None:
         return None
-    done = idempotency.accepted_before(request.app.state.batches.key_entry(partner_id, tenant_id, key),
-                                       idempotency.fingerprint(request, body))
+    done = idempotency.accepted_before(request.app.state.batches.key_entry(partner_id, tenant_id, keyed.key),
+                                       keyed.fingerprint)
     return accepted(done, replayed=True) if done is not None else None
 
 
-async def publish_accepted(request: Request, body: bytes, partner_id: str, tenant_id: str, definition: Definition,
-                           records: list[tuple[str, dict[str, Any] | None]], op: str,
+async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, partner_id: str, tenant_id: str,
+                           definition: Definition, records: list[tuple[str, dict[str, Any] | None]], op: str,
                            options: BatchOptions = BatchOptions(), cascade: bool = False,
                            plans: dict[int, dict[str, Any]] | None = None) -> Response:
     """Publish a batch-shaped write (`publish_batch`) and answer 202; with an Idempotency-Key,
     at most once per key (`ingest.idempotency`), answering a retry with the first 202."""
-    key = idempotency.key_of(request)
     claim = None
-    if key is not None:
-        held = await idempotency.claim(request.app.state, partner_id, tenant_id, key,
-                                       idempotency.fingerprint(request, body))
+    if keyed is not None:
+        held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint)
         if isinstance(held, BatchMeta):
             return accepted(held, replayed=True)
         claim = held

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingest import idempotency
 from ingest.auth import tenant_principal
 from ingest.batches import find_definition, json_object, names, publish_accepted, read_body, replay_if_accepted
 from ingest.responses import ApiError, ok
@@ -174,7 +175,8 @@ async def delete_batch(request: Request) -> Response:
     partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
     definition = await find_definition(request, partner_id)
     raw = await read_body(request, state.settings.max_body_bytes)
-    replay = replay_if_accepted(request, partner_id, tenant_id, raw)
+    keyed = idempotency.keyed(request, raw)
+    replay = replay_if_accepted(request, partner_id, tenant_id, keyed)
     if replay is not None:
         return replay
     body = delete_request(raw)
@@ -211,8 +213,8 @@ async def delete_batch(request: Request) -> Response:
     for index, key in enumerate(named):
         if key in told:
             plans[index] = told.pop(key)  # its first naming only
-    return await publish_accepted(request, raw, partner_id, tenant_id, definition, [(x, None) for x in ids], "delete",
-                                  cascade=body.cascade, plans=plans)
+    return await publish_accepted(request, keyed, partner_id, tenant_id, definition, [(x, None) for x in ids],
+                                  "delete", cascade=body.cascade, plans=plans)
 
 
 routes = [Route("/api/resources/{schema}/batch", delete_batch, methods=["DELETE"])]

@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,6 +43,20 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 RELEASE_WAIT_S = 60.0  # how long a release may wait for the broker (after that, the claim goes stale)
 IN_FLIGHT_WAIT_S = 2.0  # for another attempt at the same request to be accepted, before answering 409
+
+
+@dataclass(frozen=True)
+class Keyed:
+    """A request's idempotency key and what makes it that request (`fingerprint`)."""
+
+    key: str
+    fingerprint: str
+
+
+def keyed(request: Request, body: bytes) -> Keyed | None:
+    """The request's key and fingerprint, None without a key; 400 if the key is malformed."""
+    key = key_of(request)
+    return None if key is None else Keyed(key, fingerprint(request, body))
 
 
 def key_of(request: Request) -> str | None:
@@ -111,9 +126,8 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
         deadline = time.monotonic() + IN_FLIGHT_WAIT_S
         while (left := deadline - time.monotonic()) > 0:
             await batches.changed(left)
-            entry = batches.key_entry(partner_id, tenant_id, key) or entry
-            done = accepted_before(entry, print_)
-            if done is not None:
+            done = accepted_before(batches.key_entry(partner_id, tenant_id, key), print_)  # the store may lag
+            if done is not None:  # `entry` in claims; only an accepted batch is news
                 return done
     if entry is not None and entry["fingerprint"] != print_:
         raise reused()
