@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -321,3 +323,57 @@ async def committed_records(bootstrap: str, topic: str, partitions: int, timeout
         return records
     finally:
         await consumer.stop()
+
+
+def uploads_until_killed(base: str, headers: dict[str, str], path: str, body_of: Callable[[str], Any],
+                         server: "ServiceProcess", clients: int = 4, before_kill: int = 8,
+                         keyed: bool = False) -> tuple[dict[str, str], list[str]]:
+    """`clients` threads upload `body_of(tag)` to `path` one after another until `server` is
+    killed (SIGKILL) once `before_kill` uploads were accepted; (tag → batchId of every 202,
+    tags whose request died with the server). `keyed`: each upload's tag is its Idempotency-Key."""
+    accepted: dict[str, str] = {}
+    unanswered: list[str] = []
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                tag = f"c{n}-u{i}"
+                try:
+                    response = http.post(path, json=body_of(tag), headers={"Idempotency-Key": tag} if keyed else {})
+                except httpx.TransportError:
+                    with lock:
+                        unanswered.append(tag)
+                    return
+                assert response.status_code == 202, response.text
+                with lock:
+                    accepted[tag] = response.json()["data"]["batchId"]
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(accepted) >= before_kill, 120, 0.01, what="some uploads to be accepted")
+        server.stop(signal.SIGKILL)  # clients are mid-request: each loops until its request fails
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        server.stop()
+    return accepted, unanswered
+
+
+async def records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
+    """Upload tag → {batchId: records} of every committed ingest event, for records whose
+    external ids are `<tag>-r<n>` (to the log's end: see `committed_records`)."""
+    from schemas.events import decode_ingest_message
+    from topics import service_topics
+
+    spec = service_topics(settings).ingest
+    found: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for record in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
+        for event in decode_ingest_message(record.value, record.headers):
+            found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
+    return {tag: dict(batches) for tag, batches in found.items()}

@@ -5,11 +5,10 @@ ingress processes and a real worker on the session's broker."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,16 @@ from ingest.idempotency import fingerprint
 from ingest.publisher import BatchPublisher
 from reach.config import Settings
 from schemas.batch_events import INGEST_BATCH, BatchMeta, IdempotencyClaim, claim_event, claim_key
-from schemas.events import decode_ingest_message
 from tests.support import (
     CUSTOMER_SCHEMA,
     SUMMARY,
     ServiceProcess,
     bearer,
-    committed_records,
     partner_token,
+    records_per_upload,
     tenant_token,
     unique,
+    uploads_until_killed,
     wait_ingress_ready,
     wait_terminal,
     wait_until,
@@ -179,37 +178,7 @@ def test_retries_after_an_ingress_killed_mid_upload_leave_each_batch_in_kafka_on
     def body(tag: str) -> dict[str, Any]:
         return {"resources": [{"id": f"{tag}-r{j}", "name": tag} for j in range(200)]}
 
-    accepted: dict[str, str] = {}
-    unanswered: list[str] = []
-    lock, stop = threading.Lock(), threading.Event()
-
-    def client(n: int) -> None:
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-            for i in range(10_000):
-                if stop.is_set():
-                    return
-                tag = f"c{n}-u{i}"
-                try:
-                    response = http.post(UPLOAD, json=body(tag), headers={"Idempotency-Key": tag})
-                except httpx.TransportError:
-                    with lock:
-                        unanswered.append(tag)
-                    return
-                assert response.status_code == 202, response.text
-                with lock:
-                    accepted[tag] = response.json()["data"]["batchId"]
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_until(lambda: len(accepted) >= 8, 120, 0.01, what="some uploads to be accepted")
-        served.stop(signal.SIGKILL)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        served.stop()
+    accepted, unanswered = uploads_until_killed(base, headers, UPLOAD, body, served, keyed=True)
     assert unanswered, "no request was in flight when the ingress died; the test proves nothing"
 
     # Every upload retried with its key through another ingress, as a client whose answer was
@@ -226,7 +195,7 @@ def test_retries_after_an_ingress_killed_mid_upload_leave_each_batch_in_kafka_on
         assert retried[tag].json()["data"]["batchId"] == batch_id
         assert retried[tag].headers.get("Idempotent-Replayed") == "true", tag
 
-    in_kafka = asyncio.run(_batches_per_upload(settings))
+    in_kafka = asyncio.run(records_per_upload(settings))
     replayed = 0
     for tag in [*unanswered, *accepted]:
         batch_id = retried[tag].json()["data"]["batchId"]
@@ -278,14 +247,4 @@ def test_a_batch_committed_by_an_ingress_that_died_before_answering_is_what_the_
     assert retry.json()["data"]["batchId"] == meta.batchId
     assert wait_terminal(ingress, meta.batchId, bearer(tenant_token()))["progress"]["successfulRecords"] == 30
     assert batches_of(ingress) == [meta.batchId]
-    assert asyncio.run(_batches_per_upload(settings)) == {"d": {meta.batchId: 30}}
-
-
-async def _batches_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
-    """Upload tag -> {batchId: records} of every committed ingest event."""
-    spec = service_topics(settings).ingest
-    found: dict[str, Counter[str]] = defaultdict(Counter)
-    for record in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
-        for event in decode_ingest_message(record.value, record.headers):
-            found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
-    return {tag: dict(batches) for tag, batches in found.items()}
+    assert asyncio.run(records_per_upload(settings)) == {"d": {meta.batchId: 30}}
