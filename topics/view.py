@@ -161,15 +161,12 @@ class TopicView:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(reached), timeout_s)
 
-    async def changed(self, timeout_s: float) -> bool:
-        """Wait until the view has applied another fetch, which may have brought nothing new (True),
-        or `timeout_s` has passed (False)."""
+    async def changed(self, timeout_s: float) -> None:
+        """Wait until the view has applied another fetch (which may have brought nothing new),
+        or `timeout_s` has passed."""
         async with self._changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout_s)
-            except TimeoutError:
-                return False
-            return True
 
     def partition(self, number: int) -> TopicPartition:
         return TopicPartition(self.topic, number)
