@@ -215,7 +215,7 @@ def create_app(settings: Settings) -> faust.App:
         lags = {}
         for tp in owned:
             end = app.consumer.highwater(tp)  # the last stable offset: the worker reads read_committed
-            position = eos.expected.get(tp, app.consumer._committed_offset.get(tp))
+            position = eos.next_offset(tp)
             if end is not None and position is not None:
                 lags[tp.partition] = max(end - position, 0)
         metrics.set_lags(lags, (tp.partition for tp in owned))

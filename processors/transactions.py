@@ -401,6 +401,13 @@ class ExactlyOnce:
         """The next offset to process of each partition whose resume point is known."""
         return {tp: self.expected[tp] for tp in self._resumable}
 
+    def next_offset(self, tp: TP) -> int | None:
+        """The next offset of input partition `tp` to process: after the last one processed, else
+        its committed offset (None: nothing known yet)."""
+        if tp in self.expected:
+            return self.expected[tp]
+        return self.app.consumer._committed_offset.get(tp)
+
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
         tp = event.message.tp
