@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.idempotency import ClaimLog
 from ingest.metrics import MetricsMiddleware, metrics
+from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
@@ -39,11 +41,23 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: the broker answers a metadata request."""
+    """Readiness: the broker answers a metadata request. While the workers' backlog is over
+    its bound the ingress stays ready (reads are served; every ingress shares the backlog, so
+    none is better to route to) and says that uploads are refused, and why."""
     gateway: KafkaGateway = request.app.state.kafka
-    if await gateway.ready():
-        return ok({"status": "ready"}, "ready")
-    return ApiError(503, "Kafka is not reachable").response()
+    if not await gateway.ready():
+        return ApiError(503, "Kafka is not reachable").response()
+    admission: Admission = request.app.state.admission
+    bound = request.app.state.settings.max_backlog_records
+    over = admission.overloaded()
+    if over is None:
+        return ok({"status": "ready", "uploads": "accepted", "backlogRecords": admission.backlog(),
+                   "maxBacklogRecords": bound}, "ready")
+    backlog, drain_s = over
+    return ok({"status": "ready", "uploads": "refused", "backlogRecords": backlog, "maxBacklogRecords": bound,
+               "reason": f"{backlog} records wait for the workers, more than {bound} (REACH_MAX_BACKLOG_RECORDS): "
+                         f"uploads are answered 503 until the backlog drains (about {math.ceil(drain_s)} s); "
+                         "reads are served"}, "ready; uploads refused")
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -118,8 +132,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                        retention_s=settings.batch_retention_days * 24 * 3600,
                                        idempotency_ttl_s=min(settings.idempotency_key_hours,
                                                              settings.batch_retention_days * 24) * 3600,
-                                       claim_stale_s=claim_stale_s(settings))
+                                       claim_stale_s=claim_stale_s(settings),
+                                       record_spacing_ms=record_spacing_ms(settings))
             parts.append(state.batches)
+            state.admission = Admission(settings, state.batches)
             state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.batches)
             parts.append(state.claims)
             state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
@@ -150,7 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},
-        middleware=[Middleware(MetricsMiddleware)],
+        middleware=[Middleware(MetricsMiddleware), Middleware(RateLimitHeaders)],
         lifespan=lifespan,
     )
     app.state.settings = settings

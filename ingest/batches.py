@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import idempotency, metrics
+from ingest import idempotency, metrics, quotas
 from ingest.auth import tenant_principal
 from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
@@ -121,6 +121,7 @@ async def patch_batch(request: Request) -> Response:
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
+    quotas.describe(request, principal.partner_id, principal.tenant_id or "")
     definition = await find_definition(request, principal.partner_id)
     body = await read_body(request, state.settings.max_body_bytes)
     keyed = idempotency.keyed(request, body)
@@ -181,25 +182,39 @@ async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, pa
                            options: BatchOptions = BatchOptions(), cascade: bool = False,
                            plans: dict[int, dict[str, Any]] | None = None) -> Response:
     """Publish a batch-shaped write (`publish_batch`) and answer 202; with an Idempotency-Key,
-    at most once per key (`ingest.idempotency`), answering a retry with the first 202."""
-    claim = None
-    if keyed is not None:
-        held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint)
-        if isinstance(held, BatchMeta):
-            return accepted(held, replayed=True)
-        claim = held
-    return accepted(await publish_batch(request, partner_id, tenant_id, definition, records, op, options, cascade,
-                                        plans, claim))
+    at most once per key (`ingest.idempotency`), answering a retry with the first 202. Over a
+    quota or the backlog bound (`ingest.quotas`), 429 or 503 before any claim is made."""
+    reservation = await quotas.admit(request, partner_id, tenant_id, len(records))
+    try:
+        claim = None
+        if keyed is not None:
+            held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint)
+            if isinstance(held, BatchMeta):
+                return accepted(held, replayed=True)
+            claim = held
+        return accepted(await publish_batch(request, partner_id, tenant_id, definition, records, op, options,
+                                            cascade, plans, claim, reservation))
+    finally:
+        reservation.release()
 
 
 async def publish_batch(request: Request, partner_id: str, tenant_id: str, definition: Definition,
                         records: list[tuple[str, dict[str, Any] | None]], op: str,
                         options: BatchOptions = BatchOptions(), cascade: bool = False,
                         plans: dict[int, dict[str, Any]] | None = None,
-                        claim: IdempotencyClaim | None = None) -> BatchMeta:
+                        claim: IdempotencyClaim | None = None,
+                        reservation: quotas.Reservation | None = None) -> BatchMeta:
     """Publish a batch of `op` on (externalId, record) pairs in one transaction, or 503.
     `plans`: the delete plans of some record indexes (`ingest.deletes`); `claim`: the
-    idempotency key it takes (released if the batch is surely not accepted)."""
+    idempotency key it takes (released if the batch is surely not accepted); `reservation`:
+    its admission (`ingest.quotas`), else it is admitted here (429 or 503 if not)."""
+    if reservation is None:
+        reservation = await quotas.admit(request, partner_id, tenant_id, len(records))
+        try:
+            return await publish_batch(request, partner_id, tenant_id, definition, records, op, options, cascade,
+                                       plans, claim, reservation)
+        finally:
+            reservation.release()
     state = request.app.state
     meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import idempotency
+from ingest import idempotency, quotas
 from ingest.auth import tenant_principal
 from ingest.batches import find_definition, json_object, names, publish_accepted, read_body, replay_if_accepted
 from ingest.responses import ApiError, ok
@@ -173,6 +173,7 @@ async def delete_batch(request: Request) -> Response:
     state = request.app.state
     principal = tenant_principal(request, state.settings.partner_secrets)
     partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
+    quotas.describe(request, partner_id, tenant_id)
     definition = await find_definition(request, partner_id)
     raw = await read_body(request, state.settings.max_body_bytes)
     keyed = idempotency.keyed(request, raw)

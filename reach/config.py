@@ -12,6 +12,49 @@ LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 
 
 @dataclass(frozen=True)
+class Quota:
+    """What one tenant may have accepted (`ingest.quotas`); None: no limit."""
+
+    records_per_minute: int | None = None
+    batches_in_flight: int | None = None
+
+
+def _limit(name: str, raw: object) -> int | None:
+    """A limit from configuration: unset (None or "") is no limit, else an integer of at least 1."""
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(raw, bool) or value < 1 or (isinstance(raw, float) and raw != value):
+        raise ValueError(f"{name} must be a whole number of at least 1, or unset for no limit (got {raw!r})")
+    return value
+
+
+def _overrides(raw: str, default: Quota) -> dict[str, Quota]:
+    """`REACH_QUOTA_OVERRIDES`: {"partnerId": {"recordsPerMinute": n | null, "batchesInFlight": n | null}};
+    a limit left out is the default's, null is no limit."""
+    import orjson
+
+    parsed = orjson.loads(raw)
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise ValueError("REACH_QUOTA_OVERRIDES must be a JSON object of partner id -> "
+                         '{"recordsPerMinute": n | null, "batchesInFlight": n | null}')
+    found = {}
+    for partner, limits in parsed.items():
+        unknown = set(limits) - {"recordsPerMinute", "batchesInFlight"}
+        if unknown:
+            raise ValueError(f"REACH_QUOTA_OVERRIDES[{partner!r}]: unknown limits {sorted(unknown)}")
+        found[partner] = Quota(
+            _limit(f"REACH_QUOTA_OVERRIDES[{partner!r}].recordsPerMinute",
+                   limits.get("recordsPerMinute", default.records_per_minute)),
+            _limit(f"REACH_QUOTA_OVERRIDES[{partner!r}].batchesInFlight",
+                   limits.get("batchesInFlight", default.batches_in_flight)))
+    return found
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a process of the service needs to know about its surroundings."""
 
@@ -46,6 +89,15 @@ class Settings:
     # as batch statuses are kept: the batch-events topic holds the keys).
     idempotency_key_hours: float = 24.0
     partner_secrets: dict[str, str] = field(default_factory=lambda: {"dev-partner": "dev-secret"})
+    # Every tenant's quota, and the quotas of some partners' tenants (`ingest.quotas`).
+    quota: Quota = Quota()
+    quota_overrides: dict[str, Quota] = field(default_factory=dict)
+    # Uploads are answered 503 while more records than this wait for the workers (None: no bound).
+    max_backlog_records: int | None = None
+
+    def quota_for(self, partner_id: str) -> Quota:
+        """The quota of each tenant of a partner."""
+        return self.quota_overrides.get(partner_id, self.quota)
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> "Settings":
@@ -56,6 +108,9 @@ class Settings:
         defaults = cls()
         bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         secrets = env.get("REACH_PARTNER_SECRETS")
+        quota = Quota(_limit("REACH_QUOTA_RECORDS_PER_MINUTE", env.get("REACH_QUOTA_RECORDS_PER_MINUTE")),
+                      _limit("REACH_QUOTA_BATCHES_IN_FLIGHT", env.get("REACH_QUOTA_BATCHES_IN_FLIGHT")))
+        overrides = env.get("REACH_QUOTA_OVERRIDES", "").strip()
         return cls(
             bootstrap_servers=bootstrap or defaults.bootstrap_servers,
             external_broker=bool(bootstrap),
@@ -77,4 +132,7 @@ class Settings:
             delete_all_max=int(env.get("REACH_DELETE_ALL_MAX", defaults.delete_all_max)),
             idempotency_key_hours=float(env.get("REACH_IDEMPOTENCY_KEY_HOURS", defaults.idempotency_key_hours)),
             partner_secrets=orjson.loads(secrets) if secrets else defaults.partner_secrets,
+            quota=quota,
+            quota_overrides=_overrides(overrides, quota) if overrides else {},
+            max_backlog_records=_limit("REACH_MAX_BACKLOG_RECORDS", env.get("REACH_MAX_BACKLOG_RECORDS")),
         )

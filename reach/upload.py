@@ -81,6 +81,7 @@ class Tally:
     pending: int = 0
     waiting: str = ""  # why sending waits, if it does
     retries: int = 0  # requests sent again (429, 503, 409, lost connections)
+    retried: Counter[str] = field(default_factory=Counter)  # ... by why
     read_all: bool = False  # the whole file is read: `total` is final
     batches: list[str] = field(default_factory=list)
     by_batch: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # applied, failed, pending
@@ -270,12 +271,13 @@ async def retrying(http: httpx.AsyncClient, tally: Tally, method: str, path: str
             if response.status_code not in RETRIED:
                 tally.waiting = ""
                 return response
-            reason = f"{response.status_code}"
+            reason = f"{response.status_code}{_limit_named(response)}"
             pause = _retry_after(response) or _backoff(attempt)
         except httpx.TransportError as exc:
             reason, pause = type(exc).__name__, _backoff(attempt)
         tally.waiting = f"retrying ({reason}) in {pause:.0f}s"
         tally.retries += 1
+        tally.retried[reason] += 1
         attempt += 1
         await asyncio.sleep(pause)
 
@@ -310,6 +312,16 @@ def _named_records(answer: dict[str, Any], size: int) -> dict[int, str]:
             index = int(found.group(1))
             named[index] = f"{named[index]}; {error}" if index in named else error
     return named
+
+
+def _limit_named(response: httpx.Response) -> str:
+    """What a 429 or 503 names as the limit it hit (`ingest.quotas`), as ' <name>', or ''."""
+    data = _json(response).get("data")
+    if isinstance(data, dict):
+        name = data.get("limit") or data.get("reason")
+        if isinstance(name, str) and name.isidentifier():
+            return f" {name}"
+    return ""
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -382,7 +394,8 @@ async def upload(args: argparse.Namespace, base_url: str, token: str, console: C
     codes = Counter(f.code for f in failures)
     summary = {"records": tally.total, "sent": tally.sent, "applied": tally.applied if args.wait else None,
                "failed": len(failures), "failedByCode": dict(codes), "pending": tally.pending if args.wait else None,
-               "batches": tally.batches, "retries": tally.retries, "seconds": round(seconds, 3),
+               "batches": tally.batches, "retries": tally.retries,
+               "retriesBy": dict(tally.retried), "seconds": round(seconds, 3),
                "failedFile": str(args.failed) if failures else None}
     if args.json:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")

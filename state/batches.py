@@ -10,7 +10,9 @@ Layout (`state.store`, sorted keys): `b` + id → the batch's counters and descr
 record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order); `t` + tenant + NUL + filter + newest-first time
 + id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
 its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`);
-`g` → the records pending in all batches; `i` + tenant + NUL + idempotency key → its entry
+`g` → the records pending in all batches; `c` → the records of all batches kept, `o` → those
+of them with an outcome (pending included), so `c` - `o` is the workers' backlog; `q` + tenant →
+the tenant's theoretical arrival time (`ingest.quotas`, when it has a records quota); `i` + tenant + NUL + idempotency key → its entry
 (the claim that holds it, and the batch once accepted), and `j` + claim time + that entry's
 key → nothing, the order in which keys expire.
 A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
@@ -27,7 +29,7 @@ import logging
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ RECORD_STATUSES = ("succeeded", "failed", "pending")
 _RECORD_PREFIX = {"succeeded": b"k", "failed": b"f", "pending": b"p"}
 _NEWEST_FIRST = (1 << 63) - 1
 _PENDING_TOTAL = b"g"
+_ACCEPTED_TOTAL = b"c"
+_OUTCOMES_TOTAL = b"o"
 EXPIRY_INTERVAL_S = 60.0  # how often batches past their retention are looked for
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class BatchState:
     resolved_pending: set[int] = field(default_factory=set)  # pending details to delete
     listed_status: str | None = None  # the status its list entries carry on disk
     stored_pending: int = 0  # its pending count as on disk (what the store's total counts)
+    stored_outcomes: int = 0  # its records with an outcome, as on disk (likewise)
 
     def __post_init__(self) -> None:
         if len(self.states) != self.recordCount:
@@ -99,6 +104,11 @@ class BatchState:
     @property
     def processed(self) -> int:
         return self.successful + self.failed
+
+    @property
+    def outcomes(self) -> int:
+        """Records a worker has taken: applied, failed or waiting for references."""
+        return self.successful + self.failed + self.pending
 
     @property
     def status(self) -> str:
@@ -158,7 +168,8 @@ class BatchState:
         return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
                    c["acceptedAt"], c["batchType"], bytearray(states or b""), c["successful"], c["failed"],
                    c["pending"], c["startedAt"], c["completedAt"], Counter(c["summary"]),
-                   Counter(c.get("cascade") or {}), listed_status=c["listedStatus"], stored_pending=c["pending"])
+                   Counter(c.get("cascade") or {}), listed_status=c["listedStatus"], stored_pending=c["pending"],
+                   stored_outcomes=c["successful"] + c["failed"] + c["pending"])
 
 
 def _id(batch_id: str) -> bytes:
@@ -214,6 +225,10 @@ def _key_entry(partner_id: str, tenant_id: str, key: str) -> bytes:
     return b"i" + _tenant(partner_id, tenant_id) + b"\x00" + key.encode()
 
 
+def _arrival_key(partner_id: str, tenant_id: str) -> bytes:
+    return b"q" + _tenant(partner_id, tenant_id)
+
+
 def _expiring(batch: BatchState) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
@@ -221,12 +236,15 @@ def _expiring(batch: BatchState) -> bytes:
 class BatchStore(StoredView):
     """All batches, by id and by tenant, kept current from the batch-events topic."""
 
-    FORMAT = b"3"  # 2: lists filtered by batch type and status; 3: succeeded records
+    FORMAT = b"4"  # 2: lists filtered by batch type and status; 3: succeeded records; 4: backlog, quotas
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(), retention_s: float | None = None,
-                 idempotency_ttl_s: float = 24 * 3600, claim_stale_s: float = 60.0) -> None:
+                 idempotency_ttl_s: float = 24 * 3600, claim_stale_s: float = 60.0,
+                 record_spacing_ms: Callable[[str], float | None] = lambda partner_id: None) -> None:
         super().__init__(bootstrap_servers, topic, path, wait_s, config)
+        # A partner's tenants' records quota as the time one record takes of it (None: no quota).
+        self.record_spacing_ms = record_spacing_ms
         self.retention_s = retention_s  # None: batches are kept for ever
         self.idempotency_ttl_ms = int(idempotency_ttl_s * 1000)  # how long a key stays taken
         # How long a claim whose batch was never accepted nor released (its ingress died) holds
@@ -404,13 +422,20 @@ class BatchStore(StoredView):
         raw = changes.get(b"b" + _id(batch_id))
         return None if raw is None else BatchState.from_counters(raw, changes.get(b"s" + _id(batch_id)))
 
-    @staticmethod
-    def _register(changes: Changes, meta: BatchMeta) -> BatchState:
+    def _register(self, changes: Changes, meta: BatchMeta) -> BatchState:
         batch = BatchState(meta.batchId, meta.partnerId, meta.tenantId, meta.schemaDefinitionId,
                            meta.recordCount, meta.acceptedAt, meta.batchType)
         batch.listed_status = batch.status
         _list(changes, batch, batch.status, +1)
         changes.put(_expiring(batch), b"")
+        _add_count(changes, _ACCEPTED_TOTAL, meta.recordCount)
+        spacing = self.record_spacing_ms(meta.partnerId)
+        if spacing is not None:
+            # GCRA: the tenant's quota is used up to this time (`ingest.quotas` decides with it).
+            where = _arrival_key(meta.partnerId, meta.tenantId)
+            raw = changes.get(where)
+            arrival = max(struct.unpack(">d", raw)[0] if raw else 0.0, float(meta.acceptedAt))
+            changes.put(where, struct.pack(">d", arrival + meta.recordCount * spacing))
         return batch
 
     @staticmethod
@@ -419,6 +444,9 @@ class BatchStore(StoredView):
         if batch.pending != batch.stored_pending:
             _add_count(changes, _PENDING_TOTAL, batch.pending - batch.stored_pending)
             batch.stored_pending = batch.pending
+        if batch.outcomes != batch.stored_outcomes:
+            _add_count(changes, _OUTCOMES_TOTAL, batch.outcomes - batch.stored_outcomes)
+            batch.stored_outcomes = batch.outcomes
         status = batch.status
         if batch.listed_status is not None and status != batch.listed_status:
             _list(changes, batch, batch.listed_status, -1, only_by_status=True)
@@ -531,6 +559,8 @@ class BatchStore(StoredView):
             changes.delete(b"s" + ident)
             if batch.stored_pending:
                 _add_count(changes, _PENDING_TOTAL, -batch.stored_pending)
+            _add_count(changes, _ACCEPTED_TOTAL, -batch.recordCount)
+            _add_count(changes, _OUTCOMES_TOTAL, -batch.stored_outcomes)
             if batch.listed_status is not None:
                 _list(changes, batch, batch.listed_status, -1)
         if due:
@@ -540,6 +570,23 @@ class BatchStore(StoredView):
     def pending_total(self) -> int:
         """Records waiting for their references, in all batches."""
         return self._total(_PENDING_TOTAL)
+
+    def backlog(self) -> int:
+        """Records accepted that no worker has taken yet, in all batches."""
+        return self._total(_ACCEPTED_TOTAL) - self._total(_OUTCOMES_TOTAL)
+
+    def outcomes_total(self) -> int:
+        """Records of the batches kept that a worker has taken (it falls as batches expire)."""
+        return self._total(_OUTCOMES_TOTAL)
+
+    def arrival(self, partner_id: str, tenant_id: str) -> float:
+        """The tenant's theoretical arrival time (ms): its records quota is used up to then."""
+        raw = self.store.get(_arrival_key(partner_id, tenant_id))
+        return struct.unpack(">d", raw)[0] if raw else 0.0
+
+    def in_flight(self, partner_id: str, tenant_id: str) -> int:
+        """The tenant's batches not yet finished (queued or processing)."""
+        return sum(self._total(_count_key(partner_id, tenant_id, None, status)) for status in ("queued", "processing"))
 
     def _total(self, count_key: bytes) -> int:
         raw = self.store.get(count_key)

@@ -156,6 +156,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REACH_INGRESS_ID": settings.ingress_id,
         "REACH_INGRESS_PROCESSES": str(settings.ingress_processes),
         "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
+        "REACH_QUOTA_RECORDS_PER_MINUTE": str(settings.quota.records_per_minute or ""),
+        "REACH_QUOTA_BATCHES_IN_FLIGHT": str(settings.quota.batches_in_flight or ""),
+        "REACH_QUOTA_OVERRIDES": orjson.dumps({partner: {"recordsPerMinute": q.records_per_minute,
+                                                         "batchesInFlight": q.batches_in_flight}
+                                               for partner, q in settings.quota_overrides.items()}).decode(),
+        "REACH_MAX_BACKLOG_RECORDS": str(settings.max_backlog_records or ""),
     }
 
 

@@ -172,3 +172,29 @@ def test_idempotency_keys_go_to_the_first_claim_are_taken_by_a_batch_and_expire(
     assert store.expire_keys(now + 10**9) == 1 and store.key_entry("p", "t1", "k1") is None
     assert list(store.store.items_from(b"j", b"j")) == [] and list(store.store.items_from(b"i", b"i")) == []
     store.store.close()
+
+
+def test_backlog_batches_in_flight_and_quota_time_follow_registrations_outcomes_and_expiry(tmp_path: Path) -> None:
+    store = BatchStore("unused:9092", TOPIC, tmp_path / "store",
+                       record_spacing_ms=lambda partner: 100.0 if partner == "p" else None)
+    _fold(store, [_event("b1", 1000, count=3), _event("b2", 1000, count=2),
+                  _event("b3", 1000, count=4, tenant="t2")], 3)
+    assert store.backlog() == 9 and store.in_flight("p", "t1") == 2 and store.in_flight("p", "t2") == 1
+    # The quota's time: from the first acceptance on, 100 ms per record of the tenant's batches.
+    assert store.arrival("p", "t1") == 1000 + 5 * 100 and store.arrival("p", "t2") == 1000 + 4 * 100
+
+    pending = {"index": 1, "status": "pending", "at": 5, "externalId": "b", "missingDependencies": []}
+    _fold(store, [_event("b1", 1000, [{"index": 0, "status": "created", "at": 2}, pending])], 4)
+    assert store.backlog() == 7, "a record waiting for a reference was taken by a worker: not backlog"
+    _fold(store, [_event("b1", 1000, [{"index": 1, "status": "created", "at": 6},  # pending -> applied
+                                      {"index": 2, "status": "failed", "at": 7, "code": "X"},
+                                      {"index": 2, "status": "created", "at": 8}])], 5)  # a duplicate
+    assert store.backlog() == 6 and store.in_flight("p", "t1") == 1
+    store.add(BatchMeta("b4", "p", "t1", "s", 10, 5000))  # accepted here: counted at once, once
+    _fold(store, [_event("b4", 5000, count=10)], 6)
+    assert store.backlog() == 16 and store.in_flight("p", "t1") == 2
+    assert store.arrival("p", "t1") == 5000 + 10 * 100, "a gap refills the quota; b4 counted once"
+
+    assert store.expire(accepted_before_ms=2000) == 3
+    assert store.backlog() == 10 and store.in_flight("p", "t1") == 1 and store.outcomes_total() == 0
+    store.store.close()

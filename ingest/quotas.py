@@ -1,0 +1,243 @@
+"""Per-tenant quotas and backpressure: whether the ingress takes a write now, and the RateLimit
+header fields (draft-ietf-httpapi-ratelimit-headers-11) that tell a client where it stands.
+
+Three limits, checked before anything is published:
+
+- **Records per minute** of a tenant (`Quota.records_per_minute`): a rate, spread evenly (GCRA):
+  a tenant may send `burst` records at once (a minute's sixtieth, at least one full batch),
+  then one record every 60/Q s. The state is one time per tenant, its *theoretical arrival time*,
+  folded by every ingress from the batch registrations on the batch-events topic
+  (`state.batches`), so every ingress counts what all of them accepted. Over it: 429.
+- **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
+  processing, from the same store. Over it: 429.
+- **The workers' backlog** (`Settings.max_backlog_records`): records accepted that no worker
+  has taken yet, all tenants together. Over it: 503 until it drains.
+
+An ingress counts a batch once its registration is in its store: its own at once, another
+ingress's once committed and read (a quota decision waits for that, `SETTLE_S` at most). Two
+ingresses deciding at the same moment can each take the same remaining quota (at most one
+request's worth each); requests of one process are counted while they are being published
+(`Reservation`), so they never can.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.responses import ApiError
+from reach.config import Quota, Settings
+from schemas.records import MAX_RECORDS
+from state.batches import BatchStore
+
+SETTLE_S = 0.5  # how long a quota decision waits to see what other ingresses accepted
+IN_FLIGHT_RETRY_S = 1  # a batch takes about this long to finish on an idle service
+DRAIN_WINDOW_S = 10.0  # the workers' recent pace, for a 503's Retry-After
+
+
+def record_spacing_ms(settings: Settings) -> Callable[[str], float | None]:
+    """For `BatchStore`: the time one record takes of a partner's tenants' records quota."""
+    def spacing(partner_id: str) -> float | None:
+        per_minute = settings.quota_for(partner_id).records_per_minute
+        return None if per_minute is None else 60_000 / per_minute
+    return spacing
+
+
+def burst_of(records_per_minute: int) -> int:
+    """How many records a tenant with a full allowance may send at once."""
+    return max(MAX_RECORDS, records_per_minute // 60)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one tenant stands against its quota, now."""
+
+    quota: Quota
+    used_ms: float  # how far its records quota is spent ahead of now
+    in_flight: int
+
+    def records_left(self) -> int:
+        assert self.quota.records_per_minute is not None
+        spacing = 60_000 / self.quota.records_per_minute
+        return max(0, int((burst_of(self.quota.records_per_minute) * spacing - self.used_ms) // spacing))
+
+    def headers(self) -> dict[str, str]:
+        """`RateLimit-Policy` and `RateLimit` for the limits the tenant has (none: no fields)."""
+        policies, limits = [], []
+        q = self.quota
+        if q.records_per_minute is not None:
+            policies.append(f'"records";q={q.records_per_minute};qu="records";w=60;'
+                            f'reach-burst={burst_of(q.records_per_minute)}')
+            limits.append(f'"records";r={self.records_left()};t={math.ceil(self.used_ms / 1000)}')
+        if q.batches_in_flight is not None:
+            policies.append(f'"batches";q={q.batches_in_flight};qu="concurrent-requests"')
+            limits.append(f'"batches";r={max(0, q.batches_in_flight - self.in_flight)}')
+        if not policies:
+            return {}
+        return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(limits)}
+
+
+class Reservation:
+    """A write being published: counted against its tenant until the store counts its batch."""
+
+    def __init__(self, admission: "Admission", tenant: tuple[str, str], records: int) -> None:
+        self.admission, self.tenant, self.records = admission, tenant, records
+        self.headers: dict[str, str] = {}
+
+    def release(self) -> None:
+        reserved = self.admission._reserved
+        records, batches = reserved[self.tenant]
+        if batches == 1:
+            del reserved[self.tenant]
+        else:
+            reserved[self.tenant] = (records - self.records, batches - 1)
+        self.admission._reserved_records -= self.records
+
+
+class Admission:
+    """Decides, for one ingress process, whether a write is taken now (`admit`)."""
+
+    def __init__(self, settings: Settings, batches: BatchStore) -> None:
+        self.settings = settings
+        self.batches = batches
+        self._reserved: dict[tuple[str, str], tuple[int, int]] = {}  # tenant -> (records, batches)
+        self._reserved_records = 0
+        self._pace: deque[tuple[float, int]] = deque()  # (monotonic time, records taken by workers)
+
+    def standing(self, partner_id: str, tenant_id: str, now_ms: float | None = None) -> Standing:
+        quota = self.settings.quota_for(partner_id)
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
+        records, batches = self._reserved.get((partner_id, tenant_id), (0, 0))
+        used_ms = 0.0
+        if quota.records_per_minute is not None:
+            spacing = 60_000 / quota.records_per_minute
+            used_ms = max(self.batches.arrival(partner_id, tenant_id), now_ms) - now_ms + records * spacing
+        in_flight = self.batches.in_flight(partner_id, tenant_id) + batches if quota.batches_in_flight else 0
+        return Standing(quota, used_ms, in_flight)
+
+    def backlog(self) -> int:
+        """Records accepted (here: also being published) that no worker has taken yet."""
+        return self.batches.backlog() + self._reserved_records
+
+    def overloaded(self) -> tuple[int, float] | None:
+        """(backlog, seconds it may take to drain below the bound) while over the bound, else None."""
+        bound = self.settings.max_backlog_records
+        if bound is None:
+            return None
+        backlog = self.backlog()
+        if backlog <= bound:
+            return None
+        return backlog, self._drain_s(backlog - bound)
+
+    def _drain_s(self, excess: int) -> float:
+        """How long the workers take for `excess` records at their pace of the last seconds."""
+        now, taken = time.monotonic(), self.batches.outcomes_total()
+        pace = self._pace
+        if pace and taken < pace[-1][1]:
+            pace.clear()  # batches expired: the total fell
+        pace.append((now, taken))
+        while len(pace) > 2 and pace[0][0] < now - DRAIN_WINDOW_S:
+            pace.popleft()
+        elapsed = now - pace[0][0]
+        rate = (taken - pace[0][1]) / elapsed if elapsed >= 1.0 else 0.0
+        return min(30.0, max(1.0, excess / rate)) if rate > 0 else 5.0
+
+    async def admit(self, partner_id: str, tenant_id: str, records: int) -> Reservation:
+        """Reserve a write of `records` records for the tenant, or raise 503 (backlog) or 429
+        (quota) with Retry-After. The caller releases the reservation once the batch is in the
+        store or surely not accepted."""
+        over = self.overloaded()
+        if over is not None:
+            backlog, drain_s = over
+            raise ApiError(503, f"The service is overloaded: {backlog} records wait for the workers, more than "
+                                f"{self.settings.max_backlog_records} (REACH_MAX_BACKLOG_RECORDS); nothing was "
+                                "accepted, retry later",
+                           data={"reason": "backlog", "backlogRecords": backlog,
+                                 "maxBacklogRecords": self.settings.max_backlog_records},
+                           headers={"Retry-After": str(math.ceil(drain_s))})
+        quota = self.settings.quota_for(partner_id)
+        if quota.records_per_minute is not None or quota.batches_in_flight is not None:
+            # Count what other ingresses accepted up to now: a batch is readable moments after
+            # its commit returned (Kafka writes the commit markers after that), and behind any
+            # transaction open before it (a worker's, up to one commit interval). Bounded: past
+            # it, decide on what is known.
+            await self.batches.settle(SETTLE_S)
+        standing = self.standing(partner_id, tenant_id)
+        self._refuse_over(standing, records)
+        tenant = (partner_id, tenant_id)
+        reserved_records, reserved_batches = self._reserved.get(tenant, (0, 0))
+        self._reserved[tenant] = (reserved_records + records, reserved_batches + 1)
+        self._reserved_records += records
+        reservation = Reservation(self, tenant, records)
+        reservation.headers = self.standing(partner_id, tenant_id).headers()
+        return reservation
+
+    @staticmethod
+    def _refuse_over(standing: Standing, records: int) -> None:
+        quota = standing.quota
+        if quota.batches_in_flight is not None and standing.in_flight >= quota.batches_in_flight:
+            raise ApiError(429, f"Quota exceeded: at most {quota.batches_in_flight} batches in flight per tenant "
+                                f"(batchesInFlight); {standing.in_flight} are queued or processing; retry when "
+                                "one has finished",
+                           data={"limit": "batchesInFlight", "quota": quota.batches_in_flight,
+                                 "inFlight": standing.in_flight, "retryAfterSeconds": IN_FLIGHT_RETRY_S},
+                           headers={"Retry-After": str(IN_FLIGHT_RETRY_S), **standing.headers()})
+        per_minute = quota.records_per_minute
+        if per_minute is not None:
+            spacing = 60_000 / per_minute
+            burst = burst_of(per_minute)
+            # A write larger than the burst (a deleteAll) is taken with a full allowance, and the
+            # tenant then waits it off.
+            over_ms = standing.used_ms + min(records, burst) * spacing - burst * spacing
+            if over_ms > 0:
+                retry_s = math.ceil(over_ms / 1000)
+                raise ApiError(429, f"Quota exceeded: {per_minute} records per minute per tenant (recordsPerMinute); "
+                                    f"{standing.records_left()} can be sent now, this write has {records}; "
+                                    f"retry in {retry_s} s",
+                               data={"limit": "recordsPerMinute", "quota": per_minute,
+                                     "available": standing.records_left(), "requested": records,
+                                     "retryAfterSeconds": retry_s},
+                               headers={"Retry-After": str(retry_s), **standing.headers()})
+
+
+def describe(request: Request, partner_id: str, tenant_id: str) -> None:
+    """Give the answer to this request the tenant's RateLimit fields (`RateLimitHeaders`)."""
+    request.state.rate_limit = request.app.state.admission.standing(partner_id, tenant_id).headers()
+
+
+async def admit(request: Request, partner_id: str, tenant_id: str, records: int) -> Reservation:
+    """`Admission.admit` for this request; its answer then carries the fields as of after it."""
+    reservation = await request.app.state.admission.admit(partner_id, tenant_id, records)
+    request.state.rate_limit = reservation.headers
+    return reservation
+
+
+class RateLimitHeaders:
+    """Adds the RateLimit fields a handler found (`describe`) to its answer, whatever its status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_fields(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                fields = scope.get("state", {}).get("rate_limit")
+                if fields:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in fields.items():
+                        if name not in headers:
+                            headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)
