@@ -18,6 +18,8 @@ bare Kafka client does on the same machine in the same run:
 - deletes: records/s deleting 100,000 resources by id, and a cascade over 2 levels (customers
   whose orders and the shipments of those orders go with them);
 - single-resource write latency (`POST /api/resources/{schema}`, answered with the outcome);
+- fairness: one tenant's single 1000-record batches, idle and while another tenant uploads
+  continuously at its full quota (`ingest.quotas`; half the measured end-to-end rate);
 - peak memory (VmHWM) of the ingress and the worker.
 
 Writes `bench/results/results.json` and `bench/results/results.png`, and prints a table.
@@ -46,7 +48,7 @@ import orjson
 
 from bench.baselines import bare_exactly_once_loop, bare_merge_loop, producer_performance, send_batch_producer
 from reach.broker import LocalBroker
-from reach.config import PROJECT_ROOT, Settings
+from reach.config import PROJECT_ROOT, Quota, Settings
 from reach.token import make_token
 from schemas.events import build_ingest_batch
 from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
@@ -146,7 +148,8 @@ class Stack:
             Settings(), bootstrap_servers=external or (self.broker.bootstrap if self.broker else ""),
             external_broker=True, topic_prefix=prefix, app_id=f"{prefix}-worker", data_dir=workdir / "data",
             http_port=free_port(), worker_web_port=free_port(),
-            partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!"})
+            partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!",
+                             "bulk": "bulk-secret-long-enough-for-hs256-signing!!"})
         if ingress_processes is not None:
             self.settings = replace(self.settings, ingress_processes=ingress_processes)
         self.base = f"http://127.0.0.1:{self.settings.http_port}"
@@ -171,6 +174,13 @@ class Stack:
         self.definition_id = httpx.get(f"{self.base}/partner/schema-definitions/customer",
                                        headers={"Authorization": f"Bearer {self.partner}"}).json()["data"]["id"]
         return self
+
+    def restart_ingress(self, settings: Settings) -> None:
+        """Run the ingress again with `settings` (its stores read on from where they were)."""
+        self.ingress.stop()
+        self.settings = settings
+        self.ingress = ServiceProcess(["-m", "ingest.server"], settings, self.workdir / "ingress.log").start()
+        wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
 
     def cpu_share(self, **more: list[int]) -> CpuShare:
         """Start counting the CPU of the worker, the ingress's processes, the broker and this client."""
@@ -372,8 +382,68 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     print(f"dependency release p50 {statistics.median(releases) * 1000:.0f} ms", flush=True)
 
     await measure_writes(stack, args, results)
+    await measure_fairness(stack, args, results)
     await measure_two_workers(stack, args, results)
     return results
+
+
+async def measure_fairness(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """9. Two tenants: one uploads continuously at its full quota (half the measured end-to-end
+    rate), the other's single 1000-record batches are timed, against the same idle just before."""
+    per_minute = int(results["end_to_end"]["records_per_s"] * 60 * args.bulk_share)
+    stack.restart_ingress(replace(stack.settings, quota_overrides={"bulk": Quota(records_per_minute=per_minute)}))
+    bulk = {"Authorization": f"Bearer {make_token(stack.settings, 'bulk', 'bulk-tenant')}",
+            "content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
+        response = await http.post("/partner/schema-definitions", json=SCHEMA,
+                                   headers={"Authorization": f"Bearer {make_token(stack.settings, 'bulk')}"})
+        response.raise_for_status()
+    idle = await single_batch_latencies(stack, args.fairness_runs, "fair-idle")
+    stop, taken, refused, started = asyncio.Event(), [0], [0], time.monotonic()
+
+    async def bulk_client(n: int) -> None:
+        """As `reach upload` does: send, and wait as long as a 429's Retry-After says."""
+        async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
+            b = 0
+            while not stop.is_set():
+                response = await http.post("/api/resources/customer/batch", content=batch_body(f"bulk{n}-{b}"),
+                                           headers=bulk)
+                b += 1
+                if response.status_code == 202:
+                    taken[0] += 1000
+                elif response.status_code == 429:
+                    refused[0] += 1
+                    await asyncio.sleep(float(response.headers["retry-after"]))
+                else:
+                    raise RuntimeError(f"bulk upload answered {response.status_code}: {response.text[:300]}")
+
+    clients = [asyncio.create_task(bulk_client(n)) for n in range(2)]
+    await asyncio.sleep(5)  # past the first burst: the tenant is at its quota's pace
+    loaded = await single_batch_latencies(stack, args.fairness_runs, "fair-loaded")
+    stop.set()
+    await asyncio.gather(*clients)
+    bulk_rate = taken[0] / (time.monotonic() - started)
+    results["fairness"] = {
+        "bulk_quota_per_minute": per_minute, "bulk_records_per_s": bulk_rate, "bulk_429s": refused[0],
+        "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99), "runs": idle},
+        "alongside_bulk": {"p50": percentile(loaded, 50), "p99": percentile(loaded, 99), "runs": loaded},
+    }
+    print(f"fairness: a tenant at its quota of {per_minute:,} records/min sends {bulk_rate:,.0f} rec/s "
+          f"({refused[0]} 429s); another tenant's batch p50/p99 idle {percentile(idle, 50) * 1000:.0f}/"
+          f"{percentile(idle, 99) * 1000:.0f} ms, alongside {percentile(loaded, 50) * 1000:.0f}/"
+          f"{percentile(loaded, 99) * 1000:.0f} ms (p99 x{percentile(loaded, 99) / percentile(idle, 99):.2f})",
+          flush=True)
+    await wait_drained(stack)
+
+
+async def wait_drained(stack: Stack, timeout_s: float = 600) -> None:
+    """Until no accepted record waits for the worker (the ingress's `/ready` says)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
+        while (await http.get("/ready")).json()["data"]["backlogRecords"] > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the backlog did not drain in {timeout_s} s")
+            await asyncio.sleep(0.1)
 
 
 async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -533,6 +603,11 @@ def table(results: dict[str, Any]) -> str:
                  f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
     single = results["single_write_s"]
     rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
+    fair = results["fairness"]
+    rows.append((f"other tenant's batch p50 / p99, beside one at its quota ({fair['bulk_records_per_s']:,.0f} rec/s)",
+                 f"{fair['alongside_bulk']['p50'] * 1000:.0f} / {fair['alongside_bulk']['p99'] * 1000:.0f} ms",
+                 f"{fair['idle']['p50'] * 1000:.0f} / {fair['idle']['p99'] * 1000:.0f} ms (idle)",
+                 f"{fair['alongside_bulk']['p99'] / fair['idle']['p99']:.2f}"))
     two = results["end_to_end_2_workers"]
     rows.append(("end to end, 2 workers (rec/s; per worker)", f"{two['records_per_s']:,.0f}; {two['per_worker']:,.0f}",
                  f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
@@ -561,6 +636,9 @@ def main() -> None:
                         help="customers deleted with cascade, each with an order and its shipment (a multiple of 1000)")
     parser.add_argument("--single-writes", type=int, default=200)
     parser.add_argument("--delete-all", type=int, default=100_000, help="resources of the schema deleteAll deletes")
+    parser.add_argument("--fairness-runs", type=int, default=20, help="batches timed idle and beside a bulk tenant")
+    parser.add_argument("--bulk-share", type=float, default=0.5,
+                        help="the bulk tenant's quota, as a share of the measured end-to-end rate")
     args = parser.parse_args()
     if args.delete_records % 1000 or args.cascade_roots % 1000 or \
             (args.delete_records + args.cascade_roots) // 1000 > args.e2e_batches:

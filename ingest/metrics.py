@@ -105,6 +105,9 @@ class _StateCollector:
         yield GaugeMetricFamily("reach_records_pending",
                                 "Records waiting for the resources they reference (as the batch status reports them)",
                                 value=self.state.batches.pending_total())
+        yield GaugeMetricFamily("reach_backlog_records",
+                                "Records accepted that no worker has taken yet (what REACH_MAX_BACKLOG_RECORDS bounds)",
+                                value=self.state.batches.backlog())
 
 
 async def metrics(request: Request) -> Response:

@@ -24,7 +24,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Bad request", 401: "Not authenticated", 403: "Not allowed", 404: "Not found",
              409: "Conflict", 413: "Body too large",
              422: "Idempotency-Key reused for another request",
-             503: "Kafka cannot take the write now"}
+             429: "Over the tenant's quota: nothing enqueued; retry after Retry-After (RateLimit fields say more)",
+             503: "Kafka cannot take the write now, or the workers' backlog is over its bound (Retry-After)"}
     return {str(c): {"description": texts[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
 
 
@@ -119,7 +120,7 @@ SPEC: dict[str, Any] = {
                                 "schema": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 429, 503)},
             },
             "delete": {
                 "summary": "Batch delete resources by external id (1..1000) or every one of the schema (deleteAll); "
@@ -130,7 +131,7 @@ SPEC: dict[str, Any] = {
                 "responses": {**_ok("Dry run: {dryRun, schemaDefinitionId, wouldDelete, skippedDueToReferences, "
                                     "totalRecords}; nothing changed, no batch"),
                               **_ok("Accepted: every delete is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 429, 503)},
             },
             "patch": {
                 "summary": "Batch patch existing resources (1..1000; RFC 7396 merge, never creates)",
@@ -138,7 +139,7 @@ SPEC: dict[str, Any] = {
                 "parameters": [SCHEMA, *TENANT_HEADER, IDEMPOTENCY_KEY, IGNORE_UNKNOWN],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": UPLOAD_BODY}}},
                 "responses": {**_ok("Accepted: every record is durably in Kafka", 202),
-                              **_errors(400, 401, 403, 404, 409, 413, 422, 503)},
+                              **_errors(400, 401, 403, 404, 409, 413, 422, 429, 503)},
             },
         },
         "/api/batches": {"get": {"summary": "The tenant's batches, newest first", "security": BEARER,
@@ -186,7 +187,7 @@ SPEC: dict[str, Any] = {
                      "requestBody": {"required": True, "content": {"application/json": {"schema": SINGLE_BODY}}},
                      "responses": {**_ok("The resource as saved"),
                                    **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
-                                   **_errors(400, 401, 403, 404, 409, 413, 503)}},
+                                   **_errors(400, 401, 403, 404, 409, 413, 429, 503)}},
         },
         "/api/resources/{schema}/{externalId}": {
             "get": {"summary": "One resource", "security": BEARER,
@@ -201,7 +202,7 @@ SPEC: dict[str, Any] = {
                       "requestBody": {"required": True, "content": {"application/json": {"schema": SINGLE_BODY}}},
                       "responses": {**_ok("The resource as saved"),
                                     **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
-                                    **_errors(400, 401, 403, 404, 413, 503)}},
+                                    **_errors(400, 401, 403, 404, 413, 429, 503)}},
             "delete": {"summary": "Delete one resource; waits for its outcome up to REACH_SYNC_WAIT_S",
                        "security": BEARER,
                        "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
@@ -209,7 +210,7 @@ SPEC: dict[str, Any] = {
                                        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"}}],
                        "responses": {**_ok("Deleted"),
                                      **_ok("Accepted; the outcome was not known in time (batch shape)", 202),
-                                     **_errors(400, 401, 403, 404, 409, 503)}},
+                                     **_errors(400, 401, 403, 404, 409, 429, 503)}},
         },
     },
 }

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
@@ -140,8 +141,6 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that make a child process read `settings`."""
-    import orjson
-
     return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -329,6 +328,22 @@ async def committed_records(bootstrap: str, topic: str, partitions: int, timeout
         return records
     finally:
         await consumer.stop()
+
+
+async def committed_outcomes(settings: Settings) -> collections.Counter[tuple[str, int]]:
+    """How many committed terminal outcomes each (batchId, index) has on the batch-events topic
+    (a record waiting for a reference also reports itself pending, once or more: not counted)."""
+    from topics import service_topics
+
+    spec = service_topics(settings).batch_events
+    counts: collections.Counter[tuple[str, int]] = collections.Counter()
+    for message in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
+        event = orjson.loads(message.value)
+        if event.get("type") == "records":
+            for entry in event["outcomes"]:
+                if entry["status"] != "pending":
+                    counts[(event["batchId"], entry["index"])] += 1
+    return counts
 
 
 def uploads_until_killed(base: str, headers: dict[str, str], path: str, body_of: Callable[[str], Any],

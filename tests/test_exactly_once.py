@@ -15,19 +15,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import orjson
 from starlette.testclient import TestClient
 
 from reach.config import Settings
 from tests.support import (
     ServiceProcess,
     bearer,
-    committed_records,
+    committed_outcomes,
     explained_by,
     free_port,
     partner_token,
@@ -35,7 +33,6 @@ from tests.support import (
     wait_terminal,
     wait_until,
 )
-from topics import service_topics
 
 SCHEMA = {
     "name": "Account", "externalIdField": "id",
@@ -207,22 +204,8 @@ def _check_mixed_state(client: TestClient, headers: dict[str, str]) -> None:
     assert totals == [HOLDERS // 2, 0], totals
 
 
-async def _committed_outcomes(settings: Settings) -> Counter[tuple[str, int]]:
-    """How many committed terminal outcomes each (batchId, index) has on the batch-events topic
-    (a record waiting for a reference also reports itself pending, once or more: not counted)."""
-    spec = service_topics(settings).batch_events
-    counts: Counter[tuple[str, int]] = Counter()
-    for message in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
-        event = orjson.loads(message.value)
-        if event["type"] == "records":
-            for entry in event["outcomes"]:
-                if entry["status"] != "pending":
-                    counts[(event["batchId"], entry["index"])] += 1
-    return counts
-
-
 def _assert_exactly_one_outcome_each(settings: Settings, expected: Expected) -> None:
-    counts = asyncio.run(_committed_outcomes(settings))
+    counts = asyncio.run(committed_outcomes(settings))
     want = {(b, i) for b, e in expected.items() for i in range(e.total)}
     assert set(counts) == want
     duplicated = {k: n for k, n in counts.items() if n != 1}

@@ -106,6 +106,7 @@ def test_counters_move_by_exactly_the_records_of_the_batches(
         assert moved(ingress_before, after, "reach_http_request_duration_seconds_count", route=UPLOAD_ROUTE,
                      method="POST", status="202") == 8
         assert value(after, "reach_records_pending") == 0
+        assert value(after, "reach_backlog_records") == 0, "every record has its outcome"
 
     worker_after = scrape(worker_url)
     assert moved(worker_before, worker_after, "reach_records_applied_total", outcome="created", code="") == 984

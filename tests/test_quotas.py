@@ -84,7 +84,7 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
     with ingresses(limited, tmp_path, 2) as (a, b):
         define(a)
         tenant = bearer(tenant_token(tenant="t-seq"))
-        first = post(a, tenant, body("seq1", 1000))
+        first = post(a, {**tenant, "Idempotency-Key": "seq1"}, body("seq1", 1000))
         assert first.status_code == 202, first.text
         assert fields(first) == ('"records";q=60;qu="records";w=60;reach-burst=1000', '"records";r=0;t=1000'), \
             first.headers
@@ -112,6 +112,10 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         for what, response in answers.items():
             assert what.split()[-1] == str(response.status_code), (what, response.text)
             assert all(fields(response)), (what, response.headers)
+        # A retry of an accepted request gets its 202 again, over the quota too.
+        replay = post(b, {**tenant, "Idempotency-Key": "seq1"}, body("seq1", 1000))
+        assert replay.status_code == 202 and replay.headers.get("idempotent-replayed") == "true", replay.text
+        assert replay.json() == first.json()
         # Reads stay served to a tenant over its quota.
         batch_id = first.json()["data"]["batchId"]
         assert httpx.get(f"{b}/api/batches/{batch_id}", headers=tenant, timeout=10).status_code == 200
