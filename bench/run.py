@@ -452,8 +452,12 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
     second = ServiceProcess(["-m", "processors.worker"], settings, stack.workdir / "worker-2.log").start()
     try:
         # Its partitions are its own once it logs where each resumes (after the rebalance).
-        await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 120,
-                                what="the second worker to take partitions")
+        try:
+            await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 120,
+                                    what="the second worker to take partitions")
+        except AssertionError:
+            print(f"--- worker 2:\n{second.log()[-4000:]}\n--- worker 1:\n{stack.worker.log()[-4000:]}", flush=True)
+            raise
         await wait_all_terminal(stack, (await post_batches(stack, [batch_body("two-warmup")], 1))[1])
         bodies = [batch_body(f"e2e2-{b}") for b in range(args.e2e_batches)]
         started, cpu = time.monotonic(), stack.cpu_share(**{"worker 2": [second.proc.pid]})

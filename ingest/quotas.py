@@ -4,10 +4,12 @@ header fields (draft-ietf-httpapi-ratelimit-headers-11) that tell a client where
 Three limits, checked before anything is published:
 
 - **Records per minute** of a tenant (`Quota.records_per_minute`): a rate, spread evenly (GCRA):
-  a tenant may send `burst` records at once (a minute's sixtieth, at least one full batch),
-  then one record every 60/Q s. The state is one time per tenant, its *theoretical arrival time*,
-  folded by every ingress from the batch registrations on the batch-events topic
-  (`state.batches`), so every ingress counts what all of them accepted. Over it: 429.
+  a tenant may send one full batch (`BURST` records) at once, then one record every 60/Q s. A
+  write that comes up to `PACE_S` early is held that long and then taken (its 202 comes later),
+  so that a tenant at its quota reaches Kafka at an even pace rather than in bursts that the
+  workers queue other tenants' records behind; earlier: 429. The state is one time per tenant,
+  its *theoretical arrival time*, folded by every ingress from the batch registrations on the
+  batch-events topic (`state.batches`), so every ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
   processing, from the same store. Over it: 429.
 - **The workers' backlog** (`Settings.max_backlog_records`): records accepted that no worker
@@ -22,6 +24,7 @@ request's worth each); requests of one process are counted while they are being 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -50,9 +53,8 @@ def record_spacing_ms(settings: Settings) -> Callable[[str], float | None]:
     return spacing
 
 
-def burst_of(records_per_minute: int) -> int:
-    """How many records a tenant with a full allowance may send at once."""
-    return max(MAX_RECORDS, records_per_minute // 60)
+BURST = MAX_RECORDS  # records a tenant with its full allowance may send at once: one batch
+PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,14 @@ class Standing:
     def records_left(self) -> int:
         assert self.quota.records_per_minute is not None
         spacing = 60_000 / self.quota.records_per_minute
-        return max(0, int((burst_of(self.quota.records_per_minute) * spacing - self.used_ms) // spacing))
+        return max(0, int((BURST * spacing - self.used_ms) // spacing))
 
     def headers(self) -> dict[str, str]:
         """`RateLimit-Policy` and `RateLimit` for the limits the tenant has (none: no fields)."""
         policies, limits = [], []
         q = self.quota
         if q.records_per_minute is not None:
-            policies.append(f'"records";q={q.records_per_minute};qu="records";w=60;'
-                            f'reach-burst={burst_of(q.records_per_minute)}')
+            policies.append(f'"records";q={q.records_per_minute};qu="records";w=60;reach-burst={BURST}')
             limits.append(f'"records";r={self.records_left()};t={math.ceil(self.used_ms / 1000)}')
         if q.batches_in_flight is not None:
             policies.append(f'"batches";q={q.batches_in_flight};qu="concurrent-requests"')
@@ -170,17 +171,25 @@ class Admission:
             # it, decide on what is known.
             await self.batches.settle(SETTLE_S)
         standing = self.standing(partner_id, tenant_id)
-        self._refuse_over(standing, records)
+        early_s = self._early_or_refused(standing, records)
         tenant = (partner_id, tenant_id)
         reserved_records, reserved_batches = self._reserved.get(tenant, (0, 0))
         self._reserved[tenant] = (reserved_records + records, reserved_batches + 1)
         self._reserved_records += records
         reservation = Reservation(self, tenant, records)
         reservation.headers = self.standing(partner_id, tenant_id).headers()
+        if early_s > 0:
+            try:  # held, reserved: the tenant's next write counts this one
+                await asyncio.sleep(early_s)
+            except BaseException:
+                reservation.release()
+                raise
         return reservation
 
     @staticmethod
-    def _refuse_over(standing: Standing, records: int) -> None:
+    def _early_or_refused(standing: Standing, records: int) -> float:
+        """How long the write must be held to keep to the tenant's records rate (0: not at all),
+        or 429 over its batches in flight or more than `PACE_S` early."""
         quota = standing.quota
         if quota.batches_in_flight is not None and standing.in_flight >= quota.batches_in_flight:
             raise ApiError(429, f"Quota exceeded: at most {quota.batches_in_flight} batches in flight per tenant "
@@ -190,21 +199,22 @@ class Admission:
                                  "inFlight": standing.in_flight, "retryAfterSeconds": IN_FLIGHT_RETRY_S},
                            headers={"Retry-After": str(IN_FLIGHT_RETRY_S), **standing.headers()})
         per_minute = quota.records_per_minute
-        if per_minute is not None:
-            spacing = 60_000 / per_minute
-            burst = burst_of(per_minute)
-            # A write larger than the burst (a deleteAll) is taken with a full allowance, and the
-            # tenant then waits it off.
-            over_ms = standing.used_ms + min(records, burst) * spacing - burst * spacing
-            if over_ms > 0:
-                retry_s = math.ceil(over_ms / 1000)
-                raise ApiError(429, f"Quota exceeded: {per_minute} records per minute per tenant (recordsPerMinute); "
-                                    f"{standing.records_left()} can be sent now, this write has {records}; "
-                                    f"retry in {retry_s} s",
-                               data={"limit": "recordsPerMinute", "quota": per_minute,
-                                     "available": standing.records_left(), "requested": records,
-                                     "retryAfterSeconds": retry_s},
-                               headers={"Retry-After": str(retry_s), **standing.headers()})
+        if per_minute is None:
+            return 0.0
+        spacing = 60_000 / per_minute
+        # A write larger than the burst (a deleteAll) is taken with a full allowance, and the
+        # tenant then waits it off.
+        over_ms = standing.used_ms + min(records, BURST) * spacing - BURST * spacing
+        if over_ms > PACE_S * 1000:
+            retry_s = math.ceil(over_ms / 1000)
+            raise ApiError(429, f"Quota exceeded: {per_minute} records per minute per tenant (recordsPerMinute); "
+                                f"{standing.records_left()} can be sent now, this write has {records}; "
+                                f"retry in {retry_s} s",
+                           data={"limit": "recordsPerMinute", "quota": per_minute,
+                                 "available": standing.records_left(), "requested": records,
+                                 "retryAfterSeconds": retry_s},
+                           headers={"Retry-After": str(retry_s), **standing.headers()})
+        return max(0.0, over_ms / 1000)
 
 
 def describe(request: Request, partner_id: str, tenant_id: str) -> None:

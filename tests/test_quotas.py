@@ -245,7 +245,7 @@ def test_reach_upload_waits_out_429s_as_retry_after_says_and_sends_every_record_
         started = time.monotonic()
         run = subprocess.run(
             [sys.executable, "-m", "reach.cli", "upload", str(source), "--schema", "Customer", "--batch-size", "500",
-             "--concurrency", "4", "--no-wait", "--json", "--url", base, "--token", partner_token(),
+             "--concurrency", "8", "--no-wait", "--json", "--url", base, "--token", partner_token(),
              "--tenant", "t-upload", "--failed", str(tmp_path / "failed.jsonl")],
             env=settings_env(limited), capture_output=True, text=True, timeout=180)
         elapsed = time.monotonic() - started
@@ -257,6 +257,35 @@ def test_reach_upload_waits_out_429s_as_retry_after_says_and_sends_every_record_
         found = asyncio.run(records_per_upload(limited))
         assert sum(sum(b.values()) for b in found.values()) == 4000, found
         print(f"reach upload under a quota: 4000 records in {elapsed:.1f} s, retries {summary['retriesBy']}")
+
+
+def test_a_write_a_little_early_is_held_and_then_accepted_and_concurrent_ones_beyond_a_second_get_429(
+        settings: Settings, tmp_path: Path) -> None:
+    limited = replace(settings, quota=Quota(records_per_minute=60_000))  # a record a millisecond
+    with ingresses(limited, tmp_path, 1) as (base,):
+        define(base)
+        tenant = bearer(tenant_token(tenant="t-paced"))
+        assert post(base, tenant, body("p0", 1000)).status_code == 202  # the allowance: a batch at once
+        started = time.monotonic()
+        held = post(base, tenant, body("p1", 500))  # half a second early
+        waited = time.monotonic() - started
+        assert held.status_code == 202 and waited >= 0.4, (held.status_code, f"answered after {waited:.2f} s")
+
+        answers: dict[str, httpx.Response] = {}
+
+        def concurrent(tag: str) -> None:
+            answers[tag] = post(base, tenant, body(tag, 1000))
+
+        threads = [threading.Thread(target=concurrent, args=(f"c{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        codes = sorted(r.status_code for r in answers.values())
+        assert codes.count(202) in (1, 2) and codes.count(429) >= 2, codes  # at most a second ahead is held
+        assert all(int(r.headers["retry-after"]) >= 1 for r in answers.values() if r.status_code == 429), answers
+        found = asyncio.run(records_per_upload(limited))
+        assert set(found) == {"p0", "p1"} | {tag for tag, r in answers.items() if r.status_code == 202}, sorted(found)
 
 
 def test_the_progress_line_says_why_and_how_long_a_refused_request_waits() -> None:
