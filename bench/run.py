@@ -19,7 +19,8 @@ bare Kafka client does on the same machine in the same run:
   whose orders and the shipments of those orders go with them);
 - single-resource write latency (`POST /api/resources/{schema}`, answered with the outcome);
 - fairness: one tenant's single 1000-record batches, idle and while another tenant uploads
-  continuously at its full quota (`ingest.quotas`; half the measured end-to-end rate);
+  continuously at its full quota (`ingest.quotas`; a quarter, then half the measured end-to-end
+  rate);
 - peak memory (VmHWM) of the ingress and the worker.
 
 Writes `bench/results/results.json` and `bench/results/results.png`, and prints a table.
@@ -388,17 +389,24 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def measure_fairness(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """9. Two tenants: one uploads continuously at its full quota (half the measured end-to-end
-    rate), the other's single 1000-record batches are timed, against the same idle just before."""
-    per_minute = int(results["end_to_end"]["records_per_s"] * 60 * args.bulk_share)
-    stack.restart_ingress(replace(stack.settings, quota_overrides={"bulk": Quota(records_per_minute=per_minute)}))
-    bulk = {"Authorization": f"Bearer {make_token(stack.settings, 'bulk', 'bulk-tenant')}",
-            "content-type": "application/json"}
+    """9. Two tenants: one uploads continuously at its full quota (a share of the measured
+    end-to-end rate), the other's single 1000-record batches are timed, against the same idle
+    just before; once per share."""
     async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
         response = await http.post("/partner/schema-definitions", json=SCHEMA,
                                    headers={"Authorization": f"Bearer {make_token(stack.settings, 'bulk')}"})
         response.raise_for_status()
-    idle = await single_batch_latencies(stack, args.fairness_runs, "fair-idle")
+    results["fairness"] = []
+    for share in args.bulk_share:
+        results["fairness"].append(await fairness_at(stack, args, int(results["end_to_end"]["records_per_s"] * 60 * share),
+                                                     share))
+
+
+async def fairness_at(stack: Stack, args: argparse.Namespace, per_minute: int, share: float) -> dict[str, Any]:
+    stack.restart_ingress(replace(stack.settings, quota_overrides={"bulk": Quota(records_per_minute=per_minute)}))
+    bulk = {"Authorization": f"Bearer {make_token(stack.settings, 'bulk', 'bulk-tenant')}",
+            "content-type": "application/json"}
+    idle = await single_batch_latencies(stack, args.fairness_runs, f"fair-idle{share}")
     stop, taken, refused, started = asyncio.Event(), [0], [0], time.monotonic()
 
     async def bulk_client(n: int) -> None:
@@ -406,8 +414,8 @@ async def measure_fairness(stack: Stack, args: argparse.Namespace, results: dict
         async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
             b = 0
             while not stop.is_set():
-                response = await http.post("/api/resources/customer/batch", content=batch_body(f"bulk{n}-{b}"),
-                                           headers=bulk)
+                response = await http.post("/api/resources/customer/batch",
+                                           content=batch_body(f"bulk{share}-{n}-{b}"), headers=bulk)
                 b += 1
                 if response.status_code == 202:
                     taken[0] += 1000
@@ -419,21 +427,20 @@ async def measure_fairness(stack: Stack, args: argparse.Namespace, results: dict
 
     clients = [asyncio.create_task(bulk_client(n)) for n in range(2)]
     await asyncio.sleep(5)  # past the first burst: the tenant is at its quota's pace
-    loaded = await single_batch_latencies(stack, args.fairness_runs, "fair-loaded")
+    loaded = await single_batch_latencies(stack, args.fairness_runs, f"fair-loaded{share}")
     stop.set()
     await asyncio.gather(*clients)
     bulk_rate = taken[0] / (time.monotonic() - started)
-    results["fairness"] = {
-        "bulk_quota_per_minute": per_minute, "bulk_records_per_s": bulk_rate, "bulk_429s": refused[0],
-        "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99), "runs": idle},
-        "alongside_bulk": {"p50": percentile(loaded, 50), "p99": percentile(loaded, 99), "runs": loaded},
-    }
-    print(f"fairness: a tenant at its quota of {per_minute:,} records/min sends {bulk_rate:,.0f} rec/s "
-          f"({refused[0]} 429s); another tenant's batch p50/p99 idle {percentile(idle, 50) * 1000:.0f}/"
-          f"{percentile(idle, 99) * 1000:.0f} ms, alongside {percentile(loaded, 50) * 1000:.0f}/"
-          f"{percentile(loaded, 99) * 1000:.0f} ms (p99 x{percentile(loaded, 99) / percentile(idle, 99):.2f})",
-          flush=True)
+    print(f"fairness: a tenant at its quota of {per_minute:,} records/min ({share:.0%} of end to end) sends "
+          f"{bulk_rate:,.0f} rec/s ({refused[0]} 429s); another tenant's batch p50/p99 idle "
+          f"{percentile(idle, 50) * 1000:.0f}/{percentile(idle, 99) * 1000:.0f} ms, alongside "
+          f"{percentile(loaded, 50) * 1000:.0f}/{percentile(loaded, 99) * 1000:.0f} ms "
+          f"(p99 x{percentile(loaded, 99) / percentile(idle, 99):.2f})", flush=True)
     await wait_drained(stack)
+    return {"share": share, "bulk_quota_per_minute": per_minute, "bulk_records_per_s": bulk_rate,
+            "bulk_429s": refused[0],
+            "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99), "runs": idle},
+            "alongside_bulk": {"p50": percentile(loaded, 50), "p99": percentile(loaded, 99), "runs": loaded}}
 
 
 async def wait_drained(stack: Stack, timeout_s: float = 600) -> None:
@@ -450,21 +457,27 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
     """8. Scale-out: a second worker joins the group; the end-to-end run again."""
     settings = replace(stack.settings, worker_web_port=free_port())
     second = ServiceProcess(["-m", "processors.worker"], settings, stack.workdir / "worker-2.log").start()
+    joined = time.monotonic()
     try:
-        # Its partitions are its own once it logs where each resumes (after the rebalance).
+        # Its partitions are its own once it logs where each resumes: after the rebalance and
+        # after restoring its partitions' state from their changelogs (it has none on disk), which
+        # grows with the resources stored — over 400,000 by now.
         try:
-            await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 120,
+            await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 900,
                                     what="the second worker to take partitions")
         except AssertionError:
             print(f"--- worker 2:\n{second.log()[-4000:]}\n--- worker 1:\n{stack.worker.log()[-4000:]}", flush=True)
             raise
+        takeover_s = time.monotonic() - joined
+        print(f"a second worker took its partitions in {takeover_s:.0f} s (rebalance and restore)", flush=True)
         await wait_all_terminal(stack, (await post_batches(stack, [batch_body("two-warmup")], 1))[1])
         bodies = [batch_body(f"e2e2-{b}") for b in range(args.e2e_batches)]
         started, cpu = time.monotonic(), stack.cpu_share(**{"worker 2": [second.proc.pid]})
         _, ids, _ = await post_batches(stack, bodies, 4)
         finished = await wait_all_terminal(stack, ids)
         rate = len(bodies) * 1000 / (finished - started)
-        results["end_to_end_2_workers"] = {"records_per_s": rate, "per_worker": rate / 2, "cores": cpu.cores()}
+        results["end_to_end_2_workers"] = {"records_per_s": rate, "per_worker": rate / 2, "cores": cpu.cores(),
+                                           "takeover_s": takeover_s}
         print(f"end to end, 2 workers: {rate:,.0f} rec/s ({rate / 2:,.0f} per worker)", flush=True)
     finally:
         second.stop()
@@ -607,14 +620,16 @@ def table(results: dict[str, Any]) -> str:
                  f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
     single = results["single_write_s"]
     rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
-    fair = results["fairness"]
-    rows.append((f"other tenant's batch p50 / p99, beside one at its quota ({fair['bulk_records_per_s']:,.0f} rec/s)",
-                 f"{fair['alongside_bulk']['p50'] * 1000:.0f} / {fair['alongside_bulk']['p99'] * 1000:.0f} ms",
-                 f"{fair['idle']['p50'] * 1000:.0f} / {fair['idle']['p99'] * 1000:.0f} ms (idle)",
-                 f"{fair['alongside_bulk']['p99'] / fair['idle']['p99']:.2f}"))
+    for fair in results["fairness"]:
+        rows.append((f"other tenant's batch p50 / p99 beside one at its quota, {fair['share']:.0%} "
+                     f"({fair['bulk_records_per_s']:,.0f} rec/s)",
+                     f"{fair['alongside_bulk']['p50'] * 1000:.0f} / {fair['alongside_bulk']['p99'] * 1000:.0f} ms",
+                     f"{fair['idle']['p50'] * 1000:.0f} / {fair['idle']['p99'] * 1000:.0f} ms (idle)",
+                     f"{fair['alongside_bulk']['p99'] / fair['idle']['p99']:.2f}"))
     two = results["end_to_end_2_workers"]
     rows.append(("end to end, 2 workers (rec/s; per worker)", f"{two['records_per_s']:,.0f}; {two['per_worker']:,.0f}",
                  f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
+    rows.append(("a second worker joining: rebalance and restore", f"{two['takeover_s']:.0f} s", "", ""))
     for name, run in (("ingest alone", alone), ("end to end with 1 worker", results["end_to_end"]),
                       ("end to end with 2 workers", two),
                       ("bare exactly-once loop", results["bare_exactly_once_loop"])):
@@ -641,8 +656,8 @@ def main() -> None:
     parser.add_argument("--single-writes", type=int, default=200)
     parser.add_argument("--delete-all", type=int, default=100_000, help="resources of the schema deleteAll deletes")
     parser.add_argument("--fairness-runs", type=int, default=20, help="batches timed idle and beside a bulk tenant")
-    parser.add_argument("--bulk-share", type=float, default=0.5,
-                        help="the bulk tenant's quota, as a share of the measured end-to-end rate")
+    parser.add_argument("--bulk-share", type=float, nargs="+", default=[0.25, 0.5],
+                        help="the bulk tenant's quota, as shares of the measured end-to-end rate (a run each)")
     args = parser.parse_args()
     if args.delete_records % 1000 or args.cascade_roots % 1000 or \
             (args.delete_records + args.cascade_roots) // 1000 > args.e2e_batches:
