@@ -188,7 +188,7 @@ async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, pa
         reservation = await quotas.admit(request, partner_id, tenant_id, len(records))
     except ApiError:
         # A retry of a request another ingress accepted moments ago gets its 202, limits or not.
-        if keyed is not None and await request.app.state.batches.settle(quotas.SETTLE_S):
+        if keyed is not None and await request.app.state.batches.settle(quotas.REPLAY_SETTLE_S):
             replay = replay_if_accepted(request, partner_id, tenant_id, keyed)
             if replay is not None:
                 return replay
