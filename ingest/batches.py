@@ -184,15 +184,7 @@ async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, pa
     """Publish a batch-shaped write (`publish_batch`) and answer 202; with an Idempotency-Key,
     at most once per key (`ingest.idempotency`), answering a retry with the first 202. Over a
     quota or the backlog bound (`ingest.quotas`), 429 or 503 before any claim is made."""
-    try:
-        reservation = await quotas.admit(request, partner_id, tenant_id, len(records))
-    except ApiError:
-        # A retry of a request another ingress accepted moments ago gets its 202, limits or not.
-        if keyed is not None and await request.app.state.batches.settle(quotas.REPLAY_SETTLE_S):
-            replay = replay_if_accepted(request, partner_id, tenant_id, keyed)
-            if replay is not None:
-                return replay
-        raise
+    reservation = await quotas.admit(request, partner_id, tenant_id, len(records))
     try:
         claim = None
         if keyed is not None:

@@ -43,7 +43,8 @@ from reach.config import Quota, Settings
 from schemas.records import MAX_RECORDS
 from state.batches import BatchStore
 
-REPLAY_SETTLE_S = 0.5  # how long a refused keyed request looks for its earlier acceptance
+BURST = MAX_RECORDS  # records a tenant with its full allowance may send at once: one batch
+PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 IN_FLIGHT_RETRY_S = 1  # a batch takes about this long to finish on an idle service
 DRAIN_WINDOW_S = 10.0  # the workers' recent pace, for a 503's Retry-After
 
@@ -54,10 +55,6 @@ def record_spacing_ms(settings: Settings) -> Callable[[str], float | None]:
         per_minute = settings.quota_for(partner_id).records_per_minute
         return None if per_minute is None else 60_000 / per_minute
     return spacing
-
-
-BURST = MAX_RECORDS  # records a tenant with its full allowance may send at once: one batch
-PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 
 
 @dataclass(frozen=True)
