@@ -271,6 +271,21 @@ def wait_ingress_ready(settings: Settings, timeout_s: float = 60.0) -> str:
     return base
 
 
+@contextlib.contextmanager
+def ingresses(settings: Settings, tmp_path: Path, count: int) -> Iterator[list[str]]:
+    """`count` ingress instances of one deployment, each its own process and port; their base URLs."""
+    processes, bases = [], []
+    try:
+        for n in range(count):
+            own = replace(settings, http_port=free_port(), ingress_id=unique(f"ingress{n}"))
+            processes.append(ServiceProcess(["-m", "ingest.server"], own, tmp_path / f"ingress{n}.log").start())
+            bases.append(wait_ingress_ready(own))
+        yield bases
+    finally:
+        for process in processes:
+            process.stop()
+
+
 ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id"], "properties": {
     "id": {"type": "string"}, "customer": {"$ref": "reach:schemas/Customer"}}}
 
@@ -384,6 +399,11 @@ def uploads_until_killed(base: str, headers: dict[str, str], path: str, body_of:
             thread.join(60)
         server.stop()
     return accepted, unanswered
+
+
+def upload_body(tag: str, n: int) -> dict[str, Any]:
+    """An upload of `n` customers whose external ids name it (`records_per_upload` finds them by it)."""
+    return {"resources": [{"id": f"{tag}-r{i}", "name": "n"} for i in range(n)]}
 
 
 async def records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:

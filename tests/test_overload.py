@@ -23,14 +23,16 @@ from tests.support import (
     bearer,
     committed_outcomes,
     explained_by,
+    ingresses,
     partner_token,
     records_per_upload,
     tenant_token,
+    upload_body,
     wait_until,
     wait_worker_ready,
 )
-from tests.test_quotas import UPLOAD, body, ingresses
 
+UPLOAD = "/api/resources/Customer/batch"
 PUSH_S = float(os.environ.get("REACH_OVERLOAD_TEST_S", "120"))
 BACKLOG_BOUND = 4000
 
@@ -68,7 +70,7 @@ def _push_and_audit(limited: Settings, tmp_path: Path, worker: ServiceProcess) -
                     if time.monotonic() - started > PUSH_S:
                         return
                     tag = f"{tenant}x{n}x{i}"
-                    response = http.post(UPLOAD, json=body(tag, size))
+                    response = http.post(UPLOAD, json=upload_body(tag, size))
                     assert response.status_code in (202, 429, 503), response.text
                     assert response.status_code == 202 or "retry-after" in response.headers, response.headers
                     batch_id = response.json()["data"]["batchId"] if response.status_code == 202 else None

@@ -6,14 +6,12 @@ answer of the batch routes, and nothing enqueued by a refused request."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,45 +26,19 @@ from tests.support import (
     CUSTOMER_SCHEMA,
     ServiceProcess,
     bearer,
-    free_port,
+    define_customer_and_order,
+    ingresses,
     partner_token,
     records_per_upload,
     settings_env,
     tenant_token,
-    unique,
-    wait_ingress_ready,
+    upload_body,
     wait_terminal,
     wait_until,
     wait_worker_ready,
 )
 
 UPLOAD = "/api/resources/Customer/batch"
-
-
-@contextlib.contextmanager
-def ingresses(settings: Settings, tmp_path: Path, count: int) -> Iterator[list[str]]:
-    """`count` ingress instances of one deployment, each its own process and port; their base URLs."""
-    processes, bases = [], []
-    try:
-        for n in range(count):
-            own = replace(settings, http_port=free_port(), ingress_id=unique(f"ingress{n}"))
-            processes.append(ServiceProcess(["-m", "ingest.server"], own, tmp_path / f"ingress{n}.log").start())
-            bases.append(wait_ingress_ready(own))
-        yield bases
-    finally:
-        for process in processes:
-            process.stop()
-
-
-def define(base: str) -> None:
-    response = httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token()), timeout=30,
-                          json={"name": "Customer", "externalIdField": "id", "schema": CUSTOMER_SCHEMA})
-    assert response.status_code == 200, response.text
-
-
-def body(tag: str, n: int) -> dict[str, Any]:
-    """`n` records whose external ids name the request (`records_per_upload` finds them by it)."""
-    return {"resources": [{"id": f"{tag}-r{i}", "name": "n"} for i in range(n)]}
 
 
 def post(base: str, headers: dict[str, str], payload: Any, method: str = "POST", path: str = UPLOAD) -> httpx.Response:
@@ -82,9 +54,9 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
     # 60 records a minute: 1000 (a full batch) at once, then one a second.
     limited = replace(settings, quota=Quota(records_per_minute=60))
     with ingresses(limited, tmp_path, 2) as (a, b):
-        define(a)
+        define_customer_and_order(a)
         tenant = bearer(tenant_token(tenant="t-seq"))
-        first = post(a, {**tenant, "Idempotency-Key": "seq1"}, body("seq1", 1000))
+        first = post(a, {**tenant, "Idempotency-Key": "seq1"}, upload_body("seq1", 1000))
         assert first.status_code == 202, first.text
         assert fields(first) == ('"records";q=60;qu="records";w=60;reach-burst=1000', '"records";r=0;t=1000'), \
             first.headers
@@ -93,7 +65,7 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         # batch there waits for that).
         batch_id = first.json()["data"]["batchId"]
         assert httpx.get(f"{b}/api/batches/{batch_id}", headers=tenant, timeout=10).status_code == 200
-        over = post(b, tenant, body("seq2", 100))
+        over = post(b, tenant, upload_body("seq2", 100))
         assert over.status_code == 429, over.text
         retry_after = int(over.headers["retry-after"])
         assert 95 <= retry_after <= 100, f"100 records at 1 s each over the burst: Retry-After {retry_after}"
@@ -104,19 +76,19 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         assert policy is not None and limit is not None and limit.startswith('"records";r=0;'), over.headers
 
         # Each tenant has its own quota; a tenant of a partner without overrides has the default.
-        assert post(b, bearer(tenant_token(tenant="t-other")), body("other", 1000)).status_code == 202
+        assert post(b, bearer(tenant_token(tenant="t-other")), upload_body("other", 1000)).status_code == 202
         # Every answer of the batch routes carries the fields: refusals of other kinds, patches, deletes.
         answers = {
             "400": post(a, tenant, {"resources": []}),
-            "404": post(a, tenant, body("x", 1), path="/api/resources/Nope/batch"),
-            "PATCH 429": post(b, tenant, body("seq3", 100), method="PATCH"),
+            "404": post(a, tenant, upload_body("x", 1), path="/api/resources/Nope/batch"),
+            "PATCH 429": post(b, tenant, upload_body("seq3", 100), method="PATCH"),
             "DELETE 429": post(a, tenant, {"externalIds": [f"seq1-r{i}" for i in range(100)]}, method="DELETE"),
         }
         for what, response in answers.items():
             assert what.split()[-1] == str(response.status_code), (what, response.text)
             assert all(fields(response)), (what, response.headers)
         # A retry of an accepted request gets its 202 again, over the quota too.
-        replay = post(b, {**tenant, "Idempotency-Key": "seq1"}, body("seq1", 1000))
+        replay = post(b, {**tenant, "Idempotency-Key": "seq1"}, upload_body("seq1", 1000))
         assert replay.status_code == 202 and replay.headers.get("idempotent-replayed") == "true", replay.text
         assert replay.json() == first.json()
         # Reads stay served to a tenant over its quota.
@@ -135,7 +107,7 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
                     if time.monotonic() - started > 8:
                         return
                     tag = f"race{n}x{i}"
-                    response = http.post(UPLOAD, json=body(tag, 50))
+                    response = http.post(UPLOAD, json=upload_body(tag, 50))
                     assert response.status_code in (202, 429), response.text
                     with lock:
                         outcomes[tag] = response.status_code
@@ -173,20 +145,20 @@ def test_batches_in_flight_are_limited_per_partner_and_free_again_once_the_worke
         settings: Settings, tmp_path: Path) -> None:
     limited = replace(settings, quota_overrides={"partner-b": Quota(batches_in_flight=2)})
     with ingresses(limited, tmp_path, 1) as (base,):
-        define(base)
+        define_customer_and_order(base)
         httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token("partner-b")), timeout=30,
                    json={"name": "Customer", "externalIdField": "id", "schema": CUSTOMER_SCHEMA})
         tenant = bearer(tenant_token(partner="partner-b", tenant="t-b"))
-        accepted = [post(base, tenant, body(f"b{n}", 10)) for n in range(2)]  # no worker yet: they stay queued
+        accepted = [post(base, tenant, upload_body(f"b{n}", 10)) for n in range(2)]  # no worker yet: they stay queued
         assert [r.status_code for r in accepted] == [202, 202], [r.text for r in accepted]
         assert fields(accepted[1]) == ('"batches";q=2;qu="concurrent-requests"', '"batches";r=0'), accepted[1].headers
         for attempt in range(3):
-            refused = post(base, tenant, body(f"refused{attempt}", 10))
+            refused = post(base, tenant, upload_body(f"refused{attempt}", 10))
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
             assert refused.json()["data"] == {"limit": "batchesInFlight", "quota": 2, "inFlight": 2,
                                               "retryAfterSeconds": 1}, refused.text
         # partner-a has no quota: no fields, no limit.
-        free = post(base, bearer(tenant_token(tenant="t-a")), body("a", 10))
+        free = post(base, bearer(tenant_token(tenant="t-a")), upload_body("a", 10))
         assert free.status_code == 202 and fields(free) == (None, None), free.headers
 
         worker = ServiceProcess(["-m", "processors.worker"], limited, tmp_path / "worker.log").start()
@@ -195,7 +167,7 @@ def test_batches_in_flight_are_limited_per_partner_and_free_again_once_the_worke
             with httpx.Client(base_url=base, timeout=30) as http:
                 for response in accepted:
                     wait_terminal(http, response.json()["data"]["batchId"], tenant)
-            again = post(base, tenant, body("again", 10))
+            again = post(base, tenant, upload_body("again", 10))
             assert again.status_code == 202 and fields(again)[1] == '"batches";r=1', again.headers
         finally:
             assert worker.stop() == 0, worker.log()[-3000:]
@@ -207,13 +179,13 @@ def test_uploads_get_503_while_the_backlog_is_over_its_bound_reads_are_served_an
         settings: Settings, tmp_path: Path) -> None:
     limited = replace(settings, max_backlog_records=1500)
     with ingresses(limited, tmp_path, 1) as (base,):
-        define(base)
+        define_customer_and_order(base)
         tenant = bearer(tenant_token(tenant="t-1"))
         for n in range(2):  # no worker: 2000 records wait
-            assert post(base, tenant, body(f"ok{n}", 1000)).status_code == 202
+            assert post(base, tenant, upload_body(f"ok{n}", 1000)).status_code == 202
         # The tenth refusal matters as much as the first.
         for n in range(10):
-            refused = post(base, tenant, body(f"refused{n}", 10))
+            refused = post(base, tenant, upload_body(f"refused{n}", 10))
             assert refused.status_code == 503, refused.text
             assert 1 <= int(refused.headers["retry-after"]) <= 30, refused.headers
             assert refused.json()["data"] == {"reason": "backlog", "backlogRecords": 2000,
@@ -234,7 +206,7 @@ def test_uploads_get_503_while_the_backlog_is_over_its_bound_reads_are_served_an
                 return seen["uploads"] == "accepted"
 
             wait_until(accepting, 120, 0.2, what="the backlog to drain", seen=lambda: seen)
-            assert post(base, tenant, body("after", 10)).status_code == 202
+            assert post(base, tenant, upload_body("after", 10)).status_code == 202
         finally:
             assert worker.stop() == 0, worker.log()[-3000:]
         found = asyncio.run(records_per_upload(limited))
@@ -245,7 +217,7 @@ def test_reach_upload_waits_out_429s_as_retry_after_says_and_sends_every_record_
         settings: Settings, tmp_path: Path) -> None:
     limited = replace(settings, quota=Quota(records_per_minute=60_000))  # 1000 at once, then 1000 a second
     with ingresses(limited, tmp_path, 1) as (base,):
-        define(base)
+        define_customer_and_order(base)
         source = tmp_path / "customers.jsonl"
         source.write_text("".join(f'{{"id": "c{i}", "name": "n"}}\n' for i in range(4000)))
         started = time.monotonic()
@@ -269,18 +241,18 @@ def test_a_write_a_little_early_is_held_and_then_accepted_and_concurrent_ones_be
         settings: Settings, tmp_path: Path) -> None:
     limited = replace(settings, quota=Quota(records_per_minute=60_000))  # a record a millisecond
     with ingresses(limited, tmp_path, 1) as (base,):
-        define(base)
+        define_customer_and_order(base)
         tenant = bearer(tenant_token(tenant="t-paced"))
-        assert post(base, tenant, body("p0", 1000)).status_code == 202  # the allowance: a batch at once
+        assert post(base, tenant, upload_body("p0", 1000)).status_code == 202  # the allowance: a batch at once
         started = time.monotonic()
-        held = post(base, tenant, body("p1", 500))  # half a second early
+        held = post(base, tenant, upload_body("p1", 500))  # half a second early
         waited = time.monotonic() - started
         assert held.status_code == 202 and waited >= 0.4, (held.status_code, f"answered after {waited:.2f} s")
 
         answers: dict[str, httpx.Response] = {}
 
         def concurrent(tag: str) -> None:
-            answers[tag] = post(base, tenant, body(tag, 1000))
+            answers[tag] = post(base, tenant, upload_body(tag, 1000))
 
         threads = [threading.Thread(target=concurrent, args=(f"c{n}",)) for n in range(4)]
         for thread in threads:
