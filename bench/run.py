@@ -461,7 +461,7 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
     try:
         # Its partitions are its own once it logs where each resumes: after the rebalance and
         # after restoring its partitions' state from their changelogs (it has none on disk), which
-        # grows with the resources stored — over 400,000 by now.
+        # grows with what is stored — some 445,000 changelog records for two partitions by now.
         try:
             await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 900,
                                     what="the second worker to take partitions")
