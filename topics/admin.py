@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -9,7 +11,8 @@ from topics.definitions import TopicSpec
 
 
 async def create_topics(bootstrap_servers: str, specs: list[TopicSpec]) -> list[str]:
-    """Create each topic in `specs` that does not exist yet; return the names created."""
+    """Create each topic in `specs` that does not exist yet; return the names created, once
+    the broker answers for them (a created topic is not at once in every broker's metadata)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
@@ -26,6 +29,18 @@ async def create_topics(bootstrap_servers: str, specs: list[TopicSpec]) -> list[
         for topic, code, *_ in response.topic_errors:
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise RuntimeError(f"creating topic {topic} failed with Kafka error code {code}")
+        await _until_known(admin, [s.name for s in missing])
         return [s.name for s in missing]
     finally:
         await admin.close()
+
+
+async def _until_known(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Wait until the broker describes every topic in `names`, each partition with a leader."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            described = await admin.describe_topics(names)
+            if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+                   for t in described):
+                return
+            await asyncio.sleep(0.05)
