@@ -11,6 +11,11 @@ dead-letter topic.
 - Version 1 (`ingest_event.avsc`, still accepted from direct producers): one `IngestEvent`
   per record, an upload (`onConflict` upsert or reject). Key: `resource_key(...)`.
 
+Either version may also come in the Confluent wire format (`schemas.wire_format`): the magic
+byte 0x00 and the schema id (1 or 2) in front of the same Avro body, the header optional (if
+present it must name the same version). A message is framed if its first byte is 0x00: an
+unframed value of either version starts with the length of a non-empty string, never 0x00.
+
 Both decode to the same per-operation form (`decode_ingest_message`): the fields of version 1
 plus `op`, `batchType`, `cascade` and `version` (1 or 2).
 """
@@ -31,6 +36,7 @@ import fastavro
 import orjson
 
 from schemas.batch_events import DELETE_BATCH, INGEST_BATCH, PATCH_BATCH
+from schemas.wire_format import BY_ID, FRAME_HEADER_BYTES, MAGIC, frame_schema_id, known_ids
 from topics.partitioning import partition_for
 
 VERSION_HEADER = "reach-event-version"
@@ -113,17 +119,24 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
     """The operations of a message of the ingest topic, in order, each in the per-operation
     form; or raise UndecodableEvent saying why not."""
     version = header(headers, VERSION_HEADER)
-    if version not in (INGEST_EVENT_V1, INGEST_EVENT_V2):
+    framed = ""
+    if payload and payload[0] == MAGIC:
+        version, payload = _unframe(payload, version)
+        framed = f" (in a Confluent frame of schema id {int(version)})"
+    elif version not in (INGEST_EVENT_V1, INGEST_EVENT_V2):
+        if version is None and payload:
+            raise UndecodableEvent(f"no {VERSION_HEADER} header, and the first byte 0x{payload[0]:02x} is not "
+                                   f"the Confluent wire format's magic byte 0x00")
         shown = "missing" if version is None else repr(version.decode(errors="replace"))
         raise UndecodableEvent(f"unsupported event version ({VERSION_HEADER} header {shown}; expected 1 or 2)")
     if not payload:
         raise UndecodableEvent("empty message value")
     if version == INGEST_EVENT_V1:
-        event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1")
+        event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1" + framed)
         event["op"], event["batchType"], event["cascade"], event["version"] = \
             event["onConflict"], INGEST_BATCH, False, 1
         return [event]
-    message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2")
+    message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2" + framed)
     operations = message.pop("operations")
     if not operations:
         raise UndecodableEvent("an IngestMessage v2 without operations")
@@ -132,6 +145,25 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
              "externalId": op["externalId"], "op": op["op"], "data": op["data"],
              "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2,
              "plan": plans.get(str(op["recordIndex"]))} for op in operations]
+
+
+def _unframe(payload: bytes, version: bytes | None) -> tuple[bytes, bytes]:
+    """The event version and the Avro body of a Confluent-framed message."""
+    if len(payload) < FRAME_HEADER_BYTES:
+        raise UndecodableEvent(f"truncated Confluent frame: {len(payload)} bytes, but the magic byte and the "
+                               f"schema id alone take {FRAME_HEADER_BYTES}")
+    schema_id = frame_schema_id(payload)
+    published = BY_ID.get(schema_id)
+    if published is None:
+        raise UndecodableEvent(f"unknown schema id {schema_id} in a Confluent frame: the ingest topic's schema ids "
+                               f"are {known_ids()}")
+    if version is not None and version != published.header_value:
+        raise UndecodableEvent(f"the {VERSION_HEADER} header says {version.decode(errors='replace')!r}, but the "
+                               f"frame's schema id {schema_id} is version {published.version}")
+    body = payload[FRAME_HEADER_BYTES:]
+    if not body:
+        raise UndecodableEvent(f"a Confluent frame of schema id {schema_id} without an Avro body")
+    return published.header_value, body
 
 
 def _delete_plans(headers: Headers) -> dict[str, Any]:

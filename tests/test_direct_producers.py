@@ -112,7 +112,7 @@ def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Se
     key = good.messages[0][0]  # same key, so the bad messages sit in front of the good one
     valid_event = good.messages[0][1]
     asyncio.run(_produce(settings, [
-        (key, b"\x00\xffnot avro at all", list(INGEST_HEADERS)),                   # garbage bytes
+        (key, b"\x02\xffnot avro at all", list(INGEST_HEADERS)),                   # garbage bytes
         (key, valid_event, [("reach-event-version", b"3")]),                       # a version we don't read
         (key, valid_event, []),                                                    # no version at all
         (key, valid_event + b"trailing", list(INGEST_HEADERS)),                    # not exactly one event
@@ -128,7 +128,7 @@ def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Se
     reasons = [letter.header(REASON) for letter in letters]
     assert "not an IngestMessage v2" in reasons[0]
     assert "unsupported event version" in reasons[1] and "'3'" in reasons[1]
-    assert "unsupported event version" in reasons[2] and "missing" in reasons[2]
+    assert "no reach-event-version header" in reasons[2] and "not the Confluent" in reasons[2]
     assert "bytes left over" in reasons[3]
     assert "recordIndex 7" in reasons[4]
     ingest = service_topics(settings).ingest.name
@@ -136,7 +136,7 @@ def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Se
         assert letter.header(TOPIC) == ingest and letter.key == key
         assert letter.header(PARTITION).isdigit() and letter.header(OFFSET).isdigit()
     assert [int(letter.header(OFFSET)) for letter in letters] == sorted(int(x.header(OFFSET)) for x in letters)
-    assert letters[0].value == b"\x00\xffnot avro at all"
+    assert letters[0].value == b"\x02\xffnot avro at all"
 
 
 def _five(letters: list) -> list | None:
@@ -211,7 +211,7 @@ def test_dead_letters_are_listed_and_redriven_by_command(settings: Settings, ing
     # apart when a commit marker fell between them (the worker committed in between).
     offsets = [row["offset"] for row in rows]
     assert len(rows) == 2 and offsets[0] == 0 and offsets[1] in (1, 2), offsets
-    assert "not an IngestMessage v2" in rows[0]["reason"] and "unsupported event version" in rows[1]["reason"]
+    assert "not an IngestMessage v2" in rows[0]["reason"] and "no reach-event-version header" in rows[1]["reason"]
     assert rows[0]["from"].startswith(service_topics(settings).ingest.name)
 
     redrive = _reach(settings, "dead-letters", "redrive", "0")

@@ -118,3 +118,34 @@ def test_grouped_messages_stay_within_the_size_bound() -> None:
     huge = build_ingest_batch("p", "t", "d", [("big", {"text": "x" * (MAX_MESSAGE_BYTES + 1)}), ("small", {})],
                               partitions=1)
     assert len(huge.messages) == 2  # an operation larger than the bound travels alone
+
+
+def test_confluent_frames_of_either_version_decode_like_the_unframed_message() -> None:
+    from schemas.wire_format import frame
+
+    v2 = build_ingest_batch("p", "t", "d", [("a", {"id": "a"}), ("b", None)], op="delete")
+    (_, v2_value, _), = v2.messages[:1]
+    v1 = build_ingest_batch_v1("p", "t", "d", [("a", {"id": "a", "n": 1})])
+    (_, v1_value, _), = v1.messages
+    for value, headers, schema_id in ((v2_value, INGEST_HEADERS, 2), (v1_value, INGEST_HEADERS_V1, 1)):
+        unframed = decode_ingest_message(value, headers)
+        assert decode_ingest_message(frame(schema_id, value), []) == unframed
+        assert decode_ingest_message(frame(schema_id, value), headers) == unframed  # a header that agrees
+    with pytest.raises(UndecodableEvent, match="header says '1', but the frame's schema id 2 is version 2"):
+        decode_ingest_message(frame(2, v2_value), INGEST_HEADERS_V1)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"\x00", "truncated Confluent frame: 1 bytes"),
+    (b"\x00\x00\x00\x00", "truncated Confluent frame: 4 bytes"),
+    (b"\x00\x00\x00\x00\x02", "a Confluent frame of schema id 2 without an Avro body"),
+    (b"\x00\x00\x00\x00\x00abc", "unknown schema id 0 in a Confluent frame: the ingest topic's schema ids are "
+                                 "1 (reach.ingest.v1.IngestEvent), 2 (reach.ingest.v2.IngestMessage)"),
+    (b"\x00\x00\x00\x01\x00abc", "unknown schema id 256"),
+    (b"\x00\x00\x00\x00\x02\x02", "not an IngestMessage v2 (in a Confluent frame of schema id 2)"),
+    (b"\x05\x00\x00\x00\x02abc", "no reach-event-version header, and the first byte 0x05 is not the Confluent"),
+])
+def test_frames_that_cannot_be_used_say_why(value: bytes, reason: str) -> None:
+    with pytest.raises(UndecodableEvent) as raised:
+        decode_ingest_message(value, [])
+    assert str(raised.value).startswith(reason), str(raised.value)
