@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.middleware import Middleware
-from starlette.routing import Match, Route
+from starlette.routing import Match, Mount, Route
 
-from ingest import batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions
+from ingest import (batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions,
+                    schema_registry)
 from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.kafka import KafkaGateway
 from ingest.idempotency import ClaimLog
@@ -28,6 +29,7 @@ from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.references import references_of
 from schemas.registry import SchemaRegistry
+from schemas.subjects import Subjects
 from state.batches import BatchStore
 from state.resources import ResourceStore
 from topics import service_topics
@@ -68,11 +70,15 @@ async def api_error(request: Request, exc: Exception) -> Response:
 async def kafka_unreachable(request: Request, exc: Exception) -> Response:
     """A read that must first catch up with Kafka, while the broker does not answer."""
     log.warning("%s %s: Kafka did not answer in time (%r)", request.method, request.url.path, exc)
+    if request.url.path.startswith(schema_registry.PREFIX + "/"):
+        return schema_registry.RegistryError(503, schema_registry.TIMED_OUT, "Kafka is not reachable; retry later").response()
     return ApiError(503, "Kafka is not reachable; retry later").response()
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.url.path.startswith(schema_registry.PREFIX + "/"):
+        return schema_registry.http_error(request, exc)
     headers = exc.headers
     if exc.status_code == 405:
         # RFC 9110: a 405 names every allowed method, also those of other routes of the path
@@ -123,7 +129,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # A request that must catch up with Kafka waits for it no longer than an upload does.
         wait_s = min(5.0, settings.produce_timeout_s)
         state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
-        parts = [state.kafka, state.publisher, state.registry]
+        state.subjects = Subjects(settings.bootstrap_servers, topics.schema_registry.name, wait_s)
+        parts = [state.kafka, state.publisher, state.registry, state.subjects]
         started = []
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
@@ -145,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for part in parts:
                 await part.start()
                 started.append(part)
+            await state.subjects.publish(state.kafka.producer, topics.ingest.name)
             yield
         finally:
             for part in reversed(started):
@@ -163,8 +171,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *deletes.routes,
             *resources.routes,
             *resource_writes.routes,
+            Mount(schema_registry.PREFIX, routes=schema_registry.routes),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
+                            schema_registry.RegistryError: schema_registry.registry_error,
                             TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},
         middleware=[Middleware(MetricsMiddleware), Middleware(RateLimitHeaders)],
         lifespan=lifespan,

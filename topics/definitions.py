@@ -34,10 +34,11 @@ class ServiceTopics:
     dependency_notices: TopicSpec
     schema_definitions: TopicSpec
     dead_letters: TopicSpec
+    schema_registry: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [self.ingest, self.batch_events, self.resources, self.dependency_requests,
-                self.dependency_notices, self.schema_definitions, self.dead_letters]
+                self.dependency_notices, self.schema_definitions, self.dead_letters, self.schema_registry]
 
 
 def service_topics(settings: Settings) -> ServiceTopics:
@@ -64,4 +65,6 @@ def service_topics(settings: Settings) -> ServiceTopics:
         schema_definitions=TopicSpec(f"{prefix}.schema-definitions", 1, rf, "compact"),
         # Messages the pipeline could not decode or attribute to a batch.
         dead_letters=TopicSpec(f"{prefix}.dead-letters", 1, rf, "delete", {"retention.ms": week_ms}),
+        # The Schema Registry API's subjects: which ingest event schema versions each holds.
+        schema_registry=TopicSpec(f"{prefix}.schema-registry", 1, rf, "compact"),
     )
