@@ -212,8 +212,9 @@ async def register(request: Request) -> Response:
     schema, published = await _candidate(request)
     subjects = _subjects(request)
     if published is not None and published in allowed:
-        version = await subjects.register(request.app.state.kafka.producer, subject, published)
-        return RegistryResponse({"id": published.schema_id, "version": version})
+        await subjects.register(request.app.state.kafka.producer, subject, published)
+        # Only the id, as Confluent's registry answers: clients may refuse fields they do not know.
+        return RegistryResponse({"id": published.schema_id})
     await subjects.sync()
     versions = subjects.versions(subject)
     if versions:

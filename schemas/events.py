@@ -104,25 +104,29 @@ def encode_ingest_message(message: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _read_exactly(payload: bytes, schema: Any, name: str) -> dict[str, Any]:
+def _read_exactly(payload: bytes, schema: Any, name: str, schema_id: int | None) -> dict[str, Any]:
     buf = io.BytesIO(payload)
     try:
         value = fastavro.schemaless_reader(buf, schema)
     except Exception as exc:  # fastavro raises many kinds on bad bytes
-        raise UndecodableEvent(f"not an {name}: {type(exc).__name__}: {exc}") from None
+        raise UndecodableEvent(f"not an {_named(name, schema_id)}: {type(exc).__name__}: {exc}") from None
     if buf.tell() != len(payload):
-        raise UndecodableEvent(f"not an {name}: {len(payload) - buf.tell()} bytes left over")
+        raise UndecodableEvent(f"not an {_named(name, schema_id)}: {len(payload) - buf.tell()} bytes left over")
     return value  # type: ignore[return-value]
+
+
+def _named(name: str, schema_id: int | None) -> str:
+    return name if schema_id is None else f"{name} (in a Confluent frame of schema id {schema_id})"
 
 
 def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[str, Any]]:
     """The operations of a message of the ingest topic, in order, each in the per-operation
     form; or raise UndecodableEvent saying why not."""
     version = header(headers, VERSION_HEADER)
-    framed = ""
+    schema_id = None
     if payload and payload[0] == MAGIC:
         version, payload = _unframe(payload, version)
-        framed = f" (in a Confluent frame of schema id {int(version)})"
+        schema_id = int(version)
     elif version not in (INGEST_EVENT_V1, INGEST_EVENT_V2):
         if version is None and payload:
             raise UndecodableEvent(f"no {VERSION_HEADER} header, and the first byte 0x{payload[0]:02x} is not "
@@ -132,11 +136,11 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
     if not payload:
         raise UndecodableEvent("empty message value")
     if version == INGEST_EVENT_V1:
-        event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1" + framed)
+        event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1", schema_id)
         event["op"], event["batchType"], event["cascade"], event["version"] = \
             event["onConflict"], INGEST_BATCH, False, 1
         return [event]
-    message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2" + framed)
+    message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2", schema_id)
     operations = message.pop("operations")
     if not operations:
         raise UndecodableEvent("an IngestMessage v2 without operations")

@@ -27,20 +27,17 @@ class PublishedVersion:
     version: int
     full_name: str
     text: str  # the schema as the registry serves it: the .avsc file, compact JSON
+    header_value: bytes  # its value of the `reach-event-version` header
 
     @property
     def schema_id(self) -> int:
         return self.version
 
-    @property
-    def header_value(self) -> bytes:
-        """Its value of the `reach-event-version` header."""
-        return str(self.version).encode()
-
 
 def _load(version: int, file: str) -> PublishedVersion:
     schema = orjson.loads((Path(__file__).parent / file).read_bytes())
-    return PublishedVersion(version, f"{schema['namespace']}.{schema['name']}", orjson.dumps(schema).decode())
+    return PublishedVersion(version, f"{schema['namespace']}.{schema['name']}", orjson.dumps(schema).decode(),
+                            str(version).encode())
 
 
 PUBLISHED: tuple[PublishedVersion, ...] = (_load(1, "ingest_event.avsc"), _load(2, "ingest_event_v2.avsc"))
