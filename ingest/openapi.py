@@ -77,7 +77,10 @@ SCHEMA = _path_param("schema", "The schema definition's id, name or pluralName (
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "Reach resource ingestion", "version": "1.0.0",
-             "description": "Batch upload of JSON-Schema resources over Apache Kafka (Reach API compatible)."},
+             "description": "Batch upload of JSON-Schema resources over Apache Kafka (Reach API compatible). "
+                            "Not described here: /schema-registry/*, the part of Confluent's Schema Registry API "
+                            "that serves the ingest topic's Avro schemas to stock serializers (README, Producing "
+                            "directly to Kafka)."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}},
         "schemas": {
