@@ -128,7 +128,7 @@ async def _candidate(request: Request) -> tuple[AvroSchema, PublishedVersion | N
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
         raise RegistryError(422, INVALID_SCHEMA, 'Invalid schema: the body must be an object with "schema", '
                             "the schema's text")
-    if body.get("schemaType", "AVRO") != "AVRO":
+    if (body.get("schemaType") or "AVRO") != "AVRO":
         raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: schemaType {body['schemaType']!r} is not "
                             "supported here; the ingest events are AVRO")
     if body.get("references"):

@@ -24,6 +24,8 @@ def parse(text: str) -> avro.schema.Schema:
         return avro.schema.parse(text)
     except (avro.errors.AvroException, ValueError, TypeError) as exc:
         raise InvalidSchema(f"{type(exc).__name__}: {exc}") from None
+    except RecursionError:
+        raise InvalidSchema("nested too deeply to read") from None
 
 
 def canonical_form(schema: avro.schema.Schema) -> str:

@@ -67,6 +67,9 @@ def test_every_ingress_answers_the_same_ids_and_versions(settings: Settings, tmp
         assert _get(b, f"/subjects/{record_subject}/versions").json() == [1]
         assert _post(b, f"/subjects/{record_subject}/versions", V2.text).json() == {"id": 2}
         assert _post(b, f"/subjects/{value_subject}/versions", V1.text).json() == {"id": 1}
+        explicit = httpx.post(f"{b}/schema-registry/subjects/{value_subject}/versions",
+                              json={"schema": V2.text, "schemaType": None, "references": [], "metadata": None})
+        assert explicit.json() == {"id": 2}, explicit.text
         assert _get(a, "/schemas/ids/2/versions").json() == [
             {"subject": record_subject, "version": 1}, {"subject": value_subject, "version": 2}]
 
@@ -92,6 +95,8 @@ def test_refusals_carry_confluent_error_codes_and_change_nothing(settings: Setti
         assert "Invalid schema" in _error(_post(base, f"/subjects/{subject}/versions", "{not json"), 422, 42201)
         assert "nosuch" in _error(_post(base, f"/subjects/{subject}/versions", {
             "type": "record", "name": "X", "fields": [{"name": "a", "type": "nosuch"}]}), 422, 42201)
+        nested = '{"type":"array","items":' * 3000 + '"int"' + "}" * 3000
+        assert "nested too deeply" in _error(_post(base, f"/subjects/{subject}/versions", nested), 422, 42201)
         no_schema = httpx.post(f"{base}/schema-registry/subjects/{subject}/versions", json={"schemaType": "AVRO"})
         _error(no_schema, 422, 42201)
         protobuf = httpx.post(f"{base}/schema-registry/subjects/{subject}/versions",
