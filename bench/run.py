@@ -51,10 +51,11 @@ from bench.baselines import bare_exactly_once_loop, bare_merge_loop, producer_pe
 from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Quota, Settings
 from reach.token import make_token
-from schemas.events import build_ingest_batch
+from schemas.events import build_ingest_batch, resource_key
 from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
+from topics.partitioning import partition_for
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SCHEMA = {
@@ -254,6 +255,43 @@ def ingest_batches(stack: Stack, batches: int, tag: str) -> list[Any]:
                                partitions=stack.settings.topic_partitions) for b in range(batches)]
 
 
+def produce_with_confluent(stack: Stack, batches: int, tag: str) -> list[str]:
+    """Write `batches` batches of 1000 customers to the ingest topic as a direct producer with the
+    stock Confluent client does: `IngestMessage` values, one per partition of each batch, framed by
+    `AvroSerializer` with the schema it fetched from `/schema-registry`; their batch ids."""
+    from confluent_kafka import SerializingProducer
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import StringSerializer
+
+    topic = service_topics(stack.settings).ingest.name
+    registry = SchemaRegistryClient({"url": f"{stack.base}/schema-registry"})
+    producer = SerializingProducer({
+        "bootstrap.servers": stack.settings.bootstrap_servers, "partitioner": "murmur2_random",
+        "enable.idempotence": True, "linger.ms": 5, "key.serializer": StringSerializer(),
+        "value.serializer": AvroSerializer(registry, registry.get_latest_version(f"{topic}-value").schema.schema_str)})
+    ids = []
+    for b in range(batches):
+        batch_id = str(uuid.uuid4())
+        ids.append(batch_id)
+        groups: dict[int, tuple[bytes, list[dict[str, Any]]]] = {}
+        for i in range(1000):
+            r = record(i, f"{tag}{b}")
+            key = resource_key("bench", "tenant-1", stack.definition_id, r["id"])
+            groups.setdefault(partition_for(key, stack.settings.topic_partitions), (key, []))[1].append(
+                {"recordIndex": i, "externalId": r["id"], "op": "upsert", "data": orjson.dumps(r).decode()})
+        for key, operations in groups.values():
+            producer.produce(topic, key=key.decode(), value={
+                "batchId": batch_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST", "recordCount": 1000,
+                "partnerId": "bench", "tenantId": "tenant-1", "schemaDefinitionId": stack.definition_id,
+                "schemaVersion": None, "ignoreUnknownFields": False, "dependencyWaitTimeout": 0, "cascade": False,
+                "acceptedAt": int(time.time() * 1000), "operations": operations})
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("the Confluent producer did not deliver everything in 120 s")
+    return ids
+
+
 async def single_batch_latencies(stack: Stack, runs: int, tag: str) -> list[float]:
     out = []
     for run in range(runs):
@@ -352,6 +390,16 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
           f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s; bare exactly-once loop "
           f"{results['bare_exactly_once_loop']['records_per_s']:,.0f} rec/s; cores used "
           f"{ {k: round(v, 2) for k, v in results['end_to_end']['cores'].items()} }", flush=True)
+
+    # The same records written straight to the ingest topic by the stock Confluent client: no
+    # HTTP and no ingress, the Confluent wire format instead of the schemaless one.
+    started, cpu = time.monotonic(), stack.cpu_share()
+    ids = await asyncio.to_thread(produce_with_confluent, stack, args.direct_batches, "direct-")
+    finished = await wait_all_terminal(stack, ids)
+    results["end_to_end_confluent"] = {"batches": len(ids), "records_per_s": len(ids) * 1000 / (finished - started),
+                                       "seconds": finished - started, "cores": cpu.cores()}
+    print(f"end to end, stock Confluent producer writing the ingest topic: "
+          f"{results['end_to_end_confluent']['records_per_s']:,.0f} rec/s", flush=True)
 
     # 3. Latency of one batch, idle and under half of the measured end-to-end rate.
     idle = await single_batch_latencies(stack, args.latency_runs, "idle")
@@ -602,6 +650,9 @@ def table(results: dict[str, Any]) -> str:
     eos = results["bare_exactly_once_loop"]["records_per_s"]
     rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
     rows.append(("", "", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
+    direct = results["end_to_end_confluent"]["records_per_s"]
+    rows.append(("end to end, stock Confluent producer to the topic (rec/s)", f"{direct:,.0f}",
+                 f"{e2e:,.0f} (over HTTP)", f"{direct / e2e:.2f}"))
     lat = results["latency_s"]
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
@@ -631,6 +682,7 @@ def table(results: dict[str, Any]) -> str:
                  f"{e2e:,.0f} (1 worker)", f"{two['records_per_s'] / e2e:.2f}"))
     rows.append(("a second worker joining: rebalance and restore", f"{two['takeover_s']:.0f} s", "", ""))
     for name, run in (("ingest alone", alone), ("end to end with 1 worker", results["end_to_end"]),
+                      ("end to end, Confluent producer", results["end_to_end_confluent"]),
                       ("end to end with 2 workers", two),
                       ("bare exactly-once loop", results["bare_exactly_once_loop"])):
         cores = ", ".join(f"{part} {used:.2f}" for part, used in sorted(run["cores"].items(), key=lambda kv: -kv[1]))
@@ -647,6 +699,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--ingest-batches", type=int, default=50, help="batches per concurrency level")
     parser.add_argument("--e2e-batches", type=int, default=200)
+    parser.add_argument("--direct-batches", type=int, default=50,
+                        help="batches a stock Confluent producer writes straight to the ingest topic")
     parser.add_argument("--java-records", type=int, default=500_000, help="records ProducerPerformance sends")
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--release-runs", type=int, default=5)
