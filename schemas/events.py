@@ -274,6 +274,18 @@ class _Group:
         self.size += len(operation)
 
 
+def message_values(batch: IngestBatch) -> list[tuple[bytes, dict[str, Any], list[tuple[str, bytes]]]]:
+    """The messages of `batch` with each value as the dict of its schema's fields, and without the
+    version header: what a stock Avro serializer takes (it frames each value with its schema id)."""
+    out = []
+    for key, value, headers in batch.messages:
+        v1 = header(headers, VERSION_HEADER) == INGEST_EVENT_V1
+        decoded = _read_exactly(value, INGEST_EVENT_SCHEMA if v1 else INGEST_MESSAGE_SCHEMA,
+                                "IngestEvent v1" if v1 else "IngestMessage v2", None)
+        out.append((key, decoded, [(k, v) for k, v in headers if k != VERSION_HEADER]))
+    return out
+
+
 def build_ingest_batch_v1(partner_id: str, tenant_id: str, schema_definition_id: str,
                           records: list[tuple[str, dict[str, Any]]], *, schema_version: int | None = None,
                           on_conflict: str = "upsert", ignore_unknown_fields: bool = False,

@@ -124,9 +124,8 @@ class SchemaRegistry(TopicView):
     async def write(self, producer: AIOKafkaProducer, definition: Definition) -> str | None:
         """Publish `definition`; return None once applied, or why the log order refused it."""
         key = definition_key(definition.partnerId, definition.id)
-        sent = await producer.send_and_wait(self.topic, orjson.dumps(definition.to_record()), key=key)
-        await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=self.wait_s)
-        verdict = self._verdicts.get(sent.offset, "The write was not applied")
+        offset = await self.append(producer, key, orjson.dumps(definition.to_record()))
+        verdict = self._verdicts.get(offset, "The write was not applied")
         if verdict is not None and definition.revision == 1:
             await producer.send_and_wait(self.topic, None, key=key)
         return verdict

@@ -78,9 +78,8 @@ class Subjects(TopicView):
                     return held
                 version = max(versions, default=0) + 1
                 key = orjson.dumps([subject, version, published.schema_id])
-                sent = await producer.send_and_wait(self.topic, orjson.dumps(
-                    {"subject": subject, "version": version, "id": published.schema_id}), key=key)
-                await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=self.wait_s)
+                await self.append(producer, key, orjson.dumps(
+                    {"subject": subject, "version": version, "id": published.schema_id}))
                 if self._versions[subject].get(version) != published.schema_id:
                     await producer.send_and_wait(self.topic, None, key=key)  # lost to another writer
             raise TimeoutError(f"could not register schema id {published.schema_id} under {subject}")

@@ -290,12 +290,16 @@ ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id"], "propertie
     "id": {"type": "string"}, "customer": {"$ref": "reach:schemas/Customer"}}}
 
 
-def define_customer_and_order(base: str) -> None:
-    """Create Customer and Order (Order.customer → Customer) through the ingress at `base`."""
+def define_customer_and_order(base: str) -> dict[str, str]:
+    """Create Customer and Order (Order.customer → Customer) through the ingress at `base`;
+    their definition ids by name."""
+    ids = {}
     for name, schema in (("Customer", CUSTOMER_SCHEMA), ("Order", ORDER_SCHEMA)):
         response = httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token()), timeout=30,
                               json={"name": name, "externalIdField": "id", "schema": schema})
         assert response.status_code == 200, response.text
+        ids[name] = response.json()["data"]["id"]
+    return ids
 
 
 TERMINAL = ("success", "partial_success", "failed")

@@ -6,7 +6,6 @@ cannot use go to the dead letters, each with its own reason, and processing goes
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +19,11 @@ from confluent_kafka.serialization import StringDeserializer, StringSerializer
 
 from processors.dead_letters import REASON, read_dead_letters
 from reach.config import Settings
-from schemas.events import build_ingest_batch, encode_ingest_event, resource_key
+from schemas.events import build_ingest_batch, build_ingest_batch_v1, encode_ingest_event, message_values
 from schemas.wire_format import frame
-from tests.support import (CUSTOMER_SCHEMA, ServiceProcess, bearer, ingresses, partner_token, tenant_token,
-                           unique, wait_terminal, wait_until)
+from tests.support import (ServiceProcess, bearer, define_customer_and_order, ingresses, tenant_token, unique,
+                           wait_terminal, wait_until)
 from topics import service_topics
-from topics.partitioning import partition_for
-
-
-def _define_customer(base: str) -> str:
-    response = httpx.post(f"{base}/partner/schema-definitions", headers=bearer(partner_token()), timeout=30,
-                          json={"name": "Customer", "externalIdField": "id", "schema": CUSTOMER_SCHEMA})
-    assert response.status_code == 200, response.text
-    return response.json()["data"]["id"]
-
-
-def _v2_messages(definition_id: str, records: list[dict[str, Any]], partitions: int) -> tuple[str, list]:
-    """A batch of upserts as IngestMessage values, one per partition, each keyed by its first resource."""
-    batch_id = str(uuid.uuid4())
-    groups: dict[int, list[tuple[int, dict[str, Any]]]] = {}
-    for index, record in enumerate(records):
-        key = resource_key("partner-a", "tenant-1", definition_id, record["id"])
-        groups.setdefault(partition_for(key, partitions), []).append((index, record))
-    messages = []
-    for group in groups.values():
-        messages.append((resource_key("partner-a", "tenant-1", definition_id, group[0][1]["id"]).decode(), {
-            "batchId": batch_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST", "recordCount": len(records),
-            "partnerId": "partner-a", "tenantId": "tenant-1", "schemaDefinitionId": definition_id,
-            "schemaVersion": None, "ignoreUnknownFields": False, "dependencyWaitTimeout": 0, "cascade": False,
-            "acceptedAt": 1_700_000_000_000,
-            "operations": [{"recordIndex": i, "externalId": r["id"], "op": "upsert", "data": orjson.dumps(r).decode()}
-                           for i, r in group]}))
-    return batch_id, messages
-
-
-def _v1_messages(definition_id: str, records: list[dict[str, Any]]) -> tuple[str, list]:
-    """A batch as version-1 IngestEvent values, one per record."""
-    batch_id = str(uuid.uuid4())
-    return batch_id, [(resource_key("partner-a", "tenant-1", definition_id, r["id"]).decode(), {
-        "eventId": f"{batch_id}:{i}", "batchId": batch_id, "recordIndex": i, "recordCount": len(records),
-        "partnerId": "partner-a", "tenantId": "tenant-1", "schemaDefinitionId": definition_id, "schemaVersion": None,
-        "externalId": r["id"], "onConflict": "upsert", "ignoreUnknownFields": False, "dependencyWaitTimeout": 0,
-        "acceptedAt": 1_700_000_000_000, "data": orjson.dumps(r).decode()}) for i, r in enumerate(records)]
 
 
 def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: Settings, tmp_path: Path,
@@ -69,18 +31,20 @@ def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: 
     topic = service_topics(settings).ingest.name
     partitions = service_topics(settings).ingest.partitions
     with ingresses(settings, tmp_path, 1) as (base,):
-        definition_id = _define_customer(base)
+        definition_id = define_customer_and_order(base)["Customer"]
         registry = SchemaRegistryClient({"url": f"{base}/schema-registry"})
         # What a producer team does: take the published schemas from the registry.
         v2_schema = registry.get_latest_version(f"{topic}-value").schema.schema_str
         v1_schema = registry.get_version(f"{topic}-value", 1).schema.schema_str
 
-        v2_records = [{"id": f"c{n}", "name": f"Customer {n}", "age": n} for n in range(60)]
-        v2_batch, v2_values = _v2_messages(definition_id, v2_records, partitions)
-        v1_records = [{"id": f"c{n}", "name": f"Renamed {n}", "tags": ["v1"]} for n in range(50, 70)]
-        v1_batch, v1_values = _v1_messages(definition_id, v1_records)
+        # A 60-record batch as IngestMessages, one per partition; then 20 records as IngestEvents.
+        v2_batch = build_ingest_batch("partner-a", "tenant-1", definition_id, [
+            (f"c{n}", {"id": f"c{n}", "name": f"Customer {n}", "age": n}) for n in range(60)], partitions=partitions)
+        v1_batch = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [
+            (f"c{n}", {"id": f"c{n}", "name": f"Renamed {n}", "tags": ["v1"]}) for n in range(50, 70)])
         sent: list[tuple[str, dict[str, Any]]] = []
-        for schema, values in ((v2_schema, v2_values), (v1_schema, v1_values)):
+        for schema, batch in ((v2_schema, v2_batch), (v1_schema, v1_batch)):
+            values = [(key.decode(), value) for key, value, _ in message_values(batch)]
             # Stock settings, but for Kafka's Java partitioner (librdkafka's default hashes keys otherwise).
             producer = SerializingProducer({
                 "bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True,
@@ -93,10 +57,10 @@ def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: 
 
         headers = bearer(tenant_token())
         with httpx.Client(base_url=base, timeout=30) as client:
-            data = wait_terminal(client, v2_batch, headers)
+            data = wait_terminal(client, v2_batch.batch_id, headers)
             assert (data["status"], data["progress"]["successfulRecords"]) == ("success", 60), data
             assert data["schemaName"] == "Customer"
-            data = wait_terminal(client, v1_batch, headers)
+            data = wait_terminal(client, v1_batch.batch_id, headers)
             assert (data["status"], data["progress"]["successfulRecords"]) == ("success", 20), data
             merged = client.get("/api/resources/customer/c55", headers=headers).json()["data"]["result"]["data"]
             assert merged == {"id": "c55", "name": "Renamed 55", "age": 55, "tags": ["v1"]}
@@ -128,7 +92,7 @@ def test_frames_the_worker_cannot_use_are_dead_letters_and_processing_goes_on(se
                                                                               worker: ServiceProcess) -> None:
     topics = service_topics(settings)
     with ingresses(settings, tmp_path, 1) as (base,):
-        definition_id = _define_customer(base)
+        definition_id = define_customer_and_order(base)["Customer"]
         good = build_ingest_batch("partner-a", "tenant-1", definition_id, [("g1", {"id": "g1", "name": "Good"})])
         key, body, _ = good.messages[0]
         v1_body = encode_ingest_event({

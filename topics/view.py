@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
@@ -170,3 +170,9 @@ class TopicView:
 
     def partition(self, number: int) -> TopicPartition:
         return TopicPartition(self.topic, number)
+
+    async def append(self, producer: AIOKafkaProducer, key: bytes, value: bytes | None) -> int:
+        """Write one message to the topic; its offset, once this view has applied it."""
+        sent = await producer.send_and_wait(self.topic, value, key=key)
+        await self.wait_for({self.partition(sent.partition): sent.offset + 1}, timeout_s=self.wait_s)
+        return sent.offset
