@@ -69,13 +69,16 @@ class Subjects(TopicView):
 
     async def register(self, producer: AIOKafkaProducer, subject: str, published: PublishedVersion) -> int:
         """Make `published` a version of `subject` unless it is one already; its version."""
+        held = self._held(subject, published)
+        if held is not None:
+            return held  # a registration is never undone: no need to catch up with Kafka first
         async with self._write_lock:
             await self.sync()
             for _ in range(10):
-                versions = self._versions.get(subject, {})
-                held = next((v for v, i in versions.items() if i == published.schema_id), None)
+                held = self._held(subject, published)
                 if held is not None:
                     return held
+                versions = self._versions.get(subject, {})
                 version = max(versions, default=0) + 1
                 key = orjson.dumps([subject, version, published.schema_id])
                 await self.append(producer, key, orjson.dumps(
@@ -83,6 +86,9 @@ class Subjects(TopicView):
                 if self._versions[subject].get(version) != published.schema_id:
                     await producer.send_and_wait(self.topic, None, key=key)  # lost to another writer
             raise TimeoutError(f"could not register schema id {published.schema_id} under {subject}")
+
+    def _held(self, subject: str, published: PublishedVersion) -> int | None:
+        return next((v for v, i in self._versions.get(subject, {}).items() if i == published.schema_id), None)
 
     async def publish(self, producer: AIOKafkaProducer, ingest_topic: str) -> None:
         """Make every published version a version of `<ingest topic>-value`, oldest first."""

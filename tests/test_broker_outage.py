@@ -234,3 +234,53 @@ def _upload_503s(base: str) -> float:
     return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
                if s.name == "reach_http_requests_total" and s.labels.get("status") == "503"
                and s.labels.get("route") == "/api/resources/{schema}/batch")
+
+
+def test_the_schema_registry_api_answers_through_an_outage_and_registers_once_the_broker_is_back(
+        own_broker: LocalBroker, tmp_path: Path) -> None:
+    """What a serializer asks at start (its schema's id) is answered from the ingress's view with the
+    broker gone; what must reach Kafka (a new registration, the subjects as of now) is 503 with
+    Confluent's error code, every time, in bounded time; and works again once the broker is back."""
+    from schemas.wire_format import PUBLISHED
+
+    settings = replace(isolated_settings(own_broker.bootstrap, tmp_path / "data"), produce_timeout_s=PRODUCE_TIMEOUT_S)
+    asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
+    ingest = service_topics(settings).ingest.name
+    v1, v2 = PUBLISHED
+    ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
+    try:
+        base = wait_ingress_ready(settings) + "/schema-registry"
+        client = httpx.Client(base_url=base, timeout=BOUND_S + 20)
+        held = {"schema": v2.text}
+        assert client.post(f"/subjects/{ingest}-value/versions", json=held).json() == {"id": 2}
+
+        own_broker.stop()
+        answers = []
+        for _ in range(10):
+            answers += [
+                ("register held", *_timed(client, "POST", f"/subjects/{ingest}-value/versions", json=held), 200),
+                ("look up", *_timed(client, "POST", f"/subjects/{ingest}-value", json=held), 200),
+                ("by id", *_timed(client, "GET", "/schemas/ids/1"), 200),
+                ("latest", *_timed(client, "GET", f"/subjects/{ingest}-value/versions/latest"), 200),
+                ("register new", *_timed(client, "POST", f"/subjects/{v1.full_name}/versions",
+                                         json={"schema": v1.text}), 503),
+                ("subjects", *_timed(client, "GET", "/subjects"), 503),
+            ]
+        seen = f"{answers}\ningress log:\n{ingress.log()[-3000:]}"
+        for what, code, seconds, expected in answers:
+            assert code == expected and seconds <= BOUND_S, seen
+        refused = client.get("/subjects")
+        assert refused.json() == {"error_code": 50002, "message": "Kafka is not reachable; retry later"}, refused.text
+
+        own_broker.start()
+        def register_new() -> httpx.Response | None:
+            response = client.post(f"/subjects/{v1.full_name}/versions", json={"schema": v1.text})
+            return response if response.status_code == 200 else None
+
+        registered = wait_until(register_new, 60, 0.5, what="a registration once the broker is back",
+                                seen=lambda: client.post(f"/subjects/{v1.full_name}/versions",
+                                                         json={"schema": v1.text}).text)
+        assert registered.json() == {"id": 1}
+        assert client.get("/subjects").json() == sorted([f"{ingest}-value", v1.full_name])
+    finally:
+        ingress.stop()
