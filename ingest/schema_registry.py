@@ -139,7 +139,7 @@ async def _candidate(request: Request) -> tuple[AvroSchema, PublishedVersion | N
     except compatibility.InvalidSchema as exc:
         raise RegistryError(422, INVALID_SCHEMA, f"Invalid schema: {exc}") from None
     form = compatibility.canonical_form(schema)
-    return schema, next((p for p in PUBLISHED if _canonical(p) == form), None)
+    return schema, next((p for p in PUBLISHED if _canonical(p.schema_id) == form), None)
 
 
 @cache
@@ -147,8 +147,10 @@ def _parsed(schema_id: int) -> AvroSchema:
     return compatibility.parse(BY_ID[schema_id].text)
 
 
-def _canonical(published: PublishedVersion) -> str:
-    return compatibility.canonical_form(_parsed(published.schema_id))
+@cache
+def _canonical(schema_id: int) -> str:
+    # avro recomputes the form at each access (~40 µs a schema): once per process is enough.
+    return compatibility.canonical_form(_parsed(schema_id))
 
 
 def _problems(schema: AvroSchema, subject: str, version: int, schema_id: int) -> list[str]:
@@ -166,19 +168,20 @@ async def schema_text_by_id(request: Request) -> Response:
     return Response(_schema_id(request).text, media_type=MEDIA_TYPE)
 
 
-async def subjects_of_id(request: Request) -> Response:
+async def _holding(request: Request) -> list[tuple[str, int]]:
+    """(subject, version) of every subject version that holds the schema id in the path."""
     schema_id = _schema_id(request).schema_id
-    await _subjects(request).sync()
     subjects = _subjects(request)
-    return RegistryResponse([s for s in subjects.subjects() if schema_id in subjects.versions(s).values()])
+    await subjects.sync()
+    return [(s, v) for s in subjects.subjects() for v, i in subjects.versions(s).items() if i == schema_id]
+
+
+async def subjects_of_id(request: Request) -> Response:
+    return RegistryResponse(list(dict.fromkeys(s for s, _ in await _holding(request))))
 
 
 async def versions_of_id(request: Request) -> Response:
-    schema_id = _schema_id(request).schema_id
-    await _subjects(request).sync()
-    subjects = _subjects(request)
-    return RegistryResponse([{"subject": s, "version": v} for s in subjects.subjects()
-                             for v, i in subjects.versions(s).items() if i == schema_id])
+    return RegistryResponse([{"subject": s, "version": v} for s, v in await _holding(request)])
 
 
 async def schema_types(request: Request) -> Response:
