@@ -3,11 +3,14 @@ header fields (draft-ietf-httpapi-ratelimit-headers-11) that tell a client where
 
 Three limits, checked before anything is published:
 
-- **Records per minute** of a tenant (`Quota.records_per_minute`): a rate, spread evenly (GCRA):
-  a tenant may send one full batch (`BURST` records) at once, then one record every 60/Q s. A
-  write that comes up to `PACE_S` early is held that long and then taken (its 202 comes later),
-  so that a tenant at its quota reaches Kafka at an even pace rather than in bursts that the
-  workers queue other tenants' records behind; earlier: 429. The state is one time per tenant,
+- **Records per minute** of a tenant (`Quota.records_per_minute`, Q): a token bucket of capacity
+  B (`Quota.burst_records`, `REACH_QUOTA_BURST_RECORDS`; by default Q, a window's worth) refilled
+  at Q/60 records a second, kept as a GCRA: a tenant with a full allowance may send B records at
+  once, then one record every 60/Q s. A write that comes up to `PACE_S` early is held that long
+  and then taken (its 202 comes later); earlier: 429. With B = Q, `q=Q;w=60` means what clients
+  of window-style limits expect: Q records at any moment after a quiet minute. A small B (one
+  batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers never
+  queue other tenants' records behind its bursts (README, Quotas: the fairness figures of both). The state is one time per tenant,
   its *theoretical arrival time*, folded by every ingress from the batch registrations on the
   batch-events topic (`state.batches`), so every ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
@@ -40,10 +43,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
-from schemas.records import MAX_RECORDS
 from state.batches import BatchStore
 
-BURST = MAX_RECORDS  # records a tenant with its full allowance may send at once: one batch
 PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 IN_FLIGHT_RETRY_S = 1  # a batch takes about this long to finish on an idle service
 DRAIN_WINDOW_S = 10.0  # the workers' recent pace, for a 503's Retry-After
@@ -66,16 +67,17 @@ class Standing:
     in_flight: int
 
     def records_left(self) -> int:
+        """What the tenant may send now: the bucket's tokens."""
         assert self.quota.records_per_minute is not None
         spacing = 60_000 / self.quota.records_per_minute
-        return max(0, int((BURST * spacing - self.used_ms) // spacing))
+        return max(0, int((self.quota.burst() * spacing - self.used_ms) // spacing))
 
     def headers(self) -> dict[str, str]:
         """`RateLimit-Policy` and `RateLimit` for the limits the tenant has (none: no fields)."""
         policies, limits = [], []
         q = self.quota
         if q.records_per_minute is not None:
-            policies.append(f'"records";q={q.records_per_minute};qu="records";w=60;reach-burst={BURST}')
+            policies.append(f'"records";q={q.records_per_minute};qu="records";w=60;reach-burst={q.burst()}')
             limits.append(f'"records";r={self.records_left()};t={math.ceil(self.used_ms / 1000)}')
         if q.batches_in_flight is not None:
             policies.append(f'"batches";q={q.batches_in_flight};qu="concurrent-requests"')
@@ -194,10 +196,10 @@ class Admission:
         per_minute = quota.records_per_minute
         if per_minute is None:
             return 0.0
-        spacing = 60_000 / per_minute
-        # A write larger than the burst (a deleteAll) is taken with a full allowance, and the
-        # tenant then waits it off.
-        over_ms = standing.used_ms + min(records, BURST) * spacing - BURST * spacing
+        spacing, burst = 60_000 / per_minute, quota.burst()
+        # A write larger than the burst (a deleteAll, a batch over a small burst) is taken with
+        # a full allowance, and the tenant then waits it off.
+        over_ms = standing.used_ms + min(records, burst) * spacing - burst * spacing
         if over_ms > PACE_S * 1000:
             retry_s = math.ceil(over_ms / 1000)
             raise ApiError(429, f"Quota exceeded: {per_minute} records per minute per tenant (recordsPerMinute); "

@@ -17,6 +17,14 @@ class Quota:
 
     records_per_minute: int | None = None
     batches_in_flight: int | None = None
+    # How many records may be sent at once with a full allowance: a token bucket's capacity.
+    # None: a minute's worth (`records_per_minute`), so `q=Q;w=60` means Q records at once.
+    burst_records: int | None = None
+
+    def burst(self) -> int:
+        """The records quota's capacity (`burst_records`, else a minute's worth)."""
+        assert self.records_per_minute is not None
+        return self.burst_records if self.burst_records is not None else self.records_per_minute
 
 
 def _limit(name: str, raw: object) -> int | None:
@@ -33,24 +41,27 @@ def _limit(name: str, raw: object) -> int | None:
 
 
 def _overrides(raw: str, default: Quota) -> dict[str, Quota]:
-    """`REACH_QUOTA_OVERRIDES`: {"partnerId": {"recordsPerMinute": n | null, "batchesInFlight": n | null}};
-    a limit left out is the default's, null is no limit."""
+    """`REACH_QUOTA_OVERRIDES`: {"partnerId": {"recordsPerMinute": n | null, "batchesInFlight": n | null,
+    "burstRecords": n | null}}; a limit left out is the default's, null is no limit (for
+    burstRecords: a minute's worth)."""
     import orjson
 
     parsed = orjson.loads(raw)
     if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
         raise ValueError("REACH_QUOTA_OVERRIDES must be a JSON object of partner id -> "
-                         '{"recordsPerMinute": n | null, "batchesInFlight": n | null}')
+                         '{"recordsPerMinute": n | null, "batchesInFlight": n | null, "burstRecords": n | null}')
     found = {}
     for partner, limits in parsed.items():
-        unknown = set(limits) - {"recordsPerMinute", "batchesInFlight"}
+        unknown = set(limits) - {"recordsPerMinute", "batchesInFlight", "burstRecords"}
         if unknown:
             raise ValueError(f"REACH_QUOTA_OVERRIDES[{partner!r}]: unknown limits {sorted(unknown)}")
         found[partner] = Quota(
             _limit(f"REACH_QUOTA_OVERRIDES[{partner!r}].recordsPerMinute",
                    limits.get("recordsPerMinute", default.records_per_minute)),
             _limit(f"REACH_QUOTA_OVERRIDES[{partner!r}].batchesInFlight",
-                   limits.get("batchesInFlight", default.batches_in_flight)))
+                   limits.get("batchesInFlight", default.batches_in_flight)),
+            _limit(f"REACH_QUOTA_OVERRIDES[{partner!r}].burstRecords",
+                   limits.get("burstRecords", default.burst_records)))
     return found
 
 
@@ -109,7 +120,8 @@ class Settings:
         bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         secrets = env.get("REACH_PARTNER_SECRETS")
         quota = Quota(_limit("REACH_QUOTA_RECORDS_PER_MINUTE", env.get("REACH_QUOTA_RECORDS_PER_MINUTE")),
-                      _limit("REACH_QUOTA_BATCHES_IN_FLIGHT", env.get("REACH_QUOTA_BATCHES_IN_FLIGHT")))
+                      _limit("REACH_QUOTA_BATCHES_IN_FLIGHT", env.get("REACH_QUOTA_BATCHES_IN_FLIGHT")),
+                      _limit("REACH_QUOTA_BURST_RECORDS", env.get("REACH_QUOTA_BURST_RECORDS")))
         overrides = env.get("REACH_QUOTA_OVERRIDES", "").strip()
         return cls(
             bootstrap_servers=bootstrap or defaults.bootstrap_servers,

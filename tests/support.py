@@ -157,8 +157,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
         "REACH_QUOTA_RECORDS_PER_MINUTE": str(settings.quota.records_per_minute or ""),
         "REACH_QUOTA_BATCHES_IN_FLIGHT": str(settings.quota.batches_in_flight or ""),
+        "REACH_QUOTA_BURST_RECORDS": str(settings.quota.burst_records or ""),
         "REACH_QUOTA_OVERRIDES": orjson.dumps({partner: {"recordsPerMinute": q.records_per_minute,
-                                                         "batchesInFlight": q.batches_in_flight}
+                                                         "batchesInFlight": q.batches_in_flight,
+                                                         "burstRecords": q.burst_records}
                                                for partner, q in settings.quota_overrides.items()}).decode(),
         "REACH_MAX_BACKLOG_RECORDS": str(settings.max_backlog_records or ""),
     }

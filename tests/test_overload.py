@@ -39,7 +39,7 @@ BACKLOG_BOUND = 4000
 
 def test_pushed_past_quotas_and_the_backlog_bound_for_minutes_every_202_is_applied_once_and_no_refusal_enqueues(
         settings: Settings, tmp_path: Path) -> None:
-    # partner-a's tenants: 12,000 records a minute each (1000 at once, then 200 a second);
+    # partner-a's tenants: 12,000 records a minute each (a minute's worth at once, then 200 a second);
     # partner-b's bulk tenant has no quota: it is what pushes the backlog past its bound.
     limited = replace(settings, quota=Quota(records_per_minute=12_000),
                       quota_overrides={"partner-b": Quota()}, max_backlog_records=BACKLOG_BOUND)

@@ -51,29 +51,39 @@ def fields(response: httpx.Response) -> tuple[str | None, str | None]:
 
 def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_where_the_tenant_stands(
         settings: Settings, tmp_path: Path) -> None:
-    # 60 records a minute: 1000 (a full batch) at once, then one a second.
-    limited = replace(settings, quota=Quota(records_per_minute=60))
+    # 3000 records a minute: a window's worth (3000) at once, then 50 a second.
+    limited = replace(settings, quota=Quota(records_per_minute=3000))
     with ingresses(limited, tmp_path, 2) as (a, b):
         define_customer_and_order(a)
         tenant = bearer(tenant_token(tenant="t-seq"))
         first = post(a, {**tenant, "Idempotency-Key": "seq1"}, upload_body("seq1", 1000))
         assert first.status_code == 202, first.text
-        assert fields(first) == ('"records";q=60;qu="records";w=60;reach-burst=1000', '"records";r=0;t=1000'), \
+        assert fields(first) == ('"records";q=3000;qu="records";w=60;reach-burst=3000', '"records";r=2000;t=20'), \
             first.headers
 
         # The other ingress counts what the first accepted, once it has read it (a GET of the
-        # batch there waits for that).
+        # batch there waits for that). Three 1000-record uploads back to back: the window's worth.
         batch_id = first.json()["data"]["batchId"]
         assert httpx.get(f"{b}/api/batches/{batch_id}", headers=tenant, timeout=10).status_code == 200
-        over = post(b, tenant, upload_body("seq2", 100))
+        second = post(b, tenant, upload_body("seq2", 1000))
+        assert second.status_code == 202, second.text
+        left = int(re.search(r'"records";r=(\d+);', fields(second)[1] or "").group(1))  # type: ignore[union-attr]
+        # 1000 left, plus what refilled (50 a second) since the first.
+        assert 1000 <= left <= 1100, f"after 2000 of 3000 records: {fields(second)}"
+        third = post(b, tenant, upload_body("seq3", 1000))
+        assert third.status_code == 202, third.text
+        over = post(b, tenant, upload_body("seq4", 1000))
         assert over.status_code == 429, over.text
         retry_after = int(over.headers["retry-after"])
-        assert 95 <= retry_after <= 100, f"100 records at 1 s each over the burst: Retry-After {retry_after}"
+        assert 17 <= retry_after <= 20, f"1000 records at 50 a second over an empty bucket: Retry-After {retry_after}"
         answer = over.json()
-        assert answer["data"]["limit"] == "recordsPerMinute" and answer["data"]["quota"] == 60, answer
-        assert "60 records per minute" in answer["message"], answer
+        assert answer["data"]["limit"] == "recordsPerMinute" and answer["data"]["quota"] == 3000, answer
+        assert "3000 records per minute" in answer["message"], answer
+        assert answer["data"]["available"] < 150 and f"{answer['data']['available']} can be sent now" in \
+            answer["message"], answer
         policy, limit = fields(over)
-        assert policy is not None and limit is not None and limit.startswith('"records";r=0;'), over.headers
+        assert policy is not None and limit is not None, over.headers
+        assert limit.startswith(f'"records";r={answer["data"]["available"]};'), over.headers
 
         # Each tenant has its own quota; a tenant of a partner without overrides has the default.
         assert post(b, bearer(tenant_token(tenant="t-other")), upload_body("other", 1000)).status_code == 202
@@ -81,8 +91,8 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         answers = {
             "400": post(a, tenant, {"resources": []}),
             "404": post(a, tenant, upload_body("x", 1), path="/api/resources/Nope/batch"),
-            "PATCH 429": post(b, tenant, upload_body("seq3", 100), method="PATCH"),
-            "DELETE 429": post(a, tenant, {"externalIds": [f"seq1-r{i}" for i in range(100)]}, method="DELETE"),
+            "PATCH 429": post(b, tenant, upload_body("seq3", 1000), method="PATCH"),
+            "DELETE 429": post(a, tenant, {"externalIds": [f"seq1-r{i}" for i in range(1000)]}, method="DELETE"),
         }
         for what, response in answers.items():
             assert what.split()[-1] == str(response.status_code), (what, response.text)
@@ -95,7 +105,7 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         assert httpx.get(f"{b}/api/batches/{batch_id}", headers=tenant, timeout=10).status_code == 200
 
         # Four clients, two on each ingress, upload 50 records at a time as fast as they are let:
-        # together they get the quota once (a burst of 1000, then a record a second), not once per ingress.
+        # together they get the quota once (3000 at once, then 50 a second), not once per ingress.
         race = bearer(tenant_token(tenant="t-race"))
         outcomes: dict[str, int] = {}
         statuses: Counter[tuple[str, int]] = Counter()
@@ -125,19 +135,19 @@ def test_a_records_quota_holds_across_two_ingresses_and_every_batch_answer_says_
         # The burst, the rate, and what an ingress may give out before it has read what the other
         # just accepted: what the other's two clients got within that time — their requests being
         # published, and those committed and not yet read (a few ms: there is no worker here) —,
-        # two each; counted per process it would be 2000 at least.
-        most = 1000 + elapsed + 8 * 50
-        assert 1000 <= taken <= most, f"{taken} records taken in {elapsed:.1f} s; quota allows {most:.0f}: {statuses}"
+        # two each; counted per process it would be 6000 at least.
+        most = 3000 + 50 * elapsed + 8 * 50
+        assert 3000 <= taken <= most, f"{taken} records taken in {elapsed:.1f} s; quota allows {most:.0f}: {statuses}"
         assert all(statuses[(base, 429)] > 0 for base in (a, b)), statuses
 
         # What Kafka holds: every 202's records once, nothing of any refused request.
         found = asyncio.run(records_per_upload(limited))
-        expected = {tag for tag, status in outcomes.items() if status == 202} | {"seq1", "other"}
+        expected = {tag for tag, status in outcomes.items() if status == 202} | {"seq1", "seq2", "seq3", "other"}
         assert set(found) == expected, (sorted(set(found) - expected)[:5], sorted(expected - set(found))[:5])
         assert all(sum(batches.values()) == (50 if tag.startswith("race") else 1000) and len(batches) == 1
                    for tag, batches in found.items()), found
         print(f"records quota across two ingresses: {taken} records taken in {elapsed:.1f} s "
-              f"(quota: 1000 + 1/s = {1000 + elapsed:.0f}); refused: "
+              f"(quota: 3000 + 50/s = {3000 + 50 * elapsed:.0f}); refused: "
               f"{sum(n for (_, status), n in statuses.items() if status == 429)} requests")
 
 
@@ -215,7 +225,8 @@ def test_uploads_get_503_while_the_backlog_is_over_its_bound_reads_are_served_an
 
 def test_reach_upload_waits_out_429s_as_retry_after_says_and_sends_every_record_once(
         settings: Settings, tmp_path: Path) -> None:
-    limited = replace(settings, quota=Quota(records_per_minute=60_000))  # 1000 at once, then 1000 a second
+    # Paced: 1000 at once, then 1000 a second.
+    limited = replace(settings, quota=Quota(records_per_minute=60_000, burst_records=1000))
     with ingresses(limited, tmp_path, 1) as (base,):
         define_customer_and_order(base)
         source = tmp_path / "customers.jsonl"
@@ -239,11 +250,15 @@ def test_reach_upload_waits_out_429s_as_retry_after_says_and_sends_every_record_
 
 def test_a_write_a_little_early_is_held_and_then_accepted_and_concurrent_ones_beyond_a_second_get_429(
         settings: Settings, tmp_path: Path) -> None:
-    limited = replace(settings, quota=Quota(records_per_minute=60_000))  # a record a millisecond
+    # A record a millisecond, paced: a burst of one batch.
+    limited = replace(settings, quota=Quota(records_per_minute=60_000, burst_records=1000))
     with ingresses(limited, tmp_path, 1) as (base,):
         define_customer_and_order(base)
         tenant = bearer(tenant_token(tenant="t-paced"))
-        assert post(base, tenant, upload_body("p0", 1000)).status_code == 202  # the allowance: a batch at once
+        first = post(base, tenant, upload_body("p0", 1000))  # the allowance: a batch at once
+        assert first.status_code == 202, first.text
+        assert fields(first) == ('"records";q=60000;qu="records";w=60;reach-burst=1000', '"records";r=0;t=1'), \
+            first.headers
         started = time.monotonic()
         held = post(base, tenant, upload_body("p1", 500))  # half a second early
         waited = time.monotonic() - started
@@ -296,6 +311,14 @@ def test_quota_settings_are_checked_when_read() -> None:
         Settings.from_env({"REACH_QUOTA_RECORDS_PER_MINUTE": "0"})
     with pytest.raises(ValueError, match=re.escape("REACH_QUOTA_OVERRIDES['p']: unknown limits ['rpm']")):
         Settings.from_env({"REACH_QUOTA_OVERRIDES": '{"p": {"rpm": 5}}'})
+    with pytest.raises(ValueError, match="REACH_QUOTA_BURST_RECORDS must be a whole number"):
+        Settings.from_env({"REACH_QUOTA_BURST_RECORDS": "-3"})
     s = Settings.from_env({"REACH_QUOTA_RECORDS_PER_MINUTE": "600", "REACH_QUOTA_BATCHES_IN_FLIGHT": "",
-                           "REACH_QUOTA_OVERRIDES": '{"big": {"recordsPerMinute": null, "batchesInFlight": 50}}'})
+                           "REACH_QUOTA_OVERRIDES": '{"big": {"recordsPerMinute": null, "batchesInFlight": 50}, '
+                                                    '"paced": {"recordsPerMinute": 6000, "burstRecords": 1000}}'})
     assert s.quota_for("anyone") == Quota(600, None) and s.quota_for("big") == Quota(None, 50)
+    assert s.quota_for("anyone").burst() == 600, "a window's worth at once by default"
+    assert s.quota_for("paced") == Quota(6000, None, 1000) and s.quota_for("paced").burst() == 1000
+    paced = Settings.from_env({"REACH_QUOTA_RECORDS_PER_MINUTE": "3000", "REACH_QUOTA_BURST_RECORDS": "1000",
+                               "REACH_QUOTA_OVERRIDES": '{"p": {"recordsPerMinute": 60}}'})
+    assert paced.quota_for("x").burst() == 1000 and paced.quota_for("p") == Quota(60, None, 1000)
