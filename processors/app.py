@@ -36,6 +36,7 @@ from reach.config import Settings
 from schemas.definitions import Definition
 from processors.dead_letters import dead_letter_headers
 from processors.event_checks import unusable_batch
+from processors.hand_on import place
 from schemas.events import UndecodableEvent, decode_ingest_message
 from schemas.registry import SchemaRegistry
 from state.resource_keys import ResourceKeys
@@ -140,18 +141,25 @@ def create_app(settings: Settings) -> faust.App:
                                   topics.ingest.partitions)
 
     async def on_ingest_message(event: faust.EventT) -> None:
-        """Decode and attribute an ingest message's operations, or send it to the dead letters."""
+        """Decode and attribute an ingest message's operations (handing on those of another
+        partition), or send it to the dead letters."""
         try:
             bodies = decode_ingest_message(event.value, event.message.headers)
             reason = next((f"operation {n}: {r}" if len(bodies) > 1 else r
                            for n, r in enumerate(map(unusable_batch, bodies)) if r is not None), None)
         except UndecodableEvent as exc:
             reason = str(exc)
+        message = event.message
         if reason is None:
-            for body in bodies:
+            placement = place(bodies, message.partition, topics.ingest.partitions, event.key, event.value,
+                              _headers(message.headers))
+            for partition, key, value, headers in placement.elsewhere:
+                await eos.send(event, topics.ingest.name, key, value, partition, headers)
+            if placement.handed_on:
+                metrics.HANDED_ON.inc(placement.handed_on)
+            for body in placement.here:
                 await processor.on_ingest(event, body)
             return
-        message = event.message
         log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
         headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
                                       message.offset)

@@ -23,6 +23,8 @@ RECORDS_APPLIED = Counter("reach_records_applied", "Records of batches given a f
 RECORD_LATENCY = Histogram("reach_record_latency_seconds",
                            "From a record's acceptance (the ingress's 202, or a direct producer's acceptedAt) "
                            "to its final outcome", buckets=LATENCY_BUCKETS)
+HANDED_ON = Counter("reach_handed_on_records", "Ingest operations read on another partition than their resource's "
+                    "and written to its own (`processors.hand_on`)")
 DEAD_LETTERS = Counter("reach_dead_letters", "Ingest messages sent to the dead-letter topic")
 COMMITS = Counter("reach_commits", "Kafka transactions committed (one per owned input partition with progress)")
 COMMIT_DURATION = Histogram("reach_commit_duration_seconds",

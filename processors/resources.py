@@ -36,6 +36,7 @@ import orjson
 
 from processors import metrics
 from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, waits
+from processors.hand_on import handed_on_from
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
 from schemas.references import references_of
@@ -412,10 +413,13 @@ class ResourceProcessor:
                            f"resources[{body['recordIndex']}]: the message key must be {key.decode()!r}")
         partition = partition_for(key, self.partitions)
         if partition != event.message.partition:
-            # Its other writes go to that partition: applied here, they could overtake them.
+            # Only a handed-on event gets here (`processors.hand_on`), and it is not handed on
+            # twice: applied here, it could overtake the resource's other writes.
             return Outcome(FAILED, VALIDATION_FAILED,
                            f"resources[{body['recordIndex']}]: the resource {key.decode()!r} belongs to partition "
-                           f"{partition}, not {event.message.partition}; key the message by its resource key")
+                           f"{partition} of {self.partitions}, not {event.message.partition}, where partition "
+                           f"{handed_on_from(event.message.headers)} handed it on: do all workers have the ingest "
+                           "topic's partition count (REACH_TOPIC_PARTITIONS)?")
         return None
 
     async def _exists(self, event: faust.EventT, key: bytes) -> bool:

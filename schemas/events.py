@@ -151,6 +151,23 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
              "plan": plans.get(str(op["recordIndex"]))} for op in operations]
 
 
+_MESSAGE_FIELDS = tuple(f["name"] for f in INGEST_MESSAGE_SCHEMA["fields"] if f["name"] != "operations")
+
+
+def encode_operations(operations: list[dict[str, Any]]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """One version-2 message (key, value, headers) of `operations`: operations of one batch in
+    the per-operation form of `decode_ingest_message`, in the order they apply. Key: the first
+    operation's resource; the delete plans of those that have one go in `PLAN_HEADER`."""
+    first = operations[0]
+    value = encode_ingest_message({**{name: first[name] for name in _MESSAGE_FIELDS}, "operations": [
+        {"recordIndex": op["recordIndex"], "externalId": op["externalId"], "op": op["op"], "data": op["data"]}
+        for op in operations]})
+    plans = {str(op["recordIndex"]): op["plan"] for op in operations if op.get("plan") is not None}
+    headers = [*INGEST_HEADERS, (PLAN_HEADER, orjson.dumps(plans))] if plans else list(INGEST_HEADERS)
+    key = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], first["externalId"])
+    return key, value, headers
+
+
 def _unframe(payload: bytes, version: bytes | None) -> tuple[bytes, bytes]:
     """The event version and the Avro body of a Confluent-framed message."""
     if len(payload) < FRAME_HEADER_BYTES:

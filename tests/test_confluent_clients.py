@@ -18,15 +18,17 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import StringDeserializer, StringSerializer
 
 from processors.dead_letters import REASON, read_dead_letters
+from processors.hand_on import HANDED_ON_HEADER
 from reach.config import Settings
 from schemas.events import build_ingest_batch, build_ingest_batch_v1, encode_ingest_event, message_values
 from schemas.wire_format import frame
-from tests.support import (ServiceProcess, bearer, define_customer_and_order, ingresses, tenant_token, unique,
-                           wait_terminal, wait_until)
+from tests.support import (ServiceProcess, bearer, committed_outcomes, define_customer_and_order, ingresses,
+                           tenant_token, unique, wait_terminal, wait_until)
 from topics import service_topics
+from topics.partitioning import partition_for
 
 
-def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: Settings, tmp_path: Path,
+def test_a_stock_confluent_producer_with_its_default_partitioner_writes_batches_the_worker_applies_once(settings: Settings, tmp_path: Path,
                                                                       worker: ServiceProcess) -> None:
     topic = service_topics(settings).ingest.name
     partitions = service_topics(settings).ingest.partitions
@@ -37,35 +39,49 @@ def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: 
         v2_schema = registry.get_latest_version(f"{topic}-value").schema.schema_str
         v1_schema = registry.get_version(f"{topic}-value", 1).schema.schema_str
 
-        # A 60-record batch as IngestMessages, one per partition; then 20 records as IngestEvents.
+        # A 60-record batch as IngestMessages, one per partition; then 20 records as IngestEvents,
+        # twice, back to back: the second's names must win.
         v2_batch = build_ingest_batch("partner-a", "tenant-1", definition_id, [
             (f"c{n}", {"id": f"c{n}", "name": f"Customer {n}", "age": n}) for n in range(60)], partitions=partitions)
-        v1_batch = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [
-            (f"c{n}", {"id": f"c{n}", "name": f"Renamed {n}", "tags": ["v1"]}) for n in range(50, 70)])
+        v1_batches = [build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [
+            (f"c{n}", {"id": f"c{n}", "name": f"{word} {n}", "tags": [word]}) for n in range(50, 70)])
+            for word in ("Renamed", "Final")]
         sent: list[tuple[str, dict[str, Any]]] = []
-        for schema, batch in ((v2_schema, v2_batch), (v1_schema, v1_batch)):
-            values = [(key.decode(), value) for key, value, _ in message_values(batch)]
-            # Stock settings, but for Kafka's Java partitioner (librdkafka's default hashes keys otherwise).
-            producer = SerializingProducer({
-                "bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True,
-                "partitioner": "murmur2_random", "key.serializer": StringSerializer(),
-                "value.serializer": AvroSerializer(registry, schema)})
-            for key, value in values:
-                producer.produce(topic, key=key, value=value)
-            assert producer.flush(30) == 0
-            sent += values
-
+        placed: list[tuple[str, int]] = []  # (key, partition) of each delivered message
         headers = bearer(tenant_token())
+
+        def delivered(error: Any, message: Any) -> None:
+            assert error is None, error
+            placed.append((message.key().decode(), message.partition()))
+
         with httpx.Client(base_url=base, timeout=30) as client:
-            data = wait_terminal(client, v2_batch.batch_id, headers)
-            assert (data["status"], data["progress"]["successfulRecords"]) == ("success", 60), data
-            assert data["schemaName"] == "Customer"
-            data = wait_terminal(client, v1_batch.batch_id, headers)
-            assert (data["status"], data["progress"]["successfulRecords"]) == ("success", 20), data
+            for schema, batches in ((v2_schema, [v2_batch]), (v1_schema, v1_batches)):
+                # The client's defaults: librdkafka's partitioner (consistent_random, CRC32 of
+                # the key) places most messages elsewhere than Kafka's Java client would.
+                producer = SerializingProducer({
+                    "bootstrap.servers": settings.bootstrap_servers, "key.serializer": StringSerializer(),
+                    "value.serializer": AvroSerializer(registry, schema)})
+                for batch in batches:
+                    values = [(key.decode(), value) for key, value, _ in message_values(batch)]
+                    for key, value in values:
+                        producer.produce(topic, key=key, value=value, on_delivery=delivered)
+                    sent += values
+                assert producer.flush(30) == 0
+                for batch in batches:
+                    data = wait_terminal(client, batch.batch_id, headers)
+                    assert (data["status"], data["progress"]["successfulRecords"]) == \
+                        ("success", len(batch.messages) if batch is not v2_batch else 60), data
+                    assert data["schemaName"] == "Customer"
             merged = client.get("/api/resources/customer/c55", headers=headers).json()["data"]["result"]["data"]
-            assert merged == {"id": "c55", "name": "Renamed 55", "age": 55, "tags": ["v1"]}
+            assert merged == {"id": "c55", "name": "Final 55", "age": 55, "tags": ["Final"]}
             untouched = client.get("/api/resources/customer/c3", headers=headers).json()["data"]["result"]["data"]
             assert untouched == {"id": "c3", "name": "Customer 3", "age": 3}
+        misplaced = [(k, p) for k, p in placed if p != partition_for(k.encode(), partitions)]
+        assert misplaced, f"every message landed on its murmur2 partition; the test proves nothing: {placed}"
+        outcomes = asyncio.run(committed_outcomes(settings))
+        for batch in (v2_batch, *v1_batches):
+            total = 60 if batch is v2_batch else 20
+            assert [outcomes[(batch.batch_id, i)] for i in range(total)] == [1] * total, batch.batch_id
 
         # A stock consumer reads the same events back, schemas fetched by the ids in the frames.
         consumer = DeserializingConsumer({
@@ -79,7 +95,9 @@ def test_a_stock_confluent_producer_writes_batches_the_worker_applies(settings: 
                 message = consumer.poll(0.5)
                 if message is not None:
                     assert message.error() is None, message.error()
-                    read.append((message.key(), message.value()))
+                    # A worker's copy of a misplaced message on its owner partition, not a new event.
+                    if HANDED_ON_HEADER not in dict(message.headers() or []):
+                        read.append((message.key(), message.value()))
                 return len(read) >= len(sent)
 
             wait_until(all_read, 60, 0, what=f"{len(sent)} events read back", seen=lambda: f"{len(read)} read")

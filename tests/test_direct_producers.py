@@ -4,6 +4,7 @@ worker never stops on a bad message: what it cannot use goes to the dead-letter 
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from starlette.testclient import TestClient
 
 from processors.dead_letters import OFFSET, PARTITION, REASON, TOPIC, read_dead_letters
+from processors.hand_on import HANDED_ON_HEADER
 from reach.config import Settings
 from schemas.events import (
     INGEST_HEADERS,
@@ -23,7 +25,17 @@ from schemas.events import (
     resource_key,
 )
 from topics.partitioning import partition_for
-from tests.support import ServiceProcess, bearer, partner_token, settings_env, tenant_token, wait_terminal, wait_until
+from tests.support import (
+    ServiceProcess,
+    bearer,
+    committed_outcomes,
+    partner_token,
+    settings_env,
+    tenant_token,
+    wait_terminal,
+    wait_until,
+    worker_get,
+)
 from topics import service_topics
 
 CUSTOMER = {
@@ -84,10 +96,6 @@ def test_one_message_of_many_operations_applies_them_in_order(settings: Settings
            ("m1", "reject", {"id": "m1", "name": "Again"}), ("m2", "patch", {"id": "m2", "age": 1}),
            ("m1", "upsert", {"id": "m1", "name": "Last"})]
     key = resource_key("partner-a", "tenant-1", definition_id, "m1")
-    partitions = service_topics(settings).ingest.partitions
-    # m2 is looked at only if it shares m1's partition; else it is refused as in the wrong one.
-    same = partition_for(resource_key("partner-a", "tenant-1", definition_id, "m2"), partitions) == \
-        partition_for(key, partitions)
     message = {"batchId": "many-ops-" + definition_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST",
                "recordCount": len(ops), "partnerId": "partner-a", "tenantId": "tenant-1",
                "schemaDefinitionId": definition_id, "schemaVersion": None, "ignoreUnknownFields": False,
@@ -100,9 +108,84 @@ def test_one_message_of_many_operations_applies_them_in_order(settings: Settings
     details = data["errors"]["details"]
     assert (data["progress"]["successfulRecords"], data["progress"]["failedRecords"]) == (3, 2), data
     assert details["2"]["code"] == "ALREADY_EXISTS", details
-    assert details["3"]["code"] == ("NOT_FOUND" if same else "VALIDATION_FAILED"), details
+    # m2's patch applies on m2's partition (handed on there unless it is m1's): m2 does not exist.
+    assert details["3"]["code"] == "NOT_FOUND", details
     resource = ingress.get("/api/resources/customer/m1", headers=headers).json()["data"]["result"]
     assert resource["data"] == {"id": "m1", "name": "Last", "age": 7}
+
+
+def _handed_on(settings: Settings) -> float:
+    """The worker's count of operations it handed on to their owner partitions."""
+    text = worker_get(settings, "/metrics").text
+    return float(re.search(r"^reach_handed_on_records_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_any_partitioner_works_each_record_applied_once_and_in_order_per_resource(
+        settings: Settings, ingress: TestClient, worker: ServiceProcess) -> None:
+    """Producers that place events elsewhere than Kafka's murmur2 would: round-robin, a message
+    mixing partitions, and a deterministic partitioner of its own (here: the next partition)."""
+    definition_id = _define(ingress)
+    headers = bearer(tenant_token())
+    partitions = service_topics(settings).ingest.partitions
+    owner = {}
+
+    def owner_of(external_id: str) -> int:
+        return owner.setdefault(external_id, partition_for(resource_key("partner-a", "tenant-1", definition_id,
+                                                                        external_id), partitions))
+
+    # Uploads over HTTP are on their owner partitions already: nothing is handed on.
+    response = ingress.post("/api/resources/customer/batch", headers=headers,
+                            json={"resources": [{"id": f"h{i}", "name": "http"} for i in range(50)]})
+    assert response.status_code == 202, response.text
+    assert wait_terminal(ingress, response.json()["data"]["batchId"], headers)["status"] == "success"
+    assert _handed_on(settings) == 0
+
+    # Round-robin: one message per record, partition i mod n whatever its key.
+    round_robin = _batch(definition_id, [{"id": f"rr{i}", "name": f"rr {i}"} for i in range(40)])
+    # One message holding 30 operations of every partition, with a producer's own header.
+    mixed = _batch(definition_id, [{"id": f"mx{i}", "name": f"mx {i}"} for i in range(30)], partitions=1)
+    (mixed_key, mixed_value, mixed_headers), = mixed.messages
+    # A deterministic partitioner of its own: every event of a resource on the partition after
+    # its owner. Three rounds back to back merge into the same resources: the last must win.
+    rounds = [_batch(definition_id, [{"id": f"o{i}", "name": f"round {r}", f"r{r}": i} for i in range(20)],
+                     ignore_unknown_fields=True) for r in range(3)]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
+        await producer.start()
+        topic = service_topics(settings).ingest.name
+        try:
+            for n, (key, value, message_headers) in enumerate(round_robin.messages):
+                await producer.send(topic, value, key=key, headers=message_headers, partition=n % partitions)
+            await producer.send(topic, mixed_value, key=mixed_key, partition=0,
+                                headers=[("traceparent", b"00-4bf92f3577b34da6-01"), *mixed_headers])
+            for batch in rounds:
+                for key, value, message_headers in batch.messages:
+                    await producer.send(topic, value, key=key, headers=message_headers,
+                                        partition=(partition_for(key, partitions) + 1) % partitions)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    for batch, total in ((round_robin, 40), (mixed, 30), *((b, 20) for b in rounds)):
+        data = wait_terminal(ingress, batch.batch_id, headers)
+        assert (data["status"], data["progress"]["successfulRecords"]) == ("success", total), data
+    for i in range(20):
+        resource = ingress.get(f"/api/resources/customer/o{i}", headers=headers).json()["data"]["result"]
+        # ignoreUnknownFields drops r0..r2: the name says which round applied last.
+        assert resource["data"] == {"id": f"o{i}", "name": "round 2"}, resource
+    assert ingress.get("/api/resources/customer/rr39", headers=headers).json()["data"]["result"]["data"] == \
+        {"id": "rr39", "name": "rr 39"}
+
+    # Each record has exactly one committed outcome, and each misplaced one was handed on once.
+    outcomes = asyncio.run(committed_outcomes(settings))
+    for batch, total in ((round_robin, 40), (mixed, 30), *((b, 20) for b in rounds)):
+        counts = {i: outcomes[(batch.batch_id, i)] for i in range(total)}
+        assert set(counts.values()) == {1}, (batch.batch_id, counts)
+    misplaced = sum(owner_of(f"rr{i}") != i % partitions for i in range(40)) + \
+        sum(owner_of(f"mx{i}") != 0 for i in range(30)) + 60
+    assert _handed_on(settings) == misplaced
 
 
 def test_bad_messages_go_to_dead_letters_and_the_worker_keeps_going(settings: Settings, ingress: TestClient,
@@ -164,13 +247,15 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     invalid = _batch(definition_id, [{"id": "v1", "name": "ok"}, {"id": "v2", "name": 5}, {"id": "v3", "zip": "x"}])
     wrong_key = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [("k1", {"id": "k1", "name": "n"})])
     wrong_key_messages = [(b"not/the/resource/key", wrong_key.messages[0][1], wrong_key.messages[0][2])]
-    wrong_partition = _batch(definition_id, [{"id": "k2", "name": "n"}])
-    k2 = wrong_partition.messages[0][0]
-    elsewhere = (partition_for(k2, service_topics(settings).ingest.partitions) + 1) % \
-        service_topics(settings).ingest.partitions
+    # Handed on by a worker (`processors.hand_on`) yet still not on its owner partition: the
+    # workers disagree on the partition count. It fails rather than travel on.
+    misplaced_twice = _batch(definition_id, [{"id": "k2", "name": "n"}])
+    k2, k2_value, k2_headers = misplaced_twice.messages[0]
+    partitions = service_topics(settings).ingest.partitions
+    elsewhere = (partition_for(k2, partitions) + 1) % partitions
     asyncio.run(_produce(settings, [*_messages(unknown), *_messages(out_of_range), *_messages(invalid),
                                     *wrong_key_messages]))
-    asyncio.run(_produce(settings, _messages(wrong_partition), partition=elsewhere))
+    asyncio.run(_produce(settings, [(k2, k2_value, [*k2_headers, (HANDED_ON_HEADER, b"0")])], partition=elsewhere))
 
     data = wait_terminal(ingress, unknown.batch_id, headers)
     assert data["status"] == "failed" and data["errors"]["summary"] == {"SCHEMA_NOT_FOUND": 1}
@@ -186,10 +271,11 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}
     assert resource_key("partner-a", "tenant-1", definition_id, "k1").decode() in data["errors"]["details"]["0"]["message"]
     assert ingress.get("/api/resources/customer/k1", headers=headers).status_code == 404
-    data = wait_terminal(ingress, wrong_partition.batch_id, headers)
+    data = wait_terminal(ingress, misplaced_twice.batch_id, headers)
     assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}
-    assert f"belongs to partition {(elsewhere - 1) % service_topics(settings).ingest.partitions}" in \
-        data["errors"]["details"]["0"]["message"]
+    message = data["errors"]["details"]["0"]["message"]
+    assert f"belongs to partition {partition_for(k2, partitions)} of {partitions}, not {elsewhere}" in message, message
+    assert "REACH_TOPIC_PARTITIONS" in message, message
     assert ingress.get("/api/resources/customer/k2", headers=headers).status_code == 404
 
 

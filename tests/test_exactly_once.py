@@ -5,7 +5,9 @@ After each run, three things must be exactly what the accepted records imply:
 - every resource's data (merges applied once each, in order), and which resources exist;
 - the outcome messages on the batch-events topic: exactly one committed outcome per record.
 
-The load mixes uploads, creations, patches, deletes and a cascade delete; where the order of
+The load mixes uploads, creations, patches, deletes and a cascade delete, and events direct
+producers wrote to other partitions than their resources' (handed on by the worker that reads
+them: merges in order, creations round-robin and in one message); where the order of
 two partitions decides an outcome (an item whose holder a cascade deletes: created then deleted
 by the cascade, or failed), the check allows either and asserts the state both must end in.
 """
@@ -19,9 +21,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from aiokafka import AIOKafkaProducer
 from starlette.testclient import TestClient
 
 from reach.config import Settings
+from schemas.events import build_ingest_batch
 from tests.support import (
     ServiceProcess,
     bearer,
@@ -33,6 +37,8 @@ from tests.support import (
     wait_terminal,
     wait_until,
 )
+from topics import service_topics
+from topics.partitioning import partition_for
 
 SCHEMA = {
     "name": "Account", "externalIdField": "id",
@@ -79,6 +85,7 @@ class Expect:
     total: int
     successful: int | None = None
     summary: dict[str, int] | None = None
+    direct: bool = False  # written straight to the ingest topic: unknown until a worker takes a record
 
 
 Upload = tuple[str, str, dict, Expect]  # method, path and query, body, what it must end with
@@ -121,6 +128,46 @@ def _load() -> list[Upload]:
             accounts[5], *creations]
 
 
+MISPLACED_IDS, MISPLACED_ROUNDS = 100, 3  # merged into m<i> by a producer with a partitioner of its own
+ROUND_ROBIN, MIXED = 200, 100  # fresh creations (onconflict=reject) placed round-robin, and in one message
+
+
+def _produce_misplaced(settings: Settings, definition_id: str, expected: Expected) -> None:
+    """Direct producers whose events are not on their owner partitions (`processors.hand_on`):
+    upserts merging into the same resources, every round on the partition after each message's
+    owner (a deterministic partitioner other than murmur2: their order must hold); creations
+    round-robin, one message each; creations all in one message (split by owner)."""
+    partitions = service_topics(settings).ingest.partitions
+    rounds = [build_ingest_batch("partner-a", "tenant-1", definition_id, [
+        (f"m{i}", {"id": f"m{i}", "name": f"moved {i}", "round": r, "history": {f"r{r}": i}})
+        for i in range(MISPLACED_IDS)], partitions=partitions) for r in range(MISPLACED_ROUNDS)]
+    round_robin = build_ingest_batch("partner-a", "tenant-1", definition_id, [
+        (f"rr{i}", {"id": f"rr{i}", "name": "fresh"}) for i in range(ROUND_ROBIN)], op="reject")
+    mixed = build_ingest_batch("partner-a", "tenant-1", definition_id, [
+        (f"mx{i}", {"id": f"mx{i}", "name": "fresh"}) for i in range(MIXED)], op="reject", partitions=1)
+    messages = [(key, value, headers, (partition_for(key, partitions) + 1) % partitions)
+                for batch in rounds for key, value, headers in batch.messages]
+    messages += [(key, value, headers, n % partitions) for n, (key, value, headers) in enumerate(round_robin.messages)]
+    messages += [(key, value, headers, 0) for key, value, headers in mixed.messages]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for key, value, headers, partition in messages:
+                await producer.send(service_topics(settings).ingest.name, value, key=key, headers=headers,
+                                    partition=partition)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    for batch in rounds:
+        expected[batch.batch_id] = Expect(MISPLACED_IDS, MISPLACED_IDS, {}, direct=True)
+    expected[round_robin.batch_id] = Expect(ROUND_ROBIN, ROUND_ROBIN, {}, direct=True)
+    expected[mixed.batch_id] = Expect(MIXED, MIXED, {}, direct=True)
+
+
 def _upload(client: TestClient, headers: dict[str, str], uploads: list[Upload], expected: Expected) -> None:
     """Send each batch; record its batchId -> what it must end with in `expected`."""
     for method, path, body, outcome in uploads:
@@ -137,9 +184,11 @@ def _upload_load(client: TestClient, tenant_headers: dict[str, str]) -> Expected
 
 
 def _upload_and_kill_mid_load(client: TestClient, headers: dict[str, str], victim: ServiceProcess,
-                              expected: Expected, uploads: list[Upload] | None = None) -> int:
+                              expected: Expected, uploads: list[Upload] | None = None,
+                              misplaced: tuple[Settings, str] | None = None) -> int:
     """Upload the load and SIGKILL `victim` while the workers are busy with it; return the
-    records processed at the kill.
+    records processed at the kill. `misplaced` (settings, Account's definition id): direct
+    producers' misplaced events join the load (`_produce_misplaced`).
 
     The first two batches go first; once the workers are visibly processing, the others
     follow back to back and the kill comes right after the last one is accepted. The workers
@@ -150,6 +199,8 @@ def _upload_and_kill_mid_load(client: TestClient, headers: dict[str, str], victi
     _upload(client, headers, uploads[:2], expected)
     wait_until(lambda: _progress(client, headers, list(expected)) > 0, 90, 0.02,
                what="the workers to start on the load", seen=lambda: _progress(client, headers, list(expected)))
+    if misplaced is not None:
+        _produce_misplaced(*misplaced, expected)
     _upload(client, headers, uploads[2:], expected)
     victim.stop(signal.SIGKILL)
     done_at_kill = _progress(client, headers, list(expected))
@@ -162,6 +213,9 @@ def _check_results(client: TestClient, tenant_headers: dict[str, str], expected:
     deadline = time.monotonic() + timeout_s
     for batch_id, expect in expected.items():
         try:
+            if expect.direct:
+                wait_until(lambda: client.get(f"/api/batches/{batch_id}", headers=tenant_headers).status_code == 200,
+                           max(deadline - time.monotonic(), 1), 0.1, what=f"direct batch {batch_id} to be known")
             data = wait_terminal(client, batch_id, tenant_headers, max(deadline - time.monotonic(), 1))
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nevery batch: {_batches_progress(client, tenant_headers, expected)}") from None
@@ -180,8 +234,17 @@ def _check_results(client: TestClient, tenant_headers: dict[str, str], expected:
             continue
         assert response.status_code == 200, response.text
         assert response.json()["data"]["result"]["data"] == _expected_data(i), i
+    misplaced = any(e.direct for e in expected.values())
+    if misplaced:
+        wrong = {}
+        for i in range(MISPLACED_IDS):  # every round merged once, in the order sent
+            got = client.get(f"/api/resources/account/m{i}", headers=tenant_headers).json()["data"]["result"]["data"]
+            if got != {"id": f"m{i}", "name": f"moved {i}", "round": MISPLACED_ROUNDS - 1,
+                       "history": {f"r{r}": i for r in range(MISPLACED_ROUNDS)}}:
+                wrong[f"m{i}"] = got
+        assert not wrong, f"{len(wrong)} handed-on merges not applied once each in order: {list(wrong.items())[:3]}"
     total = client.get("/api/resources/account?limit=1", headers=tenant_headers).json()["data"]["pagination"]["total"]
-    assert total == IDS - 2 + REJECT_BATCHES * REJECT_SIZE
+    assert total == IDS - 2 + REJECT_BATCHES * REJECT_SIZE + (MISPLACED_IDS + ROUND_ROBIN + MIXED) * misplaced
     _check_mixed_state(client, tenant_headers)
 
 
@@ -212,10 +275,14 @@ def _assert_exactly_one_outcome_each(settings: Settings, expected: Expected) -> 
     assert not duplicated, f"{len(duplicated)} records have more than one committed outcome"
 
 
-def _define_schema(client: TestClient) -> None:
+def _define_schema(client: TestClient) -> str:
+    """Define Account, Holder and Item; Account's definition id."""
+    ids = []
     for definition in (SCHEMA, HOLDER, ITEM):
         response = client.post("/partner/schema-definitions", json=definition, headers=bearer(partner_token()))
         assert response.status_code == 200, response.text
+        ids.append(response.json()["data"]["id"])
+    return ids[0]
 
 
 def _batches_progress(client: TestClient, headers: dict[str, str], batch_ids: Iterable[str]) -> list[str]:
@@ -229,18 +296,19 @@ def _batches_progress(client: TestClient, headers: dict[str, str], batch_ids: It
 
 
 def _progress(client: TestClient, headers: dict[str, str], batch_ids: list[str]) -> int:
-    return sum(client.get(f"/api/batches/{b}", headers=headers).json()["data"]["progress"]["processedRecords"]
-               for b in batch_ids)
+    """Records processed of `batch_ids` (a direct batch no worker has taken a record of is 404: none)."""
+    answers = [client.get(f"/api/batches/{b}", headers=headers) for b in batch_ids]
+    return sum(a.json()["data"]["progress"]["processedRecords"] for a in answers if a.status_code == 200)
 
 
 def test_worker_killed_mid_load_and_restarted_applies_every_record_exactly_once(
         settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     headers = bearer(tenant_token())
-    _define_schema(ingress)
+    account = _define_schema(ingress)
     expected: Expected = {}
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     with explained_by(worker):
-        _upload_and_kill_mid_load(ingress, headers, worker, expected)
+        _upload_and_kill_mid_load(ingress, headers, worker, expected, misplaced=(settings, account))
     restarted = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w2.log").start()
     try:
         with explained_by(worker, restarted):
@@ -308,7 +376,7 @@ def test_worker_killed_mid_creation_keeps_no_change_of_the_transaction_it_aborte
 def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
         settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     headers = bearer(tenant_token())
-    _define_schema(ingress)
+    account = _define_schema(ingress)
     first = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "w1.log").start()
     second_settings = replace(settings, worker_web_port=free_port())
     second = ServiceProcess(["-m", "processors.worker"], second_settings, tmp_path / "w2.log").start()
@@ -319,7 +387,7 @@ def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
             wait_until(lambda: None is not _ready_generation(first) == _ready_generation(second), 90, 0.1,
                        what="both workers ready with ingest partitions of one generation",
                        seen=lambda: f"generations {_ready_generation(first)} and {_ready_generation(second)}")
-            _upload_and_kill_mid_load(ingress, headers, second, expected)
+            _upload_and_kill_mid_load(ingress, headers, second, expected, misplaced=(settings, account))
             _check_results(ingress, headers, expected, timeout_s=180)
     finally:
         assert first.stop() == 0, first.log()[-3000:]
