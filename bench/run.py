@@ -11,6 +11,8 @@ bare Kafka client does on the same machine in the same run:
 - end to end: records/s from the first POST until every batch is terminal (one worker), next
   to a bare aiokafka consume-and-merge loop over the same messages into a dict, and to a bare
   exactly-once loop (state in RocksDB, a message per resource, a transaction every 100 ms);
+- the worker's CPU per record for direct batches whose messages are on another partition than
+  their owner's (handed on, `processors.hand_on`), next to the same on their own partitions;
 - latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
 - dependency release latency: referenced resource accepted → waiting record applied;
 - records with a reference (orders naming existing customers, each pinned on its customer's
@@ -20,7 +22,7 @@ bare Kafka client does on the same machine in the same run:
 - single-resource write latency (`POST /api/resources/{schema}`, answered with the outcome);
 - fairness: one tenant's single 1000-record batches, idle and while another tenant uploads
   continuously at its full quota (`ingest.quotas`; a quarter, then half the measured end-to-end
-  rate);
+  rate), with a burst of a minute's worth (the default) and of one batch (paced);
 - peak memory (VmHWM) of the ingress and the worker.
 
 Writes `bench/results/results.json` and `bench/results/results.png`, and prints a table.
@@ -55,6 +57,7 @@ from schemas.events import build_ingest_batch, message_values
 from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
+from topics.partitioning import partition_for
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SCHEMA = {
@@ -257,9 +260,10 @@ def ingest_batches(stack: Stack, batches: int, tag: str) -> list[Any]:
                                partitions=stack.settings.topic_partitions) for b in range(batches)]
 
 
-def produce_with_confluent(stack: Stack, batches: int, tag: str) -> list[str]:
+def produce_with_confluent(stack: Stack, batches: int, tag: str, partitioner: str | None = None) -> list[str]:
     """Write `batches` batches of 1000 customers to the ingest topic as a direct producer with the
-    stock Confluent client does: `IngestMessage` values, one per partition of each batch, framed by
+    stock Confluent client and its default settings does: `IngestMessage` values, one per partition
+    of each batch, framed by
     `AvroSerializer` with the schema it fetched from `/schema-registry`; their batch ids."""
     from confluent_kafka import SerializingProducer
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -268,10 +272,13 @@ def produce_with_confluent(stack: Stack, batches: int, tag: str) -> list[str]:
 
     topic = service_topics(stack.settings).ingest.name
     registry = SchemaRegistryClient({"url": f"{stack.base}/schema-registry"})
+    # `partitioner` None: librdkafka's default (consistent_random), which puts most messages
+    # elsewhere than their owner partition; the worker hands them on (`processors.hand_on`).
     producer = SerializingProducer({
-        "bootstrap.servers": stack.settings.bootstrap_servers, "partitioner": "murmur2_random",
+        "bootstrap.servers": stack.settings.bootstrap_servers,
         "enable.idempotence": True, "linger.ms": 5, "key.serializer": StringSerializer(),
-        "value.serializer": AvroSerializer(registry, registry.get_latest_version(f"{topic}-value").schema.schema_str)})
+        "value.serializer": AvroSerializer(registry, registry.get_latest_version(f"{topic}-value").schema.schema_str),
+        **({"partitioner": partitioner} if partitioner else {})})
     ids = []
     for batch in ingest_batches(stack, batches, tag):
         ids.append(batch.batch_id)
@@ -281,6 +288,48 @@ def produce_with_confluent(stack: Stack, batches: int, tag: str) -> list[str]:
     if producer.flush(120):
         raise RuntimeError("the Confluent producer did not deliver everything in 120 s")
     return ids
+
+
+async def produce_shifted(stack: Stack, batches: list[Any], shift: int) -> None:
+    """Write the messages of `batches` straight to the ingest topic, each on the partition
+    `shift` after its owner (0: where the ingress would put it)."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = service_topics(stack.settings).ingest
+    producer = AIOKafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers, enable_idempotence=True,
+                                acks="all", linger_ms=5, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        for batch in batches:
+            for key, value, headers in batch.messages:
+                await producer.send(topic.name, value, key=key, headers=headers,
+                                    partition=(partition_for(key, topic.partitions) + shift) % topic.partitions)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def measure_hand_on(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The worker's CPU per record for direct batches on their owner partitions, and for the same
+    kind of batches with every message on the next partition (each operation handed on, then
+    applied on its owner): alternately, twice each."""
+    runs: dict[str, list[dict[str, float]]] = {"own_partition": [], "handed_on": []}
+    for attempt in range(2):
+        for name, shift in (("own_partition", 0), ("handed_on", 1)):
+            batches = ingest_batches(stack, args.direct_batches, f"handon{attempt}{shift}-")
+            worker_cpu, started = cpu_seconds(stack.worker.proc.pid), time.monotonic()
+            await produce_shifted(stack, batches, shift)
+            finished = await wait_all_terminal(stack, [b.batch_id for b in batches])
+            records = len(batches) * 1000
+            runs[name].append({"records_per_s": records / (finished - started),
+                               "worker_us_per_record": (cpu_seconds(stack.worker.proc.pid) - worker_cpu) / records * 1e6})
+    results["hand_on"] = {name: {"records_per_s": statistics.median(r["records_per_s"] for r in found),
+                                 "worker_us_per_record": statistics.median(r["worker_us_per_record"] for r in found),
+                                 "runs": found} for name, found in runs.items()}
+    own, moved = results["hand_on"]["own_partition"], results["hand_on"]["handed_on"]
+    print(f"direct batches on their own partitions: {own['records_per_s']:,.0f} rec/s, worker "
+          f"{own['worker_us_per_record']:.1f} µs/record; every message on another partition (handed on): "
+          f"{moved['records_per_s']:,.0f} rec/s, worker {moved['worker_us_per_record']:.1f} µs/record", flush=True)
 
 
 async def single_batch_latencies(stack: Stack, runs: int, tag: str) -> list[float]:
@@ -384,13 +433,16 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
     # The same records written straight to the ingest topic by the stock Confluent client: no
     # HTTP and no ingress, the Confluent wire format instead of the schemaless one.
-    started, cpu = time.monotonic(), stack.cpu_share()
-    ids = await asyncio.to_thread(produce_with_confluent, stack, args.direct_batches, "direct-")
-    finished = await wait_all_terminal(stack, ids)
-    results["end_to_end_confluent"] = {"batches": len(ids), "records_per_s": len(ids) * 1000 / (finished - started),
-                                       "seconds": finished - started, "cores": cpu.cores()}
-    print(f"end to end, stock Confluent producer writing the ingest topic: "
-          f"{results['end_to_end_confluent']['records_per_s']:,.0f} rec/s", flush=True)
+    # With its default partitioner, then with Kafka's Java one (nothing handed on).
+    for name, partitioner in (("end_to_end_confluent", None), ("end_to_end_confluent_murmur2", "murmur2_random")):
+        started, cpu = time.monotonic(), stack.cpu_share()
+        ids = await asyncio.to_thread(produce_with_confluent, stack, args.direct_batches, f"{name}-", partitioner)
+        finished = await wait_all_terminal(stack, ids)
+        results[name] = {"batches": len(ids), "records_per_s": len(ids) * 1000 / (finished - started),
+                         "seconds": finished - started, "cores": cpu.cores()}
+        print(f"end to end, stock Confluent producer writing the ingest topic, partitioner "
+              f"{partitioner or 'default'}: {results[name]['records_per_s']:,.0f} rec/s", flush=True)
+    await measure_hand_on(stack, args, results)
 
     # 3. Latency of one batch, idle and under half of the measured end-to-end rate.
     idle = await single_batch_latencies(stack, args.latency_runs, "idle")
@@ -437,15 +489,21 @@ async def measure_fairness(stack: Stack, args: argparse.Namespace, results: dict
         response.raise_for_status()
     results["fairness"] = []
     for share in args.bulk_share:
-        results["fairness"].append(await fairness_at(stack, args, int(results["end_to_end"]["records_per_s"] * 60 * share),
-                                                     share))
+        for burst in (None, 1000):  # a minute's worth at once (the default), and paced: one batch
+            results["fairness"].append(await fairness_at(
+                stack, args, int(results["end_to_end"]["records_per_s"] * 60 * share), share, burst))
 
 
-async def fairness_at(stack: Stack, args: argparse.Namespace, per_minute: int, share: float) -> dict[str, Any]:
-    stack.restart_ingress(replace(stack.settings, quota_overrides={"bulk": Quota(records_per_minute=per_minute)}))
-    bulk = {"Authorization": f"Bearer {make_token(stack.settings, 'bulk', 'bulk-tenant')}",
+async def fairness_at(stack: Stack, args: argparse.Namespace, per_minute: int, share: float,
+                      burst: int | None) -> dict[str, Any]:
+    """One tenant at its quota (`burst`: its REACH_QUOTA_BURST_RECORDS, None: a minute's worth),
+    another one's single batches timed beside it from 5 s after it began, and idle just before."""
+    stack.restart_ingress(replace(stack.settings, quota_overrides={
+        "bulk": Quota(records_per_minute=per_minute, burst_records=burst)}))
+    # A tenant of its own per run: what one run spent of its allowance must not refuse the next.
+    bulk = {"Authorization": f"Bearer {make_token(stack.settings, 'bulk', f'bulk-{share}-{burst}')}",
             "content-type": "application/json"}
-    idle = await single_batch_latencies(stack, args.fairness_runs, f"fair-idle{share}")
+    idle = await single_batch_latencies(stack, args.fairness_runs, f"fair-idle{share}-{burst}")
     stop, taken, refused, started = asyncio.Event(), [0], [0], time.monotonic()
 
     async def bulk_client(n: int) -> None:
@@ -454,7 +512,7 @@ async def fairness_at(stack: Stack, args: argparse.Namespace, per_minute: int, s
             b = 0
             while not stop.is_set():
                 response = await http.post("/api/resources/customer/batch",
-                                           content=batch_body(f"bulk{share}-{n}-{b}"), headers=bulk)
+                                           content=batch_body(f"bulk{share}-{burst}-{n}-{b}"), headers=bulk)
                 b += 1
                 if response.status_code == 202:
                     taken[0] += 1000
@@ -465,18 +523,22 @@ async def fairness_at(stack: Stack, args: argparse.Namespace, per_minute: int, s
                     raise RuntimeError(f"bulk upload answered {response.status_code}: {response.text[:300]}")
 
     clients = [asyncio.create_task(bulk_client(n)) for n in range(2)]
-    await asyncio.sleep(5)  # past the first burst: the tenant is at its quota's pace
-    loaded = await single_batch_latencies(stack, args.fairness_runs, f"fair-loaded{share}")
+    # Paced, the tenant is at its quota's pace by then; with a minute's worth at once, it is
+    # still sending that burst, and the timed batches queue behind what it has sent.
+    await asyncio.sleep(5)
+    loaded = await single_batch_latencies(stack, args.fairness_runs, f"fair-loaded{share}-{burst}")
     stop.set()
     await asyncio.gather(*clients)
     bulk_rate = taken[0] / (time.monotonic() - started)
-    print(f"fairness: a tenant at its quota of {per_minute:,} records/min ({share:.0%} of end to end) sends "
+    print(f"fairness: a tenant at its quota of {per_minute:,} records/min ({share:.0%} of end to end; burst "
+          f"{'a minute' if burst is None else burst}) sends "
           f"{bulk_rate:,.0f} rec/s ({refused[0]} 429s); another tenant's batch p50/p99 idle "
           f"{percentile(idle, 50) * 1000:.0f}/{percentile(idle, 99) * 1000:.0f} ms, alongside "
           f"{percentile(loaded, 50) * 1000:.0f}/{percentile(loaded, 99) * 1000:.0f} ms "
           f"(p99 x{percentile(loaded, 99) / percentile(idle, 99):.2f})", flush=True)
     await wait_drained(stack)
-    return {"share": share, "bulk_quota_per_minute": per_minute, "bulk_records_per_s": bulk_rate,
+    return {"share": share, "bulk_quota_per_minute": per_minute, "burst_records": burst or per_minute,
+            "bulk_records_per_s": bulk_rate,
             "bulk_429s": refused[0],
             "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99), "runs": idle},
             "alongside_bulk": {"p50": percentile(loaded, 50), "p99": percentile(loaded, 99), "runs": loaded}}
@@ -642,8 +704,18 @@ def table(results: dict[str, Any]) -> str:
     rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
     rows.append(("", "", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     direct = results["end_to_end_confluent"]["records_per_s"]
-    rows.append(("end to end, stock Confluent producer to the topic (rec/s)", f"{direct:,.0f}",
+    rows.append(("end to end, stock Confluent producer to the topic, its defaults (rec/s)", f"{direct:,.0f}",
                  f"{e2e:,.0f} (over HTTP)", f"{direct / e2e:.2f}"))
+    murmur2 = results["end_to_end_confluent_murmur2"]["records_per_s"]
+    rows.append(("… with partitioner murmur2_random (rec/s)", f"{murmur2:,.0f}", f"{e2e:,.0f} (over HTTP)",
+                 f"{murmur2 / e2e:.2f}"))
+    own, moved = results["hand_on"]["own_partition"], results["hand_on"]["handed_on"]
+    rows.append(("direct, every message on another partition: worker µs/record", f"{moved['worker_us_per_record']:.1f}",
+                 f"{own['worker_us_per_record']:.1f} (on their own partitions)",
+                 f"{moved['worker_us_per_record'] / own['worker_us_per_record']:.2f}"))
+    rows.append(("… end to end (rec/s)", f"{moved['records_per_s']:,.0f}",
+                 f"{own['records_per_s']:,.0f} (on their own partitions)",
+                 f"{moved['records_per_s'] / own['records_per_s']:.2f}"))
     lat = results["latency_s"]
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
@@ -663,8 +735,10 @@ def table(results: dict[str, Any]) -> str:
     single = results["single_write_s"]
     rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
     for fair in results["fairness"]:
+        burst = "a minute's worth" if fair["burst_records"] == fair["bulk_quota_per_minute"] else \
+            f"{fair['burst_records']:,}"
         rows.append((f"other tenant's batch p50 / p99 beside one at its quota, {fair['share']:.0%} "
-                     f"({fair['bulk_records_per_s']:,.0f} rec/s)",
+                     f"({fair['bulk_records_per_s']:,.0f} rec/s), burst {burst}",
                      f"{fair['alongside_bulk']['p50'] * 1000:.0f} / {fair['alongside_bulk']['p99'] * 1000:.0f} ms",
                      f"{fair['idle']['p50'] * 1000:.0f} / {fair['idle']['p99'] * 1000:.0f} ms (idle)",
                      f"{fair['alongside_bulk']['p99'] / fair['idle']['p99']:.2f}"))

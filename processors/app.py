@@ -1,8 +1,10 @@
 """The Faust application: topics, tables and agents of one worker process.
 
 One agent, `apply_records`, consumes three co-partitioned topics keyed by resource: the
-ingest topic, dependency requests ("R waits for this resource") and dependency notices
-("what R waits for exists now", expiry ticks). Per record: decode → definition (schema
+ingest topic, dependency requests ("R waits for this resource"; also ingest messages handed on
+from another partition) and dependency notices ("what R waits for exists now", expiry ticks).
+Per record: decode → on another partition than its resource's? hand it on there
+(`processors.hand_on`) → definition (schema
 registry) → checks → references present? → apply to the `resources` table → publish the
 resource and the record's outcome; or hold the record pending (`processors.resources`).
 Requests and creations of one resource meet on its partition (`processors.dependencies`).
@@ -36,7 +38,7 @@ from reach.config import Settings
 from schemas.definitions import Definition
 from processors.dead_letters import dead_letter_headers
 from processors.event_checks import unusable_batch
-from processors.hand_on import place
+from processors.hand_on import handed_on_from, place
 from schemas.events import UndecodableEvent, decode_ingest_message
 from schemas.registry import SchemaRegistry
 from state.resource_keys import ResourceKeys
@@ -153,8 +155,8 @@ def create_app(settings: Settings) -> faust.App:
         if reason is None:
             placement = place(bodies, message.partition, topics.ingest.partitions, event.key, event.value,
                               _headers(message.headers))
-            for partition, key, value, headers in placement.elsewhere:
-                await eos.send(event, topics.ingest.name, key, value, partition, headers)
+            for partition, key, value, headers in placement.elsewhere:  # to the owner, on the requests topic
+                await eos.send(event, topics.dependency_requests.name, key, value, partition, headers)
             if placement.handed_on:
                 metrics.HANDED_ON.inc(placement.handed_on)
             for body in placement.here:
@@ -171,6 +173,9 @@ def create_app(settings: Settings) -> faust.App:
             await on_ingest_message(record)
             return
         if record.message.topic == topics.dependency_requests.name:
+            if handed_on_from(record.message.headers) is not None:  # an ingest message (`processors.hand_on`)
+                await on_ingest_message(record)
+                return
             request = orjson.loads(record.value)
             kind = request.get("type")
             if kind == CASCADE:

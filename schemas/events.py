@@ -6,8 +6,9 @@ dead-letter topic.
 
 - Version 2 (`ingest_event_v2.avsc`, what the ingress writes): an `IngestMessage` holds a
   batch's description once and a list of operations (`upsert`, `reject`, `patch`, `delete`),
-  applied in list order. Key: the first operation's `resource_key(...)`; every operation's
-  resource must fall in the message's partition (one resource, one partition, one order).
+  applied in list order. Key: the first operation's `resource_key(...)`. An operation read on
+  another partition than its resource's is handed on there (`processors.hand_on`): one
+  resource, one partition, one order.
 - Version 1 (`ingest_event.avsc`, still accepted from direct producers): one `IngestEvent`
   per record, an upload (`onConflict` upsert or reject). Key: `resource_key(...)`.
 

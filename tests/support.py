@@ -415,15 +415,12 @@ def upload_body(tag: str, n: int) -> dict[str, Any]:
 async def records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
     """Upload tag → {batchId: records} of every committed ingest event, for records whose
     external ids are `<tag>-r<n>` (to the log's end: see `committed_records`)."""
-    from processors.hand_on import handed_on_from
     from schemas.events import decode_ingest_message
     from topics import service_topics
 
     spec = service_topics(settings).ingest
     found: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for record in await committed_records(settings.bootstrap_servers, spec.name, spec.partitions):
-        if handed_on_from(record.headers) is not None:
-            continue  # a worker's copy of a misplaced message on its owner partition
         for event in decode_ingest_message(record.value, record.headers):
             found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
     return {tag: dict(batches) for tag, batches in found.items()}

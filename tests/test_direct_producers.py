@@ -52,13 +52,13 @@ def _define(client: TestClient) -> str:
 
 
 async def _produce(settings: Settings, messages: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
-                   partition: int | None = None) -> None:
+                   partition: int | None = None, topic: str | None = None) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
     await producer.start()
     try:
         for key, value, headers in messages:
-            await producer.send_and_wait(service_topics(settings).ingest.name, value, key=key, headers=headers,
-                                         partition=partition)
+            await producer.send_and_wait(topic or service_topics(settings).ingest.name, value, key=key,
+                                         headers=headers, partition=partition)
     finally:
         await producer.stop()
 
@@ -247,15 +247,17 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     invalid = _batch(definition_id, [{"id": "v1", "name": "ok"}, {"id": "v2", "name": 5}, {"id": "v3", "zip": "x"}])
     wrong_key = build_ingest_batch_v1("partner-a", "tenant-1", definition_id, [("k1", {"id": "k1", "name": "n"})])
     wrong_key_messages = [(b"not/the/resource/key", wrong_key.messages[0][1], wrong_key.messages[0][2])]
-    # Handed on by a worker (`processors.hand_on`) yet still not on its owner partition: the
-    # workers disagree on the partition count. It fails rather than travel on.
+    # Handed on by a worker (`processors.hand_on`: on the dependency-requests topic) yet still
+    # not on its owner partition, as a worker with another partition count would: it fails
+    # rather than travel on.
     misplaced_twice = _batch(definition_id, [{"id": "k2", "name": "n"}])
     k2, k2_value, k2_headers = misplaced_twice.messages[0]
     partitions = service_topics(settings).ingest.partitions
     elsewhere = (partition_for(k2, partitions) + 1) % partitions
     asyncio.run(_produce(settings, [*_messages(unknown), *_messages(out_of_range), *_messages(invalid),
                                     *wrong_key_messages]))
-    asyncio.run(_produce(settings, [(k2, k2_value, [*k2_headers, (HANDED_ON_HEADER, b"0")])], partition=elsewhere))
+    asyncio.run(_produce(settings, [(k2, k2_value, [*k2_headers, (HANDED_ON_HEADER, b"0")])], partition=elsewhere,
+                         topic=service_topics(settings).dependency_requests.name))
 
     data = wait_terminal(ingress, unknown.batch_id, headers)
     assert data["status"] == "failed" and data["errors"]["summary"] == {"SCHEMA_NOT_FOUND": 1}
