@@ -9,9 +9,9 @@ Three limits, checked before anything is published:
   once, then one record every 60/Q s. A write that comes up to `PACE_S` early is held that long
   and then taken (its 202 comes later); earlier: 429. With B = Q, `q=Q;w=60` means what clients
   of window-style limits expect: Q records at any moment after a quiet minute. A small B (one
-  batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers never
-  queue other tenants' records behind its bursts (README, Quotas: the fairness figures of both). The state is one time per tenant,
-  its *theoretical arrival time*, folded by every ingress from the batch registrations on the
+  batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers
+  never queue other tenants' records behind its bursts (README, Benchmarks: fairness with
+  both). The state is one time per tenant, its *theoretical arrival time*, folded by every ingress from the batch registrations on the
   batch-events topic (`state.batches`), so every ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
   processing, from the same store. Over it: 429.

@@ -39,7 +39,7 @@ from schemas.definitions import Definition
 from processors.dead_letters import dead_letter_headers
 from processors.event_checks import unusable_batch
 from processors.hand_on import handed_on_from, place
-from schemas.events import UndecodableEvent, decode_ingest_message
+from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from schemas.registry import SchemaRegistry
 from state.resource_keys import ResourceKeys
 from topics.definitions import service_topics
@@ -142,9 +142,9 @@ def create_app(settings: Settings) -> faust.App:
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists,
                                   topics.ingest.partitions)
 
-    async def on_ingest_message(event: faust.EventT) -> None:
+    async def on_ingest_message(event: faust.EventT, copy: bool = False) -> None:
         """Decode and attribute an ingest message's operations (handing on those of another
-        partition), or send it to the dead letters."""
+        partition, unless it is a `copy` handed on here), or send it to the dead letters."""
         try:
             bodies = decode_ingest_message(event.value, event.message.headers)
             reason = next((f"operation {n}: {r}" if len(bodies) > 1 else r
@@ -153,14 +153,18 @@ def create_app(settings: Settings) -> faust.App:
             reason = str(exc)
         message = event.message
         if reason is None:
+            if copy:  # handed on to this partition: it is not handed on again, and its owner is checked
+                for key, body in zip(operation_keys(bodies), bodies):
+                    await processor.on_ingest(event, body, key, placed=False)
+                return
             placement = place(bodies, message.partition, topics.ingest.partitions, event.key, event.value,
                               _headers(message.headers))
             for partition, key, value, headers in placement.elsewhere:  # to the owner, on the requests topic
                 await eos.send(event, topics.dependency_requests.name, key, value, partition, headers)
             if placement.handed_on:
                 metrics.HANDED_ON.inc(placement.handed_on)
-            for body in placement.here:
-                await processor.on_ingest(event, body)
+            for key, body in placement.here:
+                await processor.on_ingest(event, body, key, placed=True)
             return
         log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
         headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
@@ -174,7 +178,7 @@ def create_app(settings: Settings) -> faust.App:
             return
         if record.message.topic == topics.dependency_requests.name:
             if handed_on_from(record.message.headers) is not None:  # an ingest message (`processors.hand_on`)
-                await on_ingest_message(record)
+                await on_ingest_message(record, copy=True)
                 return
             request = orjson.loads(record.value)
             kind = request.get("type")

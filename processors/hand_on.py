@@ -25,9 +25,11 @@ order it sent them.
 A message whose operations all belong to one other partition goes on as it is (its key,
 bytes and headers: either version, framed or not). A version-2 message mixing partitions is
 split: the operations of this partition apply here, each other partition's go on together as
-one version-2 message, in their order. A handed-on message carries `HANDED_ON_HEADER` (which
-tells it from the requests topic's own JSON messages), and is never handed on a second time: if it is still misplaced, the workers disagree on the ingest
-topic's partition count, and its operations fail (`processors.resources`) instead of looping.
+one version-2 message, in their order. A copy carries `HANDED_ON_HEADER`, which tells it from
+the requests topic's own JSON messages, and is never handed on a second time (`place` is for
+messages of the ingest topic only): if it is still misplaced, the workers disagree on the
+ingest topic's partition count, and its operations fail (`processors.resources`) instead of
+looping.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.events import PLAN_HEADER, VERSION_HEADER, Headers, encode_operations, header, resource_key
+from schemas.events import PLAN_HEADER, VERSION_HEADER, Headers, encode_operations, header, operation_keys
 from topics.partitioning import partition_for
 
 HANDED_ON_HEADER = "reach-handed-on-from"  # the partition it was read on, in ASCII digits
@@ -47,33 +49,31 @@ Message = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]  # par
 class Placement:
     """Where the operations of one ingest message apply."""
 
-    here: list[dict[str, Any]]  # to apply on the partition the message was read on, in order
+    here: list[tuple[bytes, dict[str, Any]]]  # (resource key, operation) to apply on this partition, in order
     elsewhere: list[Message]  # to write to their owner partitions (empty: the common case)
     handed_on: int  # operations in `elsewhere`
 
 
 def place(operations: list[dict[str, Any]], partition: int, partitions: int, key: bytes | None,
           value: bytes | None, headers: list[tuple[str, bytes]]) -> Placement:
-    """Split a decoded message (`operations`, read on `partition` of an ingest topic of
-    `partitions` partitions, as `key`, `value`, `headers`) into what applies here and what
-    goes on to another partition."""
-    if header(headers, HANDED_ON_HEADER) is not None:
-        return Placement(operations, [], 0)
-    owners = [partition_for(resource_key(op["partnerId"], op["tenantId"], op["schemaDefinitionId"],
-                                         op["externalId"]), partitions) for op in operations]
+    """Split a decoded message of the ingest topic (`operations`, read on `partition` of
+    `partitions`, as `key`, `value`, `headers`) into what applies here — each operation with
+    its resource key, on its owner partition — and what goes on to another partition."""
+    keys = operation_keys(operations)
+    owners = [partition_for(k, partitions) for k in keys]
     if all(owner == partition for owner in owners):
-        return Placement(operations, [], 0)
+        return Placement(list(zip(keys, operations)), [], 0)
     stamp = (HANDED_ON_HEADER, str(partition).encode())
     if all(owner == owners[0] for owner in owners):
         return Placement([], [(owners[0], key, value, [*headers, stamp])], len(operations))
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for op, owner in zip(operations, owners):
-        groups.setdefault(owner, []).append(op)
+    groups: dict[int, list[tuple[bytes, dict[str, Any]]]] = {}
+    for op_key, op, owner in zip(keys, operations, owners):
+        groups.setdefault(owner, []).append((op_key, op))
     here = groups.pop(partition, [])
     kept = [h for h in headers if h[0] not in (VERSION_HEADER, PLAN_HEADER)]  # a producer's own, e.g. tracing
     elsewhere: list[Message] = []
-    for owner, ops in groups.items():
-        op_key, op_value, op_headers = encode_operations(ops)
+    for owner, keyed in groups.items():
+        op_key, op_value, op_headers = encode_operations([op for _, op in keyed])
         elsewhere.append((owner, op_key, op_value, [*kept, *op_headers, stamp]))
     return Placement(here, elsewhere, len(operations) - len(here))
 

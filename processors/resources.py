@@ -56,7 +56,7 @@ from schemas.batch_events import (
     outcome_entry,
 )
 from schemas.definitions import Definition
-from schemas.events import resource_key, resource_key_parts
+from schemas.events import resource_key_parts
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 from topics.partitioning import partition_for
@@ -101,10 +101,10 @@ class ResourceProcessor:
 
     # -- inputs --------------------------------------------------------------------------
 
-    async def on_ingest(self, event: faust.EventT, body: Body) -> None:
-        """One operation of an ingest message (a message of version 2 may hold several)."""
-        key = resource_key(body["partnerId"], body["tenantId"], body["schemaDefinitionId"], body["externalId"])
-        failure = await self._event_failure(event, key, body)
+    async def on_ingest(self, event: faust.EventT, body: Body, key: bytes, placed: bool) -> None:
+        """One operation of an ingest message (a message of version 2 may hold several) of the
+        resource `key`; `placed`: known to be on its owner partition (`processors.hand_on`)."""
+        failure = await self._event_failure(event, key, body, placed)
         if failure is not None:
             await self._emit(event, body, failure)
             return
@@ -398,7 +398,7 @@ class ResourceProcessor:
         return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
                                            f"{definition.name if definition else definition_id}/{external_id}")
 
-    async def _event_failure(self, event: faust.EventT, key: bytes, body: Body) -> Outcome | None:
+    async def _event_failure(self, event: faust.EventT, key: bytes, body: Body, placed: bool) -> Outcome | None:
         """What makes an event fail before it may even wait (direct producers skip the ingress)."""
         definition = await self.definition_of(body)
         if definition is None or (definition.deactivatedAt is not None
@@ -411,10 +411,12 @@ class ResourceProcessor:
         if body.get("version") == 1 and event.key != key:
             return Outcome(FAILED, VALIDATION_FAILED,
                            f"resources[{body['recordIndex']}]: the message key must be {key.decode()!r}")
+        if placed:
+            return None
         partition = partition_for(key, self.partitions)
         if partition != event.message.partition:
-            # Only a handed-on event gets here (`processors.hand_on`), and it is not handed on
-            # twice: applied here, it could overtake the resource's other writes.
+            # A copy handed on here (`processors.hand_on`) is not handed on twice: applied
+            # here, it could overtake the resource's other writes.
             return Outcome(FAILED, VALIDATION_FAILED,
                            f"resources[{body['recordIndex']}]: the resource {key.decode()!r} belongs to partition "
                            f"{partition} of {self.partitions}, not {event.message.partition}, where partition "

@@ -74,6 +74,15 @@ def resource_key(partner_id: str, tenant_id: str, schema_definition_id: str, ext
                     for p in (partner_id, tenant_id, schema_definition_id, external_id)).encode()
 
 
+def operation_keys(operations: list[dict[str, Any]]) -> list[bytes]:
+    """`resource_key` of each operation of one decoded message (its operations share partner,
+    tenant and definition: that part is encoded once)."""
+    first = operations[0]
+    prefix = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], "").decode()
+    return [(prefix + (x if _UNRESERVED(x := op["externalId"]) else quote(x, safe=""))).encode()
+            for op in operations]
+
+
 def resource_key_parts(key: bytes) -> tuple[str, str, str, str]:
     """The partner, tenant, schema definition id and external id of a resource key; ValueError
     if `key` is not one."""

@@ -1,6 +1,7 @@
 """Where the operations of an ingest message apply (`processors.hand_on.place`), without a broker:
 on the partition they were read on, or handed on to their owner partition — as they came, or
-split per owner — and never handed on twice."""
+split per owner. (A copy that is still misplaced fails rather than travel on:
+`tests/test_direct_producers.py`.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from schemas.events import (
     build_ingest_batch_v1,
     decode_ingest_message,
     header,
+    operation_keys,
     resource_key,
 )
 from topics.partitioning import partition_for
@@ -40,7 +42,8 @@ def test_operations_of_their_own_partition_apply_where_they_were_read() -> None:
     (key, value, headers), = batch.messages
     ops = decode_ingest_message(value, headers)
     placement = place(ops, 2, PARTITIONS, key, value, headers)
-    assert (placement.here, placement.elsewhere, placement.handed_on) == (ops, [], 0)
+    keys = [resource_key("p", "t", "d", op["externalId"]) for op in ops]
+    assert (placement.here, placement.elsewhere, placement.handed_on) == (list(zip(keys, ops)), [], 0)
 
 
 def test_a_message_wholly_of_another_partition_goes_on_as_it_came_stamped_with_its_source() -> None:
@@ -67,7 +70,8 @@ def test_a_message_mixing_partitions_is_split_per_owner_in_order_with_plans_and_
     ops = decode_ingest_message(value, headers)
     placement = place(ops, 0, PARTITIONS, key, value, headers)
 
-    assert [op["externalId"] for op in placement.here] == [i for i in ids if _owner(i) == 0]
+    assert [op["externalId"] for _, op in placement.here] == [i for i in ids if _owner(i) == 0]
+    assert all(key == resource_key("p", "t", "d", op["externalId"]) for key, op in placement.here)
     assert placement.handed_on == 5 and sorted(p for p, *_ in placement.elsewhere) == [1, 2]
     for partition, out_key, out_value, out_headers in placement.elsewhere:
         again = decode_ingest_message(out_value, out_headers)
@@ -81,10 +85,13 @@ def test_a_message_mixing_partitions_is_split_per_owner_in_order_with_plans_and_
     assert ("reach-event-version", INGEST_HEADERS[0][1]) in placement.elsewhere[0][3]
 
 
-def test_a_handed_on_message_still_misplaced_is_not_handed_on_again() -> None:
-    batch = build_ingest_batch("p", "t", "d", [(i, {"id": i}) for i in _ids_on(3, 2)], partitions=PARTITIONS)
-    (key, value, headers), = batch.messages
-    headers = [*headers, (HANDED_ON_HEADER, b"0")]
-    ops = decode_ingest_message(value, headers)
-    placement = place(ops, 1, PARTITIONS, key, value, headers)
-    assert (placement.here, placement.elsewhere, placement.handed_on) == (ops, [], 0)
+def test_operation_keys_are_the_resource_keys_whatever_the_characters_of_an_id() -> None:
+    ids = ["plain-1", "with/slash", "sp ace", "ünï", "100%", "a.b~c_d", ""]
+    batch = build_ingest_batch("part ner", "t/1", "d", [(i, None) for i in ids], op="delete")
+    ops = [op for _, value, headers in batch.messages for op in decode_ingest_message(value, headers)]
+    for op in ops:
+        assert operation_keys([op]) == [resource_key("part ner", "t/1", "d", op["externalId"])]
+    whole = build_ingest_batch("part ner", "t/1", "d", [(i, None) for i in ids], op="delete", partitions=1)
+    (_, value, headers), = whole.messages
+    assert operation_keys(decode_ingest_message(value, headers)) == [resource_key("part ner", "t/1", "d", i)
+                                                                     for i in ids]
