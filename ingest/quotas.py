@@ -11,8 +11,9 @@ Three limits, checked before anything is published:
   of window-style limits expect: Q records at any moment after a quiet minute. A small B (one
   batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers
   never queue other tenants' records behind its bursts (README, Benchmarks: fairness with
-  both). The state is one time per tenant, its *theoretical arrival time*, folded by every ingress from the batch registrations on the
-  batch-events topic (`state.batches`), so every ingress counts what all of them accepted.
+  both). The state is one time per tenant, its *theoretical arrival time*, folded by every
+  ingress from the batch registrations on the batch-events topic (`state.batches`), so every
+  ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
   processing, from the same store. Over it: 429.
 - **The workers' backlog** (`Settings.max_backlog_records`): records accepted that no worker

@@ -4,9 +4,9 @@ One agent, `apply_records`, consumes three co-partitioned topics keyed by resour
 ingest topic, dependency requests ("R waits for this resource"; also ingest messages handed on
 from another partition) and dependency notices ("what R waits for exists now", expiry ticks).
 Per record: decode → on another partition than its resource's? hand it on there
-(`processors.hand_on`) → definition (schema
-registry) → checks → references present? → apply to the `resources` table → publish the
-resource and the record's outcome; or hold the record pending (`processors.resources`).
+(`processors.hand_on`) → definition (schema registry) → checks → references present? → apply
+to the `resources` table → publish the resource and the record's outcome; or hold the record
+pending (`processors.resources`).
 Requests and creations of one resource meet on its partition (`processors.dependencies`).
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by

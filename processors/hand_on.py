@@ -73,8 +73,8 @@ def place(operations: list[dict[str, Any]], partition: int, partitions: int, key
     kept = [h for h in headers if h[0] not in (VERSION_HEADER, PLAN_HEADER)]  # a producer's own, e.g. tracing
     elsewhere: list[Message] = []
     for owner, keyed in groups.items():
-        op_key, op_value, op_headers = encode_operations([op for _, op in keyed])
-        elsewhere.append((owner, op_key, op_value, [*kept, *op_headers, stamp]))
+        op_value, op_headers = encode_operations([op for _, op in keyed])
+        elsewhere.append((owner, keyed[0][0], op_value, [*kept, *op_headers, stamp]))
     return Placement(here, elsewhere, len(operations) - len(here))
 
 

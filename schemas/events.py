@@ -164,18 +164,21 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
 _MESSAGE_FIELDS = tuple(f["name"] for f in INGEST_MESSAGE_SCHEMA["fields"] if f["name"] != "operations")
 
 
-def encode_operations(operations: list[dict[str, Any]]) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """One version-2 message (key, value, headers) of `operations`: operations of one batch in
-    the per-operation form of `decode_ingest_message`, in the order they apply. Key: the first
-    operation's resource; the delete plans of those that have one go in `PLAN_HEADER`."""
+def encode_operations(operations: list[dict[str, Any]]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The value and headers of one version-2 message of `operations`: operations of one batch
+    in the per-operation form of `decode_ingest_message`, in the order they apply (its key is
+    the first one's resource key)."""
     first = operations[0]
     value = encode_ingest_message({**{name: first[name] for name in _MESSAGE_FIELDS}, "operations": [
         {"recordIndex": op["recordIndex"], "externalId": op["externalId"], "op": op["op"], "data": op["data"]}
         for op in operations]})
-    plans = {str(op["recordIndex"]): op["plan"] for op in operations if op.get("plan") is not None}
-    headers = [*INGEST_HEADERS, (PLAN_HEADER, orjson.dumps(plans))] if plans else list(INGEST_HEADERS)
-    key = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], first["externalId"])
-    return key, value, headers
+    return value, _message_headers({str(op["recordIndex"]): op["plan"] for op in operations
+                                    if op.get("plan") is not None})
+
+
+def _message_headers(plans: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The headers of a version-2 message whose deletes have these plans (by record index)."""
+    return [*INGEST_HEADERS, (PLAN_HEADER, orjson.dumps(plans))] if plans else list(INGEST_HEADERS)
 
 
 def _unframe(payload: bytes, version: bytes | None) -> tuple[bytes, bytes]:
@@ -260,9 +263,8 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
     def close(group: _Group) -> None:
         # An array of one block of n items, then the empty block that ends it.
         value = b"".join((head, _long(len(group.operations)), *group.operations, b"\x00"))
-        found = {str(i): plans[i] for i in group.indexes if i in plans}
-        headers = [*INGEST_HEADERS, (PLAN_HEADER, orjson.dumps(found))] if found else list(INGEST_HEADERS)
-        messages.append((group.key, value, headers))
+        messages.append((group.key, value, _message_headers({str(i): plans[i] for i in group.indexes
+                                                             if i in plans})))
 
     open_groups: dict[int, _Group] = {}
     for index, (external_id, record) in enumerate(records):
