@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from reach.config import PROJECT_ROOT, Settings
@@ -349,6 +349,25 @@ async def committed_records(bootstrap: str, topic: str, partitions: int, timeout
         return records
     finally:
         await consumer.stop()
+
+
+PlacedMessage = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]  # key, value, headers, partition
+
+
+async def produce_placed(settings: Settings, messages: list[PlacedMessage]) -> None:
+    """Write `messages` to the ingest topic as a direct producer would, each on the partition it
+    names (whatever its key hashes to), in order; idempotent, acks=all."""
+    from topics import service_topics
+
+    topic = service_topics(settings).ingest.name
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers, partition in messages:
+            await producer.send(topic, value, key=key, headers=headers, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 async def committed_outcomes(settings: Settings) -> collections.Counter[tuple[str, int]]:

@@ -30,6 +30,7 @@ from tests.support import (
     bearer,
     committed_outcomes,
     partner_token,
+    produce_placed,
     settings_env,
     tenant_token,
     wait_terminal,
@@ -150,24 +151,12 @@ def test_any_partitioner_works_each_record_applied_once_and_in_order_per_resourc
     rounds = [_batch(definition_id, [{"id": f"o{i}", "name": f"round {r}", f"r{r}": i} for i in range(20)],
                      ignore_unknown_fields=True) for r in range(3)]
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
-        await producer.start()
-        topic = service_topics(settings).ingest.name
-        try:
-            for n, (key, value, message_headers) in enumerate(round_robin.messages):
-                await producer.send(topic, value, key=key, headers=message_headers, partition=n % partitions)
-            await producer.send(topic, mixed_value, key=mixed_key, partition=0,
-                                headers=[("traceparent", b"00-4bf92f3577b34da6-01"), *mixed_headers])
-            for batch in rounds:
-                for key, value, message_headers in batch.messages:
-                    await producer.send(topic, value, key=key, headers=message_headers,
-                                        partition=(partition_for(key, partitions) + 1) % partitions)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(produce_placed(settings, [
+        *((key, value, message_headers, n % partitions)
+          for n, (key, value, message_headers) in enumerate(round_robin.messages)),
+        (mixed_key, mixed_value, [("traceparent", b"00-4bf92f3577b34da6-01"), *mixed_headers], 0),
+        *((key, value, message_headers, (partition_for(key, partitions) + 1) % partitions)
+          for batch in rounds for key, value, message_headers in batch.messages)]))
     for batch, total in ((round_robin, 40), (mixed, 30), *((b, 20) for b in rounds)):
         data = wait_terminal(ingress, batch.batch_id, headers)
         assert (data["status"], data["progress"]["successfulRecords"]) == ("success", total), data

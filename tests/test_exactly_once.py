@@ -21,7 +21,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
 from starlette.testclient import TestClient
 
 from reach.config import Settings
@@ -33,6 +32,7 @@ from tests.support import (
     explained_by,
     free_port,
     partner_token,
+    produce_placed,
     tenant_token,
     wait_terminal,
     wait_until,
@@ -150,18 +150,7 @@ def _produce_misplaced(settings: Settings, definition_id: str, expected: Expecte
     messages += [(key, value, headers, n % partitions) for n, (key, value, headers) in enumerate(round_robin.messages)]
     messages += [(key, value, headers, 0) for key, value, headers in mixed.messages]
 
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, enable_idempotence=True, acks="all")
-        await producer.start()
-        try:
-            for key, value, headers, partition in messages:
-                await producer.send(service_topics(settings).ingest.name, value, key=key, headers=headers,
-                                    partition=partition)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    asyncio.run(produce())
+    asyncio.run(produce_placed(settings, messages))
     for batch in rounds:
         expected[batch.batch_id] = Expect(MISPLACED_IDS, MISPLACED_IDS, {}, direct=True)
     expected[round_robin.batch_id] = Expect(ROUND_ROBIN, ROUND_ROBIN, {}, direct=True)
