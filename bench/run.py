@@ -151,7 +151,7 @@ class Stack:
         self.settings = replace(
             Settings(), bootstrap_servers=external or (self.broker.bootstrap if self.broker else ""),
             external_broker=True, topic_prefix=prefix, app_id=f"{prefix}-worker", data_dir=workdir / "data",
-            http_port=free_port(), worker_web_port=free_port(),
+            http_port=free_port(), worker_web_port=free_port(), reader_urls=(f"http://127.0.0.1:{free_port()}",),
             partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!",
                              "bulk": "bulk-secret-long-enough-for-hs256-signing!!"})
         if ingress_processes is not None:
@@ -166,8 +166,11 @@ class Stack:
             self.broker.start()
             print(f"broker up in {time.monotonic() - started:.1f}s on {self.broker.bootstrap}", flush=True)
         asyncio.run(create_topics(self.settings.bootstrap_servers, service_topics(self.settings).all()))
+        self.reader = ServiceProcess(["-m", "state.reader"], self.settings, self.workdir / "reader.log").start()
         self.ingress = ServiceProcess(["-m", "ingest.server"], self.settings, self.workdir / "ingress.log").start()
         self.worker = ServiceProcess(["-m", "processors.worker"], self.settings, self.workdir / "worker.log").start()
+        wait_until(lambda: httpx.get(f"{self.settings.reader_urls[0]}/health", timeout=3).status_code == 200, 90,
+                   what="the reader")
         wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.settings.worker_web_port}/state/resources",
                                      params={"key": "-"}, timeout=3).status_code == 200, 90, what="the worker")
@@ -187,8 +190,8 @@ class Stack:
         wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
 
     def cpu_share(self, **more: list[int]) -> CpuShare:
-        """Start counting the CPU of the worker, the ingress's processes, the broker and this client."""
-        pids = {"worker": [self.worker.proc.pid],
+        """Start counting the CPU of the worker, the reader, the ingress's processes, the broker and this client."""
+        pids = {"worker": [self.worker.proc.pid], "reader": [self.reader.proc.pid],
                 "ingress": [self.ingress.proc.pid, *children_of(self.ingress.proc.pid)],
                 "client": [os.getpid()], **more}
         if self.broker is not None and self.broker.pid() is not None:
@@ -197,9 +200,10 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
-                        "ingress_processes": self.settings.ingress_processes}
+                        "reader": vm_hwm_mb(self.reader.proc.pid), "ingress_processes": self.settings.ingress_processes}
         self.worker.stop()
         self.ingress.stop()
+        self.reader.stop()
         if self.broker is not None:
             self.broker.stop()
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
@@ -27,11 +26,10 @@ from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.openapi import openapi
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
-from schemas.references import references_of
 from schemas.registry import SchemaRegistry
 from schemas.subjects import Subjects
 from state.batches import BatchStore
-from state.resources import ResourceStore
+from state.remote import ReaderUnavailable, ResourceReads
 from topics import service_topics
 
 log = logging.getLogger(__name__)
@@ -75,6 +73,15 @@ async def kafka_unreachable(request: Request, exc: Exception) -> Response:
     return ApiError(503, "Kafka is not reachable; retry later").response()
 
 
+async def reader_unavailable(request: Request, exc: Exception) -> Response:
+    """A read whose reader (`state.reader`) did not answer: the client may retry shortly."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    response = ApiError(503, "the resources are not readable at the moment (a reader does not answer); "
+                             "retry shortly").response()
+    response.headers["Retry-After"] = str(ReaderUnavailable.retry_after_s)
+    return response
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if request.url.path.startswith(schema_registry.PREFIX + "/"):
@@ -92,18 +99,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 def ingress_state_dir(settings: Settings) -> Path:
     """Where this ingress keeps its read models on disk (one folder per ingress id)."""
     return settings.data_dir / "ingress" / settings.ingress_id
-
-
-def stored_references(registry: SchemaRegistry) -> Callable[[dict[str, Any]], list[str]]:
-    """The references of a resource stored before workers kept them with it, from its definition
-    (the registry starts before the resources are read)."""
-    def references(resource: dict[str, Any]) -> list[str]:
-        definition = registry.get(resource["platformId"], resource["schemaDefinitionId"])
-        if definition is None or not definition.referenceFields:
-            return []
-        return [r.key.decode() for r in references_of(resource["data"], definition, resource["platformId"],
-                                                      resource["businessId"])]
-    return references
 
 
 def claim_stale_s(settings: Settings) -> float:
@@ -145,9 +140,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             state.admission = Admission(settings, state.batches)
             state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.batches)
             parts.append(state.claims)
-            state.resources = ResourceStore(settings.bootstrap_servers, topics.resources.name,
-                                            folder / "resources", wait_s,
-                                            references_of=stored_references(state.registry))
+            # Resources are read from the readers (`state.reader`): the ingress keeps no copy.
+            state.resources = ResourceReads(settings.reader_urls, topics.resources.partitions,
+                                            timeout_s=wait_s + 5)
             parts.append(state.resources)
             for part in parts:
                 await part.start()
@@ -175,7 +170,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error,
                             schema_registry.RegistryError: schema_registry.registry_error,
-                            TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable},
+                            TimeoutError: kafka_unreachable, KafkaError: kafka_unreachable,
+                            ReaderUnavailable: reader_unavailable},
         middleware=[Middleware(MetricsMiddleware), Middleware(RateLimitHeaders)],
         lifespan=lifespan,
     )

@@ -1,7 +1,7 @@
 """Batch deletes: `DELETE /api/resources/{schema}/batch` (API.md 6a), its dry run and deleteAll.
 
 What a delete will do is decided by the workers, on each resource's partition, in order with
-every other write of it. The ingress reads the same state (`state.resources`, reverse index
+every other write of it. The ingress reads the same state (`state.remote`, reverse index
 included) to answer a dry run and to tell each delete which referrers the request deletes too:
 
 - with `cascade`: the named resources and, transitively, everything that references them;
@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,7 +32,7 @@ from ingest.batches import find_definition, json_object, names, publish_accepted
 from ingest.responses import ApiError, ok
 from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
-from state.resources import ResourceStore
+from state.remote import ResourceReads
 
 @dataclass(frozen=True)
 class DeleteRequest:
@@ -79,20 +78,22 @@ def delete_request(body: bytes) -> DeleteRequest:
                          parsed.get("dryRun") is True)
 
 
-def plan(store: ResourceStore, named: list[bytes], cascade: bool, count: bool = True) -> DeletePlan:
-    """What deleting the resources `named` (keys, in request order) does on `store`'s state.
+async def plan(store: ResourceReads, named: list[bytes], cascade: bool, count: bool = True,
+               sync: bool | str = True) -> DeletePlan:
+    """What deleting the resources `named` (keys, in request order) does on `store`'s state
+    (`sync`: as `ResourceReads`).
     Without `count` (a real run needs only `told`), absent named resources are not looked for:
     they reference nothing and nothing listed references them."""
     result = DeletePlan()
     unique = list(dict.fromkeys(named))
-    existing = [k for k, found in zip(unique, store.exist(unique)) if found] if count else unique
+    existing = [k for k, found in zip(unique, await store.exist(unique, sync)) if found] if count else unique
     if cascade:
         named_set = set(existing)
         seen = set(existing)
         result.deleted = list(existing)
         frontier = list(existing)
         while frontier:  # breadth first, each resource once
-            found = store.referrers_of_many(frontier)
+            found = await store.referrers_of_many(frontier, sync)
             frontier = []
             for key in found:
                 for referrer in found[key]:
@@ -103,7 +104,7 @@ def plan(store: ResourceStore, named: list[bytes], cascade: bool, count: bool = 
                         result.deleted.append(referrer)
                         frontier.append(referrer)
         return result
-    referrers = store.referrers_of_many(existing)
+    referrers = await store.referrers_of_many(existing, sync)
     kept = {key for key, found in referrers.items() if any(r not in referrers for r in found)}
     cycle_of = _cycles({key: found for key, found in referrers.items() if key not in kept})
     sizes = Counter(cycle_of.values())
@@ -181,26 +182,22 @@ async def delete_batch(request: Request) -> Response:
     if replay is not None:
         return replay
     body = delete_request(raw)
-    store: ResourceStore = state.resources
-    try:
-        await store.sync()  # the state as of every write committed before this request
-    except (TimeoutError, KafkaError):
-        if body.dry_run or body.delete_all:
-            raise ApiError(503, "this ingress's view of the resources is behind the workers' writes; "
-                                "retry shortly; nothing was enqueued") from None
-        # A plan on a view a moment old is still safe: it only makes a delete wait for
-        # referrers that the request names.
+    store: ResourceReads = state.resources
+    # The state as of every write committed before this request. A real delete by external id
+    # may be planned on a state a moment old if a reader cannot catch up in time: it only makes
+    # a delete wait for referrers that the request names.
+    sync: bool | str = True if body.dry_run or body.delete_all else "try"
     if body.delete_all:
-        count = store.count(partner_id, tenant_id, definition.id)
+        count = await store.count(partner_id, tenant_id, definition.id)
         most = min(state.settings.delete_all_max, MAX_DELETE_RECORDS)
         if count > most and not body.dry_run:
             raise ApiError(400, f"deleteAll deletes at most {most:,} resources in one request "
                                 f"(REACH_DELETE_ALL_MAX); {definition.name} has {count:,}: delete by external id in "
                                 "batches of 1000 (reach delete --ids-file); nothing was enqueued")
-    ids = list(store.external_ids(partner_id, tenant_id, definition.id)) if body.delete_all else body.external_ids
+    ids = await store.external_ids(partner_id, tenant_id, definition.id) if body.delete_all else body.external_ids
     named = [resource_key(partner_id, tenant_id, definition.id, x) for x in ids]
     if body.dry_run:
-        result = plan(store, named, body.cascade)
+        result = await plan(store, named, body.cascade)
         name_of = names(state, partner_id)
         would: Counter[str] = Counter()
         for key in result.deleted:
@@ -210,7 +207,7 @@ async def delete_batch(request: Request) -> Response:
                    "skippedDueToReferences": result.skipped, "totalRecords": len(result.deleted)},
                   "Dry run: nothing was deleted")
     plans: dict[int, dict[str, Any]] = {}
-    told = plan(store, named, body.cascade, count=False).told
+    told = (await plan(store, named, body.cascade, count=False, sync=sync)).told
     for index, key in enumerate(named):
         if key in told:
             plans[index] = told.pop(key)  # its first naming only

@@ -70,8 +70,7 @@ async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[
         code = detail.get("code") or "FAILED"
         message = (detail.get("message") or code).replace("resources[0]", "data", 1)
         raise ApiError(_STATUS_OF_CODE.get(code, 400), message, [message], data={"batchId": meta.batchId, "code": code})
-    await state.resources.sync()
-    return state.resources.get(meta.partnerId, meta.tenantId, meta.schemaDefinitionId, external_id)
+    return await state.resources.get(meta.partnerId, meta.tenantId, meta.schemaDefinitionId, external_id)
 
 
 async def create(request: Request) -> Response:

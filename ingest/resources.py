@@ -33,25 +33,19 @@ async def get_resource(request: Request) -> Response:
     unknown = [f for f in include if f not in by_field]
     if unknown:
         raise ApiError(400, f"include names fields that are not references of {definition.name}: {', '.join(unknown)}")
-    await state.resources.sync()
     external_id = request.path_params["external_id"]
-    resource = state.resources.get(principal.partner_id, principal.tenant_id, definition.id, external_id)
+    resource = await state.resources.get(principal.partner_id, principal.tenant_id, definition.id, external_id)
     if resource is None:
         raise ApiError(404, "Resource not found")
-    included: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
+    wanted: dict[tuple[str, str], None] = {}  # in order, each once
     for name in include:
         field = by_field[name]
         value = resource["data"].get(name)
-        targets = value if isinstance(value, list) else [value]
-        for target in targets:
-            if target is None or (field.target_id, str(target)) in seen:
-                continue
-            seen.add((field.target_id, str(target)))
-            found = state.resources.get(principal.partner_id, principal.tenant_id, field.target_id, str(target))
-            if found is not None:
-                included.append(resource_view(found))
-    return ok({"result": resource_view(resource), "included": included})
+        for target in value if isinstance(value, list) else [value]:
+            if target is not None:
+                wanted[(field.target_id, str(target))] = None
+    found = await state.resources.get_many(principal.partner_id, principal.tenant_id, list(wanted)) if wanted else []
+    return ok({"result": resource_view(resource), "included": [resource_view(r) for r in found if r is not None]})
 
 
 async def list_resources(request: Request) -> Response:
@@ -60,8 +54,7 @@ async def list_resources(request: Request) -> Response:
     definition = await find_definition(request, principal.partner_id)
     limit = page_limit(request.query_params)
     after = decode_cursor(request.query_params.get("cursor"))
-    await state.resources.sync()
-    page, total, has_next = state.resources.page(principal.partner_id, principal.tenant_id, definition.id, after, limit)
+    page, total, has_next = await state.resources.page(principal.partner_id, principal.tenant_id, definition.id, after, limit)
     return ok({
         "results": [resource_view(r) for r in page],
         "pagination": {"hasNextPage": has_next, "total": total,

@@ -16,12 +16,14 @@ USAGE = """\
 usage: reach COMMAND
 
   run              the whole service in the foreground: broker (unless KAFKA_BOOTSTRAP_SERVERS
-                   is set), topics, one worker and the ingress; Ctrl-C stops all of it
+                   is set), topics, one worker, the readers and the ingress; Ctrl-C stops all of it
   broker start|stop|status|run
                    the local dev Kafka broker
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
+  reader           one reader: the read models of its share of the partitions
+                   (REACH_READER_INDEX of REACH_READER_URLS), asked by the ingresses
   upload FILE --schema NAME [--tenant T] [--concurrency N] [--batch-size N] [--no-wait] [--json]
                    load a .jsonl/.json/.csv file in batches with a live progress bar, safe
                    retries (Idempotency-Key) and failed records to failed.jsonl (reach upload --help)
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "ingress":
         from ingest.server import main as ingress_main
         ingress_main()
+        return 0
+    if command == "reader":
+        from state.reader import main as reader_main
+        reader_main()
         return 0
     if command == "upload":
         from reach.upload import main as upload_main
@@ -96,10 +102,13 @@ def run_all() -> int:
     # Own process groups: a terminal's Ctrl-C reaches only us, and we stop the parts in order.
     children = [
         subprocess.Popen([sys.executable, "-m", "processors.worker"], env=env, start_new_session=True),
+        *(subprocess.Popen([sys.executable, "-m", "state.reader"], env={**env, "REACH_READER_INDEX": str(i)},
+                           start_new_session=True) for i in range(len(settings.reader_urls))),
         subprocess.Popen([sys.executable, "-m", "ingest.server"], env=env, start_new_session=True),
     ]
     print(f"reach: ingress on http://{settings.http_host}:{settings.http_port}, "
-          f"worker web on :{settings.worker_web_port}; Ctrl-C stops everything", flush=True)
+          f"readers on {', '.join(settings.reader_urls)}, worker web on :{settings.worker_web_port}; "
+          "Ctrl-C stops everything", flush=True)
     code = 0
     while not stop:
         if any(c.poll() is not None for c in children):

@@ -65,6 +65,15 @@ def _overrides(raw: str, default: Quota) -> dict[str, Quota]:
     return found
 
 
+def _urls(name: str, raw: str | None) -> tuple[str, ...]:
+    """A comma-separated list of http(s) base URLs (empty: none given)."""
+    urls = tuple(u.strip().rstrip("/") for u in (raw or "").split(",") if u.strip())
+    bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise ValueError(f"{name} must be comma-separated http:// or https:// URLs (got {', '.join(bad)})")
+    return urls
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a process of the service needs to know about its surroundings."""
@@ -105,6 +114,10 @@ class Settings:
     quota_overrides: dict[str, Quota] = field(default_factory=dict)
     # Uploads are answered 503 while more records than this wait for the workers (None: no bound).
     max_backlog_records: int | None = None
+    # The readers (`state.reader`): reader i serves the read models of the partitions p with
+    # p % len(reader_urls) == i; a reader process is told its index.
+    reader_urls: tuple[str, ...] = ("http://127.0.0.1:8070",)
+    reader_index: int = 0
 
     def quota_for(self, partner_id: str) -> Quota:
         """The quota of each tenant of a partner."""
@@ -147,4 +160,6 @@ class Settings:
             quota=quota,
             quota_overrides=_overrides(overrides, quota) if overrides else {},
             max_backlog_records=_limit("REACH_MAX_BACKLOG_RECORDS", env.get("REACH_MAX_BACKLOG_RECORDS")),
+            reader_urls=_urls("REACH_READER_URLS", env.get("REACH_READER_URLS")) or defaults.reader_urls,
+            reader_index=int(env.get("REACH_READER_INDEX", defaults.reader_index)),
         )

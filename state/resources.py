@@ -28,6 +28,7 @@ import orjson
 from schemas.events import resource_key, resource_key_parts
 from state.store import Changes, StoreConfig
 from state.view import StoredView
+from topics.partitioning import EVERY_PARTITION, Share
 
 Resource = dict[str, Any]
 # The keys a resource stored without `references` names (from its schema definition).
@@ -49,8 +50,9 @@ class ResourceStore(StoredView):
     FORMAT = b"2"  # 2: the reverse index
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
-                 config: StoreConfig = StoreConfig(), references_of: ReferencesOf | None = None) -> None:
-        super().__init__(bootstrap_servers, topic, path, wait_s, config)
+                 config: StoreConfig = StoreConfig(), references_of: ReferencesOf | None = None,
+                 share: Share = EVERY_PARTITION) -> None:
+        super().__init__(bootstrap_servers, topic, path, wait_s, config, share)
         self.references_of = references_of
 
     def fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:

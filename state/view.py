@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from state.store import Changes, CheckpointedStore, StoreConfig
+from topics.partitioning import EVERY_PARTITION, Share
 from topics.view import TopicView
 
 _FORMAT = b"\x00format"
@@ -25,15 +26,21 @@ class StoredView(TopicView):
     FORMAT = b"1"
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
-                 config: StoreConfig = StoreConfig()) -> None:
-        super().__init__(bootstrap_servers, topic, wait_s)
+                 config: StoreConfig = StoreConfig(), share: Share = EVERY_PARTITION) -> None:
+        super().__init__(bootstrap_servers, topic, wait_s, share)
         self.store = CheckpointedStore(path, config)
         found = self.store.get(_FORMAT)
         if found is None and next(self.store.items_from(b"", b""), None) is not None:
             found = b"1"  # written before layouts were marked
+        # A partition this process no longer follows would stay in its lists and counts.
+        foreign = sorted(p for p in self.store.positions() if not share.owns(p))
         if found is not None and found != self.FORMAT:
             log.warning("the store %s has layout %s, not %s: reading %s again from the beginning",
                         path, found.decode(), self.FORMAT.decode(), topic)
+        elif foreign:
+            log.warning("the store %s holds partitions %s of %s, which this process no longer follows: "
+                        "reading its partitions again from the beginning", path, foreign, topic)
+        if (found is not None and found != self.FORMAT) or foreign:
             self.store.close()
             shutil.rmtree(path)
             self.store = CheckpointedStore(path, config)

@@ -22,7 +22,8 @@ from starlette.testclient import TestClient
 from ingest.app import create_app
 
 from reach.config import Settings
-from tests.support import SUMMARY, ServiceProcess, free_port, isolated_settings, unique, wait_worker_ready
+from tests.support import (SUMMARY, ServiceProcess, free_port, isolated_settings, readers, unique,
+                           wait_worker_ready)
 from topics import create_topics, service_topics
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per test request is noise
@@ -79,14 +80,21 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def ingress(settings: Settings) -> Iterator[TestClient]:
-    """An in-process ingress of this test's deployment, its Kafka clients started."""
+def reader(settings: Settings, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
+    """The reader processes of this test's deployment (`state.reader`), answering."""
+    with readers(settings, tmp_path) as processes:
+        yield processes
+
+
+@pytest.fixture
+def ingress(settings: Settings, reader: list[ServiceProcess]) -> Iterator[TestClient]:
+    """An in-process ingress of this test's deployment, its Kafka clients started, with its readers."""
     with TestClient(create_app(settings)) as client:
         yield client
 
 
 @pytest.fixture
-def second_ingress(settings: Settings) -> Iterator[TestClient]:
+def second_ingress(settings: Settings, reader: list[ServiceProcess]) -> Iterator[TestClient]:
     """Another ingress instance of the same deployment (same topics), e.g. for read-your-writes."""
     with TestClient(create_app(replace(settings, ingress_id=unique("ingress")))) as client:
         yield client

@@ -136,6 +136,7 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
         app_id=f"{name}-worker", data_dir=data_dir, http_port=free_port(), worker_web_port=free_port(),
         partner_secrets=dict(PARTNER_SECRETS),
         ingress_processes=1,  # a test that kills "the ingress" kills one process (tests/test_ingress_processes.py: several)
+        reader_urls=(f"http://127.0.0.1:{free_port()}",),
     )
 
 
@@ -163,6 +164,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
                                                          "burstRecords": q.burst_records}
                                                for partner, q in settings.quota_overrides.items()}).decode(),
         "REACH_MAX_BACKLOG_RECORDS": str(settings.max_backlog_records or ""),
+        "REACH_READER_URLS": ",".join(settings.reader_urls),
+        "REACH_READER_INDEX": str(settings.reader_index),
     }
 
 
@@ -273,11 +276,41 @@ def wait_ingress_ready(settings: Settings, timeout_s: float = 60.0) -> str:
     return base
 
 
+def wait_reader_ready(settings: Settings, index: int = 0, timeout_s: float = 60.0) -> None:
+    """Wait until reader `index` of `settings` answers (it has caught up with its partitions)."""
+    url = settings.reader_urls[index]
+    wait_until(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, timeout_s,
+               what=f"reader {index} ({url})")
+
+
+@contextlib.contextmanager
+def readers(settings: Settings, log_dir: Path) -> Iterator[list[ServiceProcess]]:
+    """The reader processes of `settings` (`state.reader`), answering; stopped after, and a reader
+    that exited with an error fails the test."""
+    processes = []
+    try:
+        for index in range(len(settings.reader_urls)):
+            own = replace(settings, reader_index=index)
+            processes.append(ServiceProcess(["-m", "state.reader"], own, log_dir / f"reader{index}.log").start())
+        for index in range(len(processes)):
+            wait_reader_ready(settings, index)
+        yield processes
+    finally:
+        codes = [(p, p.stop()) for p in processes]
+    # uvicorn stops cleanly on SIGTERM, then raises it again (exit status -15); -9: a test killed it.
+    failed = [f"{p.log_path.name} exited with {code}:\n{p.log()[-3000:]}" for p, code in codes
+              if code not in (0, -signal.SIGTERM, -signal.SIGKILL)]
+    assert not failed, "\n".join(failed)
+
+
 @contextlib.contextmanager
 def ingresses(settings: Settings, tmp_path: Path, count: int) -> Iterator[list[str]]:
-    """`count` ingress instances of one deployment, each its own process and port; their base URLs."""
+    """`count` ingress instances of one deployment, each its own process and port, and its readers;
+    their base URLs."""
     processes, bases = [], []
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(readers(settings, tmp_path))
         for n in range(count):
             own = replace(settings, http_port=free_port(), ingress_id=unique(f"ingress{n}"))
             processes.append(ServiceProcess(["-m", "ingest.server"], own, tmp_path / f"ingress{n}.log").start())
@@ -286,6 +319,7 @@ def ingresses(settings: Settings, tmp_path: Path, count: int) -> Iterator[list[s
     finally:
         for process in processes:
             process.stop()
+        stack.close()
 
 
 ORDER_SCHEMA: dict[str, Any] = {"type": "object", "required": ["id"], "properties": {

@@ -1,5 +1,6 @@
-"""The ingress's resources read model on disk (`state.resources`): pages by seek at any depth,
-counts kept per scope, deletes, and a restart that reads on from its checkpoint."""
+"""The resources read model on disk (`state.resources`, what a reader keeps): pages by seek at
+any depth, counts kept per scope, deletes, a store that reopens with its positions (a restarted
+reader: tests/test_readers.py), and a store that no longer matches its share."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
-from starlette.testclient import TestClient
 
-from ingest.app import create_app
-from reach.config import Settings
 from schemas.events import resource_key
 from state.resources import ResourceStore
 from state.store import StoreInUse
-from tests.support import bearer, partner_token, tenant_token, wait_terminal
 
 TOPIC = "resources"
 
@@ -83,27 +80,6 @@ def test_the_store_reopens_with_its_state_and_the_positions_it_reflects(tmp_path
     again.store.close()
 
 
-def test_a_restarted_ingress_reads_on_from_its_checkpoint(settings: Settings, worker: Any) -> None:
-    schema = {"name": "Parcel", "externalIdField": "id",
-              "schema": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}}
-    with TestClient(create_app(settings)) as first:
-        assert first.post("/partner/schema-definitions", json=schema,
-                          headers=bearer(partner_token())).status_code == 200
-        response = first.post("/api/resources/parcel/batch", json={"resources": [{"id": f"r{i}"} for i in range(20)]},
-                              headers=bearer(tenant_token()))
-        assert response.status_code == 202, response.text
-        wait_terminal(first, response.json()["data"]["batchId"], bearer(tenant_token()))
-        assert first.get("/api/resources/parcel/r7", headers=bearer(tenant_token())).status_code == 200
-        reached = {tp.partition: offset for tp, offset in first.app.state.resources._positions.items()}
-    assert sum(reached.values()) > 0
-
-    with TestClient(create_app(settings)) as second:
-        resumed = second.app.state.resources.started_at
-        assert resumed == reached, "the restarted ingress did not read on from where it stopped"
-        listed = second.get("/api/resources/parcel", params={"limit": 100}, headers=bearer(tenant_token())).json()
-        assert listed["data"]["pagination"]["total"] == 20, listed
-
-
 def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path: Path) -> None:
     def key(external_id: str, schema: str = "s1") -> bytes:
         return resource_key("p", "t1", schema, external_id)
@@ -131,3 +107,23 @@ def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path:
     assert store.exist([key("a"), key("o2", "s2"), key("o1", "s2")]) == [True, False, True]
     assert store.count("p", "t1", "s2") == 1 and list(store.external_ids("p", "t1", "s1")) == ["a", "b", "c"]
     assert store.get("p", "t1", "s2", "o1")["references"] == [key("a").decode()]  # type: ignore[index]
+
+
+def test_a_store_of_another_share_is_read_again_from_the_beginning(tmp_path: Path) -> None:
+    from topics.partitioning import Share
+
+    store = ResourceStore("unused:9092", TOPIC, tmp_path / "store")  # every partition
+    store.apply_all({TopicPartition(TOPIC, 0): [_message(0, _resource("a"))],
+                     TopicPartition(TOPIC, 1): [_message(0, _resource("b"))]},
+                    {TopicPartition(TOPIC, 0): 1, TopicPartition(TOPIC, 1): 1})
+    store.store.close()
+    mine = ResourceStore("unused:9092", TOPIC, tmp_path / "store", share=Share(0, 2))
+    assert mine.initial_positions() == {}, "a store holding partition 1 kept it for a reader of partitions 0, 2, …"
+    assert mine.get("p", "t1", "s1", "a") is None and mine.count("p", "t1", "s1") == 0
+    mine.store.close()
+    again = ResourceStore("unused:9092", TOPIC, tmp_path / "store", share=Share(0, 2))
+    _fold(again, [_message(0, _resource("a"))], 1)
+    again.store.close()
+    kept = ResourceStore("unused:9092", TOPIC, tmp_path / "store", share=Share(0, 2))
+    assert kept.initial_positions() == {0: 1}, "a store of its own share was dropped"
+    kept.store.close()

@@ -521,7 +521,7 @@ def test_a_cascade_dry_run_counts_every_schema_and_delete_all_takes_the_schema_a
     assert wait_terminal(ingress, response.json()["data"]["batchId"], _headers())["status"] == "success"
 
 
-def test_delete_all_above_its_bound_is_refused_and_enqueues_nothing(settings: Any, worker: Any) -> None:
+def test_delete_all_above_its_bound_is_refused_and_enqueues_nothing(settings: Any, worker: Any, reader: Any) -> None:
     from dataclasses import replace
 
     from ingest.app import create_app

@@ -9,6 +9,8 @@ in Python), which the ingress and the worker pay once per record.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from murmurhash2 import murmurhash2
 
 _SEED = 0x9747B28C
@@ -22,3 +24,21 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition of `key` in a topic of `partitions` partitions."""
     return (murmurhash2(key, _SEED) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class Share:
+    """The partitions one of `of` processes follows: those p with p % of == index."""
+
+    index: int = 0
+    of: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.of:
+            raise ValueError(f"process index {self.index} is not one of 0..{self.of - 1}")
+
+    def owns(self, partition: int) -> bool:
+        return partition % self.of == self.index
+
+
+EVERY_PARTITION = Share()

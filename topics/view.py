@@ -15,14 +15,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from topics.partitioning import EVERY_PARTITION, Share
+
 log = logging.getLogger(__name__)
 
 class TopicView:
-    """Follows every partition of `topic` and hands each message to `apply`."""
+    """Follows the partitions of `topic` in `share` (default: all) and hands each message to `apply`."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0,
+                 share: Share = EVERY_PARTITION) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        self.share = share
         self.wait_s = wait_s  # how long `sync` waits for Kafka by default
         self._positions: dict[TopicPartition, int] = {}
         self._changed = asyncio.Condition()
@@ -54,7 +58,7 @@ class TopicView:
             partitions = self._consumer.partitions_for_topic(self.topic) or set()
         if not partitions:
             raise RuntimeError(f"topic {self.topic} does not exist")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions) if self.share.owns(p)]
         self._consumer.assign(tps)
         resume = self.initial_positions()
         self.started_at = dict(resume)  # where reading began, per partition (empty: the beginning)
@@ -167,6 +171,10 @@ class TopicView:
         async with self._changed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    def followed(self) -> list[TopicPartition]:
+        """The partitions this view follows."""
+        return list(self._positions)
 
     def partition(self, number: int) -> TopicPartition:
         return TopicPartition(self.topic, number)
