@@ -139,9 +139,10 @@ def create_reader_app(settings: Settings) -> Starlette:
         registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
         await registry.start()
         try:
+            # A question that must catch up with Kafka waits for it no longer than an upload does.
             app.state.resources = ResourceStore(
                 settings.bootstrap_servers, topics.resources.name,
-                settings.data_dir / "reader" / str(share.index) / "resources",
+                settings.data_dir / "reader" / str(share.index) / "resources", min(5.0, settings.produce_timeout_s),
                 references_of=stored_references(registry), share=share)
             await app.state.resources.start()
             try:

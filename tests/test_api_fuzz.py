@@ -13,6 +13,7 @@ in), so that fuzzed input reaches record validation, Kafka and the worker instea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tests.support import (
     bearer,
     isolated_settings,
     partner_token,
+    readers,
     tenant_token,
     wait_terminal,
     wait_ingress_ready,
@@ -81,7 +83,9 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp / "worker.log").start()
     ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp / "ingress.log").start()
+    stack = contextlib.ExitStack()
     try:
+        stack.enter_context(readers(settings, tmp))
         base = wait_ingress_ready(settings)
         wait_worker_ready(settings)
         assert httpx.get(f"{base}/openapi.json").json() == SPEC
@@ -97,8 +101,10 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
                 wait_terminal(client, batch_id, bearer(served.tenant_token), 120)
         _report()
     finally:
-        assert ingress.stop() in (0, -15), ingress.log()[-3000:]  # uvicorn re-raises SIGTERM
-        assert worker.stop() == 0, worker.log()[-3000:]
+        ingress_code, worker_code = ingress.stop(), worker.stop()
+        stack.close()
+        assert ingress_code in (0, -15), ingress.log()[-3000:]  # uvicorn re-raises SIGTERM
+        assert worker_code == 0, worker.log()[-3000:]
         assert "Traceback" not in ingress.log(), ingress.log()[-5000:]
 
 

@@ -5,6 +5,7 @@ accepts again within seconds of the broker's return; nothing accepted before is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from tests.support import (
     free_port,
     isolated_settings,
     partner_token,
+    readers,
     settings_env,
     tenant_token,
     wait_ingress_ready,
@@ -80,9 +82,11 @@ def test_every_request_answers_503_in_bounded_time_while_the_broker_is_down_and_
     settings = replace(isolated_settings(own_broker.bootstrap, tmp_path / "data"), produce_timeout_s=PRODUCE_TIMEOUT_S)
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
     tenant = bearer(tenant_token())
+    stack = contextlib.ExitStack()
     worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker.log").start()
     ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
     try:
+        stack.enter_context(readers(settings, tmp_path))
         base = wait_ingress_ready(settings)
         client = httpx.Client(base_url=base, timeout=BOUND_S + 20)
         assert client.post("/partner/schema-definitions", json=SCHEMA,
@@ -142,6 +146,7 @@ def test_every_request_answers_503_in_bounded_time_while_the_broker_is_down_and_
     finally:
         ingress.stop()
         worker.stop()
+        stack.close()
 
 
 def _accepted(client: httpx.Client, headers: dict[str, str], accepted: list[str], unconfirmed: list[str]) -> str | None:
@@ -170,16 +175,17 @@ def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_works_once_i
             own_broker.start()
             ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
             try:
-                client = httpx.Client(base_url=wait_ingress_ready(settings), timeout=30)
-                tenant = bearer(tenant_token())
-                assert client.post("/partner/schema-definitions", json=SCHEMA,
-                                   headers=bearer(partner_token())).status_code == 200
-                response = client.post("/api/resources/item/batch", json={"resources": [{"id": "x", "n": 2}]},
-                                       headers=tenant)
-                assert response.status_code == 202, response.text
-                assert wait_terminal(client, response.json()["data"]["batchId"], tenant, 120)["status"] == "success"
-                assert client.get("/api/resources/item/x", headers=tenant).json()["data"]["result"]["data"] == \
-                    {"id": "x", "n": 2}
+                with readers(settings, tmp_path):
+                    client = httpx.Client(base_url=wait_ingress_ready(settings), timeout=30)
+                    tenant = bearer(tenant_token())
+                    assert client.post("/partner/schema-definitions", json=SCHEMA,
+                                       headers=bearer(partner_token())).status_code == 200
+                    response = client.post("/api/resources/item/batch", json={"resources": [{"id": "x", "n": 2}]},
+                                           headers=tenant)
+                    assert response.status_code == 202, response.text
+                    assert wait_terminal(client, response.json()["data"]["batchId"], tenant, 120)["status"] == "success"
+                    assert client.get("/api/resources/item/x", headers=tenant).json()["data"]["result"]["data"] == \
+                        {"id": "x", "n": 2}
             finally:
                 ingress.stop()
     finally:

@@ -36,7 +36,7 @@ def _total(base: str, schema: str) -> int:
 
 
 def test_reach_delete_runs_a_dry_run_then_deletes_in_batches_and_reports(
-        settings: Settings, worker: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        settings: Settings, worker: Any, reader: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
     try:
         base = wait_ingress_ready(settings)

@@ -43,7 +43,7 @@ def start_ingress(settings: Settings, tmp_path: Path) -> ServiceProcess:
 
 
 @pytest.fixture
-def base(settings: Settings, tmp_path: Path) -> Iterator[str]:
+def base(settings: Settings, tmp_path: Path, reader: object) -> Iterator[str]:
     process = start_ingress(settings, tmp_path)
     try:
         url = wait_ingress_ready(settings)
