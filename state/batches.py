@@ -1,8 +1,10 @@
 """The batch status table: every batch's progress, folded from the batch-events topic, on disk.
 
-Each ingress keeps it and answers `GET /api/batches[/{id}]` from it. Outcomes are counted once
-per record index, whatever a replay or a duplicate delivers: a record that reached a terminal
-outcome keeps it.
+A reader (`state.reader`) keeps it for its share of the partitions (`BatchStore`: a batch's
+registration and all its outcomes share its key, hence its partition) and answers the ingresses'
+`GET /api/batches[/{id}[/records|/events]]` from it; every ingress keeps only `BatchLedger`, per
+batch: idempotency keys and each tenant's records quota. Outcomes are counted once per record
+index, whatever a replay or a duplicate delivers: a record that reached a terminal outcome keeps it.
 
 Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
 `s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
@@ -51,6 +53,7 @@ from schemas.batch_events import (
 )
 from state.store import Changes, StoreConfig
 from state.view import StoredView
+from topics.partitioning import EVERY_PARTITION, Share
 
 _UNKNOWN, _SUCCESS, _FAILED, _PENDING = 0, 1, 2, 3
 _STATE_OF = {CREATED: _SUCCESS, UPDATED: _SUCCESS, DELETED: _SUCCESS, FAILED: _FAILED, PENDING: _PENDING}
@@ -111,6 +114,12 @@ class BatchState:
         return self.successful + self.failed + self.pending
 
     @property
+    def version(self) -> int:
+        """Grows with every change of the batch's counts: a record's outcome only ever moves from
+        none to pending or terminal, or from pending to terminal."""
+        return self.processed * (self.recordCount + 1) + self.pending
+
+    @property
     def status(self) -> str:
         if self.processed < self.recordCount:
             return "processing" if self.startedAt is not None else "queued"
@@ -161,6 +170,18 @@ class BatchState:
             "pending": self.pending, "startedAt": self.startedAt, "completedAt": self.completedAt,
             "summary": self.summary, "cascade": self.cascade,
         })
+
+    def to_json(self) -> dict[str, Any]:
+        """The batch as a reader sends it to an ingress (`state.remote`): counters and the details read."""
+        return {**orjson.loads(self.counters()), "details": self.details, "pendingDetails": self.pending_details}
+
+    @classmethod
+    def from_json(cls, sent: dict[str, Any]) -> "BatchState":
+        """A batch as `to_json` sent it (record states are not sent: they stay with the reader)."""
+        batch = cls.from_counters(orjson.dumps(sent), None)
+        batch.details = {int(i): d for i, d in sent["details"].items()}
+        batch.pending_details = {int(i): d for i, d in sent["pendingDetails"].items()}
+        return batch
 
     @classmethod
     def from_counters(cls, raw: bytes, states: bytes | None) -> "BatchState":
@@ -233,16 +254,16 @@ def _expiring(batch: BatchState) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
 
-class BatchStore(StoredView):
-    """All batches, by id and by tenant, kept current from the batch-events topic."""
-
-    FORMAT = b"4"  # 2: lists filtered by batch type and status; 3: succeeded records; 4: backlog, quotas
+class Bookkeeping(StoredView):
+    """What both stores of the batch-events topic keep: idempotency keys and each tenant's
+    records quota (its arrival time), decided by the topic's order alone."""
 
     def __init__(self, bootstrap_servers: str, topic: str, path: Path, wait_s: float = 5.0,
                  config: StoreConfig = StoreConfig(), retention_s: float | None = None,
                  idempotency_ttl_s: float = 24 * 3600, claim_stale_s: float = 60.0,
-                 record_spacing_ms: Callable[[str], float | None] = lambda partner_id: None) -> None:
-        super().__init__(bootstrap_servers, topic, path, wait_s, config)
+                 record_spacing_ms: Callable[[str], float | None] = lambda partner_id: None,
+                 share: Share = EVERY_PARTITION) -> None:
+        super().__init__(bootstrap_servers, topic, path, wait_s, config, share)
         # A partner's tenants' records quota as the time one record takes of it (None: no quota).
         self.record_spacing_ms = record_spacing_ms
         self.retention_s = retention_s  # None: batches are kept for ever
@@ -268,66 +289,23 @@ class BatchStore(StoredView):
                 log.exception("expiring old batches failed")
             await asyncio.sleep(EXPIRY_INTERVAL_S)
 
-    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0,
-                   details: bool = True) -> BatchState | None:
-        """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
+    def expire(self, accepted_before_ms: int, chunk: int = 500) -> int:
+        """Forget up to `chunk` batches accepted before the given time, oldest first; how many (subclasses)."""
+        raise NotImplementedError
 
-        Its registration is readable once committed and once any worker transaction open before
-        it on that partition has ended (about one commit interval); an id nobody wrote is known
-        to be unknown as soon as no transaction is open.
-        """
-        batch = self.get(partner_id, tenant_id, batch_id, details)
-        if batch is None:
-            await self.settle(wait_s)
-            batch = self.get(partner_id, tenant_id, batch_id, details)
-        return batch
+    def _arrive(self, changes: Changes, meta: BatchMeta) -> None:
+        """GCRA: the tenant's records quota is used up to this time (`ingest.quotas` decides with it)."""
+        spacing = self.record_spacing_ms(meta.partnerId)
+        if spacing is not None:
+            where = _arrival_key(meta.partnerId, meta.tenantId)
+            raw = changes.get(where)
+            arrival = max(struct.unpack(">d", raw)[0] if raw else 0.0, float(meta.acceptedAt))
+            changes.put(where, struct.pack(">d", arrival + meta.recordCount * spacing))
 
-    async def outcome(self, partner_id: str, tenant_id: str, batch_id: str, timeout_s: float) -> BatchState | None:
-        """The batch once it is terminal (every record applied or failed), waiting up to
-        `timeout_s` for it; None if it is not terminal by then."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            batch = self.get(partner_id, tenant_id, batch_id)
-            if batch is not None and batch.processed == batch.recordCount:
-                return batch
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            await self.changed(left)
-
-    def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
-        touched: dict[str, BatchState] = {}  # a batch is read and written once per fetch
-        for message in messages:
-            self._fold(changes, touched, message.value)
-        for batch in touched.values():
-            self._write(changes, batch)
-
-    def _fold(self, changes: Changes, touched: dict[str, BatchState], value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            event = orjson.loads(value)
-            if event.get("type") in ("claim", "release"):
-                self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
-                return
-            if isinstance(event.get("idempotency"), dict):
-                self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), BatchMeta.of_event(event))
-            batch_id = event["batchId"]
-            batch = touched.get(batch_id) or self._load(changes, batch_id)
-            if batch is None:
-                batch_type = event.get("batchType") or INGEST_BATCH
-                if batch_type not in _TYPE_CODE:
-                    return
-                batch = self._register(changes, BatchMeta(
-                    batch_id, event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
-                    int(event["recordCount"]), int(event["acceptedAt"]), batch_type))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return  # not a batch event of ours; nothing to count
-        touched[batch_id] = batch
-        if event.get("type") == "records":
-            for entry in event.get("outcomes") or []:
-                if isinstance(entry, dict):
-                    batch.record(entry)
+    def arrival(self, partner_id: str, tenant_id: str) -> float:
+        """The tenant's theoretical arrival time (ms): its records quota is used up to then."""
+        raw = self.store.get(_arrival_key(partner_id, tenant_id))
+        return struct.unpack(">d", raw)[0] if raw else 0.0
 
     # -- idempotency keys -------------------------------------------------------------------
     # Decided by the order of the topic alone, so that every ingress decides the same: the
@@ -417,6 +395,74 @@ class BatchStore(StoredView):
             due.append(key)
         return due
 
+
+class BatchStore(Bookkeeping):
+    """All batches, by id and by tenant, with their records' outcomes, kept current from the
+    batch-events topic (a reader: its share of the partitions)."""
+
+    FORMAT = b"4"  # 2: lists filtered by batch type and status; 3: succeeded records; 4: backlog, quotas
+
+    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0,
+                   details: bool = True) -> BatchState | None:
+        """The batch, waiting up to `wait_s` for one accepted moments ago through another ingress.
+
+        Its registration is readable once committed and once any worker transaction open before
+        it on that partition has ended (about one commit interval); an id nobody wrote is known
+        to be unknown as soon as no transaction is open.
+        """
+        batch = self.get(partner_id, tenant_id, batch_id, details)
+        if batch is None:
+            await self.settle(wait_s)
+            batch = self.get(partner_id, tenant_id, batch_id, details)
+        return batch
+
+    async def outcome(self, partner_id: str, tenant_id: str, batch_id: str, timeout_s: float) -> BatchState | None:
+        """The batch once it is terminal (every record applied or failed), waiting up to
+        `timeout_s` for it; None if it is not terminal by then."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = self.get(partner_id, tenant_id, batch_id)
+            if batch is not None and batch.processed == batch.recordCount:
+                return batch
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await self.changed(left)
+
+    def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
+        touched: dict[str, BatchState] = {}  # a batch is read and written once per fetch
+        for message in messages:
+            self._fold(changes, touched, message.value)
+        for batch in touched.values():
+            self._write(changes, batch)
+
+    def _fold(self, changes: Changes, touched: dict[str, BatchState], value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            event = orjson.loads(value)
+            if event.get("type") in ("claim", "release"):
+                self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
+                return
+            if isinstance(event.get("idempotency"), dict):
+                self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), BatchMeta.of_event(event))
+            batch_id = event["batchId"]
+            batch = touched.get(batch_id) or self._load(changes, batch_id)
+            if batch is None:
+                batch_type = event.get("batchType") or INGEST_BATCH
+                if batch_type not in _TYPE_CODE:
+                    return
+                batch = self._register(changes, BatchMeta(
+                    batch_id, event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
+                    int(event["recordCount"]), int(event["acceptedAt"]), batch_type))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return  # not a batch event of ours; nothing to count
+        touched[batch_id] = batch
+        if event.get("type") == "records":
+            for entry in event.get("outcomes") or []:
+                if isinstance(entry, dict):
+                    batch.record(entry)
+
     @staticmethod
     def _load(changes: Changes, batch_id: str) -> BatchState | None:
         raw = changes.get(b"b" + _id(batch_id))
@@ -429,13 +475,7 @@ class BatchStore(StoredView):
         _list(changes, batch, batch.status, +1)
         changes.put(_expiring(batch), b"")
         _add_count(changes, _ACCEPTED_TOTAL, meta.recordCount)
-        spacing = self.record_spacing_ms(meta.partnerId)
-        if spacing is not None:
-            # GCRA: the tenant's quota is used up to this time (`ingest.quotas` decides with it).
-            where = _arrival_key(meta.partnerId, meta.tenantId)
-            raw = changes.get(where)
-            arrival = max(struct.unpack(">d", raw)[0] if raw else 0.0, float(meta.acceptedAt))
-            changes.put(where, struct.pack(">d", arrival + meta.recordCount * spacing))
+        self._arrive(changes, meta)
         return batch
 
     @staticmethod
@@ -515,19 +555,31 @@ class BatchStore(StoredView):
              batch_type: str | None = None, status: str | None = None) -> tuple[list[BatchState], int, bool]:
         """The tenant's batches of that type and status (None: any), newest first, after the
         batch `after`: (page, total, has_next_page)."""
-        prefix = _list_prefix(partner_id, tenant_id, batch_type, status)
-        total = self._total(_count_key(partner_id, tenant_id, batch_type, status))
-        start = prefix
+        position = None
         if after is not None:
             cursor = self.get(partner_id, tenant_id, after)
             if cursor is None:
-                return [], total, False
-            # The cursor's time and id: where it is (or was, if its status changed since) in this list.
-            start = _entry(cursor, batch_type, status)
+                return [], self.count(partner_id, tenant_id, batch_type, status), False
+            position = (cursor.acceptedAt, cursor.batchId)
+        return self.page_after(partner_id, tenant_id, position, limit, batch_type, status)
+
+    def count(self, partner_id: str, tenant_id: str, batch_type: str | None = None, status: str | None = None) -> int:
+        """How many of the tenant's batches are of that type and status (None: any)."""
+        return self._total(_count_key(partner_id, tenant_id, batch_type, status))
+
+    def page_after(self, partner_id: str, tenant_id: str, position: tuple[int, str] | None, limit: int,
+                   batch_type: str | None = None, status: str | None = None) -> tuple[list[BatchState], int, bool]:
+        """As `page`, after the list position (acceptedAt, batchId) of a batch — which need not
+        be stored here (readers merge their shares of a list by it)."""
+        prefix = _list_prefix(partner_id, tenant_id, batch_type, status)
+        total = self.count(partner_id, tenant_id, batch_type, status)
+        start = prefix
+        if position is not None:
+            start = prefix + struct.pack(">Q", _NEWEST_FIRST - position[0]) + position[1].encode()
         found: list[BatchState] = []
         has_next = False
         for key, _ in self.store.items_from(start, prefix):
-            if key == start and after is not None:
+            if key == start and position is not None:
                 continue
             if len(found) == limit:
                 has_next = True
@@ -579,11 +631,6 @@ class BatchStore(StoredView):
         """Records of the batches kept that a worker has taken (it falls as batches expire)."""
         return self._total(_OUTCOMES_TOTAL)
 
-    def arrival(self, partner_id: str, tenant_id: str) -> float:
-        """The tenant's theoretical arrival time (ms): its records quota is used up to then."""
-        raw = self.store.get(_arrival_key(partner_id, tenant_id))
-        return struct.unpack(">d", raw)[0] if raw else 0.0
-
     def in_flight(self, partner_id: str, tenant_id: str) -> int:
         """The tenant's batches not yet finished (queued or processing)."""
         return sum(self._total(_count_key(partner_id, tenant_id, None, status)) for status in ("queued", "processing"))
@@ -598,3 +645,62 @@ class BatchStore(StoredView):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
         await super().stop()
+
+
+# How an outcome message begins (`schemas.batch_events.outcomes`): the ledger passes over it unread.
+_OUTCOMES_PREFIX = b'{"type":"records"'
+
+
+class BatchLedger(Bookkeeping):
+    """What every ingress keeps of all batches: their idempotency keys and each tenant's records
+    quota — per batch, never per record (the records' outcomes are the readers', `BatchStore`).
+
+    Layout: `b` + id → nothing (the batch was counted), `a` + accepted time + id → nothing (when
+    it expires), and the `Bookkeeping` keys. An outcome message is recognised by its first bytes
+    and passed over without decoding it.
+    """
+
+    FORMAT = b"L1"
+
+    def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
+        for message in messages:
+            value = message.value
+            if value is None or value.startswith(_OUTCOMES_PREFIX):
+                continue
+            try:
+                event = orjson.loads(value)
+                if event.get("type") in ("claim", "release"):
+                    self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
+                    continue
+                if event.get("type") == "records":
+                    continue  # an outcome message written by something else than our workers
+                meta = BatchMeta.of_event(event)
+                if isinstance(event.get("idempotency"), dict):
+                    self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), meta)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # not a batch event of ours
+            self._count(changes, meta)
+
+    def _count(self, changes: Changes, meta: BatchMeta) -> None:
+        ident = b"b" + _id(meta.batchId)
+        if changes.get(ident) is not None:
+            return  # counted already (the ingress that accepted it adds it at once)
+        changes.put(ident, b"")
+        changes.put(b"a" + struct.pack(">Q", meta.acceptedAt) + meta.batchId.encode(), b"")
+        self._arrive(changes, meta)
+
+    def add(self, meta: BatchMeta) -> None:
+        """Count a batch this ingress accepted (its arrival holds at once for the tenant's quota)."""
+        changes = Changes(self.store)
+        self._count(changes, meta)
+        self.store.write(changes)
+
+    def expire(self, accepted_before_ms: int, chunk: int = 500) -> int:
+        changes = Changes(self.store)
+        due = self._due(b"a", accepted_before_ms, chunk)
+        for key in due:
+            changes.delete(key)
+            changes.delete(b"b" + _id(key[9:].decode()))
+        if due:
+            self.store.write(changes)
+        return len(due)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -33,9 +35,11 @@ from starlette.routing import Route
 from reach.config import Settings
 from schemas.references import references_of
 from schemas.registry import SchemaRegistry
+from state.batches import BatchState, BatchStore
 from state.resources import ResourceStore
 from topics import create_topics, service_topics
 from topics.partitioning import Share
+from topics.view import TopicView
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,13 @@ def stored_references(registry: SchemaRegistry) -> Callable[[dict[str, Any]], li
 
 
 def _json(value: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(value), status_code, media_type="application/json")
+    return Response(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), status_code, media_type="application/json")
 
 
-async def _question(request: Request) -> dict[str, Any]:
-    """The request's JSON object, once the store has caught up as it asks."""
+async def _question(request: Request, model: str = "resources") -> dict[str, Any]:
+    """The request's JSON object, once the read model has caught up as it asks."""
     question = orjson.loads(await request.body())
-    store: ResourceStore = request.app.state.resources
+    store: TopicView = getattr(request.app.state, model)
     if question.get("sync"):
         try:
             await store.sync()
@@ -119,6 +123,75 @@ async def referrers(request: Request) -> Response:
     return _json({"referrers": {k.decode(): [r.decode() for r in rs] for k, rs in found.items()}})
 
 
+def _sent(batch: BatchState | None) -> dict[str, Any] | None:
+    return None if batch is None else batch.to_json()
+
+
+async def find_batch(request: Request) -> Response:
+    """{"partner", "tenant", "batchId", "details", "waitS"} → {"batch": batch | null}, waiting up to
+    waitS for a batch accepted moments ago (`BatchStore.find`)."""
+    question = orjson.loads(await request.body())
+    batches: BatchStore = request.app.state.batches
+    found = await batches.find(question["partner"], question["tenant"], question["batchId"], question["waitS"],
+                               question["details"])
+    return _json({"batch": _sent(found)})
+
+
+async def batch_outcome(request: Request) -> Response:
+    """{"partner", "tenant", "batchId", "timeoutS"} → {"batch": the batch once terminal | null}"""
+    question = orjson.loads(await request.body())
+    batches: BatchStore = request.app.state.batches
+    found = await batches.outcome(question["partner"], question["tenant"], question["batchId"], question["timeoutS"])
+    return _json({"batch": _sent(found)})
+
+
+async def batch_changed(request: Request) -> Response:
+    """{"partner", "tenant", "batchId", "version", "timeoutS"} → {"batch": without details | null}
+    once its version (`ingest.batch_progress.version`) is past `version`, or the time is up."""
+    question = orjson.loads(await request.body())
+    batches: BatchStore = request.app.state.batches
+    deadline = time.monotonic() + question["timeoutS"]
+    while True:
+        batch = batches.get(question["partner"], question["tenant"], question["batchId"], details=False)
+        left = deadline - time.monotonic()
+        if batch is None or batch.version > question["version"] or left <= 0:
+            return _json({"batch": _sent(batch)})
+        await batches.changed(left)
+
+
+async def batch_records(request: Request) -> Response:
+    """{"partner", "tenant", "batchId", "status", "after", "limit"} → {"records", "hasNext"}: the
+    outcomes of the batch's records after index `after`, in index order."""
+    question = await _question(request, "batches")
+    batches: BatchStore = request.app.state.batches
+    batch = batches.get(question["partner"], question["tenant"], question["batchId"], details=False)
+    if batch is None:
+        return _json({"records": [], "hasNext": False})
+    found = list(islice(batches.records(batch, question["status"], question["after"]), question["limit"] + 1))
+    return _json({"records": found[:question["limit"]], "hasNext": len(found) > question["limit"]})
+
+
+async def batch_page(request: Request) -> Response:
+    """{"partner", "tenant", "position": [acceptedAt, batchId] | null, "limit", "type", "status"} →
+    {"results", "total", "hasNext"}: this reader's share of a page of the tenant's batch list."""
+    question = await _question(request, "batches")
+    position = tuple(question["position"]) if question["position"] is not None else None
+    found, total, has_next = request.app.state.batches.page_after(
+        question["partner"], question["tenant"], position, question["limit"], question["type"], question["status"])
+    return _json({"results": [b.to_json() for b in found], "total": total, "hasNext": has_next})
+
+
+async def batch_totals(request: Request) -> Response:
+    """{"tenants": [[partner, tenant], ...]} → {"backlog", "pending", "outcomes", "inFlight": {"partner/tenant": n}}
+    over this reader's share: records no worker has taken yet, records waiting for references,
+    records taken, and each named tenant's batches queued or processing."""
+    question = await _question(request, "batches")
+    batches: BatchStore = request.app.state.batches
+    return _json({"backlog": batches.backlog(), "pending": batches.pending_total(),
+                  "outcomes": batches.outcomes_total(),
+                  "inFlight": {f"{p}/{t}": batches.in_flight(p, t) for p, t in question["tenants"]}})
+
+
 async def health(request: Request) -> Response:
     return _json({"status": "ok", "reader": request.app.state.settings.reader_index,
                   "of": len(request.app.state.settings.reader_urls)})
@@ -144,11 +217,20 @@ def create_reader_app(settings: Settings) -> Starlette:
                 settings.bootstrap_servers, topics.resources.name,
                 settings.data_dir / "reader" / str(share.index) / "resources", min(5.0, settings.produce_timeout_s),
                 references_of=stored_references(registry), share=share)
+            app.state.batches = BatchStore(
+                settings.bootstrap_servers, topics.batch_events.name,
+                settings.data_dir / "reader" / str(share.index) / "batches", min(5.0, settings.produce_timeout_s),
+                retention_s=settings.batch_retention_days * 24 * 3600, share=share)
             await app.state.resources.start()
             try:
-                log.info("reader %d of %d: following partitions %s of %s", share.index, share.of,
-                         sorted(tp.partition for tp in app.state.resources.followed()), topics.resources.name)
-                yield
+                await app.state.batches.start()
+                try:
+                    log.info("reader %d of %d: following partitions %s of %s and %s", share.index, share.of,
+                             sorted(tp.partition for tp in app.state.resources.followed()), topics.resources.name,
+                             topics.batch_events.name)
+                    yield
+                finally:
+                    await app.state.batches.stop()
             finally:
                 await app.state.resources.stop()
         finally:
@@ -162,6 +244,12 @@ def create_reader_app(settings: Settings) -> Starlette:
         Route("/resources/ids", external_ids, methods=["POST"]),
         Route("/resources/exist", exist, methods=["POST"]),
         Route("/resources/referrers", referrers, methods=["POST"]),
+        Route("/batches/find", find_batch, methods=["POST"]),
+        Route("/batches/outcome", batch_outcome, methods=["POST"]),
+        Route("/batches/changed", batch_changed, methods=["POST"]),
+        Route("/batches/records", batch_records, methods=["POST"]),
+        Route("/batches/page", batch_page, methods=["POST"]),
+        Route("/batches/totals", batch_totals, methods=["POST"]),
     ], exception_handlers={TimeoutError: unavailable, KafkaError: unavailable}, lifespan=lifespan)
     app.state.settings = settings
     return app

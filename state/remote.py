@@ -14,16 +14,21 @@ Retry-After); nothing is answered from a partial set of readers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import logging
+import time
 from typing import Any
 
 import httpx
 import orjson
 
 from schemas.events import resource_key, resource_key_parts
+from state.batches import BatchState
 from topics.partitioning import partition_for
 
 Resource = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class ReaderUnavailable(RuntimeError):
@@ -32,8 +37,8 @@ class ReaderUnavailable(RuntimeError):
     retry_after_s = 1
 
 
-class ResourceReads:
-    """Resources by key, pages, counts and referrers, from the readers at `urls`."""
+class _Readers:
+    """Questions to the readers at `urls` (reader i follows partitions p ≡ i mod len(urls))."""
 
     def __init__(self, urls: tuple[str, ...], partitions: int, timeout_s: float = 10.0) -> None:
         self.urls = urls
@@ -50,16 +55,14 @@ class ResourceReads:
         if self._client is not None:
             await self._client.aclose()
 
-    def reader_of(self, key: bytes) -> int:
-        """The index of the reader that follows `key`'s partition."""
-        return partition_for(key, self.partitions) % len(self.urls)
-
-    async def _ask(self, reader: int, path: str, question: dict[str, Any]) -> dict[str, Any]:
-        assert self._client is not None, "ResourceReads.start() first"
+    async def _ask(self, reader: int, path: str, question: dict[str, Any], waits_s: float = 0.0) -> dict[str, Any]:
+        """Ask one reader (`waits_s`: how long the question itself may wait there, beyond the usual)."""
+        assert self._client is not None, f"{type(self).__name__}.start() first"
         url = self.urls[reader] + path
         try:
             response = await self._client.post(url, content=orjson.dumps(question),
-                                               headers={"content-type": "application/json"})
+                                               headers={"content-type": "application/json"},
+                                               timeout=self.timeout_s + waits_s)
         except httpx.HTTPError as exc:
             raise ReaderUnavailable(f"reader {reader} ({self.urls[reader]}) did not answer: {exc!r}") from exc
         if response.status_code != 200:
@@ -70,6 +73,14 @@ class ResourceReads:
 
     async def _ask_all(self, path: str, question: dict[str, Any]) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(self._ask(i, path, question) for i in range(len(self.urls)))))
+
+
+class ResourceReads(_Readers):
+    """Resources by key, pages, counts and referrers, from the readers."""
+
+    def reader_of(self, key: bytes) -> int:
+        """The index of the reader that follows `key`'s partition."""
+        return partition_for(key, self.partitions) % len(self.urls)
 
     async def _ask_by_reader(self, path: str, keys: list[bytes], sync: bool | str,
                              as_parts: bool = False) -> dict[int, tuple[list[int], dict[str, Any]]]:
@@ -142,3 +153,139 @@ class ResourceReads:
 
 def _parts(key: bytes) -> list[str]:
     return list(resource_key_parts(key))
+
+
+class BatchReads(_Readers):
+    """Batches and their records' outcomes, from the reader that follows each batch's partition
+    of the batch-events topic (a batch's registration and all its outcomes share its key); a
+    tenant's list asks every reader for its share after the cursor's position and merges them
+    newest first."""
+
+    def reader_of_batch(self, batch_id: str) -> int:
+        return partition_for(batch_id.encode(), self.partitions) % len(self.urls)
+
+    async def _batch(self, path: str, question: dict[str, Any]) -> BatchState | None:
+        waits_s = question.get("waitS", 0) + question.get("timeoutS", 0)
+        answer = await self._ask(self.reader_of_batch(question["batchId"]), path, question, waits_s)
+        return None if answer["batch"] is None else BatchState.from_json(answer["batch"])
+
+    async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0,
+                   details: bool = True) -> BatchState | None:
+        """The batch, waiting up to `wait_s` for one accepted moments ago (`BatchStore.find`)."""
+        return await self._batch("/batches/find", {"partner": partner_id, "tenant": tenant_id, "batchId": batch_id,
+                                                   "details": details, "waitS": wait_s})
+
+    async def outcome(self, partner_id: str, tenant_id: str, batch_id: str, timeout_s: float) -> BatchState | None:
+        """The batch once terminal, waiting up to `timeout_s`; None if it is not by then."""
+        return await self._batch("/batches/outcome", {"partner": partner_id, "tenant": tenant_id,
+                                                      "batchId": batch_id, "timeoutS": timeout_s})
+
+    async def changed(self, partner_id: str, tenant_id: str, batch_id: str, version: int,
+                      timeout_s: float) -> BatchState | None:
+        """The batch (without details) once its version is past `version`, or after `timeout_s`."""
+        return await self._batch("/batches/changed", {"partner": partner_id, "tenant": tenant_id,
+                                                      "batchId": batch_id, "version": version,
+                                                      "timeoutS": timeout_s})
+
+    async def records(self, partner_id: str, tenant_id: str, batch_id: str, status: str | None, after: int,
+                      limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` record outcomes after index `after`, and whether more follow."""
+        answer = await self._ask(self.reader_of_batch(batch_id), "/batches/records", {
+            "sync": True, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
+            "after": after, "limit": limit})
+        return answer["records"], answer["hasNext"]
+
+    async def page(self, partner_id: str, tenant_id: str, after: str | None, limit: int,
+                   batch_type: str | None = None, status: str | None = None) -> tuple[list[BatchState], int, bool]:
+        """The tenant's batches of that type and status (None: any), newest first, after the
+        batch `after`: (page, total, has_next_page)."""
+        position = None
+        if after is not None:
+            cursor = await self.find(partner_id, tenant_id, after, wait_s=0, details=False)
+            if cursor is None:
+                return [], 0, False
+            position = [cursor.acceptedAt, cursor.batchId]
+        answers = await self._ask_all("/batches/page", {
+            "sync": True, "partner": partner_id, "tenant": tenant_id, "position": position, "limit": limit,
+            "type": batch_type, "status": status})
+        shares = [[BatchState.from_json(b) for b in answer["results"]] for answer in answers]
+        merged = heapq.merge(*shares, key=lambda b: (-b.acceptedAt, b.batchId))
+        found = [batch for _, batch in zip(range(limit), merged)]
+        has_next = next(merged, None) is not None or any(answer["hasNext"] for answer in answers)
+        return found, sum(answer["total"] for answer in answers), has_next
+
+    async def totals(self, tenants: list[tuple[str, str]] = []) -> dict[str, Any]:
+        """{"backlog", "pending", "outcomes", "inFlight": {"partner/tenant": n}} over every reader,
+        each synced first: every batch committed before the call counts."""
+        answers = await self._ask_all("/batches/totals", {"sync": True, "tenants": tenants})
+        in_flight: dict[str, int] = {}
+        for answer in answers:
+            for tenant, n in answer["inFlight"].items():
+                in_flight[tenant] = in_flight.get(tenant, 0) + n
+        return {"backlog": sum(a["backlog"] for a in answers), "pending": sum(a["pending"] for a in answers),
+                "outcomes": sum(a["outcomes"] for a in answers), "inFlight": in_flight}
+
+
+class ReaderTotals:
+    """The readers' totals of all batches (backlog, pending, records taken), asked every
+    `interval_s` in the background: admission and metrics read them without a round trip. While
+    the readers do not answer, the last totals stay (and `stale_s` says for how long)."""
+
+    def __init__(self, reads: BatchReads, interval_s: float = 0.5) -> None:
+        self.reads, self.interval_s = reads, interval_s
+        # The tenants whose batches in flight are asked for too (those with that quota seen here).
+        self.tenants: set[tuple[str, str]] = set()
+        self._latest: dict[str, Any] = {"backlog": 0, "pending": 0, "outcomes": 0, "inFlight": {}}
+        self._at = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(ReaderUnavailable):
+            await self._ask()
+        self._task = asyncio.create_task(self._follow(), name="reader-totals")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _ask(self) -> None:
+        asked = time.monotonic()
+        self._latest = await self.reads.totals(sorted(self.tenants))
+        self._at = asked
+
+    async def refresh(self, timeout_s: float | None = None) -> None:
+        """Ask now (where a stale figure would decide wrongly); the last totals stay if the readers
+        do not answer (within `timeout_s`, if given)."""
+        with contextlib.suppress(ReaderUnavailable, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._ask()
+
+    def asked_at(self) -> float:
+        """When the latest totals were asked for (monotonic): they count every batch committed before."""
+        return self._at
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self._ask()
+            except ReaderUnavailable as exc:
+                log.debug("reader totals: %s", exc)
+
+    def stale_s(self) -> float:
+        return time.monotonic() - self._at
+
+    def backlog(self) -> int:
+        return int(self._latest["backlog"])
+
+    def pending(self) -> int:
+        return int(self._latest["pending"])
+
+    def outcomes(self) -> int:
+        return int(self._latest["outcomes"])
+
+    def in_flight(self, partner_id: str, tenant_id: str) -> int:
+        """The tenant's batches queued or processing (0 until it is asked for: add it to `tenants`)."""
+        return int(self._latest["inFlight"].get(f"{partner_id}/{tenant_id}", 0))
