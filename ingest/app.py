@@ -28,8 +28,8 @@ from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.registry import SchemaRegistry
 from schemas.subjects import Subjects
-from state.batches import BatchStore
-from state.remote import ReaderUnavailable, ResourceReads
+from state.batches import BatchLedger
+from state.remote import BatchReads, ReaderTotals, ReaderUnavailable, ResourceReads
 from topics import service_topics
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def kafka_unreachable(request: Request, exc: Exception) -> Response:
 async def reader_unavailable(request: Request, exc: Exception) -> Response:
     """A read whose reader (`state.reader`) did not answer: the client may retry shortly."""
     log.warning("%s %s: %s", request.method, request.url.path, exc)
-    response = ApiError(503, "the resources are not readable at the moment (a reader does not answer); "
+    response = ApiError(503, "this cannot be read at the moment (a reader does not answer); "
                              "retry shortly").response()
     response.headers["Retry-After"] = str(ReaderUnavailable.retry_after_s)
     return response
@@ -130,15 +130,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
             folder = ingress_state_dir(settings)
-            state.batches = BatchStore(settings.bootstrap_servers, topics.batch_events.name, folder / "batches", wait_s,
+            # Per batch, never per record: idempotency keys and the tenants' records quotas.
+            state.ledger = BatchLedger(settings.bootstrap_servers, topics.batch_events.name, folder / "ledger", wait_s,
                                        retention_s=settings.batch_retention_days * 24 * 3600,
                                        idempotency_ttl_s=min(settings.idempotency_key_hours,
                                                              settings.batch_retention_days * 24) * 3600,
                                        claim_stale_s=claim_stale_s(settings),
                                        record_spacing_ms=record_spacing_ms(settings))
+            parts.append(state.ledger)
+            # Batches and their records' outcomes are read from the readers (`state.reader`).
+            state.batches = BatchReads(settings.reader_urls, topics.batch_events.partitions, timeout_s=wait_s + 5)
             parts.append(state.batches)
-            state.admission = Admission(settings, state.batches)
-            state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.batches)
+            state.totals = ReaderTotals(state.batches)
+            parts.append(state.totals)
+            state.admission = Admission(settings, state.ledger, state.batches, state.totals)
+            state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.ledger)
             parts.append(state.claims)
             # Resources are read from the readers (`state.reader`): the ingress keeps no copy.
             state.resources = ResourceReads(settings.reader_urls, topics.resources.partitions,

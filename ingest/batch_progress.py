@@ -23,17 +23,18 @@ from starlette.routing import Route
 from ingest.auth import tenant_principal
 from ingest.batches import batch_view, names
 from ingest.responses import ApiError
-from state.batches import BatchState, BatchStore
+from state.batches import BatchState
+from state.remote import BatchReads
 
 EVENT_STREAM = "text/event-stream"
 HEARTBEAT_S = 15.0
+POLL_S = 1.0  # the longest a stream waits for its reader at a time
 RETRY_MS = 2000  # how long a client waits before it reconnects
 
 
 def version(batch: BatchState) -> int:
-    """Grows with every change of the batch's counts: a record's outcome only ever moves from
-    none to pending or terminal, or from pending to terminal."""
-    return batch.processed * (batch.recordCount + 1) + batch.pending
+    """`BatchState.version`: the id of the event that tells the batch as it is."""
+    return batch.version
 
 
 def _terminal(batch: BatchState) -> bool:
@@ -66,16 +67,16 @@ async def batch_events(request: Request) -> Response:
 
 async def _stream(state: Any, partner_id: str, tenant_id: str, batch_id: str, seen: int,
                   name_of: Any) -> AsyncIterator[bytes]:
-    batches: BatchStore = state.batches
+    reads: BatchReads = state.batches
     yield f"retry: {RETRY_MS}\n\n".encode()
     quiet_since = time.monotonic()
+    batch = await reads.find(partner_id, tenant_id, batch_id, wait_s=0, details=False)
     while not state.stopping:  # a stopping ingress ends its streams; clients resume elsewhere
-        batch = batches.get(partner_id, tenant_id, batch_id, details=False)
         if batch is None:  # expired meanwhile (retention)
             return
         current = version(batch)
         if _terminal(batch):
-            full = batches.get(partner_id, tenant_id, batch_id)
+            full = await reads.find(partner_id, tenant_id, batch_id, wait_s=0)
             yield _event("completed", current, batch_view(full or batch, name_of))
             return
         if current > seen:
@@ -83,8 +84,9 @@ async def _stream(state: Any, partner_id: str, tenant_id: str, batch_id: str, se
             yield _event("progress", current, {"batchId": batch_id, "status": view["status"],
                                                "progress": view["progress"]})
             seen, quiet_since = current, time.monotonic()
-            continue
-        await batches.changed(HEARTBEAT_S)  # also wakes without news (the view polls the topic)
+        # The reader answers once the batch has changed, or after a second (a stopping ingress
+        # notices within it).
+        batch = await reads.changed(partner_id, tenant_id, batch_id, seen, POLL_S)
         if time.monotonic() - quiet_since >= HEARTBEAT_S:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()

@@ -8,9 +8,7 @@ workers have not reached yet is not listed until it has an outcome.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from itertools import islice
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -23,6 +21,7 @@ from ingest.batches import choice
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok
 from state.batches import RECORD_STATUSES, BatchState
+from state.remote import BatchReads
 
 NDJSON = "application/x-ndjson"
 _STREAM_CHUNK = 1000  # records per chunk of a streamed answer; the event loop serves others between chunks
@@ -66,12 +65,11 @@ async def batch_records(request: Request) -> Response:
                                      details=False)
     if batch is None:
         raise ApiError(404, "Batch not found")
-    records = state.batches.records(batch, status, after)
+    reads: BatchReads = state.batches
     if limit is None:
-        return StreamingResponse(_ndjson(records), media_type=NDJSON)
-    found = [record_view(r) for r in islice(records, limit + 1)]
-    has_next = len(found) > limit
-    found = found[:limit]
+        return StreamingResponse(_ndjson(reads, batch, status, after), media_type=NDJSON)
+    records, has_next = await reads.records(batch.partnerId, batch.tenantId, batch.batchId, status, after, limit)
+    found = [record_view(r) for r in records]
     return ok({
         "results": found,
         "pagination": {"hasNextPage": has_next, "total": _total(batch, status),
@@ -79,13 +77,16 @@ async def batch_records(request: Request) -> Response:
     })
 
 
-async def _ndjson(records: Iterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    while True:
-        chunk = [orjson.dumps(record_view(r)) for r in islice(records, _STREAM_CHUNK)]
+async def _ndjson(reads: BatchReads, batch: BatchState, status: str | None, after: int) -> AsyncIterator[bytes]:
+    """Every record outcome after index `after`, asked of the batch's reader a chunk at a time."""
+    more = True
+    while more:
+        chunk, more = await reads.records(batch.partnerId, batch.tenantId, batch.batchId, status, after,
+                                          _STREAM_CHUNK)
         if not chunk:
             return
-        yield b"\n".join(chunk) + b"\n"
-        await asyncio.sleep(0)
+        after = chunk[-1]["index"]
+        yield b"\n".join(orjson.dumps(record_view(r)) for r in chunk) + b"\n"
 
 
 routes = [Route("/api/batches/{batch_id}/records", batch_records, methods=["GET"])]

@@ -172,7 +172,7 @@ def replay_if_accepted(request: Request, partner_id: str, tenant_id: str,
     this ingress knows already (else `publish_accepted` decides, with every ingress)."""
     if keyed is None:
         return None
-    done = idempotency.accepted_before(request.app.state.batches.key_entry(partner_id, tenant_id, keyed.key),
+    done = idempotency.accepted_before(request.app.state.ledger.key_entry(partner_id, tenant_id, keyed.key),
                                        keyed.fingerprint)
     return accepted(done, replayed=True) if done is not None else None
 
@@ -229,9 +229,10 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
                                 f"GET /api/batches/{meta.batchId} tells ({exc})",
                            data={"batchId": meta.batchId}) from None
         raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
-    state.batches.add(meta)  # this ingress answers for it at once
+    state.ledger.add(meta)  # its arrival counts for the tenant's quota at once
+    state.admission.accepted(partner_id, tenant_id, meta.recordCount)  # and in the backlog, in flight
     if claim is not None:
-        state.batches.take_key(claim, meta)
+        state.ledger.take_key(claim, meta)
     metrics.accepted(op, len(records))
     return meta
 
@@ -348,8 +349,7 @@ async def list_batches(request: Request) -> Response:
     status = choice(query, "status", STATUSES, None, problems)
     if problems:
         raise ApiError(400, "; ".join(problems))
-    await state.batches.sync()
-    chosen, total, has_next = state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit,
+    chosen, total, has_next = await state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit,
                                                  batch_type, status)
     return ok({
         "results": [batch_view(b, names(state, principal.partner_id)) for b in chosen],

@@ -36,7 +36,7 @@ from starlette.requests import Request
 
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
-from state.batches import BatchStore
+from state.batches import BatchLedger
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -98,7 +98,7 @@ def reused() -> ApiError:
 async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: str) -> IdempotencyClaim | BatchMeta:
     """Hold `key` for this request (the claim to publish its batch with), or the batch already
     accepted for it; 409 while another attempt holds it, 422 if that was another request."""
-    batches = state.batches
+    batches = state.ledger
     done = accepted_before(batches.key_entry(partner_id, tenant_id, key), print_)
     if done is not None:
         return done
@@ -158,7 +158,7 @@ class ClaimLog:
     up to a given offset, whatever transactions are open there (read_uncommitted: claims are
     written outside transactions; the transactional messages around them are skipped)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, batches: BatchStore) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, batches: BatchLedger) -> None:
         self.topic, self.batches = topic, batches
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                           isolation_level="read_uncommitted", auto_offset_reset="earliest",

@@ -96,7 +96,7 @@ def route_template(scope: Scope) -> str:
 
 
 class _StateCollector:
-    """Figures this process reads from its own copy of the state at each scrape."""
+    """Figures of the readers' latest totals (`state.remote.ReaderTotals`) at each scrape."""
 
     def __init__(self, state: Any) -> None:
         self.state = state
@@ -104,13 +104,14 @@ class _StateCollector:
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("reach_records_pending",
                                 "Records waiting for the resources they reference (as the batch status reports them)",
-                                value=self.state.batches.pending_total())
+                                value=self.state.totals.pending())
         yield GaugeMetricFamily("reach_backlog_records",
                                 "Records accepted that no worker has taken yet (what REACH_MAX_BACKLOG_RECORDS bounds)",
-                                value=self.state.batches.backlog())
+                                value=self.state.totals.backlog())
 
 
 async def metrics(request: Request) -> Response:
+    await request.app.state.totals.refresh(timeout_s=1.0)  # the readers' figures as of now, if they answer
     registry = CollectorRegistry()
     registry.register(_StateCollector(request.app.state))
     if os.environ.get(MULTIPROCESS_DIR):

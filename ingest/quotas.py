@@ -12,12 +12,15 @@ Three limits, checked before anything is published:
   batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers
   never queue other tenants' records behind its bursts (README, Benchmarks: fairness with
   both). The state is one time per tenant, its *theoretical arrival time*, folded by every
-  ingress from the batch registrations on the batch-events topic (`state.batches`), so every
-  ingress counts what all of them accepted.
+  ingress from the batch registrations on the batch-events topic (`state.batches.BatchLedger`),
+  so every ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
-  processing, from the same store. Over it: 429.
+  processing, from the readers (`state.reader`: they hold the records' outcomes), as their latest
+  totals say (`state.remote.ReaderTotals`, asked every half second), and the batches this
+  ingress accepted since. Over it: 429.
 - **The workers' backlog** (`Settings.max_backlog_records`): records accepted that no worker
-  has taken yet, all tenants together. Over it: 503 until it drains.
+  has taken yet, all tenants together, from the readers' totals likewise. Over it: 503 until it
+  drains.
 
 An ingress counts a batch once its registration is in its store: its own at once, another
 ingress's once committed and read — a few ms when idle, up to a worker commit interval (~100 ms)
@@ -44,7 +47,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
-from state.batches import BatchStore
+from state.batches import BatchLedger
+from state.remote import BatchReads, ReaderTotals
 
 PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 IN_FLIGHT_RETRY_S = 1  # a batch takes about this long to finish on an idle service
@@ -106,13 +110,21 @@ class Reservation:
 
 
 class Admission:
-    """Decides, for one ingress process, whether a write is taken now (`admit`)."""
+    """Decides, for one ingress process, whether a write is taken now (`admit`).
 
-    def __init__(self, settings: Settings, batches: BatchStore) -> None:
+    The records quota comes from the ledger (every batch's arrival, in topic order); batches in
+    flight and the backlog from the readers, which hold the records' outcomes: their latest
+    totals (`ReaderTotals`, asked every half second, each counting every batch committed before
+    it was asked), and what this ingress accepted since, at once.
+    """
+
+    def __init__(self, settings: Settings, ledger: BatchLedger, reads: BatchReads, totals: ReaderTotals) -> None:
         self.settings = settings
-        self.batches = batches
+        self.ledger, self.reads, self.totals = ledger, reads, totals
         self._reserved: dict[tuple[str, str], tuple[int, int]] = {}  # tenant -> (records, batches)
         self._reserved_records = 0
+        # (monotonic time, tenant, records) of the batches accepted here, until the totals count them.
+        self._accepted: deque[tuple[float, tuple[str, str], int]] = deque()
         self._pace: deque[tuple[float, int]] = deque()  # (monotonic time, records taken by workers)
 
     def standing(self, partner_id: str, tenant_id: str, now_ms: float | None = None) -> Standing:
@@ -122,13 +134,30 @@ class Admission:
         used_ms = 0.0
         if quota.records_per_minute is not None:
             spacing = 60_000 / quota.records_per_minute
-            used_ms = max(self.batches.arrival(partner_id, tenant_id), now_ms) - now_ms + records * spacing
-        in_flight = self.batches.in_flight(partner_id, tenant_id) + batches if quota.batches_in_flight else 0
+            used_ms = max(self.ledger.arrival(partner_id, tenant_id), now_ms) - now_ms + records * spacing
+        in_flight = 0
+        if quota.batches_in_flight is not None:
+            tenant = (partner_id, tenant_id)
+            self.totals.tenants.add(tenant)
+            in_flight = (self.totals.in_flight(partner_id, tenant_id) + batches
+                         + sum(1 for _, t, _ in self._since_totals() if t == tenant))
         return Standing(quota, used_ms, in_flight)
 
+    def accepted(self, partner_id: str, tenant_id: str, records: int) -> None:
+        """A batch of `records` records was accepted here: it counts at once (backlog, batches in flight)."""
+        self._accepted.append((time.monotonic(), (partner_id, tenant_id), records))
+
+    def _since_totals(self) -> deque[tuple[float, tuple[str, str], int]]:
+        """The batches accepted here that the readers' latest totals may not count yet."""
+        since = self.totals.asked_at()
+        while self._accepted and self._accepted[0][0] < since:
+            self._accepted.popleft()
+        return self._accepted
+
     def backlog(self) -> int:
-        """Records accepted (here: also being published) that no worker has taken yet."""
-        return self.batches.backlog() + self._reserved_records
+        """Records accepted (here: also being published) that no worker has taken yet: the
+        readers' latest totals, and what this ingress accepted since they were asked for."""
+        return self.totals.backlog() + self._reserved_records + sum(n for _, _, n in self._since_totals())
 
     def overloaded(self) -> tuple[int, float] | None:
         """(backlog, seconds it may take to drain below the bound) while over the bound, else None."""
@@ -142,7 +171,7 @@ class Admission:
 
     def _drain_s(self, excess: int) -> float:
         """How long the workers take for `excess` records at their pace of the last seconds."""
-        now, taken = time.monotonic(), self.batches.outcomes_total()
+        now, taken = time.monotonic(), self.totals.outcomes()
         pace = self._pace
         if pace and taken < pace[-1][1]:
             pace.clear()  # batches expired: the total fell
@@ -167,6 +196,12 @@ class Admission:
                                  "maxBacklogRecords": self.settings.max_backlog_records},
                            headers={"Retry-After": str(math.ceil(drain_s))})
         standing = self.standing(partner_id, tenant_id)
+        limit = standing.quota.batches_in_flight
+        if limit is not None and standing.in_flight >= limit:
+            # Refused on the latest totals: ask the readers now, so that a batch seen finished
+            # through any ingress frees its place at once.
+            await self.totals.refresh()
+            standing = self.standing(partner_id, tenant_id)
         early_s = self._early_or_refused(standing, records)
         tenant = (partner_id, tenant_id)
         reserved_records, reserved_batches = self._reserved.get(tenant, (0, 0))

@@ -65,8 +65,7 @@ async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[
     if batch is None:
         return None
     if batch.failed:
-        batch = state.batches.get(meta.partnerId, meta.tenantId, meta.batchId)  # with its details
-        detail = batch.details.get(0, {}) if batch is not None else {}
+        detail = batch.details.get(0, {})  # the outcome comes with its details
         code = detail.get("code") or "FAILED"
         message = (detail.get("message") or code).replace("resources[0]", "data", 1)
         raise ApiError(_STATUS_OF_CODE.get(code, 400), message, [message], data={"batchId": meta.batchId, "code": code})

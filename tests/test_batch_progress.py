@@ -34,7 +34,7 @@ Event = dict[str, Any]  # event, id, data
 
 
 @pytest.fixture
-def ingress_process(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
+def ingress_process(settings: Settings, tmp_path: Path, reader: object) -> Iterator[ServiceProcess]:
     process = ServiceProcess(["-m", "ingest.server"], replace(settings, ingress_id=unique("ingress")),
                              tmp_path / "ingress.log").start()
     try:

@@ -55,7 +55,7 @@ def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def supervisor(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
+def supervisor(settings: Settings, tmp_path: Path, reader: object) -> Iterator[ServiceProcess]:
     process = ServiceProcess(["-m", "ingest.server"], replace(settings, ingress_id=unique("ingress"),
                                                               ingress_processes=2),
                              tmp_path / "ingress.log").start()

@@ -1,6 +1,7 @@
-"""Readers (`state.reader`): each follows its share of the partitions, the ingress asks them and
-keeps no copy; together they answer as one store, and a reader that is down is a 503 with
-Retry-After for the reads that need it, never a wrong answer."""
+"""Readers (`state.reader`): each follows its share of the partitions of the resources and
+batch-events topics, the ingress asks them and keeps no copy (only its per-batch ledger);
+together they answer as one store, and a reader that is down is a 503 with Retry-After for the
+reads that need it, never a wrong answer."""
 
 from __future__ import annotations
 
@@ -122,8 +123,10 @@ def test_a_reader_down_is_a_503_for_its_share_and_restarts_from_its_checkpoint(
             assert up.status_code == 200, (n, up.text)
         listed = client.get("/api/resources/Customer", headers=bearer(tenant_token()))
         assert listed.status_code == 503, "a list without one reader's share must not answer a partial page"
-        # Writes go on while it is down.
-        _upload(client, "Customer", [{"id": f"late{i}"} for i in range(20)])
+        # Writes go on while it is down (its batch's status may be one of reader 1's: asked later).
+        late = client.post("/api/resources/Customer/batch", json={"resources": [{"id": f"late{i}"} for i in range(20)]},
+                           headers=bearer(tenant_token()))
+        assert late.status_code == 202, late.text
 
         everyone = sorted(customers + [f"late{i}" for i in range(20)])
         for run in ("after SIGKILL", "after SIGTERM"):
@@ -131,6 +134,8 @@ def test_a_reader_down_is_a_503_for_its_share_and_restarts_from_its_checkpoint(
                                    tmp_path / f"reader1-{run[6:]}.log").start()
             try:
                 wait_reader_ready(settings, 1)
+                assert wait_terminal(client, late.json()["data"]["batchId"], bearer(tenant_token()))["status"] == \
+                    "success"
                 listed_ids, totals = _every_page(client, "Customer", 25)
                 assert listed_ids == everyone and totals == {80}, (run, len(listed_ids), totals)
                 if run == "after SIGTERM":  # a clean stop flushed its store: it reads on from there
@@ -144,3 +149,47 @@ def test_a_reader_refuses_an_index_outside_its_urls(settings: Settings, tmp_path
     assert process.proc is not None
     code = process.proc.wait(60)
     assert code != 0 and "REACH_READER_INDEX=3 names no URL" in process.log(), process.log()[-2000:]
+
+
+def test_batches_of_both_readers_list_as_one_and_the_ingress_keeps_no_outcomes(
+        settings: Settings, worker: Any, tmp_path: Path) -> None:
+    settings = _two_readers(settings)
+    with readers(settings, tmp_path), TestClient(create_app(settings)) as client:
+        response = client.post("/partner/schema-definitions", json=CUSTOMER, headers=bearer(partner_token()))
+        assert response.status_code == 200, response.text
+        _upload(client, "Customer", [{"id": "taken"}])
+        accepted = []
+        for n in range(12):  # each with a record that fails: "taken" exists (onconflict=reject)
+            response = client.post("/api/resources/Customer/batch", headers=bearer(tenant_token()),
+                                   params={"onconflict": "reject"},
+                                   json={"resources": [{"id": f"b{n}-{i}"} for i in range(5)] + [{"id": "taken"}]})
+            assert response.status_code == 202, response.text
+            accepted.append(response.json()["data"]["batchId"])
+        owners = {partition_for(b.encode(), settings.topic_partitions) % 2 for b in accepted}
+        assert owners == {0, 1}, "the test's batches should live on both readers' partitions"
+        for batch_id in accepted:
+            batch = wait_terminal(client, batch_id, bearer(tenant_token()))
+            assert batch["status"] == "partial_success" and batch["errors"]["details"]["5"]["code"], batch
+            records = client.get(f"/api/batches/{batch_id}/records", params={"status": "failed"},
+                                 headers=bearer(tenant_token())).json()["data"]
+            assert [r["index"] for r in records["results"]] == [5], records
+
+        listed: list[str] = []
+        created: list[str] = []
+        params: dict[str, Any] = {"limit": 5}
+        while True:
+            data = client.get("/api/batches", params=params, headers=bearer(tenant_token())).json()["data"]
+            listed += [b["batchId"] for b in data["results"]]
+            created += [b["createdAt"] for b in data["results"]]
+            assert data["pagination"]["total"] == 13, data["pagination"]
+            if not data["pagination"]["hasNextPage"]:
+                break
+            params["cursor"] = data["pagination"]["cursor"]
+        assert sorted(listed[:12]) == sorted(accepted) and len(listed) == 13, (listed, accepted)
+        assert created == sorted(created, reverse=True), f"not newest first: {created}"
+        only_partial = client.get("/api/batches", params={"status": "partial_success", "limit": 100},
+                                  headers=bearer(tenant_token())).json()["data"]
+        assert only_partial["pagination"]["total"] == 12, only_partial["pagination"]
+
+    kept = sorted(p.name for p in ingress_state_dir(settings).iterdir())
+    assert kept == ["ledger"], f"the ingress keeps more than its per-batch ledger: {kept}"
