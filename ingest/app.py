@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             parts.append(state.batches)
             state.totals = ReaderTotals(state.batches)
             parts.append(state.totals)
-            state.admission = Admission(settings, state.ledger, state.batches, state.totals)
+            state.admission = Admission(settings, state.ledger, state.totals)
             state.claims = ClaimLog(settings.bootstrap_servers, topics.batch_events.name, state.ledger)
             parts.append(state.claims)
             # Resources are read from the readers (`state.reader`): the ingress keeps no copy.

@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
 from state.batches import BatchLedger
-from state.remote import BatchReads, ReaderTotals
+from state.remote import ReaderTotals
 
 PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)
 IN_FLIGHT_RETRY_S = 1  # a batch takes about this long to finish on an idle service
@@ -118,9 +118,9 @@ class Admission:
     it was asked), and what this ingress accepted since, at once.
     """
 
-    def __init__(self, settings: Settings, ledger: BatchLedger, reads: BatchReads, totals: ReaderTotals) -> None:
+    def __init__(self, settings: Settings, ledger: BatchLedger, totals: ReaderTotals) -> None:
         self.settings = settings
-        self.ledger, self.reads, self.totals = ledger, reads, totals
+        self.ledger, self.totals = ledger, totals
         self._reserved: dict[tuple[str, str], tuple[int, int]] = {}  # tenant -> (records, batches)
         self._reserved_records = 0
         # (monotonic time, tenant, records) of the batches accepted here, until the totals count them.
