@@ -32,11 +32,6 @@ POLL_S = 1.0  # the longest a stream waits for its reader at a time
 RETRY_MS = 2000  # how long a client waits before it reconnects
 
 
-def version(batch: BatchState) -> int:
-    """`BatchState.version`: the id of the event that tells the batch as it is."""
-    return batch.version
-
-
 def _terminal(batch: BatchState) -> bool:
     return batch.processed == batch.recordCount
 
@@ -58,7 +53,7 @@ async def batch_events(request: Request) -> Response:
     if batch is None:
         raise ApiError(404, "Batch not found")
     seen = _last_event_id(request)
-    if _terminal(batch) and seen >= version(batch):
+    if _terminal(batch) and seen >= batch.version:
         return Response(status_code=204)  # it saw `completed`: nothing more will come
     name_of = names(state, principal.partner_id)
     return StreamingResponse(_stream(state, principal.partner_id, principal.tenant_id, batch_id, seen, name_of),
@@ -74,7 +69,7 @@ async def _stream(state: Any, partner_id: str, tenant_id: str, batch_id: str, se
     while not state.stopping:  # a stopping ingress ends its streams; clients resume elsewhere
         if batch is None:  # expired meanwhile (retention)
             return
-        current = version(batch)
+        current = batch.version
         if _terminal(batch):
             full = await reads.find(partner_id, tenant_id, batch_id, wait_s=0)
             yield _event("completed", current, batch_view(full or batch, name_of))
