@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from schemas.events import resource_key, resource_key_parts
+from schemas.events import resource_key
 from state.batches import BatchState
 from topics.partitioning import partition_for
 
@@ -71,6 +71,10 @@ class _Readers:
         answer: dict[str, Any] = orjson.loads(response.content)
         return answer
 
+    def reader_of(self, key: bytes) -> int:
+        """The index of the reader that follows `key`'s partition."""
+        return partition_for(key, self.partitions) % len(self.urls)
+
     async def _ask_all(self, path: str, question: dict[str, Any]) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(self._ask(i, path, question) for i in range(len(self.urls)))))
 
@@ -78,20 +82,17 @@ class _Readers:
 class ResourceReads(_Readers):
     """Resources by key, pages, counts and referrers, from the readers."""
 
-    def reader_of(self, key: bytes) -> int:
-        """The index of the reader that follows `key`'s partition."""
-        return partition_for(key, self.partitions) % len(self.urls)
-
     async def _ask_by_reader(self, path: str, keys: list[bytes], sync: bool | str,
-                             as_parts: bool = False) -> dict[int, tuple[list[int], dict[str, Any]]]:
-        """Ask each reader about its own keys: reader -> (the positions of its keys in `keys`, answer)."""
+                             sent: list[Any] | None = None) -> dict[int, tuple[list[int], dict[str, Any]]]:
+        """Ask each reader about its own keys (as `sent`, one item per key; default: the keys
+        as text): reader -> (the positions of its keys in `keys`, answer)."""
         mine: dict[int, list[int]] = {}
         for n, key in enumerate(keys):
             mine.setdefault(self.reader_of(key), []).append(n)
+        items = sent if sent is not None else [key.decode() for key in keys]
         readers = list(mine)
-        answers = await asyncio.gather(*(self._ask(r, path, {
-            "sync": sync, "keys": [_parts(keys[n]) if as_parts else keys[n].decode() for n in mine[r]]})
-            for r in readers))
+        answers = await asyncio.gather(*(self._ask(r, path, {"sync": sync, "keys": [items[n] for n in mine[r]]})
+                                         for r in readers))
         return {r: (mine[r], answer) for r, answer in zip(readers, answers)}
 
     async def get(self, partner_id: str, tenant_id: str, definition_id: str, external_id: str) -> Resource | None:
@@ -101,8 +102,9 @@ class ResourceReads(_Readers):
                        wanted: list[tuple[str, str]]) -> list[Resource | None]:
         """Each (definition id, external id)'s resource of one tenant, or None."""
         keys = [resource_key(partner_id, tenant_id, d, x) for d, x in wanted]
+        parts = [[partner_id, tenant_id, d, x] for d, x in wanted]  # what the reader's store is keyed by
         found: list[Resource | None] = [None] * len(keys)
-        for positions, answer in (await self._ask_by_reader("/resources/get", keys, True, as_parts=True)).values():
+        for positions, answer in (await self._ask_by_reader("/resources/get", keys, True, parts)).values():
             for n, resource in zip(positions, answer["found"]):
                 found[n] = resource
         return found
@@ -151,9 +153,6 @@ class ResourceReads(_Readers):
         return found, sum(a["total"] for a in answers), has_next
 
 
-def _parts(key: bytes) -> list[str]:
-    return list(resource_key_parts(key))
-
 
 class BatchReads(_Readers):
     """Batches and their records' outcomes, from the reader that follows each batch's partition
@@ -161,12 +160,9 @@ class BatchReads(_Readers):
     tenant's list asks every reader for its share after the cursor's position and merges them
     newest first."""
 
-    def reader_of_batch(self, batch_id: str) -> int:
-        return partition_for(batch_id.encode(), self.partitions) % len(self.urls)
-
     async def _batch(self, path: str, question: dict[str, Any]) -> BatchState | None:
         waits_s = question.get("waitS", 0) + question.get("timeoutS", 0)
-        answer = await self._ask(self.reader_of_batch(question["batchId"]), path, question, waits_s)
+        answer = await self._ask(self.reader_of(question["batchId"].encode()), path, question, waits_s)
         return None if answer["batch"] is None else BatchState.from_json(answer["batch"])
 
     async def find(self, partner_id: str, tenant_id: str, batch_id: str, wait_s: float = 3.0,
@@ -190,7 +186,7 @@ class BatchReads(_Readers):
     async def records(self, partner_id: str, tenant_id: str, batch_id: str, status: str | None, after: int,
                       limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Up to `limit` record outcomes after index `after`, and whether more follow."""
-        answer = await self._ask(self.reader_of_batch(batch_id), "/batches/records", {
+        answer = await self._ask(self.reader_of(batch_id.encode()), "/batches/records", {
             "sync": True, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
             "after": after, "limit": limit})
         return answer["records"], answer["hasNext"]
