@@ -250,7 +250,7 @@ def _arrival_key(partner_id: str, tenant_id: str) -> bytes:
     return b"q" + _tenant(partner_id, tenant_id)
 
 
-def _expiring(batch: BatchState) -> bytes:
+def _expiring(batch: BatchState | BatchMeta) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
 
@@ -292,6 +292,16 @@ class Bookkeeping(StoredView):
     def expire(self, accepted_before_ms: int, chunk: int = 500) -> int:
         """Forget up to `chunk` batches accepted before the given time, oldest first; how many (subclasses)."""
         raise NotImplementedError
+
+    def _fold_bookkeeping(self, changes: Changes, event: dict[str, Any]) -> bool:
+        """Fold what an event says of idempotency keys; True if that is all it says (a claim or
+        a release), False for a registration or an outcome message."""
+        if event.get("type") in ("claim", "release"):
+            self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
+            return True
+        if isinstance(event.get("idempotency"), dict):
+            self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), BatchMeta.of_event(event))
+        return False
 
     def _arrive(self, changes: Changes, meta: BatchMeta) -> None:
         """GCRA: the tenant's records quota is used up to this time (`ingest.quotas` decides with it)."""
@@ -441,11 +451,8 @@ class BatchStore(Bookkeeping):
             return
         try:
             event = orjson.loads(value)
-            if event.get("type") in ("claim", "release"):
-                self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
+            if self._fold_bookkeeping(changes, event):
                 return
-            if isinstance(event.get("idempotency"), dict):
-                self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), BatchMeta.of_event(event))
             batch_id = event["batchId"]
             batch = touched.get(batch_id) or self._load(changes, batch_id)
             if batch is None:
@@ -669,14 +676,9 @@ class BatchLedger(Bookkeeping):
                 continue
             try:
                 event = orjson.loads(value)
-                if event.get("type") in ("claim", "release"):
-                    self._fold_claim(changes, IdempotencyClaim.of_event(event), event["type"] == "release")
-                    continue
-                if event.get("type") == "records":
-                    continue  # an outcome message written by something else than our workers
+                if self._fold_bookkeeping(changes, event) or event.get("type") == "records":
+                    continue  # a claim, or an outcome message written by something else than our workers
                 meta = BatchMeta.of_event(event)
-                if isinstance(event.get("idempotency"), dict):
-                    self._key_taken(changes, IdempotencyClaim.of_event(event["idempotency"]), meta)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # not a batch event of ours
             self._count(changes, meta)
@@ -686,7 +688,7 @@ class BatchLedger(Bookkeeping):
         if changes.get(ident) is not None:
             return  # counted already (the ingress that accepted it adds it at once)
         changes.put(ident, b"")
-        changes.put(b"a" + struct.pack(">Q", meta.acceptedAt) + meta.batchId.encode(), b"")
+        changes.put(_expiring(meta), b"")
         self._arrive(changes, meta)
 
     def add(self, meta: BatchMeta) -> None:
