@@ -198,17 +198,21 @@ class BatchReads(_Readers):
         position = None
         if after is not None:
             cursor = await self.find(partner_id, tenant_id, after, wait_s=0, details=False)
-            if cursor is None:
-                return [], 0, False
-            position = [cursor.acceptedAt, cursor.batchId]
+            if cursor is None:  # a cursor of a batch no longer kept: nothing after it, the list's total
+                limit = 0
+            else:
+                position = [cursor.acceptedAt, cursor.batchId]
         answers = await self._ask_all("/batches/page", {
             "sync": True, "partner": partner_id, "tenant": tenant_id, "position": position, "limit": limit,
             "type": batch_type, "status": status})
+        total = sum(answer["total"] for answer in answers)
+        if limit == 0:
+            return [], total, False
         shares = [[BatchState.from_json(b) for b in answer["results"]] for answer in answers]
         merged = heapq.merge(*shares, key=lambda b: (-b.acceptedAt, b.batchId))
         found = [batch for _, batch in zip(range(limit), merged)]
         has_next = next(merged, None) is not None or any(answer["hasNext"] for answer in answers)
-        return found, sum(answer["total"] for answer in answers), has_next
+        return found, total, has_next
 
     async def totals(self, tenants: list[tuple[str, str]] = []) -> dict[str, Any]:
         """{"backlog", "pending", "outcomes", "inFlight": {"partner/tenant": n}} over every reader,
