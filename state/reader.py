@@ -66,10 +66,15 @@ def _json(value: Any, status_code: int = 200) -> Response:
 
 
 async def _question(request: Request, model: str = "resources") -> dict[str, Any]:
-    """The request's JSON object, once the read model has caught up as it asks."""
+    """The request's JSON object, once the read model has caught up as it asks: "sync": true (or
+    "try") everything committed; "settle": everything written, transactions still open or whose
+    commit markers are not written yet included (`TopicView.settle`)."""
     question = orjson.loads(await request.body())
     store: TopicView = getattr(request.app.state, model)
-    if question.get("sync"):
+    if question.get("sync") == "settle":
+        if not await store.settle(store.wait_s):
+            raise TimeoutError(f"{store.topic} did not settle in {store.wait_s} s")
+    elif question.get("sync"):
         try:
             await store.sync()
         except (TimeoutError, KafkaError):

@@ -216,8 +216,10 @@ class BatchReads(_Readers):
 
     async def totals(self, tenants: list[tuple[str, str]] = []) -> dict[str, Any]:
         """{"backlog", "pending", "outcomes", "inFlight": {"partner/tenant": n}} over every reader,
-        each synced first: every batch committed before the call counts."""
-        answers = await self._ask_all("/batches/totals", {"sync": True, "tenants": tenants})
+        each settled first: every batch written before the call counts — also one whose commit
+        has returned to its ingress before the broker wrote its commit marker, which a read of
+        committed messages alone may not see yet."""
+        answers = await self._ask_all("/batches/totals", {"sync": "settle", "tenants": tenants})
         in_flight: dict[str, int] = {}
         for answer in answers:
             for tenant, n in answer["inFlight"].items():
