@@ -41,7 +41,6 @@ from processors.event_checks import unusable_batch
 from processors.hand_on import handed_on_from, place
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from schemas.registry import SchemaRegistry
-from state.resource_keys import ResourceKeys
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,6 @@ def create_app(settings: Settings) -> faust.App:
                           options=dict(TABLE_STORE_OPTIONS))
 
     registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
-    resource_keys = ResourceKeys(settings.bootstrap_servers, topics.resources.name, datadir / "resource-keys")
     views_started = asyncio.Event()
 
     @app.task
@@ -125,7 +123,6 @@ def create_app(settings: Settings) -> faust.App:
         if app.monitor in app.sensors:
             app.sensors.remove(app.monitor)
         await registry.start()
-        await resource_keys.start()
         views_started.set()
 
     async def definition_of(body: dict[str, Any]) -> Definition | None:
@@ -139,8 +136,7 @@ def create_app(settings: Settings) -> faust.App:
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
                       inputs=records_in.topics)
     index = DependencyIndex(eos, topics, resources, waiters, referrers)
-    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, resource_keys.exists,
-                                  topics.ingest.partitions)
+    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions)
 
     async def on_ingest_message(event: faust.EventT, copy: bool = False) -> None:
         """Decode and attribute an ingest message's operations (handing on those of another
@@ -269,7 +265,6 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_before_shutdown.connect
     async def stop_views(app: faust.App, **kwargs: Any) -> None:
         await registry.stop()
-        await resource_keys.stop()
         await eos.close()
 
     return app

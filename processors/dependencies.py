@@ -5,8 +5,9 @@ That topic is co-partitioned with the ingest topic, so the request reaches the a
 applies T's own writes, in one serial order with them:
 - T exists → R is recorded among T's referrers (`referrers`, key T + NUL + R) and a
   "resolved" notice goes back; R applies only once every reference it names is resolved;
-- T is absent and R may wait → the request joins `waiters[T]`; T's creation records R as a
-  referrer and answers it;
+- T is absent and R may wait → the request joins `waiters[T]` and a "waiting" notice goes back
+  (R reports itself pending: only T's partition knows that T is missing); T's creation records
+  R as a referrer and answers it;
 - T is absent and R may not wait → a "missing" notice goes back (R fails).
 An "unref" from R (it no longer references T, or never came to) removes R from T's referrers.
 A delete of T is therefore decided in the same order as every reference to it: it sees every
@@ -59,6 +60,7 @@ class DependencyIndex:
             return
         waiters = self.eos.get(event, self.waiters, target) or []
         await self.eos.put(event, self.waiters, target, [*waiters, request])
+        await self._notify(event, request, "waiting")
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
         """T was just created by `event`: pin and answer everyone waiting for it."""

@@ -85,11 +85,10 @@ class Wait:
 class ResourceProcessor:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, pending: faust.Table,
                  dependencies: DependencyIndex, definition_of: Callable[[Body], Awaitable[Definition | None]],
-                 exists_elsewhere: Callable[[bytes], Awaitable[bool]], partitions: int) -> None:
+                 partitions: int) -> None:
         self.eos, self.topics = eos, topics
         self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
-        self.exists_elsewhere = exists_elsewhere
         self.partitions = partitions  # of the ingest topic
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # partition -> heap of (deadline ms, resource key); absent until built from the table
@@ -117,7 +116,8 @@ class ResourceProcessor:
         await self._drain(event, key, [body], stored=False)
 
     async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
-        """An answer from a referenced resource's partition: "resolved" (pinned) or "missing"."""
+        """An answer from a referenced resource's partition: "resolved" (pinned), "waiting" (it
+        is missing; the record waits for it) or "missing" (the record may not wait)."""
         key: bytes = event.key
         target = notice["target"]
         queue = self.eos.get(event, self.pending, key)
@@ -127,21 +127,30 @@ class ResourceProcessor:
                 await self._settle(event, key, None, {target.encode()}, queue["queue"] if queue else [])
             return
         head, *rest = queue["queue"]
-        if notice["type"] == "missing":
-            name = next((f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue.get("missing", [])
-                         if m["key"] == target), target)
-            await self._emit(event, head, Outcome(FAILED, MISSING_DEPENDENCY,
-                             f"resources[{head['recordIndex']}]: referenced resources do not exist: {name}"))
-            await self._settle(event, key, None, await self._body_refs(head), rest)
-            await self._drain(event, key, rest)
+        if notice["type"] == "waiting":
+            if target in _pins(queue) and all(m["key"] != target for m in queue["missing"]):
+                queue["missing"].append(_missing(target))
+                await self.eos.put(event, self.pending, key, queue)
+                for waiting in queue["queue"]:
+                    await self._emit_pending(event, waiting, queue)
             return
-        queue["missing"] = [m for m in queue["missing"] if m["key"] != target]
         queue["pins"] = [p for p in _pins(queue) if p != target]
+        if notice["type"] == "missing":  # the record may not wait: it fails once every pin answered
+            queue["absent"] = sorted({*queue.get("absent", []), target})
+        else:
+            queue["missing"] = [m for m in queue["missing"] if m["key"] != target]
         if queue["pins"]:
             await self.eos.put(event, self.pending, key, queue)
-            if queue["missing"]:
+            if notice["type"] == "resolved" and queue["missing"]:
                 for waiting in queue["queue"]:  # the status shows only what is still missing
                     await self._emit_pending(event, waiting, queue)
+            return
+        if queue.get("absent"):
+            names = ", ".join(_name(absent) for absent in queue["absent"])
+            await self._emit(event, head, Outcome(FAILED, MISSING_DEPENDENCY, f"resources[{head['recordIndex']}]: "
+                                                  f"referenced resources do not exist: {names}"))
+            await self._settle(event, key, None, await self._body_refs(head), rest)
+            await self._drain(event, key, rest)
             return
         await self._drain(event, key, queue["queue"], released=queue)
 
@@ -212,7 +221,8 @@ class ResourceProcessor:
                                  {"cascade": queue["cascade"]["deleted"]})
                 await self._drain(event, key, rest)
                 continue
-            missing = ", ".join(f"{m['schemaDefinitionId']}/{m['externalId']}" for m in queue["missing"])
+            # Its unanswered pins: missing, or (a lost answer) not known to exist.
+            missing = ", ".join(_name(target) for target in _pins(queue))
             await self._emit(event, head, Outcome(FAILED, DEPENDENCY_TIMEOUT,
                              f"resources[{head['recordIndex']}]: references still missing at the deadline: {missing}"))
             await self._settle(event, key, None, await self._body_refs(head), rest)
@@ -268,8 +278,11 @@ class ResourceProcessor:
         references = references_of(record, definition, body["partnerId"], body["tenantId"])
         references_pinned = released is not None
         if references and not references_pinned:
-            missing = [r for r in references if not await self._exists(event, r.key)]
-            if missing and waits(body) == 0:
+            # Only references on this partition are known here; the others' partitions answer
+            # the pins ("waiting" when missing).
+            missing = [r for r in references if self._missing_here(event, r.key)]
+            local = all(partition_for(r.key, self.partitions) == event.message.partition for r in references)
+            if missing and waits(body) == 0 and local:
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
                                  f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
@@ -277,8 +290,10 @@ class ResourceProcessor:
             # Every reference is pinned on its resource's partition before this record applies,
             # so that a delete there sees it (processors.dependencies). Only uploads wait for
             # missing references; the others wait just for the answers.
+            # A record that may not wait learns which are missing from their partitions' answers,
+            # and fails naming them all.
             return Wait({"pins": [r.key.decode() for r in references],
-                         "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing]},
+                         "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing if waits(body)]},
                         [(r.key, pin_request(key, body["eventId"], r.key, waits(body) > 0)) for r in references],
                         waits(body) or PIN_ANSWER_S)
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
@@ -424,9 +439,10 @@ class ResourceProcessor:
                            "topic's partition count (REACH_TOPIC_PARTITIONS)?")
         return None
 
-    async def _exists(self, event: faust.EventT, key: bytes) -> bool:
-        # The event's own partition first: it holds what this transaction created moments ago.
-        return self.eos.get(event, self.resources, key) is not None or await self.exists_elsewhere(key)
+    def _missing_here(self, event: faust.EventT, key: bytes) -> bool:
+        """Whether `key` is a resource of this event's partition that does not exist."""
+        return (partition_for(key, self.partitions) == event.message.partition
+                and self.eos.get(event, self.resources, key) is None)
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -451,6 +467,18 @@ class ResourceProcessor:
                         for m in pending["missing"]]
         await self._emit(event, body, Outcome(PENDING),
                          {"missingDependencies": dependencies, "expiresAt": pending["deadline"]})
+
+
+def _missing(target: str) -> dict[str, str]:
+    """A pending entry's missing reference, from its resource key."""
+    _, _, definition_id, external_id = resource_key_parts(target.encode())
+    return {"key": target, "schemaDefinitionId": definition_id, "externalId": external_id}
+
+
+def _name(target: str) -> str:
+    """How an error names a referenced resource: its schema definition id and external id."""
+    _, _, definition_id, external_id = resource_key_parts(target.encode())
+    return f"{definition_id}/{external_id}"
 
 
 def _pins(queue: dict[str, Any]) -> list[str]:
