@@ -463,6 +463,9 @@ class ResourceProcessor:
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
         if not pending["missing"] or "cascadeFor" in body:
             return  # only waiting for its pins' answers (a round trip): not reported as pending
+        missing = {m["key"] for m in pending["missing"]}
+        if any(pin not in missing for pin in _pins(pending)):
+            return  # reported once every pin has answered, with all that is missing at once
         dependencies = [{"schemaDefinitionId": m["schemaDefinitionId"], "externalId": m["externalId"]}
                         for m in pending["missing"]]
         await self._emit(event, body, Outcome(PENDING),
