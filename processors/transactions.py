@@ -38,8 +38,9 @@ effects, and this module closes each:
    (`_seek_to_resume_points`). Our restart tests lost their only queued batch without it.
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
-   would skip recovering it, or crash on its consistency check. We ask the broker (its
-   last stable offset, as our consumer reads `read_committed`).
+   would skip recovering it, or crash on its consistency check. We ask the broker, and read
+   back from its end to the last committed record (`_after_last_records`): Faust's recovery
+   otherwise waits for two idle 5-second polls to pass the transaction markers at the end.
 8. Faust does not always stop the producers of partitions a rebalance took away (seen in
    our two-worker kill test): the new owner fences them, and when the partition came back
    the fenced producer was reused and failed. On every rebalance we stop each producer whose
@@ -78,6 +79,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -87,7 +89,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
-from faust.transport.drivers.aiokafka import Producer
+from faust.transport.drivers.aiokafka import Producer, server_list
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
@@ -101,6 +103,7 @@ _original_perform_seek = Consumer.perform_seek
 _original_on_recovery_completed = Recovery.on_recovery_completed
 _original_resume_streams = Recovery._resume_streams
 _original_on_rebalance = TransactionManager.on_rebalance
+_original_active_remaining = Recovery.active_remaining
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _ABSENT = object()
@@ -108,6 +111,8 @@ _NO_CHANGES: dict[bytes, bytes | None] = {}
 _PERSISTED_OFFSET = b"__faust\0offset__"  # Faust's key for how far a store reflects its changelog
 # A transaction's outputs gathered beyond this are sent at once, before its commit.
 FLUSH_BYTES = 1024 * 1024
+# How many records back from a changelog's end its last committed record is first looked for.
+TAIL_RECORDS = 2000
 IDLE_S = 0.002  # how long the stream stays dry before an idle commit
 RATE_S = 1.0  # over how long the rate of events is measured
 IDLE_RATE = 100.0  # events per second up to which a worker commits whenever its stream runs dry
@@ -193,10 +198,64 @@ Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore
 
 
 async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
-    return await self._ensure_consumer().end_offsets(partitions)
+    consumer = self._ensure_consumer()
+    ends = await consumer.end_offsets(partitions)
+    starts = await consumer.beginning_offsets(partitions)
+    bootstrap = server_list(self.transport.url, self.transport.default_port)
+    found = await _after_last_records(bootstrap, {tp: (starts[tp], ends[tp]) for tp in partitions})
+    # Faust's recovery takes the value minus one as the last offset to reach: the commit marker
+    # after the last committed record, where our stores' checkpoints point (`_Transaction`).
+    return {tp: offset + 1 for tp, offset in found.items()}
+
+
+def _remaining_but_the_marker(self: Recovery) -> Any:
+    """Records left to restore per partition, the commit marker at the end not counted: Faust's
+    recovery never receives it (and took two idle 5-second polls to notice)."""
+    return Counter({tp: max(0, n - 1) for tp, n in _original_active_remaining(self).items()})
+
+
+async def _after_last_records(bootstrap_servers: list[str], spans: Mapping[TP, tuple[int, int]]) -> dict[TP, int]:
+    """For each changelog partition, the offset after its last committed *record* (its commit
+    marker: one producer writes the partition), or its start if it has none.
+
+    Its end (last stable offset) lies past that marker, and after a takeover often past a
+    whole aborted transaction, neither of which Faust's recovery ever receives: it took two
+    idle 5-second polls to notice (`Recovery._slurp_changelogs`), stopping every partition of
+    a rebalance 10 s longer. The tail is read once (read_committed skips what Faust skips),
+    from a window that grows until it holds a committed record."""
+    found: dict[TP, int] = {tp: start for tp, (start, end) in spans.items()}
+    todo = {tp: span for tp, span in spans.items() if span[1] > span[0]}
+    if not todo:
+        return found
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                              isolation_level="read_committed", fetch_max_wait_ms=10)
+    await reader.start()
+    try:
+        window = TAIL_RECORDS
+        while todo:
+            atps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
+            reader.assign(list(atps))
+            for atp, tp in atps.items():
+                reader.seek(atp, max(todo[tp][0], todo[tp][1] - window))
+            deadline = asyncio.get_running_loop().time() + 30
+            reading = set(atps)
+            while reading:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"could not read the end of {sorted(map(str, reading))}")
+                for atp, records in (await reader.getmany(*reading, timeout_ms=200)).items():
+                    if records:
+                        found[atps[atp]] = records[-1].offset + 1
+                reading = {atp for atp in reading if await reader.position(atp) < todo[atps[atp]][1]}
+            todo = {tp: (start, end) for tp, (start, end) in todo.items()
+                    if found[tp] == start and end - window > start}  # nothing committed in the window yet
+            window *= 4
+    finally:
+        await reader.stop()
+    return found
 
 
 AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
+Recovery.active_remaining = _remaining_but_the_marker  # type: ignore[method-assign]
 
 
 async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
