@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,13 @@ def worker_datadir(settings: Settings) -> Path:
     return settings.data_dir / "workers" / f"{settings.app_id}-{settings.worker_web_port}"
 
 
+def worker_instance_id(settings: Settings) -> str:
+    """This worker's static member id in the group (KIP-345): its host and web port, as stable
+    as its data folder, so that a restarted worker takes its partitions back at once, without
+    a rebalance nor a wait for its former session to time out."""
+    return f"{socket.gethostname()}-{settings.worker_web_port}"
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the worker's Faust app for the deployment that `settings` describe."""
     datadir = worker_datadir(settings)
@@ -90,8 +98,10 @@ def create_app(settings: Settings) -> faust.App:
         # lingering would only delay the commit that waits for them.
         producer_linger=0.0,
         producer_max_batch_size=512 * 1024,
-        # A worker that died is noticed within this, and its partitions move to the others.
+        # A worker that died is noticed within this, and its partitions move to the others; one
+        # that stops (static members do not leave the group) keeps them this long for its return.
         broker_session_timeout=10.0,
+        consumer_group_instance_id=worker_instance_id(settings),
         broker_heartbeat_interval=1.0,
         web_host=settings.http_host,
         web_port=settings.worker_web_port,

@@ -6,6 +6,7 @@ reads that need it, never a wrong answer."""
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ingest.app import create_app, ingress_state_dir
 from reach.config import Settings
 from schemas.events import resource_key
 from tests.support import (ServiceProcess, bearer, free_port, partner_token, readers, tenant_token, wait_reader_ready,
+                           wait_worker_ready,
                            wait_terminal)
 from topics.partitioning import partition_for
 
@@ -193,3 +195,42 @@ def test_batches_of_both_readers_list_as_one_and_the_ingress_keeps_no_outcomes(
 
     kept = sorted(p.name for p in ingress_state_dir(settings).iterdir())
     assert kept == ["ledger"], f"the ingress keeps more than its per-batch ledger: {kept}"
+
+
+def test_reads_are_answered_while_the_only_worker_is_down_and_it_takes_its_partitions_back_on_return(
+        settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
+    """`make run`'s single worker SIGKILLed: reads come from the readers, so every read of a
+    stored resource still answers it (no wait, no error) and a list still holds all of them;
+    an upload meanwhile is accepted and waits; the worker back (its static membership takes its
+    partitions back without waiting for its old session to time out) finishes it."""
+    worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker.log").start()
+    wait_worker_ready(settings)
+    assert ingress.post("/partner/schema-definitions", json=CUSTOMER,
+                        headers=bearer(partner_token())).status_code == 200
+    _upload(ingress, "Customer", [{"id": f"c{i:02d}", "n": i} for i in range(20)])
+
+    worker.stop(signal.SIGKILL)
+    accepted = ingress.post("/api/resources/Customer/batch", json={"resources": [{"id": "c20", "n": 20}]},
+                            headers=bearer(tenant_token()))
+    assert accepted.status_code == 202, accepted.text
+    for round_ in range(3):  # reads keep answering, not just the first
+        for i in range(20):
+            response = ingress.get(f"/api/resources/Customer/c{i:02d}", headers=bearer(tenant_token()))
+            assert response.status_code == 200, f"round {round_}, c{i:02d}: {response.status_code} {response.text}"
+            assert response.json()["data"]["result"]["data"] == {"id": f"c{i:02d}", "n": i}, response.text
+    ids, totals = _every_page(ingress, "Customer", 7)
+    assert ids == [f"c{i:02d}" for i in range(20)] and totals == {20}, (ids, totals)
+    batch_id = accepted.json()["data"]["batchId"]
+    status = ingress.get(f"/api/batches/{batch_id}", headers=bearer(tenant_token()))
+    assert status.status_code == 200 and status.json()["data"]["status"] == "queued", status.text
+
+    started = time.monotonic()
+    worker = ServiceProcess(["-m", "processors.worker"], settings, tmp_path / "worker-again.log").start()
+    try:
+        batch = wait_terminal(ingress, batch_id, bearer(tenant_token()), timeout_s=60)
+        assert batch["status"] == "success", batch
+        print(f"the worker back after SIGKILL: its batch done {time.monotonic() - started:.1f} s after its start")
+        assert ingress.get("/api/resources/Customer/c20", headers=bearer(tenant_token())).json()["data"]["result"][
+            "data"] == {"id": "c20", "n": 20}
+    finally:
+        assert worker.stop() == 0, worker.log()[-3000:]
