@@ -10,7 +10,11 @@ into one tenant's schema, up to each size in turn. At each size it prints and re
 - an ingress restarted on the same disk, after SIGTERM and after SIGKILL, and a new ingress
   with an empty disk: seconds from its start until it answers a read of the newest resource;
 - the worker restarted after SIGTERM and after SIGKILL: seconds from its start until a newly
-  queued batch is terminal.
+  queued batch is terminal;
+- CPU of every process but the broker and the client, per applied record, with 1, 2 and 4
+  ingress processes (`REACH_INGRESS_PROCESSES`), each loading the same 50 batches of 1000;
+- workers joining, dying and coming back under load (`bench.failover`): how long a partition's
+  processing paused, and the reads not answered right meanwhile.
 
 Writes `bench/results/scale.json` and `bench/results/scale.png`. Figures are measurements,
 not pass/fail checks.
@@ -32,8 +36,11 @@ from typing import Any
 
 import httpx
 
-from bench.run import RESULTS, Stack, batch_body, percentile, post_batches, wait_all_terminal
+from bench.failover import WorkerEvents
+from bench.run import RESULTS, Stack, batch_body, children_of, cpu_seconds, percentile, post_batches, \
+    wait_all_terminal
 from ingest.pagination import encode_cursor
+from processors.app import worker_datadir
 from tests.support import ServiceProcess, free_port
 
 RUN = "scale"
@@ -123,10 +130,24 @@ def restart_worker(stack: Stack, sig: int, probe: int) -> float:
     return time.monotonic() - started
 
 
+def cpu_per_record(stack: Stack, processes: int, batches: int = 50) -> dict[str, float]:
+    """µs of CPU per applied record of every process but the broker and this client, with
+    `processes` ingress processes, over `batches` batches of 1000 (updates of stored resources)."""
+    stack.restart_ingress(replace(stack.settings, ingress_processes=processes))
+    pids = [stack.worker.proc.pid, stack.reader.proc.pid, stack.ingress.proc.pid, *children_of(stack.ingress.proc.pid)]
+    before, started = sum(cpu_seconds(pid) for pid in pids), time.monotonic()
+    _, ids, _ = asyncio.run(post_batches(stack, [batch_body(RUN, 1000, i * 1000) for i in range(batches)], 4))
+    asyncio.run(wait_all_terminal(stack, ids, timeout_s=1800))
+    seconds, records = time.monotonic() - started, batches * 1000
+    used = sum(cpu_seconds(pid) for pid in pids) - before
+    return {"us_per_record": round(used / records * 1e6, 1), "records_per_s": round(records / seconds)}
+
+
 def measure_at(stack: Stack, size: int, batch_ids: list[str], n: int) -> dict[str, Any]:
     rng = random.Random(size)
     figures: dict[str, Any] = {"resources": size, "batches": len(batch_ids)}
-    figures["memory_mb"] = {"ingress": memory_mb(stack.ingress.proc.pid), "worker": memory_mb(stack.worker.proc.pid)}
+    figures["memory_mb"] = {"ingress": memory_mb(stack.ingress.proc.pid), "worker": memory_mb(stack.worker.proc.pid),
+                            "reader": memory_mb(stack.reader.proc.pid)}
     gets = timed_gets(stack, [(f"/api/resources/customer/{resource_id(rng.randrange(size))}", {}) for _ in range(200)])
     figures["get_ms"] = {"p50": round(statistics.median(gets) * 1000, 2), "p99": round(percentile(gets, 99) * 1000, 2)}
     first = timed_gets(stack, [("/api/resources/customer", {"limit": "100"})] * 20)
@@ -145,6 +166,18 @@ def measure_at(stack: Stack, size: int, batch_ids: list[str], n: int) -> dict[st
                                     "new_empty_disk": round(fresh_ingress(stack, newest, n), 2)}
     figures["worker_restart_s"] = {"after_sigterm": round(restart_worker(stack, signal.SIGTERM, 2 * n), 2),
                                    "after_sigkill": round(restart_worker(stack, signal.SIGKILL, 2 * n + 1), 2)}
+    figures["disk_mb"] = disk_mb(stack.settings.data_dir, stack.settings)
+    # Twice each, alternately: the machine is shared and noisy.
+    runs: dict[int, list[dict[str, float]]] = {}
+    for k in (1, 2, 4, 1, 2, 4):
+        runs.setdefault(k, []).append(cpu_per_record(stack, k))
+    figures["cpu_us_per_record"] = {
+        str(k): {"median": statistics.median(r["us_per_record"] for r in found), "runs": found}
+        for k, found in runs.items()}
+    stack.restart_ingress(replace(stack.settings, ingress_processes=1))
+    print(f"  CPU per record: {json.dumps(figures['cpu_us_per_record'])}", flush=True)
+    sample = [resource_id(rng.randrange(size)) for _ in range(1000)]
+    figures["workers"] = asyncio.run(WorkerEvents(stack, sample).run())
     return figures
 
 
@@ -195,7 +228,6 @@ def main() -> None:
             print(f"loaded {size - loaded:,} resources in {seconds:.1f}s ({(size - loaded) / seconds:,.0f}/s)", flush=True)
             loaded = size
             row = measure_at(stack, size, batch_ids, n)
-            row["disk_mb"] = disk_mb(Path(tmp) / "data")
             rows.append(row)
             print(json.dumps(row), flush=True)
     (RESULTS / "scale.json").write_text(json.dumps({"rows": rows, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2))
@@ -203,11 +235,12 @@ def main() -> None:
     print(f"wrote {RESULTS / 'scale.json'} and {RESULTS / 'scale.png'}")
 
 
-def disk_mb(folder: Path) -> dict[str, float]:
-    """Disk used under the data folder: the ingress's stores and the worker's."""
+def disk_mb(folder: Path, settings: Any) -> dict[str, float]:
+    """Disk used under the data folder: the ingress's ledger, the first worker's stores, the reader's."""
     def size(path: Path) -> float:
         return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024 / 1024, 1)
-    return {"ingress": size(folder / "ingress"), "worker": size(folder / "workers")}
+    return {"ingress": size(folder / "ingress"), "worker": size(worker_datadir(settings)),
+            "reader": size(folder / "reader")}
 
 
 if __name__ == "__main__":
