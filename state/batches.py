@@ -219,8 +219,12 @@ def _filters(batch: BatchState, status: str) -> list[tuple[str | None, str | Non
 
 
 def _entry(batch: BatchState, batch_type: str | None, status: str | None) -> bytes:
-    return (_list_prefix(batch.partnerId, batch.tenantId, batch_type, status)
-            + struct.pack(">Q", _NEWEST_FIRST - batch.acceptedAt) + batch.batchId.encode())
+    return _position(_list_prefix(batch.partnerId, batch.tenantId, batch_type, status), batch.acceptedAt, batch.batchId)
+
+
+def _position(prefix: bytes, accepted_at: int, batch_id: str) -> bytes:
+    """Where a batch is in the list of `prefix`: newest first, then by id."""
+    return prefix + struct.pack(">Q", _NEWEST_FIRST - accepted_at) + batch_id.encode()
 
 
 def _add_count(changes: Changes, key: bytes, delta: int) -> None:
@@ -582,7 +586,7 @@ class BatchStore(Bookkeeping):
         total = self.count(partner_id, tenant_id, batch_type, status)
         start = prefix
         if position is not None:
-            start = prefix + struct.pack(">Q", _NEWEST_FIRST - position[0]) + position[1].encode()
+            start = _position(prefix, *position)
         found: list[BatchState] = []
         has_next = False
         for key, _ in self.store.items_from(start, prefix):
