@@ -152,7 +152,7 @@ async def batch_outcome(request: Request) -> Response:
 
 async def batch_changed(request: Request) -> Response:
     """{"partner", "tenant", "batchId", "version", "timeoutS"} → {"batch": without details | null}
-    once its version (`ingest.batch_progress.version`) is past `version`, or the time is up."""
+    once its version (`BatchState.version`) is past `version`, or the time is up."""
     question = orjson.loads(await request.body())
     batches: BatchStore = request.app.state.batches
     deadline = time.monotonic() + question["timeoutS"]

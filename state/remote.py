@@ -214,7 +214,7 @@ class BatchReads(_Readers):
         has_next = next(merged, None) is not None or any(answer["hasNext"] for answer in answers)
         return found, total, has_next
 
-    async def totals(self, tenants: list[tuple[str, str]] = []) -> dict[str, Any]:
+    async def totals(self, tenants: list[tuple[str, str]]) -> dict[str, Any]:
         """{"backlog", "pending", "outcomes", "inFlight": {"partner/tenant": n}} over every reader,
         each settled first: every batch written before the call counts — also one whose commit
         has returned to its ingress before the broker wrote its commit marker, which a read of
@@ -231,7 +231,7 @@ class BatchReads(_Readers):
 class ReaderTotals:
     """The readers' totals of all batches (backlog, pending, records taken), asked every
     `interval_s` in the background: admission and metrics read them without a round trip. While
-    the readers do not answer, the last totals stay (and `stale_s` says for how long)."""
+    the readers do not answer, the last totals stay."""
 
     def __init__(self, reads: BatchReads, interval_s: float = 0.5) -> None:
         self.reads, self.interval_s = reads, interval_s
@@ -275,9 +275,6 @@ class ReaderTotals:
                 await self._ask()
             except ReaderUnavailable as exc:
                 log.debug("reader totals: %s", exc)
-
-    def stale_s(self) -> float:
-        return time.monotonic() - self._at
 
     def backlog(self) -> int:
         return int(self._latest["backlog"])
