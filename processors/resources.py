@@ -280,9 +280,9 @@ class ResourceProcessor:
         if references and not references_pinned:
             # Only references on this partition are known here; the others' partitions answer
             # the pins ("waiting" when missing).
-            missing = [r for r in references if self._missing_here(event, r.key)]
-            local = all(partition_for(r.key, self.partitions) == event.message.partition for r in references)
-            if missing and waits(body) == 0 and local:
+            here = [r for r in references if partition_for(r.key, self.partitions) == event.message.partition]
+            missing = [r for r in here if self.eos.get(event, self.resources, r.key) is None]
+            if missing and waits(body) == 0 and len(here) == len(references):
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
                                  f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
@@ -438,11 +438,6 @@ class ResourceProcessor:
                            f"{handed_on_from(event.message.headers)} handed it on: do all workers have the ingest "
                            "topic's partition count (REACH_TOPIC_PARTITIONS)?")
         return None
-
-    def _missing_here(self, event: faust.EventT, key: bytes) -> bool:
-        """Whether `key` is a resource of this event's partition that does not exist."""
-        return (partition_for(key, self.partitions) == event.message.partition
-                and self.eos.get(event, self.resources, key) is None)
 
     # -- outcomes --------------------------------------------------------------------------
 
