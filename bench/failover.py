@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.run import Stack
+from bench.run import Stack, batch_body
+from reach.token import make_token
 from schemas.events import resource_key
 from tests.support import ServiceProcess, free_port
 from topics.partitioning import partition_for
@@ -142,8 +143,6 @@ class WorkerEvents:
 
     async def _bulk(self) -> None:
         """Another tenant's uploads, BULK_RECORDS_PER_S at most, backing off when refused."""
-        from bench.run import batch_body
-        from reach.token import make_token
         headers = {**self.headers, "Authorization": f"Bearer {make_token(self.stack.settings, 'bench', 'bulk')}"}
         async with httpx.AsyncClient(base_url=self.stack.base, timeout=60) as http:
             n = 0

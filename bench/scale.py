@@ -41,6 +41,7 @@ from bench.run import RESULTS, Stack, batch_body, children_of, cpu_seconds, perc
     wait_all_terminal
 from ingest.pagination import encode_cursor
 from processors.app import worker_datadir
+from reach.config import Settings
 from tests.support import ServiceProcess, free_port
 
 RUN = "scale"
@@ -166,7 +167,7 @@ def measure_at(stack: Stack, size: int, batch_ids: list[str], n: int) -> dict[st
                                     "new_empty_disk": round(fresh_ingress(stack, newest, n), 2)}
     figures["worker_restart_s"] = {"after_sigterm": round(restart_worker(stack, signal.SIGTERM, 2 * n), 2),
                                    "after_sigkill": round(restart_worker(stack, signal.SIGKILL, 2 * n + 1), 2)}
-    figures["disk_mb"] = disk_mb(stack.settings.data_dir, stack.settings)
+    figures["disk_mb"] = disk_mb(stack.settings)
     # Twice each, alternately: the machine is shared and noisy.
     runs: dict[int, list[dict[str, float]]] = {}
     for k in (1, 2, 4, 1, 2, 4):
@@ -235,12 +236,12 @@ def main() -> None:
     print(f"wrote {RESULTS / 'scale.json'} and {RESULTS / 'scale.png'}")
 
 
-def disk_mb(folder: Path, settings: Any) -> dict[str, float]:
+def disk_mb(settings: Settings) -> dict[str, float]:
     """Disk used under the data folder: the ingress's ledger, the first worker's stores, the reader's."""
     def size(path: Path) -> float:
         return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1024 / 1024, 1)
-    return {"ingress": size(folder / "ingress"), "worker": size(worker_datadir(settings)),
-            "reader": size(folder / "reader")}
+    return {"ingress": size(settings.data_dir / "ingress"), "worker": size(worker_datadir(settings)),
+            "reader": size(settings.data_dir / "reader")}
 
 
 if __name__ == "__main__":
