@@ -100,7 +100,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_batch_size=512 * 1024,
         # A worker that died is noticed within this, and its partitions move to the others; one
         # that stops (static members do not leave the group) keeps them this long for its return.
-        broker_session_timeout=10.0,
+        # The broker's least (group.min.session.timeout.ms); heartbeats go every second from the
+        # consumer's own thread, so a busy event loop does not miss them.
+        broker_session_timeout=6.0,
         consumer_group_instance_id=worker_instance_id(settings),
         broker_heartbeat_interval=1.0,
         web_host=settings.http_host,

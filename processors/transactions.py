@@ -86,6 +86,8 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ProducerFenced
+from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
@@ -93,7 +95,7 @@ from faust.transport.drivers.aiokafka import Producer, server_list
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
-from processors import metrics
+from processors import metrics, restore
 from state.store import prefix_items
 from topics import partitioning
 from topics.record_batches import send_batches
@@ -104,6 +106,8 @@ _original_on_recovery_completed = Recovery.on_recovery_completed
 _original_resume_streams = Recovery._resume_streams
 _original_on_rebalance = TransactionManager.on_rebalance
 _original_active_remaining = Recovery.active_remaining
+_original_standby_remaining = Recovery.standby_remaining
+_original_get_assignment = CopartitionedAssignor.get_assignment
 log = logging.getLogger(__name__)
 _ATTRIBUTE = "reach_exactly_once"
 _ABSENT = object()
@@ -182,10 +186,20 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
             if producer is None:
                 log.warning("commit invoked for unknown transaction %s", transactional_id)
                 return
-            if eos is not None:
-                await eos.send_committing(transactional_id, producer)
-            await producer.send_offsets_to_transaction(offsets, group_id)
-            await producer.commit_transaction()
+            try:
+                if eos is not None:
+                    await eos.send_committing(transactional_id, producer)
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+            except ProducerFenced:
+                if eos is None or set(offsets) & set(self.app.consumer.assignment()):
+                    raise
+                # Its partition moved in a rebalance and the new owner's producer fenced this one,
+                # aborting the transaction: nothing of it is committed, and the partition's work
+                # is the new owner's now. Faust stopped the worker here; it went on meanwhile.
+                log.info("transaction %s was fenced by the new owner of its partition", transactional_id)
+                eos.forget_committing(transactional_id)
+                return
             if eos is not None:
                 eos.store_committed(transactional_id, producer)
             if start_new_transaction:
@@ -258,6 +272,152 @@ AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[m
 Recovery.active_remaining = _remaining_but_the_marker  # type: ignore[method-assign]
 
 
+def _standby_remaining_but_the_marker(self: Recovery) -> Any:
+    """As `_remaining_but_the_marker`, for standbys: they are ready once at their last record."""
+    return Counter({tp: max(0, n - 1) for tp, n in _original_standby_remaining(self).items()})
+
+
+Recovery.standby_remaining = _standby_remaining_but_the_marker  # type: ignore[method-assign]
+
+
+def _assignment_taking_over_warm(self: CopartitionedAssignor) -> Any:
+    """Faust's assignment, except that a worker never takes a partition over cold.
+
+    Faust gives a joining worker its share of active partitions at once, and the worker then
+    restores them from their changelogs while they stop (541 s for half of 2,000,000 resources).
+    As Kafka Streams does (KIP-441), a partition whose new owner held it neither active nor
+    standby stays with its current owner, and the new one gets it as a standby; once its
+    standbys are current it asks for another rebalance (`_ask_for_my_share_once_warm`), where
+    it is warm and takes them."""
+    before = {client: (set(a.actives), set(a.standbys)) for client, a in self._client_assignments.items()}
+    result = _original_get_assignment(self)
+    for partition in range(self.num_partitions):
+        owner = next((c for c, a in result.items() if partition in a.actives), None)
+        if owner is None or partition in before[owner][0] | before[owner][1]:
+            continue
+        keeper = next((c for c, (actives, _) in before.items() if c != owner and partition in actives), None)
+        if keeper is None:
+            continue  # no one holds it warm: the new owner restores it
+        log.info("partition %d stays with its owner until its new one is warm", partition)
+        result[owner].actives.discard(partition)
+        result[owner].standbys.add(partition)
+        result[keeper].standbys.discard(partition)
+        result[keeper].actives.add(partition)
+    return result
+
+
+CopartitionedAssignor.get_assignment = _assignment_taking_over_warm  # type: ignore[method-assign]
+
+
+def _ask_for_my_share_once_warm(app: faust.App) -> None:
+    """After a recovery that brought every standby to its changelog's end: a worker with fewer
+    active partitions than its share asks for a rebalance, once per assignment (a sticky
+    assignment that gives it none ends there), where it takes partitions it now holds warm."""
+    assignor = app.assignor
+    actives = {tp.partition for tp in assignor.assigned_actives()}
+    standbys = {tp.partition for tp in assignor.assigned_standbys()} - actives
+    workers = len(set(assignor.changelog_distribution) | {str(app.conf.canonical_url)})
+    held = (frozenset(actives), frozenset(standbys))
+    if not standbys or len(actives) >= app.conf.topic_partitions // workers or held == _asked.get(id(app)):
+        return
+    _asked[id(app)] = held
+    log.info("standbys of partitions %s are current: asking for a rebalance to take my share", sorted(standbys))
+    thread = app.consumer._thread
+    consumer = thread._ensure_consumer()
+
+    async def rejoin() -> None:
+        consumer._coordinator.request_rejoin()
+
+    asyncio.ensure_future(thread.cast_thread(rejoin))
+
+
+_asked: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
+_standbys_restored: dict[int, bool] = {}
+_original_build_offsets = Recovery._build_offsets
+_NOT_YET = 2**62  # an offset no changelog event has: Faust's recovery skips events at or below it
+
+
+async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: set[TP], destination: Counter[TP],
+                                            title: str) -> None:
+    """Bring each partition of `tps` to its changelog's end in bulk (`processors.restore`), then
+    let Faust's recovery start from there: it reads the few records that came since.
+
+    While the bulk restore runs, Faust's recovery loop must not apply changelog events of the
+    same partitions still queued from before the rebalance (an older value would land over a
+    newer one): their offsets in `destination` are set past any event's until it ends."""
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+    if eos is None:
+        return await _original_build_offsets(self, consumer, tps, destination, title)
+    is_standby = title == "standby"
+    if is_standby:
+        _standbys_restored[id(self.app)] = False
+    tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
+    if tables:
+        self.flush_buffers()
+        before = {tp: destination.get(tp) for tp in tables}
+        for tp in tables:
+            destination[tp] = _NOT_YET
+        try:
+            spans = {TopicPartition(tp.topic, tp.partition): (table, -1 if before[tp] is None else before[tp])
+                     for tp, table in tables.items()}
+            await eos.restorer.restore(spans)
+        finally:
+            for tp, table in tables.items():
+                persisted = table.persisted_offset(tp)
+                destination[tp] = before[tp] if persisted is None else persisted
+    if is_standby:
+        _standbys_restored[id(self.app)] = True
+    await _original_build_offsets(self, consumer, tps, destination, title)
+
+
+Recovery._build_offsets = _build_offsets_after_bulk_restore  # type: ignore[method-assign]
+_original_wait = Recovery._wait
+
+
+async def _wait_as_long_as_it_takes(self: Recovery, coro: Any, timeout: Any = None) -> None:
+    """Faust's wait for a step of its recovery, without its timeout (`broker_request_timeout`,
+    90 s). A step that outlived it did not fail: mode reports a timed-out wait as the service
+    stopping, and the recovery loop ended for good, the worker processing nothing ever after. A
+    restore in bulk of a large partition takes longer than that; broker requests in the steps
+    keep their own timeouts, and a new rebalance still interrupts any step."""
+    await _original_wait(self, coro, None)
+
+
+Recovery._wait = _wait_as_long_as_it_takes  # type: ignore[method-assign]
+
+
+def _verify_fetching_only(self: AIOKafkaThreadedConsumer, now: float, tp: TP) -> None:
+    """Faust's liveness check of a partition, without its half about streams: that half reads
+    the monitor's inbound times, which this app does not keep (`processors.app` removes the
+    monitor from the per-event sensors), and takes a position short of the highwater for
+    unprocessed records, when under exactly-once every idle partition ends in a commit marker.
+    It logged every partition as stuck, at ERROR, several times a second from a worker's fifth
+    minute on. The checks of fetch requests and responses stay."""
+    self._verify_aiokafka_event_path(now, tp)
+
+
+AIOKafkaThreadedConsumer.verify_event_path = _verify_fetching_only  # type: ignore[method-assign]
+
+_original_create_worker_consumer = AIOKafkaThreadedConsumer._create_worker_consumer
+FETCH_MAX_WAIT_MS = 100
+
+
+def _worker_consumer_answering_soon(self: AIOKafkaThreadedConsumer, transport: Any) -> AIOKafkaConsumer:
+    """Faust's consumer, its long polls cut from 1.5 s to FETCH_MAX_WAIT_MS.
+
+    The broker answers one connection's requests in order, and a fetch of partitions with
+    nothing new waits out its whole long poll: every offset request of a recovery (earliest
+    offsets, seeks, positions) queued behind one took ~1.5 s, four or five of them in a row at
+    each rebalance, while the partitions being moved stood still. An idle worker now sends ten
+    fetches a second instead of one; a fetch with records returns at once either way."""
+    consumer = _original_create_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+    return consumer
+
+
+AIOKafkaThreadedConsumer._create_worker_consumer = _worker_consumer_answering_soon  # type: ignore[method-assign]
+
+
 async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
     eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
     if eos is None or not self.app.in_transaction:
@@ -296,6 +456,8 @@ async def _seek_to_resume_points(app: faust.App) -> None:
 async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
     await _original_on_recovery_completed(self, generation_id)
     await _seek_to_resume_points(self.app)
+    if _standbys_restored.get(id(self.app)):
+        _ask_for_my_share_once_warm(self.app)
 
 
 async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
@@ -338,6 +500,7 @@ class ExactlyOnce:
         self._resumable: set[TP] = set()  # partitions whose resume point this epoch is known
         self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
         self._reader: AIOKafkaConsumer | None = None
+        self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
@@ -426,6 +589,7 @@ class ExactlyOnce:
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.stop()
+        await self.restorer.close()
 
     def forget(self, tps: Iterable[TP]) -> None:
         """A rebalance began: no event of `tps` is processed until `resume_from` says where."""
@@ -609,6 +773,10 @@ class ExactlyOnce:
                 batch.put(_PERSISTED_OFFSET, str(sent.result().offset + last[1] + 1).encode())
             # With RocksDB's write-ahead log: a SIGKILL right after loses nothing written here.
             table.data._db_for_partition(writes.partition).write(batch)
+
+    def forget_committing(self, tid: str) -> None:
+        """`tid`'s transaction was aborted by its partition's new owner: its changes are not kept."""
+        self._committing.pop(tid, None)
 
     def drop_committing(self) -> None:
         """A commit failed: what it carried is not committed (the worker stops)."""

@@ -331,7 +331,14 @@ def _restore_of_resources(log: str) -> dict[int, tuple[int, int]]:
         return found
 
     starts, highwaters = table("Reading Starts At - Active"), table("Highwater - Active")
-    return {p: (starts[p], highwaters[p]) for p in sorted(starts)}
+    # A restore in bulk (`processors.restore`) ran first where there was anything to read: Faust's
+    # recovery then starts where it ended, and the restore began where the store was.
+    bulk: dict[int, int] = {}
+    for line in log[:log.index("Reading Starts At - Active")].splitlines():
+        if "restoring " in line and ".resources[" in line:  # the first pass's start is the store's
+            partition = int(line.split(".resources[", 1)[1].split("]", 1)[0])
+            bulk.setdefault(partition, int(line.split(" from offset ", 1)[1].split()[0]))
+    return {p: (bulk.get(p, starts[p]), highwaters[p]) for p in sorted(starts)}
 
 
 def test_worker_killed_mid_creation_keeps_no_change_of_the_transaction_it_aborted(
