@@ -33,6 +33,8 @@ READ_EVERY_S = 0.05
 BULK_RECORDS_PER_S = 2000
 SETTLE_S = 20.0  # an event's effects are looked for in the probes sent this long after it
 MAX_PAUSE_S = 1800.0
+ASKED = "asking for a rebalance to take my share"  # logged by a worker whose standbys are current
+READY = "Worker ready"  # logged by a worker at the end of each recovery
 
 
 @dataclass
@@ -44,12 +46,14 @@ class Timeline:
     refused: int = 0  # uploads not answered 202
     bad_reads: list[tuple[float, float, str]] = field(default_factory=list)
 
-    def pause_after(self, at: float) -> float:
-        """The longest a probe sent within SETTLE_S of `at` took: processing paused that long."""
-        return max((s for t, s in self.probes if at <= t <= at + SETTLE_S), default=float("nan"))
+    def pause_after(self, at: float, until: float | None = None) -> float:
+        """The longest a probe sent between `at` and `until` (default: SETTLE_S later) took:
+        some partition's processing paused that long."""
+        until = at + SETTLE_S if until is None else until
+        return max((s for t, s in self.probes if at <= t <= until), default=float("nan"))
 
-    def reads_after(self, at: float) -> dict[str, Any]:
-        bad = [(t, s, what) for t, s, what in self.bad_reads if at <= t <= at + SETTLE_S]
+    def reads_after(self, at: float, until: float) -> dict[str, Any]:
+        bad = [(t, s, what) for t, s, what in self.bad_reads if at <= t <= until]
         return {"failed": len(bad), "failed_s": round(sum(s for _, s, _ in bad), 2),
                 "answers": sorted({what for _, _, what in bad})}
 
@@ -102,6 +106,23 @@ class WorkerEvents:
                 await asyncio.sleep(0.05)
         finally:
             self.outstanding.pop(n, None)
+
+    async def _asked_for_share(self, worker: ServiceProcess, at: float, before: tuple[int, int],
+                               log: Any) -> float | None:
+        """Seconds from `at` until `worker`'s standbys were current and it asked for its share
+        of partitions; None if it became ready without asking (it got no standby to take)."""
+        ready_at = None
+        while time.monotonic() - at < MAX_PAUSE_S:
+            text = worker.log()
+            if text.count(ASKED) > before[0]:
+                return time.monotonic() - at
+            if ready_at is None and text.count(READY) > before[1]:
+                ready_at = time.monotonic()
+            if ready_at is not None and time.monotonic() - ready_at > 5:
+                return None
+            await asyncio.sleep(0.25)
+        log(f"  not ready within {MAX_PAUSE_S} s", flush=True)
+        return None
 
     async def _probes_done(self, upto: float, log: Any) -> None:
         """Wait until every probe sent before `upto` is terminal (at most MAX_PAUSE_S)."""
@@ -170,6 +191,7 @@ class WorkerEvents:
             second: ServiceProcess | None = None
             for title, name in steps:
                 at = time.monotonic()
+                before = (0, 0)
                 if name == "join_second":
                     second = self.start_worker(2)
                     self.workers.append(second)
@@ -179,16 +201,26 @@ class WorkerEvents:
                     self.workers.remove(second)
                 elif name == "restart_killed":
                     assert second is not None
+                    text = second.log()  # its log goes on in the same file
+                    before = (text.count(ASKED), text.count(READY))
                     second = self.start_worker(2, second.settings.worker_web_port)
                     self.workers.append(second)
                 else:
                     self.workers.append(self.start_worker(3))
+                warm_s = None
+                if name != "kill_one_of_two":
+                    # A worker joining first restores standbys, then asks for its share.
+                    warm_s = await self._asked_for_share(self.workers[-1], at, before, log)
                 await asyncio.sleep(SETTLE_S)
-                await self._probes_done(at + SETTLE_S, log)
+                until = time.monotonic()
+                await self._probes_done(until, log)
                 await asyncio.sleep(5)
-                figures[name] = {"paused_s": round(self.timeline.pause_after(at), 2), **self.timeline.reads_after(at)}
-                log(f"  {title}: longest probe {figures[name]['paused_s']} s; "
-                    f"reads not answered right: {figures[name]['failed']}", flush=True)
+                figures[name] = {"paused_s": round(self.timeline.pause_after(at, until), 2),
+                                 "warm_after_s": round(warm_s, 1) if warm_s is not None else None,
+                                 **self.timeline.reads_after(at, until)}
+                log(f"  {title}: longest probe {figures[name]['paused_s']} s; asked for its share after "
+                    f"{figures[name]['warm_after_s']} s; reads not answered right: {figures[name]['failed']}",
+                    flush=True)
         finally:
             self._stop.set()
             await asyncio.gather(*background, return_exceptions=True)
@@ -210,11 +242,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=20_000)
+    parser.add_argument("--batch-size", type=int, default=100, help="records per upload while loading")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="reach-failover-")  # kept: the processes' logs are there
     print(f"logs in {tmp}", flush=True)
     with Stack(Path(tmp), ingress_processes=1) as stack:
-        seconds, _ = asyncio.run(load(stack, 0, args.size, 100))
+        seconds, _ = asyncio.run(load(stack, 0, args.size, args.batch_size))
         print(f"loaded {args.size:,} resources in {seconds:.1f}s", flush=True)
         figures = asyncio.run(WorkerEvents(stack, [resource_id(i) for i in range(args.size)]).run())
         print(json.dumps(figures), flush=True)
