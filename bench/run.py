@@ -564,17 +564,19 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
     second = ServiceProcess(["-m", "processors.worker"], settings, stack.workdir / "worker-2.log").start()
     joined = time.monotonic()
     try:
-        # Its partitions are its own once it logs where each resumes: after the rebalance and
-        # after restoring its partitions' state from their changelogs (it has none on disk), which
-        # grows with what is stored — some 445,000 changelog records for two partitions by now.
+        # Its partitions are its own once it logs where each of its ingest partitions resumes:
+        # after it restored its share as standbys (it has none on disk) and asked for it, in the
+        # rebalance where it takes it warm. Its first rebalance gives it standbys only.
         try:
-            await asyncio.to_thread(wait_until, lambda: "resuming at" in second.log(), 900,
+            await asyncio.to_thread(wait_until, lambda: any("resuming at" in line and ".ingest[" in line
+                                                        for line in second.log().splitlines()), 900,
                                     what="the second worker to take partitions")
         except AssertionError:
             print(f"--- worker 2:\n{second.log()[-4000:]}\n--- worker 1:\n{stack.worker.log()[-4000:]}", flush=True)
             raise
         takeover_s = time.monotonic() - joined
-        print(f"a second worker took its partitions in {takeover_s:.0f} s (rebalance and restore)", flush=True)
+        print(f"a second worker took its partitions in {takeover_s:.0f} s (restore as standbys, then takeover)",
+              flush=True)
         await wait_all_terminal(stack, (await post_batches(stack, [batch_body("two-warmup")], 1))[1])
         bodies = [batch_body(f"e2e2-{b}") for b in range(args.e2e_batches)]
         started, cpu = time.monotonic(), stack.cpu_share(**{"worker 2": [second.proc.pid]})
