@@ -299,11 +299,21 @@ def _assignment_taking_over_warm(self: CopartitionedAssignor) -> Any:
         if keeper is None:
             continue  # no one holds it warm: the new owner restores it
         log.info("partition %d stays with its owner until its new one is warm", partition)
-        result[owner].actives.discard(partition)
-        result[owner].standbys.add(partition)
-        result[keeper].standbys.discard(partition)
-        result[keeper].actives.add(partition)
+        _move(result, partition, owner, keeper)
+        # Faust's sticky assignment picks which of the keeper's partitions to give up without
+        # looking at standbys: one the new owner holds warm is given instead, if there is one.
+        warm = next((p for p in sorted(result[keeper].actives) if p != partition and p in before[owner][1]), None)
+        if warm is not None:
+            _move(result, warm, keeper, owner)
     return result
+
+
+def _move(assignment: Any, partition: int, source: str, destination: str) -> None:
+    """`partition` becomes `destination`'s active and `source`'s standby."""
+    assignment[source].actives.discard(partition)
+    assignment[source].standbys.add(partition)
+    assignment[destination].standbys.discard(partition)
+    assignment[destination].actives.add(partition)
 
 
 CopartitionedAssignor.get_assignment = _assignment_taking_over_warm  # type: ignore[method-assign]

@@ -70,6 +70,26 @@ def test_partitions_of_a_worker_gone_move_at_once_to_whoever_is_there() -> None:
     assert after["other"][0] >= {2, 3} or after["stays"][0] >= {2, 3}, after
 
 
+def test_a_third_worker_takes_partitions_it_holds_warm_whichever_faust_picks() -> None:
+    # Six partitions, two workers with three each; a third joins: it gets standbys only.
+    joined = _assign({"a": ({0, 1, 2}, {3, 4, 5}), "b": ({3, 4, 5}, {0, 1, 2}), "c": (set(), set())}, partitions=6)
+    _every_partition_active_once(joined, partitions=6)
+    assert joined["a"][0] == {0, 1, 2} and joined["b"][0] == {3, 4, 5} and not joined["c"][0], joined
+    assert joined["c"][1], joined
+
+    # Warm, it asks again. Faust's sticky assignment takes 0 and 3 from the others whatever
+    # the standbys (checked: its own result below); the third holds 1 and 4 warm, and takes those.
+    before = {"a": ({0, 1, 2}, {3, 5}), "b": ({3, 4, 5}, {0, 2}), "c": (set(), {1, 4})}
+    clients = {name: CopartitionedAssignment(actives=set(a), standbys=set(s), topics={"t"})
+               for name, (a, s) in before.items()}
+    faust = processors.transactions._original_get_assignment(
+        CopartitionedAssignor(topics={"t"}, cluster_asgn=clients, num_partitions=6, replicas=1))
+    assert faust["c"].actives == {0, 3}, faust
+    warm = _assign(before, partitions=6)
+    _every_partition_active_once(warm, partitions=6)
+    assert warm["c"][0] == {1, 4} and [len(warm[c][0]) for c in "ab"] == [2, 2], warm
+
+
 def test_a_worker_that_holds_nothing_it_would_get_takes_nothing_over() -> None:
     # Two workers with two partitions each, a third joins: Faust's sticky assignment keeps 2 + 2
     # (capacity ceil(4/3) = 2) and the third gets standbys only, which the rule leaves alone.
