@@ -243,10 +243,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=100, help="records per upload while loading")
+    parser.add_argument("--partitions", type=int, default=None,
+                        help="REACH_TOPIC_PARTITIONS (default 4: a third worker then gets no partition)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="reach-failover-")  # kept: the processes' logs are there
     print(f"logs in {tmp}", flush=True)
-    with Stack(Path(tmp), ingress_processes=1) as stack:
+    stack = Stack(Path(tmp), ingress_processes=1)
+    if args.partitions is not None:
+        stack.settings = replace(stack.settings, topic_partitions=args.partitions)
+    with stack:
         seconds, _ = asyncio.run(load(stack, 0, args.size, args.batch_size))
         print(f"loaded {args.size:,} resources in {seconds:.1f}s", flush=True)
         figures = asyncio.run(WorkerEvents(stack, [resource_id(i) for i in range(args.size)]).run())
