@@ -89,7 +89,7 @@ class Restorer:
                 break
             for tp, end in sorted(todo.items()):
                 log.info("restoring %s[%d] from offset %d to %d", tp.topic, tp.partition, positions[tp], end)
-            await self._read(spans, positions, todo, read)
+            await _read(reader, spans, positions, todo, read)
             threshold = CAUGHT_UP_RECORDS
         if read:
             took = time.monotonic() - began
@@ -98,30 +98,30 @@ class Restorer:
                      total, len(read), took, total / took if took else 0.0)
         return read
 
-    async def _read(self, spans: Mapping[TopicPartition, tuple[Any, int]], positions: dict[TopicPartition, int],
-                    ends: Mapping[TopicPartition, int], read: dict[TopicPartition, int]) -> None:
-        """One pass: each partition of `ends` from its position up to its end."""
-        reader = self._reader
-        assert reader is not None
-        reader.assign(list(ends))
-        for tp in ends:
-            reader.seek(tp, positions[tp])
-        reading = set(ends)
-        while reading:
-            for tp, records in (await reader.getmany(*reading, timeout_ms=500)).items():
-                if records:
-                    spans[tp][0].apply_changelog_batch(
-                        [_Change(_Message(tp, tp.partition, r.offset, r.key, r.value)) for r in records])
-                    read[tp] = read.get(tp, 0) + len(records)
-            reading = set()
-            for tp in ends:
-                # The position passes commit markers and aborted records, which are never returned.
-                positions[tp] = await reader.position(tp)
-                if positions[tp] < ends[tp]:
-                    reading.add(tp)
-        reader.assign([])
-
     async def close(self) -> None:
         if self._reader is not None:
             await self._reader.stop()
             self._reader = None
+
+
+async def _read(reader: AIOKafkaConsumer, spans: Mapping[TopicPartition, tuple[Any, int]],
+                positions: dict[TopicPartition, int], ends: Mapping[TopicPartition, int],
+                read: dict[TopicPartition, int]) -> None:
+    """One pass: each partition of `ends` from its position up to its end."""
+    reader.assign(list(ends))
+    for tp in ends:
+        reader.seek(tp, positions[tp])
+    reading = set(ends)
+    while reading:
+        for tp, records in (await reader.getmany(*reading, timeout_ms=500)).items():
+            if records:
+                spans[tp][0].apply_changelog_batch(
+                    [_Change(_Message(tp, tp.partition, r.offset, r.key, r.value)) for r in records])
+                read[tp] = read.get(tp, 0) + len(records)
+        reading = set()
+        for tp in ends:
+            # The position passes commit markers and aborted records, which are never returned.
+            positions[tp] = await reader.position(tp)
+            if positions[tp] < ends[tp]:
+                reading.add(tp)
+    reader.assign([])

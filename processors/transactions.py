@@ -225,7 +225,11 @@ async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: li
 def _remaining_but_the_marker(self: Recovery) -> Any:
     """Records left to restore per partition, the commit marker at the end not counted: Faust's
     recovery never receives it (and took two idle 5-second polls to notice)."""
-    return Counter({tp: max(0, n - 1) for tp, n in _original_active_remaining(self).items()})
+    return _but_the_marker(_original_active_remaining(self))
+
+
+def _but_the_marker(remaining: Counter[TP]) -> Counter[TP]:
+    return Counter({tp: max(0, n - 1) for tp, n in remaining.items()})
 
 
 async def _after_last_records(bootstrap_servers: list[str], spans: Mapping[TP, tuple[int, int]]) -> dict[TP, int]:
@@ -274,7 +278,7 @@ Recovery.active_remaining = _remaining_but_the_marker  # type: ignore[method-ass
 
 def _standby_remaining_but_the_marker(self: Recovery) -> Any:
     """As `_remaining_but_the_marker`, for standbys: they are ready once at their last record."""
-    return Counter({tp: max(0, n - 1) for tp, n in _original_standby_remaining(self).items()})
+    return _but_the_marker(_original_standby_remaining(self))
 
 
 Recovery.standby_remaining = _standby_remaining_but_the_marker  # type: ignore[method-assign]
@@ -319,7 +323,7 @@ def _move(assignment: Any, partition: int, source: str, destination: str) -> Non
 CopartitionedAssignor.get_assignment = _assignment_taking_over_warm  # type: ignore[method-assign]
 
 
-def _ask_for_my_share_once_warm(app: faust.App) -> None:
+def _ask_for_my_share_once_warm(app: faust.App, eos: ExactlyOnce) -> None:
     """After a recovery that brought every standby to its changelog's end: a worker with fewer
     active partitions than its share asks for a rebalance, once per assignment (a sticky
     assignment that gives it none ends there), where it takes partitions it now holds warm."""
@@ -328,9 +332,9 @@ def _ask_for_my_share_once_warm(app: faust.App) -> None:
     standbys = {tp.partition for tp in assignor.assigned_standbys()} - actives
     workers = len(set(assignor.changelog_distribution) | {str(app.conf.canonical_url)})
     held = (frozenset(actives), frozenset(standbys))
-    if not standbys or len(actives) >= app.conf.topic_partitions // workers or held == _asked.get(id(app)):
+    if not standbys or len(actives) >= app.conf.topic_partitions // workers or held == eos.asked_holding:
         return
-    _asked[id(app)] = held
+    eos.asked_holding = held
     log.info("standbys of partitions %s are current: asking for a rebalance to take my share", sorted(standbys))
     thread = app.consumer._thread
     consumer = thread._ensure_consumer()
@@ -341,8 +345,6 @@ def _ask_for_my_share_once_warm(app: faust.App) -> None:
     asyncio.ensure_future(thread.cast_thread(rejoin))
 
 
-_asked: dict[int, tuple[frozenset[int], frozenset[int]]] = {}
-_standbys_restored: dict[int, bool] = {}
 _original_build_offsets = Recovery._build_offsets
 _NOT_YET = 2**62  # an offset no changelog event has: Faust's recovery skips events at or below it
 
@@ -360,7 +362,7 @@ async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: 
         return await _original_build_offsets(self, consumer, tps, destination, title)
     is_standby = title == "standby"
     if is_standby:
-        _standbys_restored[id(self.app)] = False
+        eos.standbys_restored = False
     tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
     if tables:
         self.flush_buffers()
@@ -376,7 +378,7 @@ async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: 
                 persisted = table.persisted_offset(tp)
                 destination[tp] = before[tp] if persisted is None else persisted
     if is_standby:
-        _standbys_restored[id(self.app)] = True
+        eos.standbys_restored = True
     await _original_build_offsets(self, consumer, tps, destination, title)
 
 
@@ -466,8 +468,9 @@ async def _seek_to_resume_points(app: faust.App) -> None:
 async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
     await _original_on_recovery_completed(self, generation_id)
     await _seek_to_resume_points(self.app)
-    if _standbys_restored.get(id(self.app)):
-        _ask_for_my_share_once_warm(self.app)
+    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
+    if eos is not None and eos.standbys_restored:
+        _ask_for_my_share_once_warm(self.app, eos)
 
 
 async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
@@ -511,6 +514,8 @@ class ExactlyOnce:
         self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
         self._reader: AIOKafkaConsumer | None = None
         self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
+        self.standbys_restored = False  # this rebalance's restore brought every standby to its end
+        self.asked_holding: tuple[frozenset[int], frozenset[int]] | None = None  # see _ask_for_my_share_once_warm
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
