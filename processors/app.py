@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processors import metrics
 from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
+from processors.grouped import items_of
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
@@ -188,22 +189,23 @@ def create_app(settings: Settings) -> faust.App:
             if handed_on_from(record.message.headers) is not None:  # an ingest message (`processors.hand_on`)
                 await on_ingest_message(record, copy=True)
                 return
-            request = orjson.loads(record.value)
-            kind = request.get("type")
-            if kind == CASCADE:
-                await processor.on_cascade(record, request)
-            elif kind == CASCADED:
-                await processor.on_cascaded(record, request)
-            else:
-                await index.on_request(record, request)
-                if kind == UNREF:
-                    await processor.on_unref(record)
+            for key, request in items_of(record.key, orjson.loads(record.value)):
+                kind = request.get("type")
+                if kind == CASCADE:
+                    await processor.on_cascade(record, key, request)
+                elif kind == CASCADED:
+                    await processor.on_cascaded(record, key, request)
+                else:
+                    await index.on_request(record, key, request)
+                    if kind == UNREF:
+                        await processor.on_unref(record, key)
             return
-        notice = orjson.loads(record.value)
-        if notice["type"] == "tick":
+        message = orjson.loads(record.value)
+        if message["type"] == "tick":
             await processor.on_tick(record)
-        else:
-            await processor.on_resolved(record, notice)
+            return
+        for key, notice in items_of(record.key, message):
+            await processor.on_resolved(record, key, notice)
 
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:

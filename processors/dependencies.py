@@ -1,6 +1,7 @@
 """Who waits for which resource, and who references it: kept on the referenced resource's partition.
 
-A record of R that references T sends a request, keyed by T, to the dependency-requests topic.
+A record of R that references T sends a request about T to the dependency-requests topic
+(on T's partition, grouped with the other requests sent there: `processors.grouped`).
 That topic is co-partitioned with the ingest topic, so the request reaches the agent that also
 applies T's own writes, in one serial order with them:
 - T exists → R is recorded among T's referrers (`referrers`, key T + NUL + R) and a
@@ -21,8 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-import orjson
-
 from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
 
@@ -43,24 +42,28 @@ class DependencyIndex:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
 
-    async def on_request(self, event: faust.EventT, request: dict[str, Any]) -> None:
-        """A request about T (the event's key): pin R as a referrer of T, or forget R's pin."""
-        target: bytes = event.key
+    async def on_request(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
+        """A request about T (`target`, on the event's partition): pin R as a referrer of T, or
+        forget R's pin."""
         if request.get("type", PIN) == UNREF:
             key = _referrer_key(target, request["referrer"].encode())
             if self.eos.get(event, self.referrers, key) is not None:
                 await self.eos.delete(event, self.referrers, key)
             return
+        await self._notify(event, request, await self.pin(event, target, request))
+
+    async def pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> str:
+        """Pin R (the request's waiter) on T (`target`, on the event's partition), in that
+        partition's order: "resolved" (T exists, R is among its referrers), "waiting" (R waits
+        for T's creation) or "missing" (T is absent and R may not wait)."""
         if self.eos.get(event, self.resources, target) is not None:
             await self._pin(event, target, request)
-            await self._notify(event, request, "resolved")
-            return
+            return "resolved"
         if request.get("mode") == "now":
-            await self._notify(event, request, "missing")
-            return
+            return "missing"
         waiters = self.eos.get(event, self.waiters, target) or []
         await self.eos.put(event, self.waiters, target, [*waiters, request])
-        await self._notify(event, request, "waiting")
+        return "waiting"
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
         """T was just created by `event`: pin and answer everyone waiting for it."""
@@ -85,29 +88,31 @@ class DependencyIndex:
 
     async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:
         notice = {"type": kind, "eventId": request["eventId"], "target": request["target"]}
-        waiter = request["waiter"].encode()
-        await self.eos.send(event, self.topics.dependency_notices.name, waiter, orjson.dumps(notice))
+        await self.eos.send_item(event, self.topics.dependency_notices.name, request["waiter"].encode(), notice)
 
 
-def pin_request(waiter: bytes, event_id: str, target: bytes, may_wait: bool) -> bytes:
+# Requests and answers are sent with `ExactlyOnce.send_item`, keyed by the resource they are
+# about: grouped per partition (`processors.grouped`).
+
+def pin_request(waiter: bytes, event_id: str, target: bytes, may_wait: bool) -> dict[str, Any]:
     """R (`waiter`) asks T's partition to pin it as a referrer: wait for T, or answer at once."""
-    return orjson.dumps({"type": PIN, "waiter": waiter.decode(), "eventId": event_id, "target": target.decode(),
-                         "mode": "wait" if may_wait else "now"})
+    return {"type": PIN, "waiter": waiter.decode(), "eventId": event_id, "target": target.decode(),
+            "mode": "wait" if may_wait else "now"}
 
 
-def unref_request(referrer: bytes) -> bytes:
-    return orjson.dumps({"type": UNREF, "referrer": referrer.decode()})
+def unref_request(referrer: bytes) -> dict[str, Any]:
+    return {"type": UNREF, "referrer": referrer.decode()}
 
 
-def cascade_request(asker: bytes, event_id: str, target: bytes, batch_id: str) -> bytes:
+def cascade_request(asker: bytes, event_id: str, target: bytes, batch_id: str) -> dict[str, Any]:
     """A cascade delete of `asker` asks `target`, which references it, to delete itself first."""
-    return orjson.dumps({"type": CASCADE, "asker": asker.decode(), "eventId": event_id, "target": target.decode(),
-                         "batchId": batch_id})
+    return {"type": CASCADE, "asker": asker.decode(), "eventId": event_id, "target": target.decode(),
+            "batchId": batch_id}
 
 
-def cascade_answer(request: dict[str, Any], deleted: dict[str, int], outcome: str) -> bytes:
+def cascade_answer(request: dict[str, Any], deleted: dict[str, int], outcome: str) -> dict[str, Any]:
     """What a cascade request came to: `outcome` "deleted" (or already absent), "deleting" (its
     own cascade is under way: a cycle) or "kept"; `deleted` counts the resources it deleted by
     schema definition id, itself included."""
-    return orjson.dumps({"type": CASCADED, "eventId": request["eventId"], "target": request["target"],
-                         "deleted": deleted, "outcome": outcome})
+    return {"type": CASCADED, "eventId": request["eventId"], "target": request["target"], "deleted": deleted,
+            "outcome": outcome}

@@ -35,11 +35,11 @@ import faust
 import orjson
 
 from processors import metrics
-from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, waits
+from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, uuid5, waits
 from processors.hand_on import handed_on_from
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.outcomes import OutcomeBuffer
-from schemas.references import references_of
+from schemas.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     CREATED,
@@ -69,7 +69,10 @@ PIN_ANSWER_S = 60
 # How long a cascade delete waits for its referrers' answers at most (a referrer's own queue,
 # a record waiting for a missing reference included); past it the resource is kept.
 CASCADE_S = 600
-_CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0")
+# Waiting records whose checked form is kept for their release (`_remember_checked`).
+CHECKED_KEPT = 10_000
+_READ = object()  # `_settle`: read the resource from the table
+_CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0").bytes
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Wait:
     (target key, message) whose answers it waits for, and for how long at most."""
 
     state: dict[str, Any]
-    requests: list[tuple[bytes, bytes]]
+    requests: list[tuple[bytes, dict[str, Any]]]
     seconds: int
 
 
@@ -92,6 +95,8 @@ class ResourceProcessor:
         self.partitions = partitions  # of the ingest topic
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # partition -> heap of (deadline ms, resource key); absent until built from the table
+        # (resource key, event id) of a record waiting for its pins -> (definition, creating, record, references)
+        self._checked: dict[tuple[bytes, str], tuple[Any, ...]] = {}
         self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -115,10 +120,9 @@ class ResourceProcessor:
             return
         await self._drain(event, key, [body], stored=False)
 
-    async def on_resolved(self, event: faust.EventT, notice: dict[str, Any]) -> None:
-        """An answer from a referenced resource's partition: "resolved" (pinned), "waiting" (it
-        is missing; the record waits for it) or "missing" (the record may not wait)."""
-        key: bytes = event.key
+    async def on_resolved(self, event: faust.EventT, key: bytes, notice: dict[str, Any]) -> None:
+        """An answer to R (`key`) from a referenced resource's partition: "resolved" (pinned),
+        "waiting" (it is missing; the record waits for it) or "missing" (the record may not wait)."""
         target = notice["target"]
         queue = self.eos.get(event, self.pending, key)
         if queue is None or queue["queue"][0]["eventId"] != notice["eventId"]:
@@ -154,30 +158,27 @@ class ResourceProcessor:
             return
         await self._drain(event, key, queue["queue"], released=queue)
 
-    async def on_cascade(self, event: faust.EventT, request: dict[str, Any]) -> None:
-        """A cascade delete of a resource that this one (the event's key) references."""
-        key: bytes = event.key
+    async def on_cascade(self, event: faust.EventT, key: bytes, request: dict[str, Any]) -> None:
+        """A cascade delete of a resource that this one (`key`) references."""
         body = _cascade_body(request, key)
         queue = self.eos.get(event, self.pending, key)
         if queue is None:
             await self._drain(event, key, [body], stored=False)
         elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
-            await self.eos.send(event, self.topics.dependency_requests.name, request["asker"].encode(),
-                                cascade_answer(request, {}, "deleting"))
+            await self.eos.send_item(event, self.topics.dependency_requests.name, request["asker"].encode(),
+                                     cascade_answer(request, {}, "deleting"))
         else:
             queue["queue"].append(body)  # after the writes of this resource accepted before it
             await self.eos.put(event, self.pending, key, queue)
 
-    async def on_unref(self, event: faust.EventT) -> None:
-        """A resource stopped referencing this one: a delete waiting for that looks again."""
-        key: bytes = event.key
+    async def on_unref(self, event: faust.EventT, key: bytes) -> None:
+        """A resource stopped referencing this one (`key`): a delete waiting for that looks again."""
         queue = self.eos.get(event, self.pending, key)
         if queue is not None and "exempt" in queue:
             await self._drain(event, key, queue["queue"], released=queue)
 
-    async def on_cascaded(self, event: faust.EventT, answer: dict[str, Any]) -> None:
-        """A referrer's answer to this resource's cascade delete."""
-        key: bytes = event.key
+    async def on_cascaded(self, event: faust.EventT, key: bytes, answer: dict[str, Any]) -> None:
+        """A referrer's answer to the cascade delete of this resource (`key`)."""
         queue = self.eos.get(event, self.pending, key)
         if (queue is None or "cascade" not in queue or queue["queue"][0]["eventId"] != answer["eventId"]
                 or answer["target"] not in queue["cascade"]["asked"]):
@@ -235,6 +236,7 @@ class ResourceProcessor:
         """Process `queue` in order until a record must wait; store what is left pending.
         `released`: the pending entry whose head has just had every answer it waited for;
         `stored`: whether R may have a pending entry to remove (else one lookup is spared)."""
+        known = released is not None  # its pending entry is stored
         while queue:
             body = queue[0]
             wait = await self._apply_or_wait(event, key, body, queue[1:], released)
@@ -247,12 +249,12 @@ class ResourceProcessor:
                 if heap is not None:
                     heapq.heappush(heap, (deadline, key))
                 for target, request in wait.requests:
-                    await self.eos.send(event, self.topics.dependency_requests.name, target, request)
+                    await self.eos.send_item(event, self.topics.dependency_requests.name, target, request)
                 for waiting in queue:  # the head and everything queued behind it
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
-        if stored and self.eos.get(event, self.pending, key) is not None:
+        if known or (stored and self.eos.get(event, self.pending, key) is not None):
             await self.eos.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
@@ -271,46 +273,78 @@ class ResourceProcessor:
         # Read before the checks: a record that creates its resource is checked once, as a whole.
         current = self.eos.get(event, self.resources, key)
         creating = current is None and op_of(body) != "patch"
-        record, failure = checked_record(body, definition, validators, creating)
-        if failure is not None or record is None:
-            await self._emit(event, body, failure or Outcome(FAILED))
-            return None
-        references = references_of(record, definition, body["partnerId"], body["tenantId"])
-        references_pinned = released is not None
-        if references and not references_pinned:
-            # Only references on this partition are known here; the others' partitions answer
-            # the pins ("waiting" when missing).
-            here = [r for r in references if partition_for(r.key, self.partitions) == event.message.partition]
-            missing = [r for r in here if self.eos.get(event, self.resources, r.key) is None]
-            if missing and waits(body) == 0 and len(here) == len(references):
-                names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
-                await self._emit(event, body, Outcome(FAILED, MISSING_DEPENDENCY,
-                                 f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}"))
+        checked = self._checked.pop((key, body["eventId"]), None) if released is not None else None
+        if checked is not None and checked[0] is definition and checked[1] == creating:
+            record, references = checked[2], checked[3]  # checked before it waited; nothing changed since
+        else:
+            record, failure = checked_record(body, definition, validators, creating)
+            if failure is not None or record is None:
+                await self._emit(event, body, failure or Outcome(FAILED))
                 return None
-            # Every reference is pinned on its resource's partition before this record applies,
-            # so that a delete there sees it (processors.dependencies). Only uploads wait for
-            # missing references; the others wait just for the answers.
-            # A record that may not wait learns which are missing from their partitions' answers,
-            # and fails naming them all.
-            return Wait({"pins": [r.key.decode() for r in references],
-                         "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in missing if waits(body)]},
-                        [(r.key, pin_request(key, body["eventId"], r.key, waits(body) > 0)) for r in references],
-                        waits(body) or PIN_ANSWER_S)
+            references = references_of(record, definition, body["partnerId"], body["tenantId"])
+        if references and released is None:
+            wait = await self._pin(event, key, body, references)
+            if isinstance(wait, Outcome):
+                await self._emit(event, body, wait)
+                return None
+            if wait is not None:
+                self._remember_checked((key, body["eventId"]), (definition, creating, record, references))
+                return wait
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
             # Stored with the resource: who references whom is then readable from the resources
-            # topic alone (the ingress's reverse index, `state.resources`).
-            changed["references"] = [r.key.decode() for r in references_of(changed["data"], definition,
-                                                                           body["partnerId"], body["tenantId"])]
+            # topic alone (the ingress's reverse index, `state.resources`). A creation stores the
+            # record as it came, less its nulls: the same references.
+            after = references if result.status == CREATED else references_of(
+                changed["data"], definition, body["partnerId"], body["tenantId"])
+            changed["references"] = [r.key.decode() for r in after]
         if changed is not None:
             # Its changelog record is the resource's message on the resources topic.
             await self.eos.put(event, self.resources, key, changed)
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
-        pinned = {r.key for r in references} if references_pinned else set()
-        await self._settle(event, key, current, pinned, rest)
+        await self._settle(event, key, current, {r.key for r in references}, rest,
+                           after=current if changed is None else changed)
         return None
+
+    async def _pin(self, event: faust.EventT, key: bytes, body: Body, references: list[Reference]
+                   ) -> Wait | Outcome | None:
+        """Pin every resource the record of R (`key`) references on its own partition, so that a
+        delete there sees R (`processors.dependencies`): at once for those on this partition
+        (this event is in their order too), by a request for the others. What the record then
+        waits for (None: nothing, it applies now), or why it fails.
+
+        Only uploads wait for missing references; the others wait just for the answers. A
+        record that may not wait learns which are missing from their partitions' answers, and
+        fails naming them all."""
+        partition, may_wait = event.message.partition, waits(body) > 0
+        here = [r for r in references if partition_for(r.key, self.partitions) == partition]
+        if not may_wait and len(here) == len(references):
+            missing = [r for r in here if self.eos.get(event, self.resources, r.key) is None]
+            if missing:  # nothing pinned yet: nothing to take back
+                names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
+                return Outcome(FAILED, MISSING_DEPENDENCY,
+                               f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}")
+        answers = {r.key: await self.dependencies.pin(event, r.key, pin_request(key, body["eventId"], r.key, may_wait))
+                   for r in here}
+        elsewhere = [r for r in references if r.key not in answers]
+        waiting = [r for r in here if answers[r.key] == "waiting"]
+        if not elsewhere and not waiting:
+            return None
+        absent = sorted(r.key.decode() for r in here if answers[r.key] == "missing")
+        return Wait({"pins": [r.key.decode() for r in (*elsewhere, *waiting)],
+                     "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in waiting],
+                     **({"absent": absent} if absent else {})},
+                    [(r.key, pin_request(key, body["eventId"], r.key, may_wait)) for r in elsewhere],
+                    waits(body) or PIN_ANSWER_S)
+
+    def _remember_checked(self, waiting: tuple[bytes, str], checked: tuple[Any, ...]) -> None:
+        """Keep a waiting record's checked form for its release (in memory, bounded: a record
+        released after a restart or a long wait is checked again)."""
+        self._checked[waiting] = checked
+        if len(self._checked) > CHECKED_KEPT:
+            del self._checked[next(iter(self._checked))]  # the oldest
 
     async def _delete(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
                       progress: dict[str, Any] | None) -> Wait | None:
@@ -321,8 +355,8 @@ class ResourceProcessor:
         if current is None:
             if asker is not None:
                 # Nothing to delete; a pin this absent resource still holds on the asker is stale.
-                await self.eos.send(event, self.topics.dependency_requests.name, asker["asker"].encode(),
-                                    unref_request(key))
+                await self.eos.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+                                         unref_request(key))
                 await self._emit(event, body, Outcome(DELETED))
             elif (body.get("plan") or {}).get("byCascade"):
                 # Its request's cascade deleted it first (it references another named one): a
@@ -364,22 +398,23 @@ class ResourceProcessor:
         return None
 
     async def _settle(self, event: faust.EventT, key: bytes, before: dict[str, Any] | None, pinned: set[bytes],
-                      rest: list[Body]) -> None:
+                      rest: list[Body], after: Any = _READ) -> None:
         """After a record of R: tell every resource R referenced (`before`) or pinned, and no
-        longer references nor will (its records still queued), that it may forget R."""
+        longer references nor will (its records still queued), that it may forget R. `after`:
+        R as the record left it, when the caller has it at hand."""
         candidates = set(pinned)
         if before is not None:
             candidates |= await self._resource_refs(before)
         if not candidates:
             return
         keep: set[bytes] = set()
-        current = self.eos.get(event, self.resources, key)
+        current = self.eos.get(event, self.resources, key) if after is _READ else after
         if current is not None:
             keep |= await self._resource_refs(current)
         for queued in rest:
             keep |= await self._body_refs(queued)
         for target in sorted(candidates - keep):
-            await self.eos.send(event, self.topics.dependency_requests.name, target, unref_request(key))
+            await self.eos.send_item(event, self.topics.dependency_requests.name, target, unref_request(key))
 
     async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:
         if "references" in resource:
@@ -444,9 +479,9 @@ class ResourceProcessor:
     async def _emit(self, event: faust.EventT, body: Body, result: Outcome, extra: dict[str, Any] | None = None) -> None:
         asker = body.get("cascadeFor")
         if asker is not None:  # a resource deleted by cascade: its answer goes to the one that asked
-            await self.eos.send(event, self.topics.dependency_requests.name, asker["asker"].encode(),
-                                cascade_answer(asker, (extra or {}).get("cascade", {}),
-                                               "deleted" if result.status == DELETED else "kept"))
+            await self.eos.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+                                     cascade_answer(asker, (extra or {}).get("cascade", {}),
+                                                    "deleted" if result.status == DELETED else "kept"))
             return
         now = _now_ms()
         if result.status != PENDING:
@@ -490,7 +525,7 @@ def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
     partner_id, tenant_id, definition_id, external_id = resource_key_parts(key)
     return {"op": "delete", "cascade": True, "cascadeFor": request, "partnerId": partner_id, "tenantId": tenant_id,
             "schemaDefinitionId": definition_id, "externalId": external_id, "recordIndex": -1,
-            "eventId": str(uuid.uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"])),
+            "eventId": uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"]),
             "batchId": request["batchId"], "data": None, "schemaVersion": None, "onConflict": "upsert",
             "ignoreUnknownFields": False, "dependencyWaitTimeout": 0}
 

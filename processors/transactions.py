@@ -96,6 +96,7 @@ from faust.types import TP, EventT
 from rocksdict import WriteBatch
 
 from processors import metrics, restore
+from processors.grouped import Group, encode_item
 from state.store import prefix_items
 from topics import partitioning
 from topics.record_batches import send_batches
@@ -120,7 +121,7 @@ TAIL_RECORDS = 2000
 IDLE_S = 0.002  # how long the stream stays dry before an idle commit
 RATE_S = 1.0  # over how long the rate of events is measured
 IDLE_RATE = 100.0  # events per second up to which a worker commits whenever its stream runs dry
-_Output = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]  # key, value, headers
+_Output = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]] | Group  # key, value, headers; or a group
 
 
 async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
@@ -709,8 +710,11 @@ class ExactlyOnce:
         overlay: dict[bytes, bytes | None] = {}
         for writes in (self._committing.get(tid), self._open_writes(event.message.tp)):  # newest last
             if writes is not None:
-                overlay.update((k, raw) for k, raw in writes.changes.get(table.name, _NO_CHANGES).items()
-                               if k.startswith(prefix))
+                changes = writes.changes.get(table.name, _NO_CHANGES)
+                if prefix.find(b"\x00") == len(prefix) - 1:  # a key's part up to its NUL: indexed
+                    overlay.update((k, changes[k]) for k in writes.by_prefix.get(table.name, {}).get(prefix, ()))
+                else:
+                    overlay.update((k, raw) for k, raw in changes.items() if k.startswith(prefix))
         found = [k for k, raw in overlay.items() if raw is not None and k != skip][:limit]
         for key, _ in prefix_items(table.data._db_for_partition(event.message.partition), prefix):
             if len(found) >= limit:
@@ -749,6 +753,9 @@ class ExactlyOnce:
         if changes is None:
             changes = writes.changes[table.name] = {}
         changes[key] = raw
+        nul = key.find(b"\x00")
+        if nul >= 0:  # for `keys_with_prefix`: a scan of every change per look was quadratic
+            writes.by_prefix.setdefault(table.name, {}).setdefault(key[:nul + 1], {})[key] = None
         changelog = table.changelog_topic.get_topic_name()
         self._tables[table.name] = table
         self._changelogs.add(changelog)
@@ -830,13 +837,30 @@ class ExactlyOnce:
         if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
             await self._send_outputs(writes)
 
+    async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any]) -> None:
+        """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
+        `topic`, grouped with the items sent there just before it (`processors.grouped`)."""
+        encoded = encode_item(key, item)
+        partition = self.partition_for(topic, key)
+        writes = self._open_transaction(event.message.tp)
+        queue = writes.outputs.setdefault((topic, partition), [])
+        last = queue[-1] if queue else None
+        if isinstance(last, Group) and last.fits(encoded):
+            last.add(encoded)
+        else:
+            queue.append(Group(key, encoded))
+        writes.size += len(encoded)
+        if writes.size >= FLUSH_BYTES and self._tid(event.message.tp) not in self._held:
+            await self._send_outputs(writes)
+
     async def _send_outputs(self, writes: _Transaction) -> None:
         """Hand `writes`' outputs to its producer, one record batch per topic partition (or
         more when one would exceed the producer's batch size), in the order they were sent."""
         outputs, writes.outputs, writes.size = writes.outputs, {}, 0
         producer = writes.producer
         await _begin_unless_open(producer)
-        for (topic, partition), messages in outputs.items():
+        for (topic, partition), queued in outputs.items():
+            messages = [(m.key, m.value(), []) if isinstance(m, Group) else m for m in queued]
             sent = await send_batches(producer, topic, partition, messages)
             writes.delivered.extend(delivered for delivered, _ in sent)
             if topic in self._changelogs:
@@ -937,6 +961,8 @@ class _Transaction:
     producer: Any  # the transactional producer whose transaction carries them
     partition: int  # the tables' partition they belong to
     changes: dict[str, dict[bytes, bytes | None]] = field(default_factory=dict)  # table -> key -> value
+    # table -> a key's part up to its first NUL -> the keys of `changes` that begin with it, in order
+    by_prefix: dict[str, dict[bytes, dict[bytes, None]]] = field(default_factory=dict)
     outputs: dict[tuple[str, int], list[_Output]] = field(default_factory=dict)  # (topic, partition) -> in order
     size: int = 0  # bytes of keys and values in `outputs`
     delivered: list[Any] = field(default_factory=list)  # futures of the record batches sent so far
@@ -947,6 +973,10 @@ class _Transaction:
         """Take in `later`'s changes and outputs, which came after this transaction's own."""
         for name, changes in later.changes.items():
             self.changes.setdefault(name, {}).update(changes)
+        for name, groups in later.by_prefix.items():
+            mine = self.by_prefix.setdefault(name, {})
+            for prefix, keys in groups.items():
+                mine.setdefault(prefix, {}).update(keys)
         for destination, outputs in later.outputs.items():
             self.outputs.setdefault(destination, []).extend(outputs)
         self.size += later.size

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.definitions import Definition
 from schemas.events import resource_key
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):  # a tuple: made per reference of every record
     key: bytes  # the referenced resource's key (as on the ingest and resources topics)
     schema_definition_id: str
     external_id: str

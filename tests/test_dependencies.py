@@ -4,6 +4,7 @@ with real worker processes on the session's broker."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from collections.abc import Iterator
@@ -13,13 +14,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.testclient import TestClient
 
+from processors.grouped import items_of
 from reach.config import Settings
 from tests.support import (
     TERMINAL,
     ServiceProcess,
     bearer,
+    committed_records,
     explained_by,
     free_port,
     partner_token,
@@ -28,6 +32,9 @@ from tests.support import (
     wait_until,
     wait_worker_ready,
 )
+from schemas.events import resource_key
+from topics import service_topics
+from topics.partitioning import partition_for
 
 DEFINITIONS = "/partner/schema-definitions"
 LONG_WAIT = "300"  # a dependencyWaitTimeout that never passes during a test
@@ -453,3 +460,33 @@ def test_two_workers_release_every_pending_record(settings: Settings, ingress: T
         assert_all_succeeded(wait_terminal(ingress, customer_batch, tenant_headers()))
         for i, order in enumerate(orders):
             assert read(ingress, "Order", order)["data"] == {"id": order, "customer": f"c{i}", "n": i}
+
+
+def test_a_batchs_pins_and_their_answers_travel_grouped_per_partition(settings: Settings, ingress: TestClient,
+                                                                    worker: Any) -> None:
+    """300 orders naming 300 customers: the pins of those whose customer is on another
+    partition reach it as one message per source and target partition, and the answers come
+    back the same way; those on the order's own partition are pinned there at once."""
+    ids = define_shop(ingress)
+    assert run_batch(ingress, "Customer", [{"id": f"gc{i}", "name": "n"} for i in range(300)])["status"] == "success"
+    assert_all_succeeded(run_batch(ingress, "Order", [{"id": f"go{i}", "customer": f"gc{i}"} for i in range(300)]))
+
+    topics = service_topics(settings)
+    partitions = settings.topic_partitions
+    elsewhere = sum(partition_for(resource_key("partner-a", "tenant-1", ids["Order"], f"go{i}"), partitions)
+                    != partition_for(resource_key("partner-a", "tenant-1", ids["Customer"], f"gc{i}"), partitions)
+                    for i in range(300))
+    assert 0 < elsewhere < 300
+    for topic, kind in ((topics.dependency_requests.name, "pin"), (topics.dependency_notices.name, "resolved")):
+        records = asyncio.run(committed_records(settings.bootstrap_servers, topic, partitions))
+        messages = [items_of(r.key, orjson.loads(r.value)) for r in records]
+        carrying = [m for m in messages if any(item["type"] == kind for _, item in m)]
+        items = [(key, item) for m in carrying for key, item in m if item["type"] == kind]
+        assert len(items) == elsewhere, f"{topic}: {len(items)} {kind} items in {len(carrying)} messages"
+        # The ingress publishes a batch as one message per partition; each one's pins go out as
+        # one message per target partition (at most partitions², if transactions split nothing).
+        assert len(carrying) <= partitions * partitions, f"{topic}: {elsewhere} {kind} items in {len(carrying)} messages"
+        for record, message in zip(records, messages):
+            for key, item in message:  # every item of a message is about a resource of its partition
+                if item["type"] != "tick":  # the expiry check's wake-up, placed on each partition
+                    assert partition_for(key, partitions) == record.partition, (topic, record.partition, key)
