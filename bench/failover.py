@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.run import Stack, batch_body
+from bench.stack import Stack, batch_body
 from reach.token import make_token
 from schemas.events import resource_key
 from tests.support import ServiceProcess, free_port

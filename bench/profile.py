@@ -1,7 +1,9 @@
 """Where the time goes: `make profile` (or `.venv/bin/python -m bench.profile`).
 
 Starts the benchmark's stack (its own broker, one ingress, one worker), uploads `--batches`
-batches of 1000 customers at concurrency 4 while py-spy samples the worker and the ingress
+batches of 1000 customers (`--load references`: of 1000 orders naming customers uploaded
+before; `--load cascade`: deletes with cascade of 1000 customers, each with an order and its
+shipment) at concurrency 4 while py-spy samples the worker and the ingress
 until every batch is terminal, then prints the records/s of that run and the functions that
 took the most of each process's samples (inclusive and own time). The collapsed stacks go to
 `bench/results/profile-{worker,ingress}.folded` (for speedscope.app or flamegraph.pl).
@@ -18,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import RESULTS, Stack, batch_body, post_batches, wait_all_terminal
+import orjson
+
+from bench.stack import RESULTS, Stack, batch_body, post_batches, wait_all_terminal
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
@@ -44,22 +48,46 @@ def top(raw: Path, n: int) -> str:
     return "\n".join(lines)
 
 
-async def load(stack: Stack, batches: int) -> float:
-    bodies = [batch_body(f"prof-{time.time_ns()}-{b}") for b in range(batches)]
+async def load(stack: Stack, bodies: list[bytes], path: str = "/api/resources/customer/batch",
+               method: str = "POST") -> float:
     started = time.monotonic()
-    _, ids, _ = await post_batches(stack, bodies, 4)
-    return batches * 1000 / (await wait_all_terminal(stack, ids) - started)
+    _, ids, _ = await post_batches(stack, bodies, 4, path, method)
+    return len(bodies) * 1000 / (await wait_all_terminal(stack, ids) - started)
+
+
+def bodies_of(stack: Stack, kind: str, batches: int) -> tuple[list[bytes], str, str]:
+    """The batches to profile (their path and method); what they reference uploaded first."""
+    tag = f"prof-{time.time_ns()}"
+    customers = [batch_body(f"{tag}-{b}") for b in range(batches)]
+    if kind == "plain":
+        return customers, "/api/resources/customer/batch", "POST"
+    ids = [[c["id"] for c in orjson.loads(body)["resources"]] for body in customers]
+    orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 1.0, "customer": c} for c in batch]})
+              for batch in ids]
+    asyncio.run(load(stack, customers))
+    if kind == "references":
+        return orders, "/api/resources/order/batch", "POST"
+    asyncio.run(load(stack, orders, "/api/resources/order/batch"))
+    shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in batch]})
+                 for batch in ids]
+    asyncio.run(load(stack, shipments, "/api/resources/shipment/batch"))
+    return ([orjson.dumps({"externalIds": batch, "cascade": True}) for batch in ids], "/api/resources/customer/batch",
+            "DELETE")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--load", choices=["plain", "references", "cascade"], default="plain",
+                        help="customers; orders naming customers (each pinned on its customer's partition); or "
+                             "cascade deletes of customers, each with an order and its shipment")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     # One ingress process: its samples are then one process's, as the worker's are.
     with tempfile.TemporaryDirectory(prefix="reach-profile-") as tmp, Stack(Path(tmp), ingress_processes=1) as stack:
         asyncio.run(post_batches(stack, [batch_body("warmup")], 1))
+        bodies, path, method = bodies_of(stack, args.load, args.batches)
         spies = {}
         for name, process in (("worker", stack.worker), ("ingress", stack.ingress)):
             raw = Path(tmp) / f"{name}.txt"
@@ -67,11 +95,11 @@ def main() -> None:
                 [str(PY_SPY), "record", "-p", str(process.proc.pid), "-r", "100", "-f", "raw", "-o", str(raw),
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1)  # py-spy attaches
-        rate = asyncio.run(load(stack, args.batches))
+        rate = asyncio.run(load(stack, bodies, path, method))
         for name, (raw, spy) in spies.items():
             spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             spy.wait(timeout=30)
-        print(f"end to end: {rate:,.0f} rec/s ({args.batches} batches of 1000, concurrency 4)")
+        print(f"end to end: {rate:,.0f} rec/s ({args.batches} batches of 1000 {args.load}, concurrency 4)")
         for name, (raw, _) in spies.items():
             print(f"\n== {name}\n{top(raw, args.top)}")
             (RESULTS / f"profile-{name}.folded").write_text(raw.read_text())

@@ -9,16 +9,15 @@ bare Kafka client does on the same machine in the same run:
   (`create_batch`/`send_batch`) and to Kafka's own Java `ProducerPerformance` sending records of
   the same size, all with the same acks (all, idempotent) (`bench.baselines`);
 - end to end: records/s from the first POST until every batch is terminal (one worker), next
-  to a bare aiokafka consume-and-merge loop over the same messages into a dict, and to a bare
-  exactly-once loop (state in RocksDB, a message per resource, a transaction every 100 ms);
+  to a bare aiokafka consume-and-merge loop over the same messages into a dict, to a bare
+  exactly-once loop (state in RocksDB, a message per resource, a transaction every 100 ms), and
+  to the peer a user would write instead: a Kafka Streams application (`bench.streams_peer`);
 - the worker's CPU per record for direct batches whose messages are on another partition than
   their owner's (handed on, `processors.hand_on`), next to the same on their own partitions;
 - latency of one 1000-record batch, POST → terminal status: p50/p99 idle and under load;
-- dependency release latency: referenced resource accepted → waiting record applied;
-- records with a reference (orders naming existing customers, each pinned on its customer's
-  partition first) end to end, next to the plain end-to-end figure;
-- deletes: records/s deleting 100,000 resources by id, and a cascade over 2 levels (customers
-  whose orders and the shipments of those orders go with them);
+- references (`bench.references`): records with 0, 1 and 3 references end to end, a cascade
+  over two levels, and dependency release p50/p99, idle and under load;
+- deletes: records/s deleting 100,000 resources by id, and a deleteAll;
 - single-resource write latency (`POST /api/resources/{schema}`, answered with the outcome);
 - fairness: one tenant's single 1000-record batches, idle and while another tenant uploads
   continuously at its full quota (`ingest.quotas`; a quarter, then half the measured end-to-end
@@ -41,7 +40,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,211 +48,28 @@ import httpx
 import orjson
 
 from bench.baselines import bare_exactly_once_loop, bare_merge_loop, producer_performance, send_batch_producer
-from reach.broker import LocalBroker
-from reach.config import PROJECT_ROOT, Quota, Settings
+from bench.references import measure_references
+from bench.references import rows as reference_rows
+from bench.stack import (
+    RECORD_BYTES,
+    RESULTS,
+    SCHEMA,
+    Stack,
+    batch_body,
+    cpu_seconds,
+    percentile,
+    post_batches,
+    record,
+    wait_all_terminal,
+)
+from bench.streams_peer import streams_merge
+from reach.config import Quota
 from reach.token import make_token
 from schemas.events import build_ingest_batch, message_values
-from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
+from tests.support import ServiceProcess, free_port, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
 from topics.partitioning import partition_for
-
-RESULTS = PROJECT_ROOT / "bench" / "results"
-SCHEMA = {
-    "name": "Customer", "externalIdField": "id",
-    "schema": {"type": "object", "required": ["id", "email"], "properties": {
-        "id": {"type": "string"}, "email": {"type": "string", "x-pii-type": "email"},
-        "firstName": {"type": "string"}, "lastName": {"type": "string"}, "phone": {"type": "string"},
-        "city": {"type": "string"}, "country": {"type": "string"}, "tier": {"type": "string"},
-        "score": {"type": "integer"}, "active": {"type": "boolean"}}},
-}
-ORDER = {
-    "name": "Order", "externalIdField": "id",
-    "schema": {"type": "object", "required": ["id"], "properties": {
-        "id": {"type": "string"}, "total": {"type": "number"}, "customer": {"$ref": "reach:schemas/Customer"}}},
-}
-SHIPMENT = {
-    "name": "Shipment", "externalIdField": "id",
-    "schema": {"type": "object", "required": ["id"], "properties": {
-        "id": {"type": "string"}, "carrier": {"type": "string"}, "order": {"$ref": "reach:schemas/Order"}}},
-}
-
-
-RECORD_BYTES = 250  # about what `record` encodes to; ProducerPerformance sends records of this size
-
-
-def record(i: int, run: str) -> dict[str, Any]:
-    """A ~250-byte customer record."""
-    return {"id": f"{run}-{i:07d}", "email": f"customer{i}@example-shop.com", "firstName": "Alexandra",
-            "lastName": f"Montgomery-{i % 997}", "phone": f"+44 20 7946 {i % 10000:04d}", "city": "Manchester",
-            "country": "United Kingdom", "tier": ("bronze", "silver", "gold")[i % 3], "score": i % 1000,
-            "active": i % 2 == 0}
-
-
-def batch_body(run: str, n: int = 1000, start: int = 0) -> bytes:
-    return orjson.dumps({"resources": [record(i, run) for i in range(start, start + n)]})
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far (Linux /proc)."""
-    fields = proc_stat(pid)  # utime and stime are fields 14 and 15 of proc(5)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuShare:
-    """How many of the machine's cores each part of the stack used over a stretch of time."""
-
-    def __init__(self, pids: dict[str, list[int]]) -> None:
-        self.pids = pids
-        self.started = time.monotonic()
-        self.before = self._now()
-
-    def _now(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
-
-    def cores(self) -> dict[str, float]:
-        """Cores used per part since this was made (CPU seconds over wall seconds)."""
-        wall, now = time.monotonic() - self.started, self._now()
-        return {name: (now[name] - self.before[name]) / wall for name in self.pids}
-
-
-def tree_hwm_mb(pid: int) -> float:
-    """Peak memory of a process and its children (the ingress's supervisor and its processes)."""
-    return vm_hwm_mb(pid) + sum(vm_hwm_mb(child) for child in children_of(pid))
-
-
-class Stack:
-    """Broker (unless external), topics, one ingress and one worker, all real processes."""
-
-    def __init__(self, workdir: Path, ingress_processes: int | None = None) -> None:
-        """`ingress_processes`: of `reach ingress` (default: one per core, as it runs by default)."""
-        self.workdir = workdir
-        self.broker: LocalBroker | None = None
-        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-        if not external:
-            self.broker = LocalBroker(work_dir=workdir / "kafka", port=free_port(), controller_port=free_port(),
-                                      heap="-Xms1g -Xmx1g")
-        prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        self.settings = replace(
-            Settings(), bootstrap_servers=external or (self.broker.bootstrap if self.broker else ""),
-            external_broker=True, topic_prefix=prefix, app_id=f"{prefix}-worker", data_dir=workdir / "data",
-            http_port=free_port(), worker_web_port=free_port(), reader_urls=(f"http://127.0.0.1:{free_port()}",),
-            partner_secrets={"bench": "bench-secret-long-enough-for-hs256-signing!",
-                             "bulk": "bulk-secret-long-enough-for-hs256-signing!!"})
-        if ingress_processes is not None:
-            self.settings = replace(self.settings, ingress_processes=ingress_processes)
-        self.base = f"http://127.0.0.1:{self.settings.http_port}"
-        self.partner = make_token(self.settings, "bench")
-        self.tenant = make_token(self.settings, "bench", "tenant-1")
-
-    def __enter__(self) -> "Stack":
-        if self.broker is not None:
-            started = time.monotonic()
-            self.broker.start()
-            print(f"broker up in {time.monotonic() - started:.1f}s on {self.broker.bootstrap}", flush=True)
-        asyncio.run(create_topics(self.settings.bootstrap_servers, service_topics(self.settings).all()))
-        self.reader = ServiceProcess(["-m", "state.reader"], self.settings, self.workdir / "reader.log").start()
-        self.ingress = ServiceProcess(["-m", "ingest.server"], self.settings, self.workdir / "ingress.log").start()
-        self.worker = ServiceProcess(["-m", "processors.worker"], self.settings, self.workdir / "worker.log").start()
-        wait_until(lambda: httpx.get(f"{self.settings.reader_urls[0]}/health", timeout=3).status_code == 200, 90,
-                   what="the reader")
-        wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{self.settings.worker_web_port}/state/resources",
-                                     params={"key": "-"}, timeout=3).status_code == 200, 90, what="the worker")
-        for definition in (SCHEMA, ORDER, SHIPMENT, {**SCHEMA, "name": "Lead"}):
-            response = httpx.post(f"{self.base}/partner/schema-definitions", json=definition,
-                                  headers={"Authorization": f"Bearer {self.partner}"}, timeout=30)
-            response.raise_for_status()
-        self.definition_id = httpx.get(f"{self.base}/partner/schema-definitions/customer",
-                                       headers={"Authorization": f"Bearer {self.partner}"}).json()["data"]["id"]
-        return self
-
-    def restart_ingress(self, settings: Settings) -> None:
-        """Run the ingress again with `settings` (its stores read on from where they were)."""
-        self.ingress.stop()
-        self.settings = settings
-        self.ingress = ServiceProcess(["-m", "ingest.server"], settings, self.workdir / "ingress.log").start()
-        wait_until(lambda: httpx.get(f"{self.base}/ready", timeout=3).status_code == 200, 90, what="the ingress")
-
-    def cpu_share(self, **more: list[int]) -> CpuShare:
-        """Start counting the CPU of the worker, the reader, the ingress's processes, the broker and this client."""
-        pids = {"worker": [self.worker.proc.pid], "reader": [self.reader.proc.pid],
-                "ingress": [self.ingress.proc.pid, *children_of(self.ingress.proc.pid)],
-                "client": [os.getpid()], **more}
-        if self.broker is not None and self.broker.pid() is not None:
-            pids["broker"] = [self.broker.pid()]  # type: ignore[list-item]
-        return CpuShare(pids)
-
-    def __exit__(self, *exc: object) -> None:
-        self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
-                        "reader": vm_hwm_mb(self.reader.proc.pid), "ingress_processes": self.settings.ingress_processes}
-        self.worker.stop()
-        self.ingress.stop()
-        self.reader.stop()
-        if self.broker is not None:
-            self.broker.stop()
-
-
-async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path: str = "/api/resources/customer/batch",
-                       method: str = "POST") -> tuple[float, list[str], list[float]]:
-    """Send every body with `concurrency` connections; (seconds, batch ids, per-request seconds)."""
-    headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
-    ids: list[str] = []
-    durations: list[float] = []
-
-    async def client() -> None:
-        async with httpx.AsyncClient(base_url=stack.base, timeout=60) as http:
-            while not queue.empty():
-                body = queue.get_nowait()
-                started = time.perf_counter()
-                response = await http.request(method, path, content=body, headers=headers)
-                durations.append(time.perf_counter() - started)
-                if response.status_code != 202:
-                    raise RuntimeError(f"upload answered {response.status_code}: {response.text[:300]}")
-                ids.append(response.json()["data"]["batchId"])
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return time.perf_counter() - started, ids, durations
-
-
-async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float = 900) -> float:
-    """Seconds until every batch is terminal (polling the ingress)."""
-    headers = {"Authorization": f"Bearer {stack.tenant}"}
-    pending = set(batch_ids)
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
-        while pending:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(pending)} batches not terminal after {timeout_s}s")
-            for batch_id in list(pending):
-                response = await http.get(f"/api/batches/{batch_id}", headers=headers)
-                if response.status_code == 404:
-                    break  # written straight to Kafka: known once a worker has taken one of its records
-                data = response.json()["data"]
-                if data["status"] in ("success", "partial_success", "failed"):
-                    pending.discard(batch_id)
-                else:
-                    break  # oldest first: no need to ask about the younger ones yet
-            if pending:
-                await asyncio.sleep(0.02)
-    return time.monotonic()
 
 
 def ingest_batches(stack: Stack, batches: int, tag: str) -> list[Any]:
@@ -347,25 +162,6 @@ async def single_batch_latencies(stack: Stack, runs: int, tag: str) -> list[floa
     return out
 
 
-async def release_latencies(stack: Stack, runs: int) -> list[float]:
-    headers = {"Authorization": f"Bearer {stack.tenant}", "content-type": "application/json"}
-    out = []
-    async with httpx.AsyncClient(base_url=stack.base, timeout=30) as http:
-        for run in range(runs):
-            customer = f"dep-{run}-{uuid.uuid4().hex[:6]}"
-            order = {"resources": [{"id": f"o-{customer}", "total": 10.5, "customer": customer}]}
-            response = await http.post("/api/resources/order/batch?dependencyWaitTimeout=120",
-                                        content=orjson.dumps(order), headers=headers)
-            order_batch = response.json()["data"]["batchId"]
-            await asyncio.sleep(1.0)  # let it be found waiting
-            started = time.monotonic()
-            body = {"resources": [{**record(0, customer), "id": customer}]}
-            await http.post("/api/resources/customer/batch", content=orjson.dumps(body), headers=headers)
-            finished = await wait_all_terminal(stack, [order_batch])
-            out.append(finished - started)
-    return out
-
-
 async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"ingest": [], "send_batch": []}
     bootstrap = stack.settings.bootstrap_servers
@@ -430,9 +226,13 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     cores = cpu.cores()
     cores["loop"] = cores.pop("client")  # the loop runs in this process
     results["bare_exactly_once_loop"] = {"records_per_s": raw_events / bare, "cores": cores}
+    cpu = stack.cpu_share()
+    peer = await asyncio.to_thread(streams_merge, bootstrap, scratch_topic, raw_events, stack.workdir / "streams-peer")
+    results["kafka_streams_peer"] = {"records_per_s": raw_events / peer, "cores": cpu.cores()}
     print(f"end to end: {results['end_to_end']['records_per_s']:,.0f} rec/s; bare merge loop "
           f"{results['bare_merge_loop']['records_per_s']:,.0f} rec/s; bare exactly-once loop "
-          f"{results['bare_exactly_once_loop']['records_per_s']:,.0f} rec/s; cores used "
+          f"{results['bare_exactly_once_loop']['records_per_s']:,.0f} rec/s; Kafka Streams peer "
+          f"{results['kafka_streams_peer']['records_per_s']:,.0f} rec/s; cores used "
           f"{ {k: round(v, 2) for k, v in results['end_to_end']['cores'].items()} }", flush=True)
 
     # The same records written straight to the ingest topic by the stock Confluent client: no
@@ -472,10 +272,9 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
           f"half load p50 {percentile(loaded, 50) * 1000:.0f} ms p99 {percentile(loaded, 99) * 1000:.0f} ms",
           flush=True)
 
-    # 4. Dependency release latency.
-    releases = await release_latencies(stack, args.release_runs)
-    results["dependency_release_s"] = {"p50": statistics.median(releases), "max": max(releases), "runs": releases}
-    print(f"dependency release p50 {statistics.median(releases) * 1000:.0f} ms", flush=True)
+    # 4. References: records with 0, 1 and 3 of them, a cascade, dependency release (bench.references).
+    results["references"] = await measure_references(stack, args.reference_batches, args.cascade_roots,
+                                                     args.release_runs)
 
     await measure_writes(stack, args, results)
     await measure_fairness(stack, args, results)
@@ -598,36 +397,16 @@ async def timed(stack: Stack, bodies: list[bytes], path: str, method: str = "POS
 
 
 async def measure_writes(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    """Records with references, deletes by id and by cascade, and single-resource writes."""
+    """Deletes by id, deleteAll, and single-resource writes."""
     # Customers of the end-to-end run are `e2e-<b>-<i>`, 1000 per batch b.
     def ids(b: int) -> list[str]:
         return [record(i, f"e2e-{b}")["id"] for i in range(1000)]
 
-    # 5. Records with a reference: each order pins its customer on the customer's partition first.
-    roots = args.cascade_roots // 1000
-    first = args.delete_records // 1000  # batches 0..first-1 are deleted by id; the next `roots` by cascade
-    orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 10.5, "customer": c} for c in ids(b)]})
-              for b in range(first, first + roots)]
-    shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in ids(b)]})
-                 for b in range(first, first + roots)]
-    seconds = await timed(stack, orders, "/api/resources/order/batch")
-    results["with_references"] = {"records": len(orders) * 1000, "records_per_s": len(orders) * 1000 / seconds}
-    await timed(stack, shipments, "/api/resources/shipment/batch")
-    print(f"records with a reference, end to end: {results['with_references']['records_per_s']:,.0f} rec/s "
-          f"(without: {results['end_to_end']['records_per_s']:,.0f})", flush=True)
-
-    # 6. Deletes by id, then a cascade over two levels (customer -> its order -> its shipment).
-    deletes = [orjson.dumps({"externalIds": ids(b)}) for b in range(first)]
+    # 5. Deletes by id (the customers of the end-to-end run).
+    deletes = [orjson.dumps({"externalIds": ids(b)}) for b in range(args.delete_records // 1000)]
     seconds = await timed(stack, deletes, "/api/resources/customer/batch", "DELETE")
     results["delete_by_id"] = {"records": len(deletes) * 1000, "records_per_s": len(deletes) * 1000 / seconds}
-    cascades = [orjson.dumps({"externalIds": ids(b), "cascade": True}) for b in range(first, first + roots)]
-    seconds = await timed(stack, cascades, "/api/resources/customer/batch", "DELETE")
-    deleted = len(cascades) * 1000 * 3
-    results["delete_cascade"] = {"named": len(cascades) * 1000, "deleted": deleted,
-                                 "named_per_s": len(cascades) * 1000 / seconds, "deleted_per_s": deleted / seconds}
-    print(f"delete by id: {results['delete_by_id']['records_per_s']:,.0f} rec/s; cascade over 2 levels: "
-          f"{results['delete_cascade']['named_per_s']:,.0f} named/s, {results['delete_cascade']['deleted_per_s']:,.0f} "
-          "resources deleted/s", flush=True)
+    print(f"delete by id: {results['delete_by_id']['records_per_s']:,.0f} rec/s", flush=True)
 
     # deleteAll of a schema of `delete_all` resources: the request names them all at acceptance.
     leads = [batch_body(f"lead-{b}") for b in range(args.delete_all // 1000)]
@@ -676,15 +455,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
     left.set_xticks(list(xs), [f"c={c}" for c in levels])
     left.set_title("Ingest (records/s accepted)")
     left.legend()
-    middle.bar(["service (1 worker)", "bare exactly-once loop", "bare merge loop"],
-               [results["end_to_end"]["records_per_s"], results["bare_exactly_once_loop"]["records_per_s"],
-                results["bare_merge_loop"]["records_per_s"]],
-               color=["tab:blue", "tab:green", "tab:orange"])
+    middle.bar(["service (1 worker)", "Kafka Streams peer", "bare exactly-once loop", "bare merge loop"],
+               [results["end_to_end"]["records_per_s"], results["kafka_streams_peer"]["records_per_s"],
+                results["bare_exactly_once_loop"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]],
+               color=["tab:blue", "tab:purple", "tab:green", "tab:orange"])
+    middle.tick_params(axis="x", rotation=20)
     middle.set_title("End to end (records/s)")
     lat = results["latency_s"]
     right.bar(["idle p50", "idle p99", "half load p50", "half load p99", "dep. release p50"],
               [lat["idle"]["p50"] * 1000, lat["idle"]["p99"] * 1000, lat["half_load"]["p50"] * 1000,
-               lat["half_load"]["p99"] * 1000, results["dependency_release_s"]["p50"] * 1000])
+               lat["half_load"]["p99"] * 1000, results["references"]["release_s"]["idle"]["p50"] * 1000])
     right.set_title("Latency (ms)")
     right.tick_params(axis="x", rotation=20)
     fig.suptitle(f"reach ingest benchmark — {results['machine']['summary']}")
@@ -707,7 +487,9 @@ def table(results: dict[str, Any]) -> str:
                  f"{java:,.0f} (Kafka ProducerPerformance)", f"{alone['records_per_s'] / java:.2f}"))
     e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
     eos = results["bare_exactly_once_loop"]["records_per_s"]
-    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
+    peer = results["kafka_streams_peer"]["records_per_s"]
+    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{peer:,.0f} (Kafka Streams peer)", f"{e2e / peer:.2f}"))
+    rows.append(("", "", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
     rows.append(("", "", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     direct = results["end_to_end_confluent"]["records_per_s"]
     rows.append(("end to end, stock Confluent producer to the topic, its defaults (rec/s)", f"{direct:,.0f}",
@@ -725,19 +507,13 @@ def table(results: dict[str, Any]) -> str:
     lat = results["latency_s"]
     rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
     rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
-    rows.append(("dependency release p50", f"{results['dependency_release_s']['p50'] * 1000:.0f} ms", "", ""))
-    refs = results["with_references"]["records_per_s"]
-    rows.append(("end to end, records with a reference (rec/s)", f"{refs:,.0f}", f"{e2e:,.0f} (without)",
-                 f"{refs / e2e:.2f}"))
+    rows.extend(reference_rows(results["references"]))
     deletes = results["delete_by_id"]["records_per_s"]
     rows.append((f"delete {results['delete_by_id']['records']:,} by id (rec/s)", f"{deletes:,.0f}",
                  f"{e2e:,.0f} (upserts)", f"{deletes / e2e:.2f}"))
     delete_all = results["delete_all"]
     rows.append((f"deleteAll of {delete_all['records']:,} (rec/s)",
                  f"{delete_all['records_per_s']:,.0f} (accepted in {delete_all['accept_s']:.2f} s)", "", ""))
-    cascade = results["delete_cascade"]
-    rows.append((f"cascade, 2 levels, {cascade['named']:,} named (named/s, deleted/s)",
-                 f"{cascade['named_per_s']:,.0f} / {cascade['deleted_per_s']:,.0f}", "", ""))
     single = results["single_write_s"]
     rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
     for fair in results["fairness"]:
@@ -774,7 +550,9 @@ def main() -> None:
                         help="batches a stock Confluent producer writes straight to the ingest topic")
     parser.add_argument("--java-records", type=int, default=500_000, help="records ProducerPerformance sends")
     parser.add_argument("--latency-runs", type=int, default=10)
-    parser.add_argument("--release-runs", type=int, default=5)
+    parser.add_argument("--release-runs", type=int, default=20)
+    parser.add_argument("--reference-batches", type=int, default=20,
+                        help="1000-record batches of records with 0, 1 and 3 references each")
     parser.add_argument("--delete-records", type=int, default=100_000, help="deleted by id (a multiple of 1000)")
     parser.add_argument("--cascade-roots", type=int, default=10_000,
                         help="customers deleted with cascade, each with an order and its shipment (a multiple of 1000)")
@@ -784,10 +562,9 @@ def main() -> None:
     parser.add_argument("--bulk-share", type=float, nargs="+", default=[0.25, 0.5],
                         help="the bulk tenant's quota, as shares of the measured end-to-end rate (a run each)")
     args = parser.parse_args()
-    if args.delete_records % 1000 or args.cascade_roots % 1000 or \
-            (args.delete_records + args.cascade_roots) // 1000 > args.e2e_batches:
-        parser.error("--delete-records and --cascade-roots are multiples of 1000 whose sum of thousands is at most "
-                     "--e2e-batches (they delete the customers of the end-to-end run)")
+    if args.delete_records % 1000 or args.cascade_roots % 1000 or args.delete_records // 1000 > args.e2e_batches:
+        parser.error("--delete-records and --cascade-roots are multiples of 1000, and --delete-records at most "
+                     "--e2e-batches thousands (it deletes the customers of the end-to-end run)")
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="reach-bench-") as tmp, Stack(Path(tmp)) as stack:
         results = asyncio.run(measure(stack, args))

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from bench.failover import WorkerEvents
-from bench.run import RESULTS, Stack, batch_body, children_of, cpu_seconds, percentile, post_batches, \
+from bench.stack import RESULTS, Stack, batch_body, children_of, cpu_seconds, percentile, post_batches, \
     wait_all_terminal
 from ingest.pagination import encode_cursor
 from processors.app import worker_datadir
