@@ -536,6 +536,7 @@ class ExactlyOnce:
         self._committing: dict[str, _Transaction] = {}
         self._tables: dict[str, faust.Table] = {}
         self._changelogs: set[str] = set()
+        self._changelog_of: dict[str, str] = {}  # table name -> its changelog topic
         setattr(app, _ATTRIBUTE, self)
 
     @contextlib.asynccontextmanager
@@ -756,10 +757,12 @@ class ExactlyOnce:
         nul = key.find(b"\x00")
         if nul >= 0:  # for `keys_with_prefix`: a scan of every change per look was quadratic
             writes.by_prefix.setdefault(table.name, {}).setdefault(key[:nul + 1], {})[key] = None
-        changelog = table.changelog_topic.get_topic_name()
-        self._tables[table.name] = table
-        self._changelogs.add(changelog)
-        await self.send(event, changelog, key, raw, tp.partition)
+        changelog = self._changelog_of.get(table.name)
+        if changelog is None:  # Faust's topic name costs a property chain per call
+            changelog = self._changelog_of[table.name] = table.changelog_topic.get_topic_name()
+            self._tables[table.name] = table
+            self._changelogs.add(changelog)
+        await self.send_in(tp, changelog, key, raw, tp.partition)
 
     def partition_items(self, table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
