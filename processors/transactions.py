@@ -535,7 +535,6 @@ class ExactlyOnce:
         self._open: dict[str, _Transaction] = {}
         self._committing: dict[str, _Transaction] = {}
         self._tables: dict[str, faust.Table] = {}
-        self._changelogs: set[str] = set()
         self._changelog_of: dict[str, str] = {}  # table name -> its changelog topic
         setattr(app, _ATTRIBUTE, self)
 
@@ -761,8 +760,13 @@ class ExactlyOnce:
         if changelog is None:  # Faust's topic name costs a property chain per call
             changelog = self._changelog_of[table.name] = table.changelog_topic.get_topic_name()
             self._tables[table.name] = table
-            self._changelogs.add(changelog)
-        await self.send_in(tp, changelog, key, raw, tp.partition)
+        # Only a key's last change in a transaction goes to the changelog: the transaction
+        # commits whole, and a restore or a reader keeps only the last value of a key anyway.
+        # A record waiting for three references rewrote its pending entry at each answer.
+        writes.changelogs.setdefault((changelog, tp.partition), {})[key] = raw
+        writes.size += len(raw or b"") + len(key)
+        if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
+            await self._send_outputs(writes)
 
     def partition_items(self, table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
@@ -860,15 +864,18 @@ class ExactlyOnce:
         """Hand `writes`' outputs to its producer, one record batch per topic partition (or
         more when one would exceed the producer's batch size), in the order they were sent."""
         outputs, writes.outputs, writes.size = writes.outputs, {}, 0
+        changelogs, writes.changelogs = writes.changelogs, {}
         producer = writes.producer
         await _begin_unless_open(producer)
         for (topic, partition), queued in outputs.items():
             messages = [(m.key, m.value(), []) if isinstance(m, Group) else m for m in queued]
             sent = await send_batches(producer, topic, partition, messages)
             writes.delivered.extend(delivered for delivered, _ in sent)
-            if topic in self._changelogs:
-                delivered, count = sent[-1]
-                writes.last_sent[topic] = (delivered, count - 1)
+        for (topic, partition), changes in changelogs.items():
+            sent = await send_batches(producer, topic, partition, [(k, raw, []) for k, raw in changes.items()])
+            writes.delivered.extend(delivered for delivered, _ in sent)
+            delivered, count = sent[-1]
+            writes.last_sent[topic] = (delivered, count - 1)
 
     async def send_committing(self, tid: str, producer: Any) -> None:
         """Send what `tid`'s committing transaction still holds and wait until the broker has it
@@ -967,7 +974,9 @@ class _Transaction:
     # table -> a key's part up to its first NUL -> the keys of `changes` that begin with it, in order
     by_prefix: dict[str, dict[bytes, dict[bytes, None]]] = field(default_factory=dict)
     outputs: dict[tuple[str, int], list[_Output]] = field(default_factory=dict)  # (topic, partition) -> in order
-    size: int = 0  # bytes of keys and values in `outputs`
+    # (changelog topic, partition) -> key -> its last value (None: a tombstone), not yet sent
+    changelogs: dict[tuple[str, int], dict[bytes, bytes | None]] = field(default_factory=dict)
+    size: int = 0  # bytes of keys and values in `outputs` and `changelogs`
     delivered: list[Any] = field(default_factory=list)  # futures of the record batches sent so far
     # changelog -> (future of the record batch holding its last record, that record's index in it)
     last_sent: dict[str, tuple[Any, int]] = field(default_factory=dict)
@@ -982,6 +991,8 @@ class _Transaction:
                 mine.setdefault(prefix, {}).update(keys)
         for destination, outputs in later.outputs.items():
             self.outputs.setdefault(destination, []).extend(outputs)
+        for destination, changes in later.changelogs.items():
+            self.changelogs.setdefault(destination, {}).update(changes)
         self.size += later.size
         self.delivered.extend(later.delivered)
         self.last_sent.update(later.last_sent)

@@ -13,6 +13,9 @@ from typing import Any
 
 from faust.types import TP
 
+import orjson
+
+from processors.grouped import items_of
 from processors.transactions import FLUSH_BYTES, ExactlyOnce
 
 
@@ -22,10 +25,10 @@ class _Batch:
         self.size, self.limit = 0, limit
 
     def append(self, *, key: bytes | None, value: bytes, timestamp: Any, headers: Any) -> object | None:
-        if self.values and self.size + len(value) > self.limit:
+        if self.values and self.size + len(value or b"") > self.limit:
             return None  # full, as aiokafka's BatchBuilder says
         self.values.append(value)
-        self.size += len(value)
+        self.size += len(value or b"")
         return object()
 
 
@@ -127,3 +130,51 @@ def test_outputs_of_a_transaction_whose_producer_was_replaced_are_dropped() -> N
         return log
 
     assert asyncio.run(scenario()) == [("app-g-0", 0, "out", 0, [b"processed-again"])]
+
+
+def _event(tp: TP) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, partition=tp.partition))
+
+
+def test_only_a_keys_last_change_in_a_transaction_reaches_the_changelog() -> None:
+    async def scenario() -> list[Any]:
+        eos, producers, log = _eos()
+        p0 = TP("in", 0)
+        table = SimpleNamespace(name="pending", changelog_topic=SimpleNamespace(get_topic_name=lambda: "pending-log"))
+        await eos.put(_event(p0), table, b"r1", {"n": 1})
+        await eos.put(_event(p0), table, b"r2", {"n": 1})
+        await eos.put(_event(p0), table, b"r1", {"n": 2})
+        await eos.delete(_event(p0), table, b"r2")
+        assert eos.get(_event(p0), table, b"r1") == {"n": 2}  # the transaction reads its own last change
+        await _commit(eos, producers, [p0])
+        await eos.put(_event(p0), table, b"r1", {"n": 3})  # the next transaction: sent again
+        await _commit(eos, producers, [p0])
+        return log
+
+    log = asyncio.run(scenario())
+    assert [(t, n, topic, p, values) for t, n, topic, p, values in log] == [
+        ("app-g-0", 0, "pending-log", 0, [orjson.dumps({"n": 2}), None]),
+        ("app-g-0", 1, "pending-log", 0, [orjson.dumps({"n": 3})]),
+    ]
+
+
+def test_items_for_one_partition_travel_grouped_in_order_around_other_messages() -> None:
+    async def scenario() -> tuple[ExactlyOnce, list[Any]]:
+        eos, producers, log = _eos()
+        p0 = TP("in", 0)
+        keys = [f"k{n}".encode() for n in range(40)]
+        ka, kb, kc = [k for k in keys if eos.partition_for("out", k) == 1][:3]
+        await eos.send_item(_event(p0), "out", ka, {"n": 1})
+        await eos.send_item(_event(p0), "out", kb, {"n": 2})
+        await eos.send_in(p0, "out", b"plain", b"between", 1)
+        await eos.send_item(_event(p0), "out", kc, {"n": 3})
+        await eos.send_item(_event(p0), "out", ka, {"n": 4})
+        await _commit(eos, producers, [p0])
+        return eos, log
+
+    eos, log = asyncio.run(scenario())
+    [(_, _, topic, partition, values)] = log
+    assert (topic, partition) == ("out", 1)
+    decoded = [values[1], *(items_of(None, orjson.loads(v)) for v in (values[0], values[2]))]
+    assert decoded[0] == b"between"
+    assert [item["n"] for _, item in decoded[1]] == [1, 2] and [item["n"] for _, item in decoded[2]] == [3, 4]
