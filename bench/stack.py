@@ -196,8 +196,8 @@ async def post_batches(stack: Stack, bodies: list[bytes], concurrency: int, path
     return time.perf_counter() - started, ids, durations
 
 
-async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float = 900) -> float:
-    """Seconds until every batch is terminal (polling the ingress)."""
+async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float = 900, poll_s: float = 0.02) -> float:
+    """Seconds until every batch is terminal (polling the ingress every `poll_s`)."""
     headers = {"Authorization": f"Bearer {stack.tenant}"}
     pending = set(batch_ids)
     deadline = time.monotonic() + timeout_s
@@ -215,5 +215,5 @@ async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float
                 else:
                     break  # oldest first: no need to ask about the younger ones yet
             if pending:
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(poll_s)
     return time.monotonic()
