@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -29,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rocksdict import Options, Rdict, WriteBatch
 
 from processors.merge import merge_patch
-from reach.broker import KAFKA_VERSION
+from reach.broker import KAFKA_VERSION, fetch_jars
 from reach.config import PROJECT_ROOT
 from schemas.events import IngestBatch, decode_ingest_message, resource_key
 from topics.partitioning import partition_for
@@ -41,16 +40,7 @@ TOOLS_LIBS = PROJECT_ROOT / ".cache" / f"kafka-tools-{KAFKA_VERSION}" / "libs"
 
 def fetch_tools(libs: Path = TOOLS_LIBS) -> Path:
     """Copy Kafka's tools and their dependencies from Maven Central unless already there."""
-    marker = libs / ".complete"
-    if not marker.exists():
-        tmp = libs.with_name(libs.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["mvn", "-q", "-B", "-f", str(TOOLS_POM), "dependency:copy-dependencies",
-                        f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], check=True)
-        shutil.rmtree(libs, ignore_errors=True)
-        tmp.rename(libs)
-        marker.touch()
-    return libs
+    return fetch_jars(libs, TOOLS_POM)
 
 
 def producer_performance(bootstrap: str, topic: str, records: int, record_size: int) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from bench.baselines import bare_exactly_once_loop, send_batch_producer
 from bench.stack import record
-from reach.broker import LocalBroker
+from reach.broker import LocalBroker, fetch_jars
 from reach.config import PROJECT_ROOT
 from schemas.events import build_ingest_batch
 from tests.support import free_port
@@ -41,15 +40,7 @@ AVRO_SCHEMA = PROJECT_ROOT / "schemas" / "ingest_event_v2.avsc"
 
 def build(cache: Path = CACHE) -> Path:
     """The peer's classpath folder: its jars fetched and its class compiled, unless already there."""
-    libs, classes = cache / "libs", cache / "classes"
-    if not (libs / ".complete").exists():
-        tmp = libs.with_name("libs.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-                        f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"], check=True)
-        shutil.rmtree(libs, ignore_errors=True)
-        tmp.rename(libs)
-        (libs / ".complete").touch()
+    libs, classes = fetch_jars(cache / "libs", POM), cache / "classes"
     built = classes / "MergeApp.class"
     if not built.exists() or built.stat().st_mtime < SOURCE.stat().st_mtime:
         classes.mkdir(parents=True, exist_ok=True)

@@ -67,15 +67,16 @@ min.insync.replicas=1
 """
 
 
-def fetch_jars(libs: Path = DEFAULT_LIBS) -> Path:
-    """Copy the broker's jars from Maven Central into `libs` unless they are already there."""
+def fetch_jars(libs: Path = DEFAULT_LIBS, pom: Path = POM) -> Path:
+    """Copy the jars `pom` depends on (default: the broker's) from Maven Central into `libs`
+    unless they are already there."""
     marker = libs / ".complete"
     if marker.exists():
         return libs
     tmp = libs.with_name(libs.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(
-        ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
          f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
         check=True,
     )
