@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.stack import RESULTS, Stack, batch_body, post_batches, wait_all_terminal
+from bench.stack import RESULTS, Stack, batch_body, end_to_end, post_batches
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
@@ -48,13 +48,6 @@ def top(raw: Path, n: int) -> str:
     return "\n".join(lines)
 
 
-async def load(stack: Stack, bodies: list[bytes], path: str = "/api/resources/customer/batch",
-               method: str = "POST") -> float:
-    started = time.monotonic()
-    _, ids, _ = await post_batches(stack, bodies, 4, path, method)
-    return len(bodies) * 1000 / (await wait_all_terminal(stack, ids) - started)
-
-
 def bodies_of(stack: Stack, kind: str, batches: int) -> tuple[list[bytes], str, str]:
     """The batches to profile (their path and method); what they reference uploaded first."""
     tag = f"prof-{time.time_ns()}"
@@ -64,13 +57,13 @@ def bodies_of(stack: Stack, kind: str, batches: int) -> tuple[list[bytes], str, 
     ids = [[c["id"] for c in orjson.loads(body)["resources"]] for body in customers]
     orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 1.0, "customer": c} for c in batch]})
               for batch in ids]
-    asyncio.run(load(stack, customers))
+    asyncio.run(end_to_end(stack, customers))
     if kind == "references":
         return orders, "/api/resources/order/batch", "POST"
-    asyncio.run(load(stack, orders, "/api/resources/order/batch"))
+    asyncio.run(end_to_end(stack, orders, "/api/resources/order/batch"))
     shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in batch]})
                  for batch in ids]
-    asyncio.run(load(stack, shipments, "/api/resources/shipment/batch"))
+    asyncio.run(end_to_end(stack, shipments, "/api/resources/shipment/batch"))
     return ([orjson.dumps({"externalIds": batch, "cascade": True}) for batch in ids], "/api/resources/customer/batch",
             "DELETE")
 
@@ -95,7 +88,7 @@ def main() -> None:
                 [str(PY_SPY), "record", "-p", str(process.proc.pid), "-r", "100", "-f", "raw", "-o", str(raw),
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1)  # py-spy attaches
-        rate = asyncio.run(load(stack, bodies, path, method))
+        rate = asyncio.run(end_to_end(stack, bodies, path, method))
         for name, (raw, spy) in spies.items():
             spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             spy.wait(timeout=30)

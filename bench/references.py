@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench.stack import RESULTS, Stack, batch_body, percentile, post_batches, record, wait_all_terminal
+from bench.stack import RESULTS, Stack, batch_body, end_to_end, percentile, post_batches, record, wait_all_terminal
 
 TRANSFER = {
     "name": "Transfer", "externalIdField": "id",
@@ -40,15 +40,7 @@ TRANSFER = {
         "payer": {"$ref": "reach:schemas/Customer"}, "payee": {"$ref": "reach:schemas/Customer"},
         "witness": {"$ref": "reach:schemas/Customer"}}},
 }
-CONCURRENCY = 4
 RELEASE_POLL_S = 0.005
-
-
-async def end_to_end(stack: Stack, bodies: list[bytes], path: str, method: str = "POST") -> float:
-    """Records per second (1000 per body) from the first request until every batch is terminal."""
-    started = time.monotonic()
-    _, ids, _ = await post_batches(stack, bodies, CONCURRENCY, path, method)
-    return len(bodies) * 1000 / (await wait_all_terminal(stack, ids) - started)
 
 
 def customer_ids(tag: str, b: int) -> list[str]:

@@ -57,6 +57,7 @@ from bench.stack import (
     Stack,
     batch_body,
     cpu_seconds,
+    end_to_end,
     percentile,
     post_batches,
     record,
@@ -389,13 +390,6 @@ async def measure_two_workers(stack: Stack, args: argparse.Namespace, results: d
         second.stop()
 
 
-async def timed(stack: Stack, bodies: list[bytes], path: str, method: str = "POST") -> float:
-    """Records/s from the first request until every batch is terminal (concurrency 4)."""
-    started = time.monotonic()
-    _, ids, _ = await post_batches(stack, bodies, 4, path, method)
-    return await wait_all_terminal(stack, ids) - started
-
-
 async def measure_writes(stack: Stack, args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Deletes by id, deleteAll, and single-resource writes."""
     # Customers of the end-to-end run are `e2e-<b>-<i>`, 1000 per batch b.
@@ -404,13 +398,14 @@ async def measure_writes(stack: Stack, args: argparse.Namespace, results: dict[s
 
     # 5. Deletes by id (the customers of the end-to-end run).
     deletes = [orjson.dumps({"externalIds": ids(b)}) for b in range(args.delete_records // 1000)]
-    seconds = await timed(stack, deletes, "/api/resources/customer/batch", "DELETE")
-    results["delete_by_id"] = {"records": len(deletes) * 1000, "records_per_s": len(deletes) * 1000 / seconds}
+    results["delete_by_id"] = {"records": len(deletes) * 1000,
+                               "records_per_s": await end_to_end(stack, deletes, "/api/resources/customer/batch",
+                                                                 "DELETE")}
     print(f"delete by id: {results['delete_by_id']['records_per_s']:,.0f} rec/s", flush=True)
 
     # deleteAll of a schema of `delete_all` resources: the request names them all at acceptance.
     leads = [batch_body(f"lead-{b}") for b in range(args.delete_all // 1000)]
-    await timed(stack, leads, "/api/resources/lead/batch")
+    await end_to_end(stack, leads, "/api/resources/lead/batch")
     started = time.monotonic()
     _, ids_all, durations = await post_batches(stack, [orjson.dumps({"deleteAll": True})], 1,
                                                "/api/resources/lead/batch", "DELETE")

@@ -217,3 +217,12 @@ async def wait_all_terminal(stack: Stack, batch_ids: list[str], timeout_s: float
             if pending:
                 await asyncio.sleep(poll_s)
     return time.monotonic()
+
+
+async def end_to_end(stack: Stack, bodies: list[bytes], path: str = "/api/resources/customer/batch",
+                     method: str = "POST") -> float:
+    """Records per second (1000 per body) from the first request, four connections at a time,
+    until every batch is terminal."""
+    started = time.monotonic()
+    _, ids, _ = await post_batches(stack, bodies, 4, path, method)
+    return len(bodies) * 1000 / (await wait_all_terminal(stack, ids) - started)
