@@ -764,9 +764,7 @@ class ExactlyOnce:
         # commits whole, and a restore or a reader keeps only the last value of a key anyway.
         # A record waiting for three references rewrote its pending entry at each answer.
         writes.changelogs.setdefault((changelog, tp.partition), {})[key] = raw
-        writes.size += len(raw or b"") + len(key)
-        if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
-            await self._send_outputs(writes)
+        await self._grown(tp, writes, len(raw or b"") + len(key))
 
     def partition_items(self, table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
@@ -840,9 +838,7 @@ class ExactlyOnce:
             partition = self.partition_for(topic, key or b"")
         writes = self._open_transaction(tp)
         writes.outputs.setdefault((topic, partition), []).append((key, value, headers or []))
-        writes.size += len(value or b"") + len(key or b"")
-        if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
-            await self._send_outputs(writes)
+        await self._grown(tp, writes, len(value or b"") + len(key or b""))
 
     async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any]) -> None:
         """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
@@ -856,8 +852,13 @@ class ExactlyOnce:
             last.add(encoded)
         else:
             queue.append(Group(key, encoded))
-        writes.size += len(encoded)
-        if writes.size >= FLUSH_BYTES and self._tid(event.message.tp) not in self._held:
+        await self._grown(event.message.tp, writes, len(encoded))
+
+    async def _grown(self, tp: TP, writes: _Transaction, size: int) -> None:
+        """`tp`'s open transaction `writes` took `size` more bytes: once `FLUSH_BYTES` have
+        gathered, they go to its producer now (not while its previous transaction commits)."""
+        writes.size += size
+        if writes.size >= FLUSH_BYTES and self._tid(tp) not in self._held:
             await self._send_outputs(writes)
 
     async def _send_outputs(self, writes: _Transaction) -> None:
