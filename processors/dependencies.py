@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+
 from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
 

@@ -23,7 +23,6 @@ from prometheus_client.utils import floatToGoString
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
-
 class _AppliedRecords(Collector):
     """`reach_records_applied` (by outcome and code) and `reach_record_latency_seconds`, counted
     in plain ints and exported at each scrape: a Counter's `inc` and a Histogram's `observe`

@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -75,6 +75,15 @@ _READ = object()  # `_settle`: read the resource from the table
 _CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0").bytes
 
 
+class _Checked(NamedTuple):
+    """A record as checked before it waited for its pins (`ResourceProcessor._remember_checked`)."""
+
+    definition: Definition
+    creating: bool
+    record: dict[str, Any]
+    references: list[Reference]
+
+
 @dataclass(frozen=True)
 class Wait:
     """Why the head record of a resource waits: fields of its pending entry, the requests
@@ -95,8 +104,8 @@ class ResourceProcessor:
         self.partitions = partitions  # of the ingest topic
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # partition -> heap of (deadline ms, resource key); absent until built from the table
-        # (resource key, event id) of a record waiting for its pins -> (definition, creating, record, references)
-        self._checked: dict[tuple[bytes, str], tuple[Any, ...]] = {}
+        # (resource key, event id) of a record waiting for its pins -> its checked form
+        self._checked: dict[tuple[bytes, str], _Checked] = {}
         self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -274,8 +283,9 @@ class ResourceProcessor:
         current = self.eos.get(event, self.resources, key)
         creating = current is None and op_of(body) != "patch"
         checked = self._checked.pop((key, body["eventId"]), None) if released is not None else None
-        if checked is not None and checked[0] is definition and checked[1] == creating:
-            record, references = checked[2], checked[3]  # checked before it waited; nothing changed since
+        if checked is not None and checked.definition is definition and checked.creating == creating:
+            # Checked before it waited; nothing has changed the resource since.
+            record, references = checked.record, checked.references
         else:
             record, failure = checked_record(body, definition, validators, creating)
             if failure is not None or record is None:
@@ -288,7 +298,7 @@ class ResourceProcessor:
                 await self._emit(event, body, wait)
                 return None
             if wait is not None:
-                self._remember_checked((key, body["eventId"]), (definition, creating, record, references))
+                self._remember_checked((key, body["eventId"]), _Checked(definition, creating, record, references))
                 return wait
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
@@ -339,7 +349,7 @@ class ResourceProcessor:
                     [(r.key, pin_request(key, body["eventId"], r.key, may_wait)) for r in elsewhere],
                     waits(body) or PIN_ANSWER_S)
 
-    def _remember_checked(self, waiting: tuple[bytes, str], checked: tuple[Any, ...]) -> None:
+    def _remember_checked(self, waiting: tuple[bytes, str], checked: _Checked) -> None:
         """Keep a waiting record's checked form for its release (in memory, bounded: a record
         released after a restart or a long wait is checked again)."""
         self._checked[waiting] = checked
