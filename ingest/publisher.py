@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 
 from reach.config import Settings
+from topics import aiokafka_compat
 from topics.partitioning import partition_for
 from topics.record_batches import send_batches
 
@@ -83,6 +84,7 @@ class BatchPublisher:
         return producer
 
     async def start(self) -> None:
+        aiokafka_compat.install()  # an upload's commit not held up 100 ms by a busy transaction coordinator
         for tid in self._transactional_ids():
             self._idle.put_nowait(await self._new_producer(tid))
 

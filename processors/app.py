@@ -43,6 +43,7 @@ from processors.event_checks import unusable_batch
 from processors.hand_on import handed_on_from, place
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from schemas.registry import SchemaRegistry
+from topics import aiokafka_compat
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the worker's Faust app for the deployment that `settings` describe."""
     datadir = worker_datadir(settings)
     datadir.parent.mkdir(parents=True, exist_ok=True)
+    aiokafka_compat.install()  # commits not held up 100 ms by a busy transaction coordinator
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap_servers),
