@@ -68,7 +68,10 @@ class TopicView:
         for tp in tps:
             if tp.partition in resume:
                 self._consumer.seek(tp, resume[tp.partition])
-        self._positions = {tp: -1 for tp in tps}
+        # Where each partition is now, before the first fetch: an empty or caught-up partition is
+        # known to be at its end at once, not only when a first long poll finds nothing (500 ms
+        # per view on every start).
+        self._positions = {tp: await self._consumer.position(tp) for tp in tps}
         # Where to read again if folding a fetch fails (None: the beginning).
         self._applied: dict[TopicPartition, int | None] = {tp: resume.get(tp.partition) for tp in tps}
         self._task = asyncio.create_task(self._follow(), name=f"view:{self.topic}")
