@@ -79,6 +79,18 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     return s
 
 
+@pytest.fixture(scope="module")
+def module_ingress(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One in-process ingress with its readers and topics for a whole test module: for modules
+    whose tests change nothing that another of them reads (a reader process and a deployment's
+    topics take seconds to start, the requests of such a test milliseconds)."""
+    tmp = tmp_path_factory.mktemp("module")
+    s = isolated_settings(kafka_bootstrap, tmp / "data")
+    asyncio.run(create_topics(s.bootstrap_servers, service_topics(s).all()))
+    with readers(s, tmp), TestClient(create_app(s)) as client:
+        yield client
+
+
 @pytest.fixture
 def reader(settings: Settings, tmp_path: Path) -> Iterator[list[ServiceProcess]]:
     """The reader processes of this test's deployment (`state.reader`), answering."""

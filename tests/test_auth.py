@@ -19,6 +19,13 @@ API_PATH = "/api/batches"
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 
+@pytest.fixture
+def ingress(module_ingress: TestClient) -> TestClient:
+    """One deployment for the module: no test here changes anything (each request is refused,
+    or reads), so each still sees an empty one."""
+    return module_ingress
+
+
 def _b64url(obj: dict) -> str:
     raw = json.dumps(obj, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
