@@ -30,6 +30,7 @@ CYCLES = int(os.environ.get("REACH_SOAK_CYCLES", "6"))
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(600 + 300 * CYCLES)
 def test_workers_killed_again_and_again_lose_and_repeat_nothing(
         settings: Settings, ingress: TestClient, tmp_path: Path) -> None:
     rng = random.Random()
