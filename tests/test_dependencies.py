@@ -253,8 +253,15 @@ def test_record_referencing_several_resources_waits_until_all_exist(ingress: Tes
     assert missing_of(entry) == [(ids["Product"], "Product", "c1"), (ids["Product"], "Product", "c2")], entry
 
     assert run_batch(ingress, "Product", [{"id": "c1", "title": "one"}])["status"] == "success"
-    time.sleep(1.5)  # time for c1's arrival to reach the waiting record: it stays pending, c2 is missing
-    assert_pending_only(get_batch(ingress, order_batch), 1)
+
+    def c1_arrival_seen() -> dict[str, Any] | None:  # the waiting record has taken c1's arrival in
+        batch = get_batch(ingress, order_batch, details=True)
+        entries = batch["pendingResources"]
+        return batch if entries and missing_of(entries[0]) == [(ids["Product"], "Product", "c2")] else None
+
+    seen = wait_until(c1_arrival_seen, 30, 0.05, what="c1's arrival to reach the waiting record",
+                      seen=lambda: get_batch(ingress, order_batch, details=True))
+    assert_pending_only(seen, 1)  # and it stays pending: c2 is missing
     assert read(ingress, "Order", "o-arr") is None
 
     assert run_batch(ingress, "Product", [{"id": "c2", "title": "two"}])["status"] == "success"
@@ -318,7 +325,7 @@ def test_chain_of_pending_records_applies_when_its_root_arrives(ingress: TestCli
 # --- expiry ----------------------------------------------------------------------------------
 
 def test_pending_record_fails_with_dependency_timeout_at_its_deadline(ingress: TestClient, worker: Any) -> None:
-    define_shop(ingress)
+    ids = define_shop(ingress)
     order_batch = submit(ingress, "Order", [{"id": "o-exp", "customer": "never"}], dependencyWaitTimeout="2")
     entry = wait_pending(ingress, order_batch)["pendingResources"][0]
     expires_at = parse_time(entry["expiresAt"])
@@ -336,9 +343,20 @@ def test_pending_record_fails_with_dependency_timeout_at_its_deadline(ingress: T
     assert read(ingress, "Order", "o-exp") is None
     assert get_batch(ingress, order_batch, details=True)["pendingResources"] == []
 
-    # The expired record is gone: its reference appearing later changes nothing.
+    # The expired record is gone: its reference appearing later changes nothing. A witness waits
+    # for the same customer on the expired record's partition: the customer's creation answers
+    # every waiter of one partition in one message, so once the witness has applied, whatever
+    # that creation sent the expired record has been handled as well.
+    partitions = ingress.app.state.settings.topic_partitions
+    expired_at = partition_for(resource_key("partner-a", "tenant-1", ids["Order"], "o-exp"), partitions)
+    witness = next(f"o-witness-{i}" for i in range(1000)
+                   if partition_for(resource_key("partner-a", "tenant-1", ids["Order"], f"o-witness-{i}"),
+                                    partitions) == expired_at)
+    witness_batch = submit(ingress, "Order", [{"id": witness, "customer": "never"}], dependencyWaitTimeout=LONG_WAIT)
+    wait_pending(ingress, witness_batch)
     assert run_batch(ingress, "Customer", [{"id": "never", "name": "late"}])["status"] == "success"
-    time.sleep(1.0)
+    assert_all_succeeded(wait_terminal(ingress, witness_batch, tenant_headers()))
+    assert read(ingress, "Order", witness) is not None
     assert read(ingress, "Order", "o-exp") is None
     assert get_batch(ingress, order_batch)["status"] == "failed"
 
