@@ -9,8 +9,11 @@ PY := $(VENV)/bin/python
 run: venv
 	$(VENV)/bin/reach run
 
+# Two test processes share one broker (tests/conftest.py): most of a test's time is waiting on
+# processes and Kafka, so two fill this 2-core machine's CI without starving each other's timing.
+TEST_PROCESSES ?= 2
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 venv: $(VENV_STAMP)
 

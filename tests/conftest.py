@@ -3,6 +3,9 @@
 1. `KAFKA_BOOTSTRAP_SERVERS`, when set;
 2. a testcontainers Kafka container, when a Docker engine answers;
 3. a local broker from Maven Central jars, started here (see `reach/broker.py`).
+
+Under `pytest -n N` (pytest-xdist) the controller starts the local broker of 3. once, before its
+N processes, which share it through 1.; every test has topics, groups and folders of its own.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck
@@ -26,6 +32,7 @@ from tests.support import (SUMMARY, ServiceProcess, free_port, isolated_settings
                            wait_worker_ready)
 from topics import create_topics, service_topics
 
+_BROKER = pytest.StashKey[Any]()  # the broker the controller of `pytest -n` started
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per test request is noise
 
 # Hypothesis's wall-clock checks (a 200 ms deadline per example, "input generation is slow")
@@ -124,7 +131,56 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[ServiceProcess]:
         assert code == 0, f"worker exited with {code}:\n{process.log()[-3000:]}"
 
 
+_SUMMARY_PROPERTY = "reach_summary"
+_COLLECTED: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A test's figures travel with its report, so that they reach the terminal also from the
+    processes of `pytest -n` (pytest-xdist)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "teardown" and SUMMARY:
+        report.user_properties.append((_SUMMARY_PROPERTY, list(SUMMARY)))
+        SUMMARY.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if name == _SUMMARY_PROPERTY:
+            _COLLECTED.extend(value)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Show the figures tests collected (fuzz cases, faults injected) after the results."""
-    for line in SUMMARY:
+    for line in _COLLECTED:
         terminalreporter.write_line(line)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `pytest -n N`, one broker for all N processes: the controller starts it before the
+    processes start, and they find it in KAFKA_BOOTSTRAP_SERVERS (`kafka_bootstrap`)."""
+    if not _xdist_controller(config) or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        return
+    if _docker_engine_answers():
+        return  # each process starts its own container
+    from reach.broker import LocalBroker
+
+    broker = LocalBroker(work_dir=Path(tempfile.mkdtemp(prefix="reach-tests-kafka-")), port=free_port(),
+                         controller_port=free_port())
+    broker.start()
+    config.stash[_BROKER] = broker
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    broker = config.stash.get(_BROKER, None)
+    if broker is not None:
+        broker.stop()
+        os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        shutil.rmtree(broker.work_dir, ignore_errors=True)
