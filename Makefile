@@ -4,7 +4,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench bench-scale profile venv jars broker worker ingress clean
+.PHONY: run test test-fast bench bench-scale profile venv jars broker worker ingress clean
 
 run: venv
 	$(VENV)/bin/reach run
@@ -14,6 +14,10 @@ run: venv
 TEST_PROCESSES ?= 2
 test: venv
 	$(PY) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
+
+# The tests that need neither a broker nor processes (markers set by tests/conftest.py).
+test-fast: venv
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 venv: $(VENV_STAMP)
 

@@ -158,6 +158,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(line)
 
 
+_PROCESS_FIXTURES = {"worker", "reader", "ingress", "second_ingress", "module_ingress"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, from what it uses: `processes` (starts the service's or a
+    broker's processes), `broker` (talks to the session's broker), else `unit`."""
+    for item in items:
+        module = vars(getattr(item, "module", None) or object)
+        names = set(getattr(item, "fixturenames", ()))
+        if names & _PROCESS_FIXTURES or "ServiceProcess" in module or "LocalBroker" in module:
+            item.add_marker(pytest.mark.processes)
+        elif "kafka_bootstrap" in names:
+            item.add_marker(pytest.mark.broker)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 def _xdist_controller(config: pytest.Config) -> bool:
     return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
 
