@@ -123,6 +123,47 @@ class Settings:
         """The quota of each tenant of a partner."""
         return self.quota_overrides.get(partner_id, self.quota)
 
+    def to_env(self) -> dict[str, str]:
+        """The environment variables `from_env` reads back as these settings (a process started
+        with them runs with exactly these). KAFKA_BOOTSTRAP_SERVERS is set only for an external
+        broker: without it a process uses (and may start) the local one."""
+        import orjson
+
+        def limit(value: int | None) -> str:
+            return "" if value is None else str(value)
+
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers if self.external_broker else "",
+            "REACH_TOPIC_PREFIX": self.topic_prefix,
+            "REACH_TOPIC_PARTITIONS": str(self.topic_partitions),
+            "REACH_REPLICATION_FACTOR": str(self.replication_factor),
+            "REACH_APP_ID": self.app_id,
+            "REACH_DATA_DIR": str(self.data_dir),
+            "REACH_HTTP_HOST": self.http_host,
+            "REACH_HTTP_PORT": str(self.http_port),
+            "REACH_WORKER_WEB_PORT": str(self.worker_web_port),
+            "REACH_PRODUCE_TIMEOUT_S": repr(self.produce_timeout_s),
+            "REACH_INGRESS_ID": self.ingress_id,
+            "REACH_INGRESS_PRODUCERS": str(self.ingress_producers),
+            "REACH_INGRESS_PROCESSES": str(self.ingress_processes),
+            "REACH_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "REACH_BATCH_RETENTION_DAYS": repr(self.batch_retention_days),
+            "REACH_SYNC_WAIT_S": repr(self.sync_wait_s),
+            "REACH_DELETE_ALL_MAX": str(self.delete_all_max),
+            "REACH_IDEMPOTENCY_KEY_HOURS": repr(self.idempotency_key_hours),
+            "REACH_PARTNER_SECRETS": orjson.dumps(self.partner_secrets).decode(),
+            "REACH_QUOTA_RECORDS_PER_MINUTE": limit(self.quota.records_per_minute),
+            "REACH_QUOTA_BATCHES_IN_FLIGHT": limit(self.quota.batches_in_flight),
+            "REACH_QUOTA_BURST_RECORDS": limit(self.quota.burst_records),
+            "REACH_QUOTA_OVERRIDES": orjson.dumps({
+                partner: {"recordsPerMinute": q.records_per_minute, "batchesInFlight": q.batches_in_flight,
+                          "burstRecords": q.burst_records}
+                for partner, q in self.quota_overrides.items()}).decode() if self.quota_overrides else "",
+            "REACH_MAX_BACKLOG_RECORDS": limit(self.max_backlog_records),
+            "REACH_READER_URLS": ",".join(self.reader_urls),
+            "REACH_READER_INDEX": str(self.reader_index),
+        }
+
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> "Settings":
         """Build settings from `REACH_*` and `KAFKA_BOOTSTRAP_SERVERS`, defaults for the rest."""

@@ -141,32 +141,8 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment variables that make a child process read `settings`."""
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "REACH_TOPIC_PREFIX": settings.topic_prefix,
-        "REACH_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "REACH_APP_ID": settings.app_id,
-        "REACH_DATA_DIR": str(settings.data_dir),
-        "REACH_HTTP_HOST": settings.http_host,
-        "REACH_HTTP_PORT": str(settings.http_port),
-        "REACH_WORKER_WEB_PORT": str(settings.worker_web_port),
-        "REACH_PRODUCE_TIMEOUT_S": str(settings.produce_timeout_s),
-        "REACH_INGRESS_ID": settings.ingress_id,
-        "REACH_INGRESS_PROCESSES": str(settings.ingress_processes),
-        "REACH_PARTNER_SECRETS": orjson.dumps(settings.partner_secrets).decode(),
-        "REACH_QUOTA_RECORDS_PER_MINUTE": str(settings.quota.records_per_minute or ""),
-        "REACH_QUOTA_BATCHES_IN_FLIGHT": str(settings.quota.batches_in_flight or ""),
-        "REACH_QUOTA_BURST_RECORDS": str(settings.quota.burst_records or ""),
-        "REACH_QUOTA_OVERRIDES": orjson.dumps({partner: {"recordsPerMinute": q.records_per_minute,
-                                                         "batchesInFlight": q.batches_in_flight,
-                                                         "burstRecords": q.burst_records}
-                                               for partner, q in settings.quota_overrides.items()}).decode(),
-        "REACH_MAX_BACKLOG_RECORDS": str(settings.max_backlog_records or ""),
-        "REACH_READER_URLS": ",".join(settings.reader_urls),
-        "REACH_READER_INDEX": str(settings.reader_index),
-    }
+    """The environment that makes a child process read `settings` (all of them: `Settings.to_env`)."""
+    return {**os.environ, **settings.to_env()}
 
 
 def proc_stat(pid: int) -> list[str]:
