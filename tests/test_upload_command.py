@@ -5,6 +5,8 @@ is waited for."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -124,12 +126,20 @@ def test_csv_cells_are_typed_by_the_schema_and_an_ingress_not_up_yet_is_waited_f
                       'c-1,Ann,41,"[""a"", ""b""]","{""city"": ""Oslo""}"\n'
                       'c-2,Bob,,,\n'
                       'c-3,Cid,forty,,\n', encoding="utf-8")
-    # The ingress is not up yet: the command retries until it is, then loads the file.
+    # The ingress is not up yet: the command retries until it is, then loads the file. Its first
+    # request finds a port that drops the connection, so it must retry however fast the
+    # ingress starts after.
+    not_up = socket.create_server(("127.0.0.1", settings.http_port))
+    not_up.settimeout(60)
     command = subprocess.Popen([sys.executable, "-m", "reach.cli", "upload", str(source), "--schema", "Customer",
                                 "--json", "--failed", str(tmp_path / "failed.jsonl"),
                                 "--url", f"http://127.0.0.1:{settings.http_port}", "--token", partner_token(),
                                 "--tenant", "tenant-1"],
                                env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with not_up:
+        connection, _ = not_up.accept()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, no TIME_WAIT
+        connection.close()
     process = start_ingress(settings, tmp_path)
     try:
         base = wait_ingress_ready(settings)
