@@ -35,6 +35,7 @@ from processors import metrics
 from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
 from processors.grouped import items_of
 from processors.resources import ResourceProcessor
+from processors import transactions
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
 from schemas.definitions import Definition
@@ -43,7 +44,6 @@ from processors.event_checks import unusable_batch
 from processors.hand_on import handed_on_from, place
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from schemas.registry import SchemaRegistry
-from topics import aiokafka_compat
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the worker's Faust app for the deployment that `settings` describe."""
     datadir = worker_datadir(settings)
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    aiokafka_compat.install()  # commits not held up 100 ms by a busy transaction coordinator
+    transactions.install()  # our exactly-once on Faust's classes, with aiokafka_compat's retries
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap_servers),

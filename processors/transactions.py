@@ -2,7 +2,10 @@
 
 Faust 0.15's `exactly_once` keeps one transactional producer per input partition and commits
 the consumed offsets through it. Our kill tests showed three ways it loses or duplicates
-effects, and this module closes each:
+effects, and this module closes each. It does so by replacing methods of Faust's classes,
+listed in `_PATCHES` and put in place by `install()` (the worker's `create_app` calls it), which
+refuses library versions they were not checked against; tests/test_faust_seam.py checks each
+replaced or read private name against the installed classes:
 
 1. Table changelog writes wait in Faust's send buffer, which is not drained before a
    transactional commit (its `flush()` gives up after 100 ms), so they could land in the
@@ -98,7 +101,7 @@ from rocksdict import WriteBatch
 from processors import metrics, restore
 from processors.grouped import Group, encode_item
 from state.store import prefix_items
-from topics import partitioning
+from topics import aiokafka_compat, partitioning
 from topics.record_batches import send_batches
 
 _original_commit_tps = Consumer._commit_tps
@@ -154,9 +157,6 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         return True
 
 
-Consumer._commit_tps = _commit_tps_between_events  # type: ignore[method-assign]
-
-
 async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assigned: set[TP], revoked: set[TP],
                                                 newly_assigned: set[TP]) -> None:
     eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
@@ -172,9 +172,6 @@ async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assign
                 except Exception:  # already fenced: its transaction is the new owner's to abort
                     log.warning("stopping producer %s failed", tid, exc_info=True)
     await _original_on_rebalance(self, assigned, revoked, newly_assigned)
-
-
-TransactionManager.on_rebalance = _on_rebalance_stopping_lost_producers  # type: ignore[method-assign]
 
 
 async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
@@ -207,9 +204,6 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
                 await producer.begin_transaction()
 
     await asyncio.gather(*(commit(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
-
-
-Producer.commit_transactions = _commit_transactions_concurrently  # type: ignore[method-assign]
 
 
 async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
@@ -273,16 +267,9 @@ async def _after_last_records(bootstrap_servers: list[str], spans: Mapping[TP, t
     return found
 
 
-AIOKafkaThreadedConsumer._highwaters = _highwaters_from_broker  # type: ignore[method-assign]
-Recovery.active_remaining = _remaining_but_the_marker  # type: ignore[method-assign]
-
-
 def _standby_remaining_but_the_marker(self: Recovery) -> Any:
     """As `_remaining_but_the_marker`, for standbys: they are ready once at their last record."""
     return _but_the_marker(_original_standby_remaining(self))
-
-
-Recovery.standby_remaining = _standby_remaining_but_the_marker  # type: ignore[method-assign]
 
 
 def _assignment_taking_over_warm(self: CopartitionedAssignor) -> Any:
@@ -319,9 +306,6 @@ def _move(assignment: Any, partition: int, source: str, destination: str) -> Non
     assignment[source].standbys.add(partition)
     assignment[destination].standbys.discard(partition)
     assignment[destination].actives.add(partition)
-
-
-CopartitionedAssignor.get_assignment = _assignment_taking_over_warm  # type: ignore[method-assign]
 
 
 def _ask_for_my_share_once_warm(app: faust.App, eos: ExactlyOnce) -> None:
@@ -383,7 +367,6 @@ async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: 
     await _original_build_offsets(self, consumer, tps, destination, title)
 
 
-Recovery._build_offsets = _build_offsets_after_bulk_restore  # type: ignore[method-assign]
 _original_wait = Recovery._wait
 
 
@@ -396,9 +379,6 @@ async def _wait_as_long_as_it_takes(self: Recovery, coro: Any, timeout: Any = No
     await _original_wait(self, coro, None)
 
 
-Recovery._wait = _wait_as_long_as_it_takes  # type: ignore[method-assign]
-
-
 def _verify_fetching_only(self: AIOKafkaThreadedConsumer, now: float, tp: TP) -> None:
     """Faust's liveness check of a partition, without its half about streams: that half reads
     the monitor's inbound times, which this app does not keep (`processors.app` removes the
@@ -408,8 +388,6 @@ def _verify_fetching_only(self: AIOKafkaThreadedConsumer, now: float, tp: TP) ->
     minute on. The checks of fetch requests and responses stay."""
     self._verify_aiokafka_event_path(now, tp)
 
-
-AIOKafkaThreadedConsumer.verify_event_path = _verify_fetching_only  # type: ignore[method-assign]
 
 _original_create_worker_consumer = AIOKafkaThreadedConsumer._create_worker_consumer
 FETCH_MAX_WAIT_MS = 100
@@ -426,9 +404,6 @@ def _worker_consumer_answering_soon(self: AIOKafkaThreadedConsumer, transport: A
     consumer = _original_create_worker_consumer(self, transport)
     consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
     return consumer
-
-
-AIOKafkaThreadedConsumer._create_worker_consumer = _worker_consumer_answering_soon  # type: ignore[method-assign]
 
 
 async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
@@ -479,10 +454,6 @@ async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> N
     await _seek_to_resume_points(self.app)
 
 
-Recovery.on_recovery_completed = _on_recovery_completed_then_seek  # type: ignore[method-assign]
-Recovery._resume_streams = _resume_streams_then_seek  # type: ignore[method-assign]
-
-
 async def _log_starts(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
     """In the consumer's thread: the first offset of each of `partitions`."""
     return await thread._ensure_consumer().beginning_offsets(partitions)
@@ -496,9 +467,6 @@ async def _seek_to(thread: AIOKafkaThreadedConsumer, offsets: Mapping[TP, int]) 
         atp = TopicPartition(tp.topic, tp.partition)
         if atp in assigned:  # a rebalance may have begun since: those positions are reset anyway
             consumer.seek(atp, offset)
-
-
-Consumer.perform_seek = _perform_seek_knowing_where_each_partition_resumes  # type: ignore[method-assign]
 
 
 class ExactlyOnce:
@@ -1015,3 +983,40 @@ class _SkippedRecord:
     key: bytes | None
     value: bytes | None
     message: _Message
+
+
+# What `install` replaces: (class, attribute, our version). Each replacement's docstring says
+# the gap it closes; tests/test_faust_seam.py checks every name against the installed classes.
+_PATCHES: list[tuple[type, str, Callable[..., Any]]] = [
+    (Consumer, "_commit_tps", _commit_tps_between_events),
+    (TransactionManager, "on_rebalance", _on_rebalance_stopping_lost_producers),
+    (Producer, "commit_transactions", _commit_transactions_concurrently),
+    (AIOKafkaThreadedConsumer, "_highwaters", _highwaters_from_broker),
+    (Recovery, "active_remaining", _remaining_but_the_marker),
+    (Recovery, "standby_remaining", _standby_remaining_but_the_marker),
+    (CopartitionedAssignor, "get_assignment", _assignment_taking_over_warm),
+    (Recovery, "_build_offsets", _build_offsets_after_bulk_restore),
+    (Recovery, "_wait", _wait_as_long_as_it_takes),
+    (AIOKafkaThreadedConsumer, "verify_event_path", _verify_fetching_only),
+    (AIOKafkaThreadedConsumer, "_create_worker_consumer", _worker_consumer_answering_soon),
+    (Recovery, "on_recovery_completed", _on_recovery_completed_then_seek),
+    (Recovery, "_resume_streams", _resume_streams_then_seek),
+    (Consumer, "perform_seek", _perform_seek_knowing_where_each_partition_resumes),
+]
+# What each replaced attribute was before `install` (this module is imported before it runs).
+_ORIGINALS = {(owner, attribute): getattr(owner, attribute) for owner, attribute, _ in _PATCHES}
+# The versions these replacements, and the private names read in this module, were checked
+# against (tests/test_faust_seam.py); pyproject.toml pins them.
+CHECKED_VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1"}
+
+
+def install() -> None:
+    """Put this module's replacements into Faust's classes (process-wide; once is enough).
+
+    Refuses, with what it found, when faust-streaming, mode-streaming or aiokafka is not the
+    version they were checked against: a renamed private attribute would otherwise not fail
+    but quietly change what is committed."""
+    aiokafka_compat.require_checked(CHECKED_VERSIONS)
+    aiokafka_compat.install()
+    for owner, attribute, replacement in _PATCHES:
+        setattr(owner, attribute, replacement)

@@ -31,8 +31,10 @@ from tests.support import (
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 
-import processors.transactions  # noqa: F401  (installs the assignment rule)
+import processors.transactions
 from tests.test_exactly_once import _ready_generation
+
+processors.transactions.install()  # the assignment rule, as a worker has it
 
 
 def _assign(previous: dict[str, tuple[set[int], set[int]]], partitions: int = 4) -> dict[str, tuple[set[int], set[int]]]:

@@ -32,7 +32,8 @@ shapes against the installed aiokafka.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressError, CoordinatorNotAvailableError,
@@ -40,6 +41,9 @@ from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressEr
 from aiokafka.producer import sender
 
 SOON_S = 0.005  # how long to wait before asking again instead
+# The aiokafka these replacements (and every private aiokafka name the worker reads) were
+# checked against; pyproject.toml pins it.
+CHECKED_VERSIONS = {"aiokafka": "0.14.0"}
 _INSTALLED = "_reach_asks_again_sooner"
 _RETRIED_SOON = "_reach_retried_soon"  # on a record batch: its one quick retry is spent
 
@@ -101,9 +105,30 @@ def _offset_commit_sooner(handle_response: Callable[[Any, Any], float | None]) -
     return handle_response_sooner
 
 
+def _installed(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def require_checked(more: Mapping[str, str] | None = None) -> None:
+    """Raise RuntimeError unless aiokafka (and each of `more`: distribution -> version) is the
+    version our use of its private names was checked against."""
+    wanted = {**CHECKED_VERSIONS, **(more or {})}
+    wrong = {name: _installed(name) for name, checked in wanted.items() if _installed(name) != checked}
+    if wrong:
+        found = ", ".join(f"{name} {wrong[name]} (checked: {wanted[name]})" for name in sorted(wrong))
+        raise RuntimeError(f"refusing to start on {found}: this service replaces and reads private parts of "
+                           "these libraries, checked for the versions pyproject.toml pins (tests/test_faust_seam.py, "
+                           "tests/test_aiokafka_compat.py); install those versions, or check the new ones first")
+
+
 def install() -> None:
     """Make aiokafka's producers ask again sooner while a transaction coordinator is busy
-    (process-wide; calling it again changes nothing)."""
+    (process-wide; calling it again changes nothing). Refuses an aiokafka it was not checked
+    against (`require_checked`)."""
+    require_checked()
     for handler, concurrent in ((sender.AddPartitionsToTxnHandler, _partitions_concurrent),
                                 (sender.AddOffsetsToTxnHandler, _offsets_concurrent)):
         if not getattr(handler.handle_response, _INSTALLED, False):
