@@ -1,8 +1,11 @@
-"""A local single-node Apache Kafka broker (KRaft) run from Maven Central jars.
+"""A local Apache Kafka (KRaft) of one node, or a cluster of three, run from Maven Central jars.
 
-The jars are fetched once by `broker/pom.xml` into a cache folder outside git; the broker runs
-as a plain Java process with its own config, data folder and log file. Nothing here is used
-when `KAFKA_BOOTSTRAP_SERVERS` points at an external cluster.
+The jars are fetched once by `broker/pom.xml` into a cache folder outside git; each node runs
+as a plain Java process (broker and controller in one) with its own config, data folder and log
+file. A cluster of three replicates Kafka's internal topics three times with
+`min.insync.replicas=2` (and so every topic of ours, created with replication factor 3), as
+production clusters do: one node may be down and writes go on. Nothing here is used when
+`KAFKA_BOOTSTRAP_SERVERS` points at an external cluster.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from reach.config import PROJECT_ROOT, Settings
+from reach.config import LOCAL_BROKER_PORT, PROJECT_ROOT, Settings
 from reach.shutdown import StopRequested
 
 KAFKA_VERSION = "4.1.2"
@@ -44,8 +47,8 @@ logger.state.level = warn
 
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{controller_port}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
 advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
@@ -55,15 +58,16 @@ log.dirs={data_dir}
 num.partitions=1
 num.recovery.threads.per.data.dir=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={replication}
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
-min.insync.replicas=1
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
 """
 
 
@@ -108,7 +112,8 @@ async def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
 
 @dataclass
 class LocalBroker:
-    """One KRaft broker+controller on loopback, with its files under `work_dir`."""
+    """One KRaft broker+controller on loopback, with its files under `work_dir`: alone (the
+    defaults), or node `node_id` of a cluster whose controllers are `voters`."""
 
     work_dir: Path
     port: int = 19092
@@ -116,6 +121,11 @@ class LocalBroker:
     host: str = "127.0.0.1"
     libs: Path = DEFAULT_LIBS
     heap: str = "-Xms512m -Xmx512m"
+    node_id: int = 1
+    voters: str = ""  # controller.quorum.voters; empty: this node alone
+    replication: int = 1  # of Kafka's internal topics, and the default of new ones
+    cluster_id_file: Path | None = None  # a cluster's nodes share one id; None: this node's own
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -144,7 +154,9 @@ class LocalBroker:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         server = self.work_dir / "server.properties"
         server.write_text(SERVER_PROPERTIES.format(
-            host=self.host, port=self.port, controller_port=self.controller_port, data_dir=data))
+            node_id=self.node_id, voters=self.voters or f"{self.node_id}@{self.host}:{self.controller_port}",
+            host=self.host, port=self.port, controller_port=self.controller_port, data_dir=data,
+            replication=self.replication, min_isr=min(2, self.replication)))
         log4j = self.work_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES.format(log_file=self.log_file))
         return server, log4j
@@ -161,9 +173,17 @@ class LocalBroker:
         # The storage tool needs more than the 256 MB tools default (KAFKA-19890).
         subprocess.run(
             [*self._java(log4j, "-Xmx1G"), "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(server)],
+             "-t", self._cluster_id(), "-c", str(server)],
             check=True, stdout=subprocess.DEVNULL,
         )
+
+    def _cluster_id(self) -> str:
+        if self.cluster_id_file is None:
+            return _cluster_id()
+        if not self.cluster_id_file.exists():
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cluster_id_file.write_text(_cluster_id())
+        return self.cluster_id_file.read_text().strip()
 
     def start(self, timeout_s: float = 90.0) -> bool:
         """Start the broker and wait until it answers; reuse it if it already runs.
@@ -172,24 +192,35 @@ class LocalBroker:
         """
         if asyncio.run(broker_answers(self.bootstrap)):
             return False  # ours from an earlier start, or one the operator runs there
+        self.launch()
+        self.wait_answering(timeout_s)
+        return True
+
+    def launch(self) -> None:
+        """Start the node's process without waiting for it (a cluster's node answers only once
+        a majority of its controllers run)."""
         fetch_jars(self.libs)
         server, log4j = self._write_config()
         self._format(server, log4j)
         jvm = ["-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                "-XX:InitiatingHeapOccupancyPercent=35", "-Djava.awt.headless=true"]
         out = open(self.work_dir / "logs" / "stdout.log", "ab")
-        proc = subprocess.Popen(
+        self._proc = subprocess.Popen(
             [*self._java(log4j, self.heap), *jvm, "kafka.Kafka", str(server)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
         )
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(str(self._proc.pid))
+
+    def wait_answering(self, timeout_s: float = 90.0) -> None:
+        """Wait until the node launched by `launch` answers; stop it and raise if it does not."""
         deadline = time.monotonic() + timeout_s
+        assert self._proc is not None, "wait_answering follows launch"
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"Kafka exited with {proc.returncode}; see {self.log_file}")
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Kafka exited with {self._proc.returncode}; see {self.log_file}")
             if asyncio.run(broker_answers(self.bootstrap, timeout_s=1.0)):
-                return True
+                return
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"Kafka did not answer within {timeout_s}s; see {self.log_file}")
@@ -234,36 +265,104 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def dev_broker(settings: Settings) -> LocalBroker:
-    """The local broker that `settings` point at, with its files under the data folder."""
-    host, _, port = settings.bootstrap_servers.partition(":")
-    return LocalBroker(work_dir=settings.data_dir / "kafka", host=host, port=int(port),
-                       controller_port=int(port) + 1)
+@dataclass
+class LocalCluster:
+    """`nodes` local nodes (1 or 3): node i listens on `port` + 2(i-1) and its controller on
+    the port after; one node keeps its files in `work_dir` itself, several in `node-<i>`."""
+
+    work_dir: Path
+    nodes: int = 1
+    port: int = LOCAL_BROKER_PORT
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        if self.nodes not in (1, 3):
+            raise ValueError(f"a local Kafka has 1 or 3 nodes (got {self.nodes})")
+        ports = [(self.port + 2 * i, self.port + 2 * i + 1) for i in range(self.nodes)]
+        voters = ",".join(f"{i + 1}@{self.host}:{controller}" for i, (_, controller) in enumerate(ports))
+        self.brokers = [
+            LocalBroker(work_dir=self.work_dir if self.nodes == 1 else self.work_dir / f"node-{i + 1}", port=port,
+                        controller_port=controller, host=self.host, node_id=i + 1,
+                        voters=voters if self.nodes > 1 else "", replication=self.nodes,
+                        cluster_id_file=self.work_dir / "cluster.id" if self.nodes > 1 else None)
+            for i, (port, controller) in enumerate(ports)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    @property
+    def log_file(self) -> Path:
+        return self.brokers[0].log_file
+
+    def node(self, node_id: int) -> LocalBroker:
+        if not 1 <= node_id <= self.nodes:
+            raise ValueError(f"no node {node_id}: this local Kafka has nodes 1 to {self.nodes}")
+        return self.brokers[node_id - 1]
+
+    def start(self, timeout_s: float = 90.0) -> bool:
+        """Start every node not running and wait until each answers; False if all ran already."""
+        down = [b for b in self.brokers if b.pid() is None and not asyncio.run(broker_answers(b.bootstrap))]
+        for broker in down:
+            broker.launch()
+        for broker in down:
+            broker.wait_answering(timeout_s)
+        return bool(down)
+
+    def start_node(self, node_id: int, timeout_s: float = 90.0) -> bool:
+        """Start one node again (the others running); False if it ran already."""
+        return self.node(node_id).start(timeout_s)
+
+    def stop(self, node_id: int | None = None) -> None:
+        """Stop one node, or all of them, each with SIGTERM (SIGKILL after 30 s)."""
+        for broker in [self.node(node_id)] if node_id is not None else reversed(self.brokers):
+            broker.stop()
+
+    def status(self) -> list[str]:
+        """One line per node: `node <id> <host:port> pid <pid>`, or `... down`."""
+        return [f"node {b.node_id} {b.bootstrap} " + (f"pid {pid}" if (pid := b.pid()) is not None else "down")
+                for b in self.brokers]
+
+
+def dev_broker(settings: Settings) -> LocalCluster:
+    """The local Kafka that `settings` point at (`broker_nodes` nodes from `local_broker_port`),
+    with its files under the data folder."""
+    return LocalCluster(work_dir=settings.data_dir / ("kafka" if settings.broker_nodes == 1 else "kafka-cluster"),
+                        nodes=settings.broker_nodes, port=settings.local_broker_port)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`reach broker start|stop|status|run`: manage the local dev broker."""
-    args = sys.argv[1:] if argv is None else argv
-    command = args[0] if args else "status"
-    broker = dev_broker(Settings.from_env())
-    if command == "start":
-        started = broker.start()
-        print(f"kafka {KAFKA_VERSION} {'started' if started else 'already running'} on {broker.bootstrap}")
-    elif command == "stop":
-        broker.stop()
-        print("kafka stopped")
-    elif command == "status":
-        up = asyncio.run(broker_answers(broker.bootstrap))
-        print(f"kafka on {broker.bootstrap}: {'up' if up else 'down'}")
-        return 0 if up else 1
-    elif command == "run":
+    """`reach broker start [--nodes N | --node N] | stop [--node N] | status | run`: the local Kafka."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="reach broker", description="The local Kafka (KRaft) of this project.")
+    parser.add_argument("command", nargs="?", default="status", choices=["start", "stop", "status", "run"])
+    parser.add_argument("--nodes", type=int, choices=[1, 3], help="how many nodes (default: REACH_BROKER_NODES, 1)")
+    parser.add_argument("--node", type=int, help="start or stop this node alone")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    if args.nodes is not None:
+        settings = settings.with_local_broker(args.nodes)
+    cluster = dev_broker(settings)
+    if args.command == "start" and args.node is not None:
+        started = cluster.start_node(args.node)
+        print(f"node {args.node} {'started' if started else 'already running'} on {cluster.node(args.node).bootstrap}")
+    elif args.command == "start":
+        started = cluster.start()
+        print(f"kafka {KAFKA_VERSION} ({cluster.nodes} node{'s' if cluster.nodes > 1 else ''}) "
+              f"{'started' if started else 'already running'} on {cluster.bootstrap}")
+    elif args.command == "stop":
+        cluster.stop(args.node)
+        print(f"node {args.node} stopped" if args.node is not None else "kafka stopped")
+    elif args.command == "status":
+        lines = cluster.status()
+        print("\n".join(lines))
+        return 0 if all(not line.endswith(" down") for line in lines) else 1
+    else:
         stop = StopRequested()
-        broker.start()
-        print(f"kafka {KAFKA_VERSION} on {broker.bootstrap}; logs in {broker.log_file}")
+        cluster.start()
+        print(f"kafka {KAFKA_VERSION} on {cluster.bootstrap}; logs in {cluster.log_file}")
         while not stop:
             signal.pause()
-        broker.stop()
-    else:
-        print("usage: reach broker start|stop|status|run", file=sys.stderr)
-        return 2
+        cluster.stop()
     return 0

@@ -17,8 +17,9 @@ usage: reach COMMAND
 
   run              the whole service in the foreground: broker (unless KAFKA_BOOTSTRAP_SERVERS
                    is set), topics, one worker, the readers and the ingress; Ctrl-C stops all of it
-  broker start|stop|status|run
-                   the local dev Kafka broker
+  broker start [--nodes 1|3] | start --node N | stop [--node N] | status | run
+                   the local Kafka: one node, or a cluster of three (REACH_BROKER_NODES=3:
+                   replication factor 3, min.insync.replicas 2); status prints a line per node
   topics           create the service's topics (harmless when they exist)
   worker           one Faust worker
   ingress          one HTTP ingress
@@ -98,7 +99,9 @@ def run_all() -> int:
             broker = None  # not ours to stop
     asyncio.run(create_topics(settings.bootstrap_servers, service_topics(settings).all()))
 
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+    # The parts find the broker (one node or a local cluster) and its replication from here.
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "REACH_REPLICATION_FACTOR": str(settings.replication_factor)}
     # Own process groups: a terminal's Ctrl-C reaches only us, and we stop the parts in order.
     children = [
         subprocess.Popen([sys.executable, "-m", "processors.worker"], env=env, start_new_session=True),

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_BOOTSTRAP = "127.0.0.1:19092"
+LOCAL_BROKER_PORT = 19092
+
+
+def local_bootstrap(nodes: int, port: int = LOCAL_BROKER_PORT) -> str:
+    """The bootstrap servers of the local Kafka (`reach.broker.LocalCluster`): node i listens
+    on `port` + 2(i-1)."""
+    return ",".join(f"127.0.0.1:{port + 2 * i}" for i in range(nodes))
+
+
+LOCAL_BOOTSTRAP = local_bootstrap(1)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
     # True when KAFKA_BOOTSTRAP_SERVERS was given: the service then starts no broker.
     external_broker: bool = False
+    # The local Kafka's nodes (1, or 3 for a real cluster: RF 3, min ISR 2) and first port.
+    broker_nodes: int = 1
+    local_broker_port: int = LOCAL_BROKER_PORT
     topic_prefix: str = "reach"
     topic_partitions: int = 4
     replication_factor: int = 1
@@ -119,6 +131,14 @@ class Settings:
     reader_urls: tuple[str, ...] = ("http://127.0.0.1:8070",)
     reader_index: int = 0
 
+    def with_local_broker(self, nodes: int) -> "Settings":
+        """These settings with a local Kafka of `nodes` nodes (its bootstrap servers, and as
+        many replicas of each topic); unchanged for an external broker."""
+        if self.external_broker:
+            return self
+        return replace(self, broker_nodes=nodes, bootstrap_servers=local_bootstrap(nodes, self.local_broker_port),
+                       replication_factor=nodes)
+
     def quota_for(self, partner_id: str) -> Quota:
         """The quota of each tenant of a partner."""
         return self.quota_overrides.get(partner_id, self.quota)
@@ -134,6 +154,8 @@ class Settings:
 
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers if self.external_broker else "",
+            "REACH_BROKER_NODES": str(self.broker_nodes),
+            "REACH_LOCAL_BROKER_PORT": str(self.local_broker_port),
             "REACH_TOPIC_PREFIX": self.topic_prefix,
             "REACH_TOPIC_PARTITIONS": str(self.topic_partitions),
             "REACH_REPLICATION_FACTOR": str(self.replication_factor),
@@ -177,12 +199,20 @@ class Settings:
                       _limit("REACH_QUOTA_BATCHES_IN_FLIGHT", env.get("REACH_QUOTA_BATCHES_IN_FLIGHT")),
                       _limit("REACH_QUOTA_BURST_RECORDS", env.get("REACH_QUOTA_BURST_RECORDS")))
         overrides = env.get("REACH_QUOTA_OVERRIDES", "").strip()
+        nodes = int(env.get("REACH_BROKER_NODES", defaults.broker_nodes))
+        if nodes not in (1, 3):
+            raise ValueError(f"REACH_BROKER_NODES must be 1 or 3 (got {nodes})")
+        local_port = int(env.get("REACH_LOCAL_BROKER_PORT", defaults.local_broker_port))
         return cls(
-            bootstrap_servers=bootstrap or defaults.bootstrap_servers,
+            bootstrap_servers=bootstrap or local_bootstrap(nodes, local_port),
             external_broker=bool(bootstrap),
+            broker_nodes=nodes,
+            local_broker_port=local_port,
             topic_prefix=env.get("REACH_TOPIC_PREFIX", defaults.topic_prefix),
             topic_partitions=int(env.get("REACH_TOPIC_PARTITIONS", defaults.topic_partitions)),
-            replication_factor=int(env.get("REACH_REPLICATION_FACTOR", defaults.replication_factor)),
+            # A local cluster of three keeps three replicas of every topic unless told otherwise.
+            replication_factor=int(env.get("REACH_REPLICATION_FACTOR", defaults.replication_factor if bootstrap
+                                           else nodes)),
             app_id=env.get("REACH_APP_ID", defaults.app_id),
             data_dir=Path(env.get("REACH_DATA_DIR", str(defaults.data_dir))),
             http_host=env.get("REACH_HTTP_HOST", defaults.http_host),

@@ -12,7 +12,8 @@ from reach.config import Quota, Settings
 
 # Every field away from its default, so that a field `to_env` forgot cannot come back equal.
 CHANGED = Settings(
-    bootstrap_servers="kafka-1:9092,kafka-2:9092", external_broker=True, topic_prefix="acme",
+    bootstrap_servers="kafka-1:9092,kafka-2:9092", external_broker=True, broker_nodes=3, local_broker_port=29092,
+    topic_prefix="acme",
     topic_partitions=12, replication_factor=3, app_id="acme-worker", data_dir=Path("/var/lib/acme"),
     http_host="0.0.0.0", http_port=9080, worker_web_port=7066, produce_timeout_s=7.5, ingress_id="ingress-7",
     ingress_producers=6, ingress_processes=3, max_body_bytes=1024, batch_retention_days=2.5, sync_wait_s=3.25,
@@ -41,3 +42,13 @@ def test_the_local_broker_is_not_named_in_the_environment() -> None:
     env = local.to_env()
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == ""
     assert Settings.from_env(env) == local
+
+
+def test_a_local_cluster_of_three_is_three_bootstrap_servers_and_three_replicas() -> None:
+    cluster = Settings.from_env({"REACH_BROKER_NODES": "3", "REACH_LOCAL_BROKER_PORT": "29092"})
+    assert cluster.bootstrap_servers == "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"
+    assert cluster.replication_factor == 3 and not cluster.external_broker
+    assert Settings.from_env(cluster.to_env()) == cluster
+    assert Settings(ingress_id="x").with_local_broker(3).bootstrap_servers.count(",") == 2
+    with pytest.raises(ValueError, match="REACH_BROKER_NODES must be 1 or 3"):
+        Settings.from_env({"REACH_BROKER_NODES": "2"})
