@@ -188,6 +188,13 @@ class Admission:
         store or surely not accepted."""
         over = self.overloaded()
         if over is not None:
+            # Refused on the latest totals: ask the readers now. The totals asked in the
+            # background may already count a batch accepted here after they were asked, which
+            # this ingress then counts a second time; the figure it refuses with, and the
+            # client reads, must be right.
+            await self.totals.refresh()
+            over = self.overloaded()
+        if over is not None:
             backlog, drain_s = over
             raise ApiError(503, f"The service is overloaded: {backlog} records wait for the workers, more than "
                                 f"{self.settings.max_backlog_records} (REACH_MAX_BACKLOG_RECORDS); nothing was "

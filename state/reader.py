@@ -65,15 +65,24 @@ def _json(value: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS), status_code, media_type="application/json")
 
 
+FRESH_SETTLE_S = 1.0  # how long a "fresh" read waits for open transactions before it reads what is committed
+
+
 async def _question(request: Request, model: str = "resources") -> dict[str, Any]:
     """The request's JSON object, once the read model has caught up as it asks: "sync": true (or
     "try") everything committed; "settle": everything written, transactions still open or whose
-    commit markers are not written yet included (`TopicView.settle`)."""
+    commit markers are not written yet included (`TopicView.settle`); "fresh": settled if that
+    takes at most FRESH_SETTLE_S (a write whose 202 came before its commit marker was written is
+    then seen), else everything committed (a transaction left open by a crashed ingress does not
+    hold the answer back)."""
     question = orjson.loads(await request.body())
     store: TopicView = getattr(request.app.state, model)
     if question.get("sync") == "settle":
         if not await store.settle(store.wait_s):
             raise TimeoutError(f"{store.topic} did not settle in {store.wait_s} s")
+    elif question.get("sync") == "fresh":
+        if not await store.settle(FRESH_SETTLE_S):
+            await store.sync()
     elif question.get("sync"):
         try:
             await store.sync()

@@ -202,8 +202,10 @@ class BatchReads(_Readers):
                 limit = 0
             else:
                 position = [cursor.acceptedAt, cursor.batchId]
+        # "fresh": a batch whose 202 has just been answered is listed, even before its commit
+        # marker is written (`state.reader._question`).
         answers = await self._ask_all("/batches/page", {
-            "sync": True, "partner": partner_id, "tenant": tenant_id, "position": position, "limit": limit,
+            "sync": "fresh", "partner": partner_id, "tenant": tenant_id, "position": position, "limit": limit,
             "type": batch_type, "status": status})
         total = sum(answer["total"] for answer in answers)
         if limit == 0:
