@@ -227,11 +227,21 @@ class LocalBroker:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the broker with SIGTERM (a clean shutdown), SIGKILL after `timeout_s`."""
+        self.wait_stopped(self.ask_to_stop(), timeout_s)
+
+    def ask_to_stop(self) -> int | None:
+        """Send the node SIGTERM; its pid, or None if it was not running."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
+        else:
+            os.kill(pid, signal.SIGTERM)
+        return pid
+
+    def wait_stopped(self, pid: int | None, timeout_s: float = 30.0) -> None:
+        """Wait until the process `ask_to_stop` signalled has exited; SIGKILL after `timeout_s`."""
+        if pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not _alive(pid):
@@ -314,9 +324,11 @@ class LocalCluster:
         return self.node(node_id).start(timeout_s)
 
     def stop(self, node_id: int | None = None) -> None:
-        """Stop one node, or all of them, each with SIGTERM (SIGKILL after 30 s)."""
-        for broker in [self.node(node_id)] if node_id is not None else reversed(self.brokers):
-            broker.stop()
+        """Stop one node, or all of them at once (one after another, the last would wait for a
+        controller quorum that is gone), each with SIGTERM, SIGKILL after 30 s."""
+        brokers = [self.node(node_id)] if node_id is not None else self.brokers
+        for broker, pid in [(broker, broker.ask_to_stop()) for broker in brokers]:
+            broker.wait_stopped(pid)
 
     def status(self) -> list[str]:
         """One line per node: `node <id> <host:port> pid <pid>`, or `... down`."""
