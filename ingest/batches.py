@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import idempotency, metrics, quotas
+from ingest import answer_budget, idempotency, metrics, quotas
 from ingest.auth import tenant_principal
 from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
@@ -65,11 +66,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"The request body exceeds the limit of {limit} bytes")
     chunks, size = [], 0
+    started = asyncio.get_running_loop().time()
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"The request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+    answer_budget.spent_on_client(request, asyncio.get_running_loop().time() - started)
     return b"".join(chunks)
 
 
@@ -146,7 +149,7 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
 async def find_definition(request: Request, partner_id: str) -> Definition:
     """The active definition the path names, or 404."""
     name = request.path_params["schema"]
-    definition = await request.app.state.registry.find_fresh(partner_id, name)
+    definition = await request.app.state.registry.find_fresh(partner_id, name, answer_budget.seconds_left(request))
     if definition is None:
         raise schema_not_found(name)
     return definition
@@ -188,7 +191,8 @@ async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, pa
     try:
         claim = None
         if keyed is not None:
-            held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint)
+            held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint,
+                                           answer_budget.answer_by(request))
             if isinstance(held, BatchMeta):
                 return accepted(held, replayed=True)
             claim = held
@@ -220,7 +224,7 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
         await state.publisher.publish(batch_messages(state.topics, meta, definition, records, op, options, cascade,
-                                                     plans, claim))
+                                                     plans, claim), answer_budget.answer_by(request))
     except PublishError as exc:
         if claim is not None and not exc.committing:
             idempotency.release_later(state, claim)

@@ -95,9 +95,14 @@ def reused() -> ApiError:
                          "use a new key for a new request")
 
 
-async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: str) -> IdempotencyClaim | BatchMeta:
+async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: str,
+                deadline: float | None = None) -> IdempotencyClaim | BatchMeta:
     """Hold `key` for this request (the claim to publish its batch with), or the batch already
-    accepted for it; 409 while another attempt holds it, 422 if that was another request."""
+    accepted for it; 409 while another attempt holds it, 422 if that was another request.
+    Waits until `deadline` (an event-loop time; default: the produce timeout from now)."""
+    loop = asyncio.get_running_loop()
+    if deadline is None:
+        deadline = loop.time() + state.settings.produce_timeout_s
     batches = state.ledger
     done = accepted_before(batches.key_entry(partner_id, tenant_id, key), print_)
     if done is not None:
@@ -106,7 +111,7 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
     topic = state.topics.batch_events.name
     try:
         # Bounded: with the broker away, aiokafka would hold the send until it is back.
-        async with asyncio.timeout(state.settings.produce_timeout_s):
+        async with asyncio.timeout_at(deadline):
             sent = await state.kafka.producer.send_and_wait(topic, claim_event(mine),
                                                             key=claim_key(partner_id, tenant_id, key))
             entry = await state.claims.entry_with(mine, sent.partition, sent.offset)
@@ -123,8 +128,8 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
         # Another attempt at this request holds the key: its batch may be accepted already, or
         # moments from it (Kafka makes a commit readable moments after it returns). Its answer,
         # if it comes soon, is this request's answer.
-        deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-        while (left := deadline - time.monotonic()) > 0:
+        until = min(deadline, loop.time() + IN_FLIGHT_WAIT_S)
+        while (left := until - loop.time()) > 0:
             await batches.changed(left)
             done = accepted_before(batches.key_entry(partner_id, tenant_id, key), print_)  # the store may lag
             if done is not None:  # `entry` in claims; only an accepted batch is news

@@ -94,10 +94,12 @@ class BatchPublisher:
         for producer in self._all.values():
             await _close_quietly(producer)
 
-    async def publish(self, messages: list[Message]) -> None:
-        """Write `messages` in one transaction; raise PublishError if not committed in time."""
+    async def publish(self, messages: list[Message], deadline: float | None = None) -> None:
+        """Write `messages` in one transaction; raise PublishError if not committed in time (by
+        `deadline`, an event-loop time, if given; else within `produce_timeout_s`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.produce_timeout_s
+        if deadline is None:
+            deadline = loop.time() + self.settings.produce_timeout_s
         try:
             async with asyncio.timeout_at(deadline):
                 producer = await self._idle.get()

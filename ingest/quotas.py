@@ -45,6 +45,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest import answer_budget
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
 from state.batches import BatchLedger
@@ -182,17 +183,17 @@ class Admission:
         rate = (taken - pace[0][1]) / elapsed if elapsed >= 1.0 else 0.0
         return min(30.0, max(1.0, excess / rate)) if rate > 0 else 5.0
 
-    async def admit(self, partner_id: str, tenant_id: str, records: int) -> Reservation:
+    async def admit(self, partner_id: str, tenant_id: str, records: int, wait_s: float | None = None) -> Reservation:
         """Reserve a write of `records` records for the tenant, or raise 503 (backlog) or 429
-        (quota) with Retry-After. The caller releases the reservation once the batch is in the
-        store or surely not accepted."""
+        (quota) with Retry-After; asking the readers takes at most `wait_s`. The caller releases
+        the reservation once the batch is in the store or surely not accepted."""
         over = self.overloaded()
         if over is not None:
             # Refused on the latest totals: ask the readers now. The totals asked in the
             # background may already count a batch accepted here after they were asked, which
             # this ingress then counts a second time; the figure it refuses with, and the
             # client reads, must be right.
-            await self.totals.refresh()
+            await self.totals.refresh(wait_s)
             over = self.overloaded()
         if over is not None:
             backlog, drain_s = over
@@ -207,7 +208,7 @@ class Admission:
         if limit is not None and standing.in_flight >= limit:
             # Refused on the latest totals: ask the readers now, so that a batch seen finished
             # through any ingress frees its place at once.
-            await self.totals.refresh()
+            await self.totals.refresh(wait_s)
             standing = self.standing(partner_id, tenant_id)
         early_s = self._early_or_refused(standing, records)
         tenant = (partner_id, tenant_id)
@@ -262,7 +263,8 @@ def describe(request: Request, partner_id: str, tenant_id: str) -> None:
 
 async def admit(request: Request, partner_id: str, tenant_id: str, records: int) -> Reservation:
     """`Admission.admit` for this request; its answer then carries the fields as of after it."""
-    reservation = await request.app.state.admission.admit(partner_id, tenant_id, records)
+    reservation = await request.app.state.admission.admit(partner_id, tenant_id, records,
+                                                          answer_budget.seconds_left(request))
     request.state.rate_limit = reservation.headers
     return reservation
 

@@ -90,11 +90,12 @@ class SchemaRegistry(TopicView):
                 return d
         return None
 
-    async def find_fresh(self, partner_id: str, id_or_name: str) -> Definition | None:
-        """Like `find`, but on a miss first catch up with writes made through other processes."""
+    async def find_fresh(self, partner_id: str, id_or_name: str, timeout_s: float | None = None) -> Definition | None:
+        """Like `find`, but on a miss first catch up with writes made through other processes
+        (waiting at most `timeout_s`, default `wait_s`: TimeoutError after)."""
         found = self.find(partner_id, id_or_name)
         if found is None:
-            await self.sync()
+            await self.sync(None if timeout_s is None else min(timeout_s, self.wait_s))
             found = self.find(partner_id, id_or_name)
         return found
 
