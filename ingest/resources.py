@@ -13,6 +13,11 @@ from ingest.batches import find_definition
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 
+# A read sees every write committed before it; when Kafka cannot say what that is in time (a
+# node down, no quorum), it answers from what the readers hold rather than 503: reads go on
+# through an outage, at worst without the writes of its last moments.
+READS = "try"
+
 
 def resource_view(resource: dict[str, Any]) -> dict[str, Any]:
     return with_snake_case({
@@ -34,7 +39,7 @@ async def get_resource(request: Request) -> Response:
     if unknown:
         raise ApiError(400, f"include names fields that are not references of {definition.name}: {', '.join(unknown)}")
     external_id = request.path_params["external_id"]
-    resource = await state.resources.get(principal.partner_id, principal.tenant_id, definition.id, external_id)
+    resource = await state.resources.get(principal.partner_id, principal.tenant_id, definition.id, external_id, READS)
     if resource is None:
         raise ApiError(404, "Resource not found")
     wanted: dict[tuple[str, str], None] = {}  # in order, each once
@@ -44,7 +49,8 @@ async def get_resource(request: Request) -> Response:
         for target in value if isinstance(value, list) else [value]:
             if target is not None:
                 wanted[(field.target_id, str(target))] = None
-    found = await state.resources.get_many(principal.partner_id, principal.tenant_id, list(wanted)) if wanted else []
+    found = (await state.resources.get_many(principal.partner_id, principal.tenant_id, list(wanted), READS)
+             if wanted else [])
     return ok({"result": resource_view(resource), "included": [resource_view(r) for r in found if r is not None]})
 
 
@@ -54,7 +60,8 @@ async def list_resources(request: Request) -> Response:
     definition = await find_definition(request, principal.partner_id)
     limit = page_limit(request.query_params)
     after = decode_cursor(request.query_params.get("cursor"))
-    page, total, has_next = await state.resources.page(principal.partner_id, principal.tenant_id, definition.id, after, limit)
+    page, total, has_next = await state.resources.page(principal.partner_id, principal.tenant_id, definition.id, after,
+                                                       limit, READS)
     return ok({
         "results": [resource_view(r) for r in page],
         "pagination": {"hasNextPage": has_next, "total": total,

@@ -95,16 +95,18 @@ class ResourceReads(_Readers):
                                          for r in readers))
         return {r: (mine[r], answer) for r, answer in zip(readers, answers)}
 
-    async def get(self, partner_id: str, tenant_id: str, definition_id: str, external_id: str) -> Resource | None:
-        return (await self.get_many(partner_id, tenant_id, [(definition_id, external_id)]))[0]
+    async def get(self, partner_id: str, tenant_id: str, definition_id: str, external_id: str,
+                  sync: bool | str = True) -> Resource | None:
+        return (await self.get_many(partner_id, tenant_id, [(definition_id, external_id)], sync))[0]
 
-    async def get_many(self, partner_id: str, tenant_id: str,
-                       wanted: list[tuple[str, str]]) -> list[Resource | None]:
-        """Each (definition id, external id)'s resource of one tenant, or None."""
+    async def get_many(self, partner_id: str, tenant_id: str, wanted: list[tuple[str, str]],
+                       sync: bool | str = True) -> list[Resource | None]:
+        """Each (definition id, external id)'s resource of one tenant, or None (`sync`: see
+        `state.reader`; "try" answers from what the readers hold when Kafka does not answer)."""
         keys = [resource_key(partner_id, tenant_id, d, x) for d, x in wanted]
         parts = [[partner_id, tenant_id, d, x] for d, x in wanted]  # what the reader's store is keyed by
         found: list[Resource | None] = [None] * len(keys)
-        for positions, answer in (await self._ask_by_reader("/resources/get", keys, True, parts)).values():
+        for positions, answer in (await self._ask_by_reader("/resources/get", keys, sync, parts)).values():
             for n, resource in zip(positions, answer["found"]):
                 found[n] = resource
         return found
@@ -141,9 +143,9 @@ class ResourceReads(_Readers):
         return list(heapq.merge(*shares, key=str.encode))
 
     async def page(self, partner_id: str, tenant_id: str, definition_id: str, after: str | None,
-                   limit: int) -> tuple[list[Resource], int, bool]:
+                   limit: int, sync: bool | str = True) -> tuple[list[Resource], int, bool]:
         """Resources ordered by external id after `after`: (page, total, has_next_page)."""
-        question = {"sync": True, "scope": [partner_id, tenant_id, definition_id], "after": after, "limit": limit}
+        question = {"sync": sync, "scope": [partner_id, tenant_id, definition_id], "after": after, "limit": limit}
         answers = await self._ask_all("/resources/page", question)
         merged = heapq.merge(*(a["results"] for a in answers), key=lambda r: r["resourceExternalId"].encode())
         found = [resource for _, resource in zip(range(limit), merged)]
@@ -184,10 +186,10 @@ class BatchReads(_Readers):
                                                       "timeoutS": timeout_s})
 
     async def records(self, partner_id: str, tenant_id: str, batch_id: str, status: str | None, after: int,
-                      limit: int) -> tuple[list[dict[str, Any]], bool]:
+                      limit: int, sync: bool | str = True) -> tuple[list[dict[str, Any]], bool]:
         """Up to `limit` record outcomes after index `after`, and whether more follow."""
         answer = await self._ask(self.reader_of(batch_id.encode()), "/batches/records", {
-            "sync": True, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
+            "sync": sync, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
             "after": after, "limit": limit})
         return answer["records"], answer["hasNext"]
 
