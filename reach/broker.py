@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reach.config import LOCAL_BROKER_PORT, PROJECT_ROOT, Settings
+from reach.config import LOCAL_BROKER_PORT, PROJECT_ROOT, Settings, local_ports
 from reach.shutdown import StopRequested
 
 KAFKA_VERSION = "4.1.2"
@@ -73,9 +74,10 @@ min.insync.replicas={min_isr}
 
 def fetch_jars(libs: Path = DEFAULT_LIBS, pom: Path = POM) -> Path:
     """Copy the jars `pom` depends on (default: the broker's) from Maven Central into `libs`
-    unless they are already there."""
+    unless they are already there (fetched for this very `pom`)."""
     marker = libs / ".complete"
-    if marker.exists():
+    wanted = hashlib.sha256(pom.read_bytes()).hexdigest()
+    if marker.exists() and marker.read_text().strip() == wanted:
         return libs
     tmp = libs.with_name(libs.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,7 +88,7 @@ def fetch_jars(libs: Path = DEFAULT_LIBS, pom: Path = POM) -> Path:
     )
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
-    marker.touch()
+    marker.write_text(wanted + "\n")
     return libs
 
 
@@ -252,6 +254,19 @@ class LocalBroker:
         self.pid_file.unlink(missing_ok=True)
 
 
+def hanging_transactions(bootstrap: str, broker_id: int, libs: Path = DEFAULT_LIBS) -> list[str]:
+    """What Kafka's own `kafka-transactions.sh find-hanging --broker-id <id>` finds: one line per
+    transaction left open on that broker's partitions that its coordinator no longer knows
+    (such a transaction holds back every read_committed consumer of its partition)."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
+    found = subprocess.run(
+        [java, "-Xmx256m", "-cp", f"{fetch_jars(libs)}/*", "org.apache.kafka.tools.TransactionsCommand",
+         "--bootstrap-server", bootstrap, "find-hanging", "--broker-id", str(broker_id)],
+        capture_output=True, text=True, timeout=120, check=True)
+    lines = [line for line in found.stdout.splitlines() if line.strip()]
+    return lines[1:]  # after the header
+
+
 def _cluster_id() -> str:
     # Kafka's Uuid string form: URL-safe base64 of 16 bytes, unpadded. One that starts with
     # '-' would be read as an option by the storage tool (Kafka's own generator avoids them).
@@ -288,7 +303,7 @@ class LocalCluster:
     def __post_init__(self) -> None:
         if self.nodes not in (1, 3):
             raise ValueError(f"a local Kafka has 1 or 3 nodes (got {self.nodes})")
-        ports = [(self.port + 2 * i, self.port + 2 * i + 1) for i in range(self.nodes)]
+        ports = local_ports(self.nodes, self.port)
         voters = ",".join(f"{i + 1}@{self.host}:{controller}" for i, (_, controller) in enumerate(ports))
         self.brokers = [
             LocalBroker(work_dir=self.work_dir if self.nodes == 1 else self.work_dir / f"node-{i + 1}", port=port,

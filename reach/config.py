@@ -11,10 +11,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BROKER_PORT = 19092
 
 
+def local_ports(nodes: int, port: int = LOCAL_BROKER_PORT) -> list[tuple[int, int]]:
+    """(listener, controller) ports of each node of the local Kafka (`reach.broker.LocalCluster`):
+    node i listens on `port` + 2(i-1), its controller on the port after."""
+    return [(port + 2 * i, port + 2 * i + 1) for i in range(nodes)]
+
+
 def local_bootstrap(nodes: int, port: int = LOCAL_BROKER_PORT) -> str:
-    """The bootstrap servers of the local Kafka (`reach.broker.LocalCluster`): node i listens
-    on `port` + 2(i-1)."""
-    return ",".join(f"127.0.0.1:{port + 2 * i}" for i in range(nodes))
+    """The bootstrap servers of the local Kafka of `nodes` nodes from `port`."""
+    return ",".join(f"127.0.0.1:{listener}" for listener, _ in local_ports(nodes, port))
 
 
 LOCAL_BOOTSTRAP = local_bootstrap(1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,29 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from reach.config import local_bootstrap
-
-
-def _free_block(size: int) -> int:
-    """A first port of `size` consecutive free ones (a cluster's nodes take two each)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + size > 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(first, first + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {size} consecutive free ports found")
+from tests.support import free_port_block
 
 
 def _reach_broker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,7 +30,7 @@ def _reach_broker(env: dict[str, str], *args: str) -> subprocess.CompletedProces
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}  # the local one, not the session's
-    env.update(REACH_DATA_DIR=str(tmp_path / "data"), REACH_LOCAL_BROKER_PORT=str(_free_block(6)))
+    env.update(REACH_DATA_DIR=str(tmp_path / "data"), REACH_LOCAL_BROKER_PORT=str(free_port_block(6)))
     try:
         yield env
     finally:
