@@ -37,8 +37,16 @@ from typing import Any
 import httpx
 
 from bench.failover import WorkerEvents
-from bench.stack import RESULTS, Stack, batch_body, children_of, cpu_seconds, percentile, post_batches, \
-    wait_all_terminal
+from bench.stack import (
+    RESULTS,
+    Stack,
+    batch_body,
+    children_of,
+    cpu_seconds,
+    percentile,
+    post_batches,
+    wait_all_terminal,
+)
 from ingest.pagination import encode_cursor
 from processors.app import worker_datadir
 from reach.config import Settings

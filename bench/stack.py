@@ -122,7 +122,7 @@ class Stack:
         self.partner = make_token(self.settings, "bench")
         self.tenant = make_token(self.settings, "bench", "tenant-1")
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         if self.broker is not None:
             started = time.monotonic()
             self.broker.start()

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.middleware import Middleware
 from starlette.routing import Match, Mount, Route
 
-from ingest import (batch_progress, batch_records, batches, deletes, resource_writes, resources, schema_definitions,
-                    schema_registry)
-from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
-from ingest.kafka import KafkaGateway
+from ingest import (
+    batch_progress,
+    batch_records,
+    batches,
+    deletes,
+    resource_writes,
+    resources,
+    schema_definitions,
+    schema_registry,
+)
 from ingest.idempotency import ClaimLog
+from ingest.kafka import KafkaGateway
 from ingest.metrics import MetricsMiddleware, metrics
-from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.openapi import openapi
+from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
+from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.registry import SchemaRegistry

@@ -1,10 +1,9 @@
-"""HS256 JWT authentication of partners and tenants (API.md section 2)."""
+"""HS256 JWT authentication of partners and tenants (docs/api.md section 2)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning

@@ -1,4 +1,4 @@
-"""Batch upload and batch status: `/api/resources/{schema}/batch`, `/api/batches` (API.md 4, 5)."""
+"""Batch upload and batch status: `/api/resources/{schema}/batch`, `/api/batches` (docs/api.md 4, 5)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from starlette.routing import Route
 
 from ingest import answer_budget, idempotency, metrics, quotas
 from ingest.auth import tenant_principal
-from state.batches import STATUSES, BatchState
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
@@ -25,7 +24,9 @@ from schemas.definitions import Definition
 from schemas.events import BATCH_TYPE_OF_OP, build_ingest_batch
 from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
+from state.batches import STATUSES, BatchState
 from topics.definitions import ServiceTopics
+
 
 def choice(query: QueryParams, name: str, allowed: tuple[str, ...], default: str | None,
            problems: list[str]) -> str | None:
@@ -110,13 +111,13 @@ def schema_not_found(name: str) -> ApiError:
 
 
 async def upload(request: Request) -> Response:
-    """`POST /api/resources/{schema}/batch`: create or merge (API.md 4)."""
+    """`POST /api/resources/{schema}/batch`: create or merge (docs/api.md 4)."""
     options, problems = parse_options(request.query_params)
     return await _write_batch(request, options.on_conflict, options, problems)
 
 
 async def patch_batch(request: Request) -> Response:
-    """`PATCH /api/resources/{schema}/batch`: merge into existing resources only (API.md 6a)."""
+    """`PATCH /api/resources/{schema}/batch`: merge into existing resources only (docs/api.md 6a)."""
     options, problems = parse_options(request.query_params, with_conflict=False, with_wait=False)
     return await _write_batch(request, "patch", options, problems)
 
@@ -157,7 +158,7 @@ async def find_definition(request: Request, partner_id: str) -> Definition:
 
 def check_records(resources: list[Any], definition: Definition, options: BatchOptions
                   ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every record as it will be enqueued, and every problem found (API.md 4)."""
+    """Every record as it will be enqueued, and every problem found (docs/api.md 4)."""
     validators = validators_for(definition.id, definition.versionNumber, definition.schema)
     checked: list[dict[str, Any]] = []
     found: list[str] = []
@@ -300,7 +301,7 @@ def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -
 
 
 def cascade_view(batch: BatchState, name_of: Any) -> dict[str, Any]:
-    """What a delete batch's cascade deleted beside the resources it named (API.md 6a)."""
+    """What a delete batch's cascade deleted beside the resources it named (docs/api.md 6a)."""
     by_schema: Counter[str] = Counter()
     for definition_id, n in batch.cascade.items():
         by_schema[name_of(definition_id) or definition_id] += n

@@ -1,4 +1,4 @@
-"""Batch deletes: `DELETE /api/resources/{schema}/batch` (API.md 6a), its dry run and deleteAll.
+"""Batch deletes: `DELETE /api/resources/{schema}/batch` (docs/api.md 6a), its dry run and deleteAll.
 
 What a delete will do is decided by the workers, on each resource's partition, in order with
 every other write of it. The ingress reads the same state (`state.remote`, reverse index
@@ -33,6 +33,7 @@ from ingest.responses import ApiError, ok
 from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.remote import ResourceReads
+
 
 @dataclass(frozen=True)
 class DeleteRequest:

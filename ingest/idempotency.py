@@ -37,6 +37,7 @@ from starlette.requests import Request
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
 from state.batches import BatchLedger
+from topics.view import REQUEST_TIMEOUT_MS
 
 HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -167,7 +168,7 @@ class ClaimLog:
         self.topic, self.batches = topic, batches
         self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
                                           isolation_level="read_uncommitted", auto_offset_reset="earliest",
-                                          fetch_max_wait_ms=10)
+                                          fetch_max_wait_ms=10, request_timeout_ms=REQUEST_TIMEOUT_MS)
         self._lock = asyncio.Lock()  # one partition read at a time on the one consumer
 
     async def start(self) -> None:

@@ -79,8 +79,7 @@ SPEC: dict[str, Any] = {
     "info": {"title": "Reach resource ingestion", "version": "1.0.0",
              "description": "Batch upload of JSON-Schema resources over Apache Kafka (Reach API compatible). "
                             "Not described here: /schema-registry/*, the part of Confluent's Schema Registry API "
-                            "that serves the ingest topic's Avro schemas to stock serializers (README, Producing "
-                            "directly to Kafka)."},
+                            "that serves the ingest topic's Avro schemas to stock serializers (docs/producers.md)."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}},
         "schemas": {

@@ -10,7 +10,7 @@ Three limits, checked before anything is published:
   and then taken (its 202 comes later); earlier: 429. With B = Q, `q=Q;w=60` means what clients
   of window-style limits expect: Q records at any moment after a quiet minute. A small B (one
   batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers
-  never queue other tenants' records behind its bursts (README, Benchmarks: fairness with
+  never queue other tenants' records behind its bursts (docs/benchmarks.md: fairness with
   both). The state is one time per tenant, its *theoretical arrival time*, folded by every
   ingress from the batch registrations on the batch-events topic (`state.batches.BatchLedger`),
   so every ingress counts what all of them accepted.
@@ -96,7 +96,7 @@ class Standing:
 class Reservation:
     """A write being published: counted against its tenant until the store counts its batch."""
 
-    def __init__(self, admission: "Admission", tenant: tuple[str, str], records: int) -> None:
+    def __init__(self, admission: Admission, tenant: tuple[str, str], records: int) -> None:
         self.admission, self.tenant, self.records = admission, tenant, records
         self.headers: dict[str, str] = {}
 

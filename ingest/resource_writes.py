@@ -1,5 +1,5 @@
 """Single-resource writes: `POST /api/resources/{schema}`, `PATCH /api/resources/{schema}/{externalId}`
-(API.md 6a). Each is a one-record batch through the same pipeline as batch uploads; the
+(docs/api.md 6a). Each is a one-record batch through the same pipeline as batch uploads; the
 answer waits for the record's outcome up to `REACH_SYNC_WAIT_S`, else it is the batch's 202.
 """
 

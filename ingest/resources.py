@@ -1,4 +1,4 @@
-"""Resource reads: `GET /api/resources/{schema}[/{externalId}]` (API.md section 6)."""
+"""Resource reads: `GET /api/resources/{schema}[/{externalId}]` (docs/api.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The partner API for schema definitions: `/partner/schema-definitions` (API.md section 3)."""
+"""The partner API for schema definitions: `/partner/schema-definitions` (docs/api.md section 3)."""
 
 from __future__ import annotations
 

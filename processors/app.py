@@ -25,23 +25,20 @@ from typing import Any
 
 import faust
 import orjson
-from faust.web import Request, Response, View
-
 from faust.types import TP
-
+from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors import metrics
+from processors import metrics, transactions
+from processors.dead_letters import dead_letter_headers
 from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
+from processors.event_checks import unusable_batch
 from processors.grouped import items_of
+from processors.hand_on import handed_on_from, place
 from processors.resources import ResourceProcessor
-from processors import transactions
 from processors.transactions import ExactlyOnce
 from reach.config import Settings
 from schemas.definitions import Definition
-from processors.dead_letters import dead_letter_headers
-from processors.event_checks import unusable_batch
-from processors.hand_on import handed_on_from, place
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from schemas.registry import SchemaRegistry
 from topics.definitions import service_topics
@@ -50,6 +47,7 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 0.5
 LAG_INTERVAL_S = 1.0  # how often the consumer lag gauges are measured
 TICK = orjson.dumps({"type": "tick"})
+WORKER_REQUEST_TIMEOUT_S = 10.0  # see create_app
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]]:
@@ -108,6 +106,12 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=6.0,
         consumer_group_instance_id=worker_instance_id(settings),
         broker_heartbeat_interval=1.0,
+        # A request to a node that stopped answering (paused, cut off) is given up after this
+        # and asked again of the partition's new leader. Faust's defaults (90 s for the consumer,
+        # 20 minutes for the producer) held a worker's fetches and commits for a paused node's
+        # whole pause, long after Kafka had moved its leaders (tests/test_cluster_faults.py).
+        broker_request_timeout=WORKER_REQUEST_TIMEOUT_S,  # at least the session timeout (Faust checks)
+        producer_request_timeout=WORKER_REQUEST_TIMEOUT_S,
         web_host=settings.http_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,

@@ -1,4 +1,4 @@
-"""How one ingest event changes one stored resource (API.md section 4, per record)."""
+"""How one ingest event changes one stored resource (docs/api.md section 4, per record)."""
 
 from __future__ import annotations
 

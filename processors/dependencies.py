@@ -12,7 +12,7 @@ applies T's own writes, in one serial order with them:
 - T is absent and R may not wait → a "missing" notice goes back (R fails).
 An "unref" from R (it no longer references T, or never came to) removes R from T's referrers.
 A delete of T is therefore decided in the same order as every reference to it: it sees every
-resource that references T, or is about to (the invariant of API.md 6a: without cascade,
+resource that references T, or is about to (the invariant of docs/api.md 6a: without cascade,
 nothing ever points at a deleted resource). Answers are notices on R's partition of the
 dependency-notices topic.
 """

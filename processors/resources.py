@@ -27,8 +27,8 @@ from __future__ import annotations
 import heapq
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import faust
@@ -36,10 +36,9 @@ import orjson
 
 from processors import metrics
 from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, uuid5, waits
-from processors.hand_on import handed_on_from
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
+from processors.hand_on import handed_on_from
 from processors.outcomes import OutcomeBuffer
-from schemas.references import Reference, references_of
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
     CREATED,
@@ -57,6 +56,7 @@ from schemas.batch_events import (
 )
 from schemas.definitions import Definition
 from schemas.events import resource_key_parts
+from schemas.references import Reference, references_of
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 from topics.partitioning import partition_for

@@ -81,9 +81,9 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -950,7 +950,7 @@ class _Transaction:
     # changelog -> (future of the record batch holding its last record, that record's index in it)
     last_sent: dict[str, tuple[Any, int]] = field(default_factory=dict)
 
-    def absorb(self, later: "_Transaction") -> None:
+    def absorb(self, later: _Transaction) -> None:
         """Take in `later`'s changes and outputs, which came after this transaction's own."""
         for name, changes in later.changes.items():
             self.changes.setdefault(name, {}).update(changes)

@@ -69,7 +69,14 @@ share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 default.replication.factor={replication}
 min.insync.replicas={min_isr}
+request.timeout.ms={request_timeout_ms}
 """
+
+
+# How long a node waits for another node's answer (its transaction coordinator's commit and
+# abort markers among them). Kafka's 30 s held every transaction that had touched a paused
+# node's partitions for 30 s after their leaders had moved (tests/test_cluster_faults.py).
+BROKER_REQUEST_TIMEOUT_MS = 10_000
 
 
 def fetch_jars(libs: Path = DEFAULT_LIBS, pom: Path = POM) -> Path:
@@ -158,7 +165,8 @@ class LocalBroker:
         server.write_text(SERVER_PROPERTIES.format(
             node_id=self.node_id, voters=self.voters or f"{self.node_id}@{self.host}:{self.controller_port}",
             host=self.host, port=self.port, controller_port=self.controller_port, data_dir=data,
-            replication=self.replication, min_isr=min(2, self.replication)))
+            replication=self.replication, min_isr=min(2, self.replication),
+            request_timeout_ms=BROKER_REQUEST_TIMEOUT_MS))
         log4j = self.work_dir / "log4j2.properties"
         log4j.write_text(LOG4J2_PROPERTIES.format(log_file=self.log_file))
         return server, log4j

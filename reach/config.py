@@ -136,7 +136,7 @@ class Settings:
     reader_urls: tuple[str, ...] = ("http://127.0.0.1:8070",)
     reader_index: int = 0
 
-    def with_local_broker(self, nodes: int) -> "Settings":
+    def with_local_broker(self, nodes: int) -> Settings:
         """These settings with a local Kafka of `nodes` nodes (its bootstrap servers, and as
         many replicas of each topic); unchanged for an external broker."""
         if self.external_broker:
@@ -192,7 +192,7 @@ class Settings:
         }
 
     @classmethod
-    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
         """Build settings from `REACH_*` and `KAFKA_BOOTSTRAP_SERVERS`, defaults for the rest."""
         import orjson
 

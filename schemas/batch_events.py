@@ -30,7 +30,7 @@ import orjson
 
 CREATED, UPDATED, DELETED, FAILED, PENDING = "created", "updated", "deleted", "failed", "pending"
 
-# Batch types (API.md 5, 6a): what kind of write a batch is.
+# Batch types (docs/api.md 5, 6a): what kind of write a batch is.
 INGEST_BATCH = "PARTNER_RESOURCE_JSON_INGEST"
 PATCH_BATCH = "PARTNER_RESOURCE_BATCH_PATCH"
 DELETE_BATCH = "PARTNER_RESOURCE_BATCH_DELETE"
@@ -58,7 +58,7 @@ class BatchMeta:
     batchType: str = INGEST_BATCH  # events written before batch types existed are uploads
 
     @classmethod
-    def of_event(cls, event: dict[str, Any]) -> "BatchMeta":
+    def of_event(cls, event: dict[str, Any]) -> BatchMeta:
         return cls(event["batchId"], event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
                    event["recordCount"], event["acceptedAt"], event.get("batchType") or INGEST_BATCH)
 
@@ -75,7 +75,7 @@ class IdempotencyClaim:
     at: int  # epoch milliseconds
 
     @classmethod
-    def of_event(cls, event: dict[str, Any]) -> "IdempotencyClaim":
+    def of_event(cls, event: dict[str, Any]) -> IdempotencyClaim:
         return cls(event["partnerId"], event["tenantId"], event["key"], event["fingerprint"], event["claimant"],
                    int(event["at"]))
 

@@ -78,7 +78,7 @@ class Definition:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "Definition":
+    def from_record(cls, record: dict[str, Any]) -> Definition:
         refs = [ReferenceField(**r) for r in record.get("referenceFields", [])]
         return cls(**{**record, "referenceFields": refs})
 

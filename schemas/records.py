@@ -1,4 +1,4 @@
-"""The checks every uploaded record passes before it is enqueued (API.md section 4)."""
+"""The checks every uploaded record passes before it is enqueued (docs/api.md section 4)."""
 
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ class BatchState:
         return {**orjson.loads(self.counters()), "details": self.details, "pendingDetails": self.pending_details}
 
     @classmethod
-    def from_json(cls, sent: dict[str, Any]) -> "BatchState":
+    def from_json(cls, sent: dict[str, Any]) -> BatchState:
         """A batch as `to_json` sent it (record states are not sent: they stay with the reader)."""
         batch = cls.from_counters(orjson.dumps(sent), None)
         batch.details = {int(i): d for i, d in sent["details"].items()}
@@ -184,7 +184,7 @@ class BatchState:
         return batch
 
     @classmethod
-    def from_counters(cls, raw: bytes, states: bytes | None) -> "BatchState":
+    def from_counters(cls, raw: bytes, states: bytes | None) -> BatchState:
         c = orjson.loads(raw)
         return cls(c["batchId"], c["partnerId"], c["tenantId"], c["schemaDefinitionId"], c["recordCount"],
                    c["acceptedAt"], c["batchType"], bytearray(states or b""), c["successful"], c["failed"],

@@ -16,8 +16,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import (BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, ReadOptions, WriteBatch,
-                       WriteOptions)
+from rocksdict import (
+    BlockBasedIndexType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
 
 _POSITION = b"\x00position\x00"  # + partition (4 bytes, big-endian) -> next offset (8 bytes)
 _NO_WAL = WriteOptions()
@@ -149,7 +157,7 @@ class CheckpointedStore:
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return self._db.get(keys) if keys else []
 
-    def write(self, batch: "Changes") -> None:
+    def write(self, batch: Changes) -> None:
         """Apply `batch` and its positions atomically."""
         for partition, offset in batch.positions.items():
             batch.batch.put(_POSITION + struct.pack(">I", partition), struct.pack(">q", offset))

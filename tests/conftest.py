@@ -15,8 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,8 @@ from hypothesis import settings as hypothesis_settings
 from starlette.testclient import TestClient
 
 from ingest.app import create_app
-
 from reach.config import Settings
-from tests.support import (SUMMARY, ServiceProcess, free_port, isolated_settings, readers, unique,
-                           wait_worker_ready)
+from tests.support import SUMMARY, ServiceProcess, free_port, isolated_settings, readers, unique, wait_worker_ready
 from topics import create_topics, service_topics
 
 _BROKER = pytest.StashKey[Any]()  # the broker the controller of `pytest -n` started

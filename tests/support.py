@@ -139,7 +139,7 @@ def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_
 
 
 @contextlib.contextmanager
-def explained_by(*processes: "ServiceProcess", lines: int = 40) -> Iterator[None]:
+def explained_by(*processes: ServiceProcess, lines: int = 40) -> Iterator[None]:
     """On a failed assertion, add the last `lines` of each process's log to its message."""
     try:
         yield
@@ -207,7 +207,7 @@ class ServiceProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, *self.args], env=settings_env(self.settings),
                                      cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -420,7 +420,7 @@ async def committed_outcomes(settings: Settings) -> collections.Counter[tuple[st
 
 
 def uploads_until_killed(base: str, headers: dict[str, str], path: str, body_of: Callable[[str], Any],
-                         server: "ServiceProcess", clients: int = 4, before_kill: int = 8,
+                         server: ServiceProcess, clients: int = 4, before_kill: int = 8,
                          keyed: bool = False) -> tuple[dict[str, str], list[str]]:
     """`clients` threads upload `body_of(tag)` to `path` one after another until `server` is
     killed (SIGKILL) once `before_kill` uploads were accepted; (tag → batchId of every 202,

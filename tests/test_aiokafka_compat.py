@@ -14,14 +14,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import (ConcurrentTransactions, CoordinatorNotAvailableError, NotEnoughReplicasError,
-                             RequestTimedOutError)
+from aiokafka.errors import (
+    ConcurrentTransactions,
+    CoordinatorNotAvailableError,
+    NotEnoughReplicasError,
+    RequestTimedOutError,
+)
 from aiokafka.producer import sender
 from aiokafka.producer.message_accumulator import MessageBatch
 from aiokafka.producer.transaction_manager import TransactionManager
 from aiokafka.protocol.produce import ProduceResponse_v7
-from aiokafka.protocol.transaction import (AddOffsetsToTxnResponse_v0, AddPartitionsToTxnResponse_v0,
-                                           TxnOffsetCommitResponse_v0)
+from aiokafka.protocol.transaction import (
+    AddOffsetsToTxnResponse_v0,
+    AddPartitionsToTxnResponse_v0,
+    TxnOffsetCommitResponse_v0,
+)
 from aiokafka.structs import TopicPartition
 
 from topics import aiokafka_compat

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 
@@ -35,8 +37,8 @@ from tests.support import (
     partner_token,
     readers,
     tenant_token,
-    wait_terminal,
     wait_ingress_ready,
+    wait_terminal,
     wait_worker_ready,
 )
 from topics import create_topics, service_topics

@@ -1,4 +1,4 @@
-"""Authentication and tenancy (API.md §2): who may call what, and the error envelope (§1)."""
+"""Authentication and tenancy (docs/api.md §2): who may call what, and the error envelope (§1)."""
 
 from __future__ import annotations
 

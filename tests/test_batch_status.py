@@ -1,4 +1,4 @@
-"""Batch status (API.md §5) and per-record processing (§4 "Per record"), with a real worker."""
+"""Batch status (docs/api.md §5) and per-record processing (§4 "Per record"), with a real worker."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_valid_batch_ends_success_with_complete_progress_and_timestamps(
     for field in ("createdAt", "startedAt", "completedAt"):
         assert isinstance(batch[field], str) and TIMESTAMP.match(batch[field]), (field, batch[field])
     assert batch["createdAt"] <= batch["startedAt"] <= batch["completedAt"]
-    # Batch objects are camelCase only (API.md §1).
+    # Batch objects are camelCase only (docs/api.md §1).
     assert not any("_" in key for key in batch), sorted(batch)
 
     # The terminal state is the same on the other instance.

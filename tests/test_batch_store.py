@@ -11,8 +11,15 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from schemas.batch_events import (DELETE_BATCH, INGEST_BATCH, PATCH_BATCH, BatchMeta, IdempotencyClaim, claim_event,
-                                  registration)
+from schemas.batch_events import (
+    DELETE_BATCH,
+    INGEST_BATCH,
+    PATCH_BATCH,
+    BatchMeta,
+    IdempotencyClaim,
+    claim_event,
+    registration,
+)
 from state.batches import BatchStore
 
 TOPIC = "batch-events"

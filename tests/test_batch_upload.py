@@ -1,4 +1,4 @@
-"""Batch upload (API.md §4): what the ingress accepts (202) and refuses (400/404/413) as a whole.
+"""Batch upload (docs/api.md §4): what the ingress accepts (202) and refuses (400/404/413) as a whole.
 
 Most tests need no worker: the ingress decides alone. Tests that prove what was (not) saved
 start a real worker.

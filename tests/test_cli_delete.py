@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reach.delete import main
 from reach.config import Settings
+from reach.delete import main
 from tests.support import (
     CUSTOMER_SCHEMA,
     ServiceProcess,

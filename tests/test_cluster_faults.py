@@ -38,6 +38,7 @@ from reach.broker import LocalBroker, LocalCluster, hanging_transactions
 from reach.config import Settings
 from tests.support import (
     SUMMARY,
+    TERMINAL,
     ServiceProcess,
     bearer,
     committed_outcomes,
@@ -88,12 +89,14 @@ class Clients:
     reads: list[Answer] = field(default_factory=list)
     accepted: dict[str, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)  # tag -> (batchId, records)
     given_up: list[str] = field(default_factory=list)
+    terminal: dict[str, float] = field(default_factory=dict)  # batchId -> when first seen terminal
+    accepted_at: dict[str, float] = field(default_factory=dict)  # batchId -> when answered 202
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _numbers: Iterator[int] = field(default_factory=lambda: iter(range(10**9)))
 
-    def start(self) -> "Clients":
+    def start(self) -> Clients:
         self._threads = [threading.Thread(target=self._upload, daemon=True) for _ in range(self.uploaders)]
         for thread in self._threads:
             thread.start()
@@ -141,6 +144,7 @@ class Clients:
                     if answer.code == 202:
                         with self._lock:
                             self.accepted[tag] = (response.json()["data"]["batchId"], records)
+                            self.accepted_at[response.json()["data"]["batchId"]] = time.monotonic()
                         previous = number
                         break
                     if isinstance(answer.code, int) and answer.code not in (409, 429, 503):
@@ -154,6 +158,29 @@ class Clients:
                     # A client's back-off, as the 503's Retry-After asks (at most a second here).
                     retry_after = response.headers.get("Retry-After", "1") if response is not None else "1"
                     self._stop.wait(min(1.0, float(retry_after) if retry_after.isdigit() else 1.0) / 4)
+
+    def start_watching(self) -> None:
+        """Follow every accepted batch to its end, oldest first: when each was seen terminal."""
+        thread = threading.Thread(target=self._watch, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _watch(self) -> None:
+        with httpx.Client(base_url=self.base, headers=self.headers, timeout=BOUND_S + 30) as http:
+            while not self._stop.is_set():
+                with self._lock:
+                    waiting = [b for b, _ in self.accepted.values() if b not in self.terminal]
+                if not waiting:
+                    self._stop.wait(0.05)
+                    continue
+                try:
+                    response = http.get(f"/api/batches/{waiting[0]}")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200 and response.json()["data"]["status"] in TERMINAL:
+                    self.terminal[waiting[0]] = time.monotonic()
+                else:
+                    self._stop.wait(0.05)
 
     def _read(self, batch_id: str, resource_id: str) -> None:
         with httpx.Client(base_url=self.base, headers=self.headers, timeout=BOUND_S + 30) as http:
@@ -344,7 +371,8 @@ SHORT: list[tuple[str, Callable[[Deployment], None]]] = [
 FULL: list[tuple[str, Callable[[Deployment], None]]] = [
     *SHORT,
     ("ingest leader killed", lambda d: kill_node(d, "leading most ingest partitions", Deployment.ingest_leader)),
-    ("group coordinator killed", lambda d: kill_node(d, "the workers' group coordinator", Deployment.group_coordinator)),
+    ("group coordinator killed",
+     lambda d: kill_node(d, "the workers' group coordinator", Deployment.group_coordinator)),
     ("leader paused 45 s", lambda d: pause_node(d, 45)),
     ("no quorum 30 s", lambda d: no_quorum(d, 30)),
     ("zombie worker", zombie_worker),
@@ -386,6 +414,7 @@ def _run_matrix(cluster: LocalCluster, tmp_path: Path, faults: list[tuple[str, C
             with httpx.Client(base_url=base, timeout=30) as http:
                 wait_terminal(http, first, tenant, 60)
             clients.start_reads(first, records[0]["id"])
+            clients.start_watching()
             for _, fault in faults:
                 fault(d)
             clients.stop()
@@ -424,7 +453,8 @@ def _audit(d: Deployment) -> None:
             if not isinstance(stored, dict) or {k: stored.get(k) for k in ("id", "a", "b")} != {
                     k: fields.get(k) for k in ("id", "a", "b")}:
                 wrong.append((resource_id, fields, stored))
-        assert not wrong, f"{len(wrong)} of {len(expected)} resources not the merge of their accepted writes: {wrong[:5]}"
+        assert not wrong, (f"{len(wrong)} of {len(expected)} resources not the merge of their accepted writes: "
+                           f"{wrong[:5]}")
 
     # Exactly once: one committed batch per upload, one committed outcome per record.
     per_upload = asyncio.run(records_per_upload(replace(settings, bootstrap_servers=d.up_bootstrap())))
@@ -450,10 +480,14 @@ def _audit(d: Deployment) -> None:
         codes = collections.Counter(a.code for a in answers)
         accepted_at = sorted(a.sent + a.seconds for a in answers if a.code == 202)
         gaps = [b - a for a, b in zip([phase.started, *accepted_at], [*accepted_at, phase.ended])]
+        during = [b for b, at in clients.accepted_at.items() if phase.started <= at <= phase.ended]
+        lags = [clients.terminal[b] - clients.accepted_at[b] for b in during if b in clients.terminal]
         lines.append(f"{phase.name}: fault {phase.ended - phase.started:.1f} s; answers {dict(codes)}, "
                      f"slowest {max((a.seconds for a in answers), default=0):.2f} s; no upload accepted for "
                      f"{max(gaps, default=0):.1f} s at most; processing resumed {phase.resumed - phase.ended:.1f} s "
-                     f"after the fault's end; replicas in sync {phase.in_sync - phase.ended:.1f} s after")
+                     f"after the fault's end; replicas in sync {phase.in_sync - phase.ended:.1f} s after; "
+                     f"batches accepted during it ({len(lags)} of {len(during)} followed) terminal after "
+                     f"{max(lags, default=0):.1f} s at most")
     ok = [a.seconds for a in clients.answers if a.code == 202]
     SUMMARY.append(f"cluster faults: {len(clients.accepted)} uploads accepted ({len(ok)} answers 202, p50 "
                    f"{statistics.median(ok) * 1000:.0f} ms), every record applied once\n  " + "\n  ".join(lines))

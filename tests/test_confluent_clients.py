@@ -21,8 +21,17 @@ from processors.dead_letters import REASON, read_dead_letters
 from reach.config import Settings
 from schemas.events import build_ingest_batch, build_ingest_batch_v1, encode_ingest_event, message_values
 from schemas.wire_format import frame
-from tests.support import (ServiceProcess, bearer, committed_outcomes, define_customer_and_order, ingresses,
-                           tenant_token, unique, wait_terminal, wait_until)
+from tests.support import (
+    ServiceProcess,
+    bearer,
+    committed_outcomes,
+    define_customer_and_order,
+    ingresses,
+    tenant_token,
+    unique,
+    wait_terminal,
+    wait_until,
+)
 from topics import service_topics
 from topics.partitioning import partition_for
 

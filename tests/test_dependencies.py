@@ -1,4 +1,4 @@
-"""References between resources and pending records (API.md §3 "References", §4 "References"
+"""References between resources and pending records (docs/api.md §3 "References", §4 "References"
 and "A record that arrives behind a pending record...", §5 pendingRecords / pendingResources),
 with real worker processes on the session's broker."""
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from processors.grouped import items_of
 from reach.config import Settings
+from schemas.events import resource_key
 from tests.support import (
     TERMINAL,
     ServiceProcess,
@@ -32,7 +33,6 @@ from tests.support import (
     wait_until,
     wait_worker_ready,
 )
-from schemas.events import resource_key
 from topics import service_topics
 from topics.partitioning import partition_for
 
@@ -112,7 +112,7 @@ def read(client: TestClient, schema: str, external_id: str) -> dict[str, Any] | 
 
 
 def parse_time(value: str) -> float:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def missing_of(pending_resource: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -24,7 +24,6 @@ from schemas.events import (
     encode_ingest_message,
     resource_key,
 )
-from topics.partitioning import partition_for
 from tests.support import (
     ServiceProcess,
     bearer,
@@ -38,6 +37,7 @@ from tests.support import (
     worker_get,
 )
 from topics import service_topics
+from topics.partitioning import partition_for
 
 CUSTOMER = {
     "name": "Customer", "externalIdField": "id",

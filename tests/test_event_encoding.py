@@ -7,7 +7,8 @@ from __future__ import annotations
 import fastavro
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import (
     INGEST_HEADERS,

@@ -11,9 +11,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from faust.types import TP
-
 import orjson
+from faust.types import TP
 
 from processors.grouped import items_of
 from processors.transactions import FLUSH_BYTES, ExactlyOnce

@@ -19,8 +19,8 @@ from tests.support import (
     tenant_token,
     unique,
     uploads_until_killed,
-    wait_terminal,
     wait_ingress_ready,
+    wait_terminal,
 )
 
 SCHEMA = {"name": "Parcel", "externalIdField": "id", "schema": {

@@ -6,8 +6,10 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from aiokafka.partitioner import DefaultPartitioner, murmur2 as reference_murmur2
-from hypothesis import given, settings, strategies as st
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as reference_murmur2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.events import resource_key, resource_key_parts
 from topics.partitioning import murmur2, partition_for

@@ -16,9 +16,17 @@ from starlette.testclient import TestClient
 from ingest.app import create_app, ingress_state_dir
 from reach.config import Settings
 from schemas.events import resource_key
-from tests.support import (ServiceProcess, bearer, free_port, partner_token, readers, tenant_token, wait_reader_ready,
-                           wait_worker_ready,
-                           wait_terminal)
+from tests.support import (
+    ServiceProcess,
+    bearer,
+    free_port,
+    partner_token,
+    readers,
+    tenant_token,
+    wait_reader_ready,
+    wait_terminal,
+    wait_worker_ready,
+)
 from topics.partitioning import partition_for
 
 CUSTOMER = {"name": "Customer", "externalIdField": "id",

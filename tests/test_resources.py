@@ -1,4 +1,4 @@
-"""Resource reads (API.md §6): one resource, lists with cursors, includes, and who may see what."""
+"""Resource reads (docs/api.md §6): one resource, lists with cursors, includes, and who may see what."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ORDER_SCHEMA: dict[str, Any] = {
     "required": ["id"],
 }
 
-# camelCase -> snake_case of every field of a resource object (API.md §6).
+# camelCase -> snake_case of every field of a resource object (docs/api.md §6).
 FIELD_PAIRS = {
     "schemaDefinitionId": "schema_definition_id",
     "platformId": "platform_id",
@@ -134,7 +134,7 @@ def test_resource_is_invisible_outside_its_tenant_and_partner(ingress: TestClien
         assert listed.json()["data"]["results"] == []
         assert listed.json()["data"]["pagination"]["total"] == 0
 
-    # A deactivated definition is gone for reads too (API.md §3).
+    # A deactivated definition is gone for reads too (docs/api.md §3).
     response = ingress.delete(f"{DEFINITIONS}/{definition_id}", headers=bearer(partner_token()))
     assert response.status_code == 200, response.text
     assert_not_found(read(ingress, "Customer", "c-1"))

@@ -1,4 +1,4 @@
-"""Schema definitions (API.md §3) over real HTTP, with the envelope of §1 and partner isolation (§2)."""
+"""Schema definitions (docs/api.md §3) over real HTTP, with the envelope of §1 and partner isolation (§2)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ BASE = "/partner/schema-definitions"
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
-# camelCase -> snake_case of every field of a schema-definition object (API.md §3 "Response data").
+# camelCase -> snake_case of every field of a schema-definition object (docs/api.md §3 "Response data").
 FIELD_PAIRS = {
     "platformId": "platform_id",
     "pluralName": "plural_name",
@@ -102,7 +102,7 @@ def assert_error(response, status: int) -> dict:
 
 
 def assert_not_found(response) -> None:
-    """404 of an unknown schema definition keeps the seed's shape (API.md §1)."""
+    """404 of an unknown schema definition keeps the seed's shape (docs/api.md §1)."""
     body = assert_error(response, 404)
     assert isinstance(body.get("data"), dict), body
     assert isinstance(body["data"].get("error"), str) and body["data"]["error"].strip(), body

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from state.store import CheckpointedStore, Changes, prefix_end, prefix_items
+from state.store import Changes, CheckpointedStore, prefix_end, prefix_items
 
 # Short keys over few byte values, 0xff and 0x00 among them: prefixes, their neighbours and
 # the carry of `prefix_end` all occur.

@@ -14,8 +14,11 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
+from faust.assignor.client_assignment import CopartitionedAssignment
+from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from starlette.testclient import TestClient
 
+import processors.transactions
 from reach.config import Settings
 from tests.support import (
     ServiceProcess,
@@ -28,10 +31,6 @@ from tests.support import (
     wait_terminal,
     wait_until,
 )
-from faust.assignor.client_assignment import CopartitionedAssignment
-from faust.assignor.copartitioned_assignor import CopartitionedAssignor
-
-import processors.transactions
 from tests.test_exactly_once import _ready_generation
 
 processors.transactions.install()  # the assignment rule, as a worker has it

@@ -13,7 +13,6 @@ from schemas.events import IngestBatch, build_ingest_batch, resource_key
 from tests.support import ServiceProcess, bearer, partner_token, wait_until, worker_get
 from topics import service_topics
 
-
 SCHEMA = {"name": "Contact", "externalIdField": "id", "schema": {"type": "object", "required": ["id"], "properties": {
     "id": {"type": "string"}, "name": {"type": "string"}, "email": {"type": "string"},
     "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}}}}

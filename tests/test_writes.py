@@ -1,4 +1,4 @@
-"""Patches and single-resource writes (API.md 6a), the batch-list filters (section 5), strict
+"""Patches and single-resource writes (docs/api.md 6a), the batch-list filters (section 5), strict
 query values and 405s: over HTTP, through the real pipeline (broker, worker)."""
 
 from __future__ import annotations

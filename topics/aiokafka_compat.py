@@ -36,8 +36,12 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from aiokafka.errors import (ConcurrentTransactions, CoordinatorLoadInProgressError, CoordinatorNotAvailableError,
-                             NotEnoughReplicasError)
+from aiokafka.errors import (
+    ConcurrentTransactions,
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotEnoughReplicasError,
+)
 from aiokafka.producer import sender
 
 SOON_S = 0.005  # how long to wait before asking again instead

@@ -19,6 +19,11 @@ from topics.partitioning import EVERY_PARTITION, Share
 
 log = logging.getLogger(__name__)
 
+# A request to a node that stopped answering (paused, cut off: its connection stays open) is
+# given up after this, and asked of the partition's new leader. aiokafka's default, 40 s, held
+# every read of a paused node's partitions for 40 s after Kafka had moved their leaders.
+REQUEST_TIMEOUT_MS = 5000
+
 class TopicView:
     """Follows the partitions of `topic` in `share` (default: all) and hands each message to `apply`."""
 
@@ -44,13 +49,14 @@ class TopicView:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
             isolation_level="read_committed", fetch_max_wait_ms=50, max_poll_records=5000,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
         )
         await self._consumer.start()
         self._offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                         isolation_level="read_uncommitted")
+                                         isolation_level="read_uncommitted", request_timeout_ms=REQUEST_TIMEOUT_MS)
         await self._offsets.start()
         self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                      isolation_level="read_committed")
+                                      isolation_level="read_committed", request_timeout_ms=REQUEST_TIMEOUT_MS)
         await self._ends.start()
         partitions = self._consumer.partitions_for_topic(self.topic)
         if not partitions:
