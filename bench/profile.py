@@ -89,7 +89,7 @@ def main() -> None:
                  "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1)  # py-spy attaches
         rate = asyncio.run(end_to_end(stack, bodies, path, method))
-        for name, (raw, spy) in spies.items():
+        for _, (_, spy) in spies.items():
             spy.send_signal(2)  # SIGINT: py-spy writes what it sampled
             spy.wait(timeout=30)
         print(f"end to end: {rate:,.0f} rec/s ({args.batches} batches of 1000 {args.load}, concurrency 4)")

@@ -141,8 +141,8 @@ async def measure_hand_on(stack: Stack, args: argparse.Namespace, results: dict[
             await produce_shifted(stack, batches, shift)
             finished = await wait_all_terminal(stack, [b.batch_id for b in batches])
             records = len(batches) * 1000
-            runs[name].append({"records_per_s": records / (finished - started),
-                               "worker_us_per_record": (cpu_seconds(stack.worker.proc.pid) - worker_cpu) / records * 1e6})
+            worker_us = (cpu_seconds(stack.worker.proc.pid) - worker_cpu) / records * 1e6
+            runs[name].append({"records_per_s": records / (finished - started), "worker_us_per_record": worker_us})
     results["hand_on"] = {name: {"records_per_s": statistics.median(r["records_per_s"] for r in found),
                                  "worker_us_per_record": statistics.median(r["worker_us_per_record"] for r in found),
                                  "runs": found} for name, found in runs.items()}
@@ -483,7 +483,8 @@ def table(results: dict[str, Any]) -> str:
     e2e, bare = results["end_to_end"]["records_per_s"], results["bare_merge_loop"]["records_per_s"]
     eos = results["bare_exactly_once_loop"]["records_per_s"]
     peer = results["kafka_streams_peer"]["records_per_s"]
-    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{peer:,.0f} (Kafka Streams peer)", f"{e2e / peer:.2f}"))
+    rows.append(("end to end, 1 worker (rec/s)", f"{e2e:,.0f}", f"{peer:,.0f} (Kafka Streams peer)",
+                 f"{e2e / peer:.2f}"))
     rows.append(("", "", f"{eos:,.0f} (bare exactly-once loop)", f"{e2e / eos:.2f}"))
     rows.append(("", "", f"{bare:,.0f} (bare merge loop)", f"{e2e / bare:.2f}"))
     direct = results["end_to_end_confluent"]["records_per_s"]
@@ -500,8 +501,8 @@ def table(results: dict[str, Any]) -> str:
                  f"{own['records_per_s']:,.0f} (on their own partitions)",
                  f"{moved['records_per_s'] / own['records_per_s']:.2f}"))
     lat = results["latency_s"]
-    rows.append(("1000-record batch idle p50 / p99", f"{lat['idle']['p50'] * 1000:.0f} / {lat['idle']['p99'] * 1000:.0f} ms", "", ""))
-    rows.append(("… under half load p50 / p99", f"{lat['half_load']['p50'] * 1000:.0f} / {lat['half_load']['p99'] * 1000:.0f} ms", "", ""))
+    for name, key in (("1000-record batch idle p50 / p99", "idle"), ("… under half load p50 / p99", "half_load")):
+        rows.append((name, f"{lat[key]['p50'] * 1000:.0f} / {lat[key]['p99'] * 1000:.0f} ms", "", ""))
     rows.extend(reference_rows(results["references"]))
     deletes = results["delete_by_id"]["records_per_s"]
     rows.append((f"delete {results['delete_by_id']['records']:,} by id (rec/s)", f"{deletes:,.0f}",
@@ -510,7 +511,8 @@ def table(results: dict[str, Any]) -> str:
     rows.append((f"deleteAll of {delete_all['records']:,} (rec/s)",
                  f"{delete_all['records_per_s']:,.0f} (accepted in {delete_all['accept_s']:.2f} s)", "", ""))
     single = results["single_write_s"]
-    rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms", "", ""))
+    rows.append(("single-resource write p50 / p99", f"{single['p50'] * 1000:.0f} / {single['p99'] * 1000:.0f} ms",
+                 "", ""))
     for fair in results["fairness"]:
         burst = "a minute's worth" if fair["burst_records"] == fair["bulk_quota_per_minute"] else \
             f"{fair['burst_records']:,}"
@@ -565,9 +567,10 @@ def main() -> None:
         results = asyncio.run(measure(stack, args))
     results["peak_mb"] = stack.peak_mb
     results["machine"] = {
-        "summary": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        "summary": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                   f"Python {platform.python_version()}",
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
-        "broker": "local Kafka 4.1.2 on the same machine" if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "external",
+        "broker": "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "local Kafka 4.1.2 on the same machine",
         "args": vars(args), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2))

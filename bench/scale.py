@@ -234,12 +234,14 @@ def main() -> None:
         for n, size in enumerate(sorted(args.sizes)):
             seconds, ids = asyncio.run(load(stack, loaded, size, args.batch_size))
             batch_ids.extend(ids)
-            print(f"loaded {size - loaded:,} resources in {seconds:.1f}s ({(size - loaded) / seconds:,.0f}/s)", flush=True)
+            print(f"loaded {size - loaded:,} resources in {seconds:.1f}s ({(size - loaded) / seconds:,.0f}/s)",
+                  flush=True)
             loaded = size
             row = measure_at(stack, size, batch_ids, n)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (RESULTS / "scale.json").write_text(json.dumps({"rows": rows, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    (RESULTS / "scale.json").write_text(json.dumps({"rows": rows, "when": when}, indent=2))
     chart(rows, RESULTS / "scale.png")
     print(f"wrote {RESULTS / 'scale.json'} and {RESULTS / 'scale.png'}")
 

@@ -77,7 +77,8 @@ async def kafka_unreachable(request: Request, exc: Exception) -> Response:
     """A read that must first catch up with Kafka, while the broker does not answer."""
     log.warning("%s %s: Kafka did not answer in time (%r)", request.method, request.url.path, exc)
     if request.url.path.startswith(schema_registry.PREFIX + "/"):
-        return schema_registry.RegistryError(503, schema_registry.TIMED_OUT, "Kafka is not reachable; retry later").response()
+        return schema_registry.RegistryError(503, schema_registry.TIMED_OUT,
+                                             "Kafka is not reachable; retry later").response()
     return ApiError(503, "Kafka is not reachable; retry later").response()
 
 

@@ -233,7 +233,8 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
             raise ApiError(503, f"Kafka did not confirm the batch in time; it may or may not have been accepted: "
                                 f"GET /api/batches/{meta.batchId} tells ({exc})",
                            data={"batchId": meta.batchId}) from None
-        raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})") from None
+        raise ApiError(503, f"The batch could not be stored durably, nothing was accepted; retry later ({exc})"
+                       ) from None
     state.ledger.add(meta)  # its arrival counts for the tenant's quota at once
     state.admission.accepted(partner_id, tenant_id, meta.recordCount)  # and in the backlog, in flight
     if claim is not None:

@@ -96,7 +96,8 @@ SPEC: dict[str, Any] = {
                            "responses": {**_ok("Ready"), **_errors(503)}}},
         "/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics (all processes of this ingress)", "responses": {
-            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/partner/schema-definitions": {
             "post": {"summary": "Create a schema definition", "security": BEARER,
                      "requestBody": {"required": True, "content": {"application/json": {"schema": DEFINITION_BODY}}},
@@ -197,7 +198,8 @@ SPEC: dict[str, Any] = {
                                    {"name": "include", "in": "query", "required": False, "schema": {"type": "string"},
                                     "description": "Reference fields whose resources to return in `included`"}],
                     "responses": {**_ok("The resource"), **_errors(400, 401, 403, 404)}},
-            "patch": {"summary": "Patch one existing resource (RFC 7396); waits for its outcome up to REACH_SYNC_WAIT_S",
+            "patch": {"summary": "Patch one existing resource (RFC 7396); waits for its outcome up to "
+                                 "REACH_SYNC_WAIT_S",
                       "security": BEARER,
                       "parameters": [SCHEMA, _path_param("externalId", "The resource's external id"), *TENANT_HEADER,
                                      IGNORE_UNKNOWN],

@@ -227,7 +227,8 @@ async def register(request: Request) -> Response:
             raise RegistryError(409, INCOMPATIBLE, "Schema being registered is incompatible with an earlier schema "
                                 f"for subject \"{subject}\", details: {problems}")
     raise RegistryError(422, NOT_PERMITTED, f"Not a published version of the ingest event schema for subject "
-                        f"'{subject}': it accepts {', '.join(f'{p.full_name} (schema id {p.schema_id})' for p in allowed)}"
+                        f"'{subject}': it accepts "
+                        f"{', '.join(f'{p.full_name} (schema id {p.schema_id})' for p in allowed)}"
                         f", exactly as published (GET {PREFIX}/schemas/ids/<id>); docs and defaults may differ, "
                         "the fields and types may not")
 

@@ -18,8 +18,9 @@ deletes R once none is left. A referrer whose own cascade is under way answers "
 once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count.
 A delete without cascade whose referrers its own request deletes too (the ingress names them,
 `ingest.deletes`) waits for their unrefs instead of failing. After each record, the resources
-R no longer references (nor will, by its queued records) are told to forget R ("unref"). Deadlines live in an in-memory heap per
-partition, rebuilt from the pending table when a partition arrives.
+R no longer references (nor will, by its queued records) are told to forget R ("unref").
+Deadlines live in an in-memory heap per partition, rebuilt from the pending table when a
+partition arrives.
 """
 
 from __future__ import annotations
@@ -486,7 +487,8 @@ class ResourceProcessor:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    async def _emit(self, event: faust.EventT, body: Body, result: Outcome, extra: dict[str, Any] | None = None) -> None:
+    async def _emit(self, event: faust.EventT, body: Body, result: Outcome,
+                    extra: dict[str, Any] | None = None) -> None:
         asker = body.get("cascadeFor")
         if asker is not None:  # a resource deleted by cascade: its answer goes to the one that asked
             await self.eos.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),

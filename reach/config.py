@@ -224,7 +224,8 @@ class Settings:
             http_port=int(env.get("REACH_HTTP_PORT", defaults.http_port)),
             worker_web_port=int(env.get("REACH_WORKER_WEB_PORT", defaults.worker_web_port)),
             produce_timeout_s=float(env.get("REACH_PRODUCE_TIMEOUT_S", defaults.produce_timeout_s)),
-            ingress_id=env.get("REACH_INGRESS_ID") or f"{socket.gethostname()}-{env.get('REACH_HTTP_PORT', defaults.http_port)}",
+            ingress_id=(env.get("REACH_INGRESS_ID")
+                        or f"{socket.gethostname()}-{env.get('REACH_HTTP_PORT', defaults.http_port)}"),
             ingress_producers=int(env.get("REACH_INGRESS_PRODUCERS", defaults.ingress_producers)),
             ingress_processes=int(env.get("REACH_INGRESS_PROCESSES", defaults.ingress_processes)),
             max_body_bytes=int(env.get("REACH_MAX_BODY_BYTES", defaults.max_body_bytes)),

@@ -124,10 +124,10 @@ def run(api: Api, schema: str, ids: list[str], delete_all: bool, cascade: bool, 
         cascaded.update(state.get("cascade", {}).get("bySchema", {}))
     print(f"deleted {deleted}; failed {sum(failed.values())}"
           + (f" ({', '.join(f'{c} {n}' for c, n in sorted(failed.items()))})" if failed else "")
-          + (f"; deleted by cascade {sum(cascaded.values())} ({', '.join(f'{n} {s}' for s, n in sorted(cascaded.items()))})"
-             if cascaded else ""), file=out)
+          + (f"; deleted by cascade {sum(cascaded.values())} "
+             f"({', '.join(f'{n} {s}' for s, n in sorted(cascaded.items()))})" if cascaded else ""), file=out)
     for state in states.values():
-        for index, detail in list(state["errors"]["details"].items())[:20]:
+        for detail in list(state["errors"]["details"].values())[:20]:
             print(f"  {detail['externalId']}: {detail['code']}: {detail['message']}", file=out)
     return 1 if failed else 0
 

@@ -121,7 +121,8 @@ def read_records(path: str, properties: dict[str, Any] | None) -> Iterator[Recor
             try:
                 item = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                yield Record(n, raw.decode("utf-8", errors="replace").rstrip("\n"), f"INVALID_JSON: not valid JSON ({exc})")
+                text = raw.decode("utf-8", errors="replace").rstrip("\n")
+                yield Record(n, text, f"INVALID_JSON: not valid JSON ({exc})")
                 continue
             if isinstance(item, dict) and set(item) == {"line", "record", "code", "message"}:
                 item = item["record"]  # a line of failed.jsonl
@@ -129,7 +130,9 @@ def read_records(path: str, properties: dict[str, Any] | None) -> Iterator[Recor
 
 
 def _record(line: int, item: Any) -> Record:
-    return Record(line, item) if isinstance(item, dict) else Record(line, item, "NOT_AN_OBJECT: a record is a JSON object")
+    if isinstance(item, dict):
+        return Record(line, item)
+    return Record(line, item, "NOT_AN_OBJECT: a record is a JSON object")
 
 
 def _csv_records(handle: io.TextIOBase, properties: dict[str, Any]) -> Iterator[Record]:
@@ -215,7 +218,8 @@ class Uploader:
             answer = _json(response)
             named = _named_records(answer, len(batch)) if response.status_code == 400 else {}
             if not named:
-                raise Refused(f"POST {self.path} answered {response.status_code}: {answer.get('message', response.text)}")
+                raise Refused(f"POST {self.path} answered {response.status_code}: "
+                              f"{answer.get('message', response.text)}")
             for index, message in named.items():
                 record = batch[index]
                 self.failures.append(Failure(record.line, record.data, "VALIDATION_FAILED", message))
@@ -454,7 +458,8 @@ def main(argv: list[str]) -> int:
     token = args.token or make_token(settings, args.partner)
     console = Console(stderr=True)
     try:
-        return asyncio.run(upload(args, args.url or f"http://{settings.http_host}:{settings.http_port}", token, console))
+        url = args.url or f"http://{settings.http_host}:{settings.http_port}"
+        return asyncio.run(upload(args, url, token, console))
     except (Refused, OSError, httpx.HTTPError) as exc:
         print(f"reach upload: {exc}", file=sys.stderr)
         return 2

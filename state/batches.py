@@ -9,14 +9,15 @@ index, whatever a replay or a duplicate delivers: a record that reached a termin
 Layout (`state.store`, sorted keys): `b` + id → the batch's counters and description;
 `s` + id → one byte per record (its state); `f` + id + index → a failed record's detail;
 `k` + id + index → a succeeded record's external id and result; `p` + id + index → a pending
-record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order); `t` + tenant + NUL + filter + newest-first time
-+ id → the tenant's list, so a page is one seek at any depth; `n` + tenant + NUL + filter →
-its count; `a` + accepted time + id → nothing, the order in which batches expire (`expire`);
-`g` → the records pending in all batches; `c` → the records of all batches kept, `o` → those
-of them with an outcome (pending included), so `c` - `o` is the workers' backlog; `q` + tenant →
-the tenant's theoretical arrival time (`ingest.quotas`, when it has a records quota); `i` + tenant + NUL + idempotency key → its entry
-(the claim that holds it, and the batch once accepted), and `j` + claim time + that entry's
-key → nothing, the order in which keys expire.
+record's detail (index: 4 bytes, big-endian, so a batch's records of one state are in order);
+`t` + tenant + NUL + filter + newest-first time + id → the tenant's list, so a page is one seek
+at any depth; `n` + tenant + NUL + filter → its count; `a` + accepted time + id → nothing, the
+order in which batches expire (`expire`); `g` → the records pending in all batches; `c` → the
+records of all batches kept, `o` → those of them with an outcome (pending included), so
+`c` - `o` is the workers' backlog; `q` + tenant → the tenant's theoretical arrival time
+(`ingest.quotas`, when it has a records quota); `i` + tenant + NUL + idempotency key → its
+entry (the claim that holds it, and the batch once accepted), and `j` + claim time + that
+entry's key → nothing, the order in which keys expire.
 A filter is two bytes, the batch type's and the status's, `*` for "any": every batch is listed
 four times (any/any, its type/any, any/its status, its type/its status), and moves between
 status lists as its status changes, so every filtered page is one seek too.
@@ -373,7 +374,8 @@ class Bookkeeping(StoredView):
         self._key_taken(changes, claim, meta)
         self.store.write(changes)
 
-    def key_entry_at(self, partner_id: str, tenant_id: str, key: str, partition: int) -> tuple[dict[str, Any] | None, int]:
+    def key_entry_at(self, partner_id: str, tenant_id: str, key: str,
+                     partition: int) -> tuple[dict[str, Any] | None, int]:
         """`key_entry`, and the next offset of `partition` this store has not folded yet (read
         together: what the entry reflects of that partition)."""
         return self.key_entry(partner_id, tenant_id, key), self.store.positions().get(partition, 0)

@@ -158,7 +158,8 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
         Settings(), bootstrap_servers=bootstrap, external_broker=True, topic_prefix=name,
         app_id=f"{name}-worker", data_dir=data_dir, http_port=free_port(), worker_web_port=free_port(),
         partner_secrets=dict(PARTNER_SECRETS),
-        ingress_processes=1,  # a test that kills "the ingress" kills one process (tests/test_ingress_processes.py: several)
+        # A test that kills "the ingress" kills one process (tests/test_ingress_processes.py: several).
+        ingress_processes=1,
         reader_urls=(f"http://127.0.0.1:{free_port()}",),
     )
 

@@ -67,7 +67,8 @@ def test_add_offsets_and_partitions_ask_again_soon_after_concurrent_transactions
 
 async def _add_offsets_and_partitions_ask_again_soon_after_concurrent_transactions_only() -> None:
     offsets = sender.AddOffsetsToTxnHandler(_sender(), "group")
-    assert offsets.handle_response(AddOffsetsToTxnResponse_v0(0, ConcurrentTransactions.errno)) == aiokafka_compat.SOON_S
+    soon = aiokafka_compat.SOON_S
+    assert offsets.handle_response(AddOffsetsToTxnResponse_v0(0, ConcurrentTransactions.errno)) == soon
     assert offsets.handle_response(AddOffsetsToTxnResponse_v0(0, CoordinatorNotAvailableError.errno)) == DEFAULT_S
 
     tp = TopicPartition("t", 0)

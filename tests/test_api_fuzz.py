@@ -52,7 +52,8 @@ STATUSES: Counter[str] = Counter()  # "<method> <path> <status>" of every fuzzed
 ACCEPTED: list[str] = []  # batchIds of fuzzed uploads that got a 202
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+JSON = st.recursive(SCALARS,
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
                     max_leaves=8)
 VALID_RECORD = st.fixed_dictionaries(  # nulls delete optional fields

@@ -152,7 +152,8 @@ def test_upsert_merges_like_rfc7396_and_keeps_identity(ingress: TestClient, work
     assert after["updatedAt"] > before["updatedAt"]
 
     # Deleting an optional object entirely; nulls are dropped on create.
-    assert run_batch(ingress, [{"id": "m-1", "address": None}, {"id": "m-2", "name": "Bo", "age": None}])["status"] == "success"
+    nulls = [{"id": "m-1", "address": None}, {"id": "m-2", "name": "Bo", "age": None}]
+    assert run_batch(ingress, nulls)["status"] == "success"
     assert resource(ingress, "m-1")["data"] == {"id": "m-1", "name": "Ann", "tags": ["c"]}
     assert resource(ingress, "m-2")["data"] == {"id": "m-2", "name": "Bo"}
 

@@ -281,7 +281,7 @@ def test_the_schema_registry_api_answers_through_an_outage_and_registers_once_th
                 ("subjects", *_timed(client, "GET", "/subjects"), 503),
             ]
         seen = f"{answers}\ningress log:\n{ingress.log()[-3000:]}"
-        for what, code, seconds, expected in answers:
+        for _, code, seconds, expected in answers:
             assert code == expected and seconds <= BOUND_S, seen
         refused = client.get("/subjects")
         assert refused.json() == {"error_code": 50002, "message": "Kafka is not reachable; retry later"}, refused.text

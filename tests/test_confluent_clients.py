@@ -36,7 +36,8 @@ from topics import service_topics
 from topics.partitioning import partition_for
 
 
-def test_a_stock_confluent_producer_with_its_default_partitioner_writes_batches_the_worker_applies_once(settings: Settings, tmp_path: Path,
+def test_a_stock_confluent_producer_with_its_default_partitioner_writes_batches_the_worker_applies_once(
+        settings: Settings, tmp_path: Path,
                                                                       worker: ServiceProcess) -> None:
     topic = service_topics(settings).ingest.name
     partitions = service_topics(settings).ingest.partitions

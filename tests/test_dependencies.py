@@ -503,7 +503,8 @@ def test_a_batchs_pins_and_their_answers_travel_grouped_per_partition(settings: 
         assert len(items) == elsewhere, f"{topic}: {len(items)} {kind} items in {len(carrying)} messages"
         # The ingress publishes a batch as one message per partition; each one's pins go out as
         # one message per target partition (at most partitions², if transactions split nothing).
-        assert len(carrying) <= partitions * partitions, f"{topic}: {elsewhere} {kind} items in {len(carrying)} messages"
+        assert len(carrying) <= partitions * partitions, \
+            f"{topic}: {elsewhere} {kind} items in {len(carrying)} messages"
         for record, message in zip(records, messages):
             for key, item in message:  # every item of a message is about a resource of its partition
                 if item["type"] != "tick":  # the expiry check's wake-up, placed on each partition

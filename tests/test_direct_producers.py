@@ -260,7 +260,8 @@ def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, in
     assert data["errors"]["details"]["2"]["message"].startswith("resources[2].zip")
     data = wait_terminal(ingress, wrong_key.batch_id, headers)
     assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}
-    assert resource_key("partner-a", "tenant-1", definition_id, "k1").decode() in data["errors"]["details"]["0"]["message"]
+    key = resource_key("partner-a", "tenant-1", definition_id, "k1").decode()
+    assert key in data["errors"]["details"]["0"]["message"]
     assert ingress.get("/api/resources/customer/k1", headers=headers).status_code == 404
     data = wait_terminal(ingress, misplaced_twice.batch_id, headers)
     assert data["errors"]["summary"] == {"VALIDATION_FAILED": 1}

@@ -55,7 +55,7 @@ def test_a_killed_ingress_reported_accepted_only_batches_that_are_in_kafka(
     SUMMARY.append(f"ingress killed: {len(accepted)} uploads accepted, {len(unanswered)} unanswered "
                    f"({sum(1 for tag in unanswered if tag in in_kafka)} of them whole in Kafka, the rest absent)")
 
-    for tag, batch_id in accepted.items():  # and the worker processes every accepted record once
+    for batch_id in accepted.values():  # and the worker processes every accepted record once
         data = wait_terminal(ingress, batch_id, headers, 120)
         progress = data["progress"]
         assert (data["status"], progress["totalRecords"], progress["successfulRecords"],

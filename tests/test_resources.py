@@ -148,7 +148,8 @@ def test_resources_are_listed_with_cursor_pagination(ingress: TestClient, worker
     ids = {f"c-{i}" for i in range(5)}
     assert load(ingress, "Customer", [{"id": i, "name": i} for i in sorted(ids)])["status"] == "success"
     # Another tenant's resources are not counted.
-    assert load(ingress, "Customer", [{"id": "c-other", "name": "x"}], tenant_headers("tenant-2"))["status"] == "success"
+    other = load(ingress, "Customer", [{"id": "c-other", "name": "x"}], tenant_headers("tenant-2"))
+    assert other["status"] == "success"
 
     seen: list[str] = []
     cursor: str | None = None
@@ -199,7 +200,8 @@ def test_every_successful_record_is_readable_once_its_batch_is_terminal(
 def test_include_returns_the_referenced_resource(ingress: TestClient, worker: Any) -> None:
     customer_id = create_customer_definition(ingress)
     create_definition(ingress, "Order", "orders", ORDER_SCHEMA)
-    assert load(ingress, "Customer", [{"id": "c-1", "name": "Ann"}, {"id": "c-2", "name": "Bob"}])["status"] == "success"
+    customers = [{"id": "c-1", "name": "Ann"}, {"id": "c-2", "name": "Bob"}]
+    assert load(ingress, "Customer", customers)["status"] == "success"
     assert load(ingress, "Order", [{"id": "o-1", "customer": "c-1", "total": 9.5}])["status"] == "success"
 
     plain = read(ingress, "Order", "o-1")

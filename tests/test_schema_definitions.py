@@ -238,8 +238,10 @@ def test_name_of_a_deactivated_definition_can_be_reused(ingress: TestClient) -> 
 
 @pytest.mark.parametrize("schema", [
     pytest.param({"type": 12, "properties": {"id": {"type": "string"}}, "required": ["id"]}, id="type-not-a-type"),
-    pytest.param({"type": "object", "properties": {"id": {"type": "strang"}}, "required": ["id"]}, id="bad-property-type"),
-    pytest.param({"type": "object", "properties": {"id": {"type": "string"}}, "required": "id"}, id="required-not-array"),
+    pytest.param({"type": "object", "properties": {"id": {"type": "strang"}}, "required": ["id"]},
+                 id="bad-property-type"),
+    pytest.param({"type": "object", "properties": {"id": {"type": "string"}}, "required": "id"},
+                 id="required-not-array"),
     pytest.param({"type": "object", "properties": {"id": {"type": "string", "minLength": -1}}, "required": ["id"]},
                  id="negative-minLength"),
     pytest.param("not an object", id="schema-is-a-string"),
@@ -289,7 +291,8 @@ def test_ordinary_local_refs_keep_working(ingress: TestClient) -> None:
 
 # --- references --------------------------------------------------------------------------
 
-def test_ref_to_an_existing_definition_by_name_ignoring_case_is_listed_in_reference_schemas(ingress: TestClient) -> None:
+def test_ref_to_an_existing_definition_by_name_ignoring_case_is_listed_in_reference_schemas(
+        ingress: TestClient) -> None:
     customer = create(ingress, definition("Customer"))
     order = create(ingress, definition("Order", schema=object_schema(customerId=ref("customer"))))
     assert order["referenceSchemas"] == [customer["id"]]

@@ -21,8 +21,8 @@ MEDIA_TYPE = "application/vnd.schemaregistry.v1+json"
 
 def _post(base: str, path: str, schema: str | dict[str, Any], **params: str) -> httpx.Response:
     text = schema if isinstance(schema, str) else orjson.dumps(schema).decode()
-    return httpx.post(f"{base}/schema-registry{path}", params=params, timeout=30, content=orjson.dumps({"schema": text}),
-                      headers={"Content-Type": MEDIA_TYPE})
+    return httpx.post(f"{base}/schema-registry{path}", params=params, timeout=30,
+                      content=orjson.dumps({"schema": text}), headers={"Content-Type": MEDIA_TYPE})
 
 
 def _get(base: str, path: str) -> httpx.Response:

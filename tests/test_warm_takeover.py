@@ -36,7 +36,10 @@ from tests.test_exactly_once import _ready_generation
 processors.transactions.install()  # the assignment rule, as a worker has it
 
 
-def _assign(previous: dict[str, tuple[set[int], set[int]]], partitions: int = 4) -> dict[str, tuple[set[int], set[int]]]:
+Assignment = dict[str, tuple[set[int], set[int]]]  # member -> (actives, standbys)
+
+
+def _assign(previous: Assignment, partitions: int = 4) -> Assignment:
     clients = {name: CopartitionedAssignment(actives=set(a), standbys=set(s), topics={"t"})
                for name, (a, s) in previous.items()}
     result = CopartitionedAssignor(topics={"t"}, cluster_asgn=clients, num_partitions=partitions,

@@ -113,7 +113,8 @@ def test_single_resource_writes_answer_with_the_outcome(ingress: TestClient, wor
     invalid = ingress.post("/api/resources/Customer", json={"data": {"id": "s3"}}, headers=_headers())
     assert invalid.status_code == 400 and invalid.json()["data"]["code"] == "VALIDATION_FAILED", invalid.text
     assert invalid.json()["errors"][0].startswith("data"), invalid.text
-    missing = ingress.post("/api/resources/Order", json={"data": {"id": "o1", "customer": "nobody"}}, headers=_headers())
+    missing = ingress.post("/api/resources/Order", json={"data": {"id": "o1", "customer": "nobody"}},
+                           headers=_headers())
     assert missing.status_code == 400 and missing.json()["data"]["code"] == "MISSING_DEPENDENCY", missing.text
     refused = ingress.post("/api/resources/Customer", json={"data": {"id": "s4", "name": 5}}, headers=_headers())
     assert refused.status_code == 400 and refused.json()["errors"] == ['data.name: 5 is not of type "string"']
