@@ -36,10 +36,12 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test,lint]'
 	touch $(VENV_STAMP)
 
-# Benchmarks against a fresh local stack: bench/results/results.{json,png} and a table.
+# Benchmarks against a fresh local stack: bench/results/results.{json,png}, a table, and the
+# table of docs/benchmarks.md rewritten from them (bench/tables.py).
 bench: venv
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.tables
 
 # py-spy samples of the worker and the ingress under an end-to-end load (bench/profile.py).
 profile: venv
