@@ -146,7 +146,7 @@ class BatchPublisher:
         old one is closed on the side: its close may wait for the broker, the pool must not.
         """
         transaction.cancel()
-        transactional_id = broken._txn_manager.transactional_id  # type: ignore[union-attr]
+        transactional_id = next(tid for tid, producer in self._all.items() if producer is broken)
         self._in_background(_close_quietly(broken, transaction))
         attempts = 0
         while True:

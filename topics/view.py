@@ -12,6 +12,7 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
@@ -58,10 +59,7 @@ class TopicView:
         self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
                                       isolation_level="read_committed", request_timeout_ms=REQUEST_TIMEOUT_MS)
         await self._ends.start()
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()  # a topic created moments ago
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        partitions = self._consumer.partitions_for_topic(self.topic) or await self._described_partitions()
         if not partitions:
             raise RuntimeError(f"topic {self.topic} does not exist")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions) if self.share.owns(p)]
@@ -82,6 +80,18 @@ class TopicView:
         self._applied: dict[TopicPartition, int | None] = {tp: resume.get(tp.partition) for tp in tps}
         self._task = asyncio.create_task(self._follow(), name=f"view:{self.topic}")
         await self.sync(timeout_s)
+
+    async def _described_partitions(self) -> set[int]:
+        """The topic's partitions as the cluster describes them now (a topic created moments ago
+        is not in the consumer's metadata yet); empty if it does not exist."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([self.topic])
+        finally:
+            await admin.close()
+        found = [t for t in described if t["topic"] == self.topic and not t["error_code"]]
+        return {p["partition"] for t in found for p in t["partitions"]}
 
     def initial_positions(self) -> dict[int, int]:
         """Where to start reading, per partition: a view kept on disk resumes where it was;
