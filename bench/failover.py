@@ -23,9 +23,9 @@ import httpx
 import orjson
 
 from bench.stack import Stack, batch_body
+from harness.processes import ServiceProcess, free_port
 from reach.token import make_token
 from schemas.events import resource_key
-from tests.support import ServiceProcess, free_port
 from topics.partitioning import partition_for
 
 PROBE_EVERY_S = 0.25

@@ -64,10 +64,10 @@ from bench.stack import (
     wait_all_terminal,
 )
 from bench.streams_peer import streams_merge
+from harness.processes import ServiceProcess, free_port, wait_until
 from reach.config import Quota
 from reach.token import make_token
 from schemas.events import build_ingest_batch, message_values
-from tests.support import ServiceProcess, free_port, wait_until
 from topics import create_topics, service_topics
 from topics.definitions import TopicSpec
 from topics.partitioning import partition_for

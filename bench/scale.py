@@ -47,10 +47,10 @@ from bench.stack import (
     post_batches,
     wait_all_terminal,
 )
+from harness.processes import ServiceProcess, free_port
 from ingest.pagination import encode_cursor
 from processors.app import worker_datadir
 from reach.config import Settings
-from tests.support import ServiceProcess, free_port
 
 RUN = "scale"
 

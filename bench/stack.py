@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import orjson
 
+from harness.processes import ServiceProcess, children_of, free_port, proc_stat, wait_until
 from reach.broker import LocalBroker
 from reach.config import PROJECT_ROOT, Settings
 from reach.token import make_token
-from tests.support import ServiceProcess, children_of, free_port, proc_stat, wait_until
 from topics import create_topics, service_topics
 
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from bench.baselines import bare_exactly_once_loop, send_batch_producer
 from bench.stack import record
+from harness.processes import free_port
 from reach.broker import LocalBroker, fetch_jars
 from reach.config import PROJECT_ROOT
 from schemas.events import build_ingest_batch
-from tests.support import free_port
 from topics import create_topics
 from topics.definitions import TopicSpec
 

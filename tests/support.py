@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from reach.config import PROJECT_ROOT, Settings
-
-T = TypeVar("T")
-
+from harness.processes import (  # noqa: F401 - the tests import them from here
+    OUR_PACKAGES,
+    ServiceProcess,
+    alive,
+    children_of,
+    free_port,
+    free_port_block,
+    proc_stat,
+    settings_env,
+    wait_until,
+)
+from reach.config import Settings
 
 # Lines a test wants shown in the session's summary (figures of fuzz and fault runs).
 SUMMARY: list[str] = []
@@ -49,7 +52,6 @@ CUSTOMER_SCHEMA: dict[str, Any] = {
     },
     "required": ["id", "name"],
 }
-
 
 
 def partner_token(partner: str = "partner-a", secret: str | None = None, ttl_s: int = 600,
@@ -80,62 +82,8 @@ def bearer(token: str, tenant: str | None = None) -> dict[str, str]:
     return headers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_block(size: int) -> int:
-    """A first port of `size` consecutive free ones (a cluster's nodes take two each)."""
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + size > 65000:
-            continue
-        sockets = []
-        try:
-            for port in range(first, first + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {size} consecutive free ports found")
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.2,
-               what: str = "condition", seen: Callable[[], object] | None = None) -> T:
-    """Call `probe` until it returns something truthy; fail after `timeout_s`.
-
-    The failure names `what` was awaited and, when `seen` is given, what it shows at that moment.
-    """
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-            if result:
-                return result
-        except Exception as exc:  # the process may still be starting
-            last_error = exc
-        time.sleep(interval_s)
-    saw = ""
-    if seen is not None:
-        try:
-            saw = f"; saw {seen()}"
-        except Exception as exc:
-            saw = f"; could not tell what it saw ({exc!r})"
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{saw}; last error: {last_error!r}")
 
 
 @contextlib.contextmanager
@@ -162,100 +110,6 @@ def isolated_settings(bootstrap: str, data_dir: Path) -> Settings:
         ingress_processes=1,
         reader_urls=(f"http://127.0.0.1:{free_port()}",),
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process read `settings` (all of them: `Settings.to_env`)."""
-    return {**os.environ, **settings.to_env()}
-
-
-def proc_stat(pid: int) -> list[str]:
-    """The fields of `/proc/<pid>/stat` after the command name (state, ppid, …: proc(5) from
-    field 3 on); OSError if there is no such process."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (Linux /proc), in pid order."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int(proc_stat(int(entry.name))[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, ValueError):
-                continue
-    return sorted(found)
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (an exited child its parent has not reaped yet does not)."""
-    try:
-        return proc_stat(pid)[0] != "Z"
-    except OSError:
-        return False
-
-
-OUR_PACKAGES = ("ingest", "processors", "schemas", "state", "topics", "reach")
-
-
-@dataclass
-class ServiceProcess:
-    """A child process of the service (worker or ingress) with its log file."""
-
-    args: list[str]
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ServiceProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, *self.args], env=settings_env(self.settings),
-                                     cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stacks(self, timeout_s: float = 10.0, limit: int = 12000) -> str:
-        """A running worker's threads and asyncio tasks with their stacks ('' for other processes).
-
-        Mode's worker prints them on SIGUSR1 once its handler is installed (it logs "Worker
-        ready" after that); before, the signal would kill the process, so none is sent.
-        """
-        if self.proc is None or self.proc.poll() is not None or "processors.worker" not in self.args:
-            return ""
-        log = self.log()
-        if "Worker ready" not in log[max(log.rfind("starting again"), 0):]:  # this run's handler is not installed yet
-            return ""
-        before = len(log)
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline, size = time.monotonic() + timeout_s, -1
-        while time.monotonic() < deadline and (len(self.log()) == before or len(self.log()) != size):
-            size = len(self.log())
-            time.sleep(0.5)  # written in one burst: done once the log stops growing
-        # The whole dump stays in the log; the tasks and threads in our own code tell a stall.
-        blocks = re.split(r"\n(?=\s*TASK |THREAD )", self.log()[before:])
-        ours = [_frames(b) for b in blocks if any(f"{PROJECT_ROOT}/{part}/" in b for part in OUR_PACKAGES)]
-        return "\n".join(ours)[-limit:]
-
-
-def _frames(block: str) -> str:
-    """A task's or thread's header and its `File ...` lines, without the local variables."""
-    lines = block.splitlines()
-    return "\n".join([lines[0], *(line for line in lines[1:] if line.lstrip().startswith("File "))])
 
 
 def worker_get(settings: Settings, path: str, **params: str) -> httpx.Response:
@@ -477,3 +331,4 @@ async def records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
         for event in decode_ingest_message(record.value, record.headers):
             found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
     return {tag: dict(batches) for tag, batches in found.items()}
+
