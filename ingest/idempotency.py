@@ -97,13 +97,11 @@ def reused() -> ApiError:
 
 
 async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: str,
-                deadline: float | None = None) -> IdempotencyClaim | BatchMeta:
+                deadline: float) -> IdempotencyClaim | BatchMeta:
     """Hold `key` for this request (the claim to publish its batch with), or the batch already
     accepted for it; 409 while another attempt holds it, 422 if that was another request.
-    Waits until `deadline` (an event-loop time; default: the produce timeout from now)."""
+    Waits until `deadline` (an event-loop time: the request's, `ingest.answer_budget`)."""
     loop = asyncio.get_running_loop()
-    if deadline is None:
-        deadline = loop.time() + state.settings.produce_timeout_s
     batches = state.ledger
     done = accepted_before(batches.key_entry(partner_id, tenant_id, key), print_)
     if done is not None:

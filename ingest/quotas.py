@@ -183,7 +183,7 @@ class Admission:
         rate = (taken - pace[0][1]) / elapsed if elapsed >= 1.0 else 0.0
         return min(30.0, max(1.0, excess / rate)) if rate > 0 else 5.0
 
-    async def admit(self, partner_id: str, tenant_id: str, records: int, wait_s: float | None = None) -> Reservation:
+    async def admit(self, partner_id: str, tenant_id: str, records: int, wait_s: float) -> Reservation:
         """Reserve a write of `records` records for the tenant, or raise 503 (backlog) or 429
         (quota) with Retry-After; asking the readers takes at most `wait_s`. The caller releases
         the reservation once the batch is in the store or surely not accepted."""

@@ -172,8 +172,7 @@ class LocalBroker:
         return server, log4j
 
     def _java(self, log4j: Path, heap: str) -> list[str]:
-        java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
-        return [java, *heap.split(), f"-Dlog4j2.configurationFile={log4j}",
+        return [_java_binary(), *heap.split(), f"-Dlog4j2.configurationFile={log4j}",
                 f"-Dkafka.logs.dir={self.log_file.parent}", "-cp", f"{self.libs}/*"]
 
     def _format(self, server: Path, log4j: Path) -> None:
@@ -266,13 +265,17 @@ def hanging_transactions(bootstrap: str, broker_id: int, libs: Path = DEFAULT_LI
     """What Kafka's own `kafka-transactions.sh find-hanging --broker-id <id>` finds: one line per
     transaction left open on that broker's partitions that its coordinator no longer knows
     (such a transaction holds back every read_committed consumer of its partition)."""
-    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
     found = subprocess.run(
-        [java, "-Xmx256m", "-cp", f"{fetch_jars(libs)}/*", "org.apache.kafka.tools.TransactionsCommand",
+        [_java_binary(), "-Xmx256m", "-cp", f"{fetch_jars(libs)}/*", "org.apache.kafka.tools.TransactionsCommand",
          "--bootstrap-server", bootstrap, "find-hanging", "--broker-id", str(broker_id)],
         capture_output=True, text=True, timeout=120, check=True)
     lines = [line for line in found.stdout.splitlines() if line.strip()]
     return lines[1:]  # after the header
+
+
+def _java_binary() -> str:
+    """`$JAVA_HOME/bin/java`, else `java` from the PATH."""
+    return os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
 
 
 def _cluster_id() -> str:

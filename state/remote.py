@@ -186,10 +186,10 @@ class BatchReads(_Readers):
                                                       "timeoutS": timeout_s})
 
     async def records(self, partner_id: str, tenant_id: str, batch_id: str, status: str | None, after: int,
-                      limit: int, sync: bool | str = True) -> tuple[list[dict[str, Any]], bool]:
+                      limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Up to `limit` record outcomes after index `after`, and whether more follow."""
         answer = await self._ask(self.reader_of(batch_id.encode()), "/batches/records", {
-            "sync": sync, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
+            "sync": True, "partner": partner_id, "tenant": tenant_id, "batchId": batch_id, "status": status,
             "after": after, "limit": limit})
         return answer["records"], answer["hasNext"]
 

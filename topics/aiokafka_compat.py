@@ -120,7 +120,8 @@ def require_checked(more: Mapping[str, str] | None = None) -> None:
     """Raise RuntimeError unless aiokafka (and each of `more`: distribution -> version) is the
     version our use of its private names was checked against."""
     wanted = {**CHECKED_VERSIONS, **(more or {})}
-    wrong = {name: _installed(name) for name, checked in wanted.items() if _installed(name) != checked}
+    installed = {name: _installed(name) for name in wanted}
+    wrong = {name: found for name, found in installed.items() if found != wanted[name]}
     if wrong:
         found = ", ".join(f"{name} {wrong[name]} (checked: {wanted[name]})" for name in sorted(wrong))
         raise RuntimeError(f"refusing to start on {found}: this service replaces and reads private parts of "
