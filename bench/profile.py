@@ -3,7 +3,7 @@
 Starts the benchmark's stack (its own broker, one ingress, one worker), uploads `--batches`
 batches of 1000 customers (`--load references`: of 1000 orders naming customers uploaded
 before; `--load cascade`: deletes with cascade of 1000 customers, each with an order and its
-shipment) at concurrency 4 while py-spy samples the worker and the ingress
+shipment) at concurrency 4 while py-spy samples the worker, the ingress and the reader
 until every batch is terminal, then prints the records/s of that run and the functions that
 took the most of each process's samples (inclusive and own time). The collapsed stacks go to
 `bench/results/profile-{worker,ingress}.folded` (for speedscope.app or flamegraph.pl).
@@ -82,7 +82,7 @@ def main() -> None:
         asyncio.run(post_batches(stack, [batch_body("warmup")], 1))
         bodies, path, method = bodies_of(stack, args.load, args.batches)
         spies = {}
-        for name, process in (("worker", stack.worker), ("ingress", stack.ingress)):
+        for name, process in (("worker", stack.worker), ("ingress", stack.ingress), ("reader", stack.reader)):
             raw = Path(tmp) / f"{name}.txt"
             spies[name] = (raw, subprocess.Popen(
                 [str(PY_SPY), "record", "-p", str(process.proc.pid), "-r", "100", "-f", "raw", "-o", str(raw),

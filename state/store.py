@@ -180,10 +180,18 @@ class Changes:
         self.batch = WriteBatch(raw_mode=True)
         self.positions: dict[int, int] = {}
         self._pending: dict[bytes, bytes | None] = {}
+        self._read: dict[bytes, bytes | None] = {}
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        """Read `keys` from the store with one multi-get, for the `get`s that follow."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._pending and key not in self._read]
+        self._read.update(zip(wanted, self.store.get_many(wanted)))
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._pending:
             return self._pending[key]
+        if key in self._read:
+            return self._read[key]
         return self.store.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
