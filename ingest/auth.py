@@ -45,7 +45,7 @@ def authenticate(request: Request, partner_secrets: dict[str, str]) -> Principal
         raise _unauthorized("Only HS256-signed tokens are accepted")
     partner_id = unverified.get("partnerId")
     secret = partner_secrets.get(partner_id) if isinstance(partner_id, str) else None
-    if secret is None:
+    if secret is None or not isinstance(partner_id, str):
         raise _unauthorized("Unknown partner")
     try:
         claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"]})
@@ -71,14 +71,23 @@ def partner_principal(request: Request, partner_secrets: dict[str, str]) -> Prin
     return principal
 
 
-def tenant_principal(request: Request, partner_secrets: dict[str, str]) -> Principal:
+@dataclass(frozen=True)
+class TenantPrincipal:
+    """A caller of `/api/*` resolved to one tenant."""
+
+    partner_id: str
+    tenant_id: str
+    is_partner_token: bool
+
+
+def tenant_principal(request: Request, partner_secrets: dict[str, str]) -> TenantPrincipal:
     """A caller of `/api/*`, resolved to one tenant."""
     principal = authenticate(request, partner_secrets)
     named = request.headers.get("reach-tenant-id") or request.headers.get("x-tenant-id")
     if principal.is_partner_token:
         if not named:
             raise ApiError(400, "A partner token must name the tenant in the 'reach-tenant-id' header")
-        return Principal(principal.partner_id, named, True)
-    if named and named != principal.tenant_id:
+        return TenantPrincipal(principal.partner_id, named, True)
+    if principal.tenant_id is None or (named and named != principal.tenant_id):
         raise ApiError(403, "The token's tenant does not match the 'reach-tenant-id' header")
-    return principal
+    return TenantPrincipal(principal.partner_id, principal.tenant_id, False)

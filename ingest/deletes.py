@@ -111,8 +111,8 @@ async def plan(store: ResourceReads, named: list[bytes], cascade: bool, count: b
     sizes = Counter(cycle_of.values())
     kept |= {key for key, cycle in cycle_of.items() if sizes[cycle] > 1}
     targets: dict[bytes, list[bytes]] = {}  # named referrer -> the named resources it references
-    for key, found in referrers.items():
-        for referrer in found:
+    for key, referring in referrers.items():
+        for referrer in referring:
             targets.setdefault(referrer, []).append(key)
     left = list(kept)
     while left:  # a resource left in place keeps what it references in place

@@ -13,7 +13,7 @@ from schemas.records import MAX_RECORDS
 from state.batches import RECORD_STATUSES, STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 TENANT_HEADER = [
     {"name": "reach-tenant-id", "in": "header", "required": False, "schema": {"type": "string"},
      "description": "With a partner token: the tenant to act for (alias: X-Tenant-Id)."},

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from reach import seam
 from reach.config import Settings
-from topics import aiokafka_compat
 from topics.partitioning import partition_for
 from topics.record_batches import send_batches
 
@@ -84,7 +86,7 @@ class BatchPublisher:
         return producer
 
     async def start(self) -> None:
-        aiokafka_compat.install()  # an upload's commit not held up 100 ms by a busy transaction coordinator
+        seam.install_aiokafka()  # an upload's commit not held up 100 ms by a busy transaction coordinator
         for tid in self._transactional_ids():
             self._idle.put_nowait(await self._new_producer(tid))
 
@@ -131,7 +133,7 @@ class BatchPublisher:
         # Not `producer.transaction()`: on an error it awaits the abort, which waits for the
         # broker. A failed transaction is left open here; retiring its producer aborts it.
         await producer.begin_transaction()
-        delivered = []
+        delivered: list[asyncio.Future[Any]] = []
         for (topic, partition), group in by_partition.items():
             sent = await send_batches(producer, topic, partition, ((k, v, h or []) for _, k, v, h in group))
             delivered.extend(future for future, _ in sent)
@@ -162,8 +164,8 @@ class BatchPublisher:
                 attempts += 1
                 await asyncio.sleep(RETRY_INTERVAL_S)
 
-    def _in_background(self, work: object) -> None:
-        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

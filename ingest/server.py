@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import os
 import signal
 import socket
@@ -67,11 +68,11 @@ class IngressServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def graceful_shutdown_s(settings: Settings) -> float:
+def graceful_shutdown_s(settings: Settings) -> int:
     """How long a stopping ingress lets requests finish: an upload in flight may take up to the
     produce timeout; a client following a batch's events (which never ends by itself) is then
     cut off and resumes on another ingress with Last-Event-ID."""
-    return settings.produce_timeout_s + 2
+    return math.ceil(settings.produce_timeout_s) + 2  # whole seconds: uvicorn's type
 
 
 def child_settings(settings: Settings, index: int) -> Settings:

@@ -21,15 +21,15 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
-from faust.types import TP
+from faust.types import TP, ChannelT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from processors import metrics, transactions
+from processors import metrics
 from processors.dead_letters import dead_letter_headers
 from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
 from processors.event_checks import unusable_batch
@@ -37,6 +37,7 @@ from processors.grouped import items_of
 from processors.hand_on import handed_on_from, place
 from processors.resources import ResourceProcessor
 from processors.transactions import ExactlyOnce
+from reach import seam
 from reach.config import Settings
 from schemas.definitions import Definition
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
@@ -83,7 +84,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the worker's Faust app for the deployment that `settings` describe."""
     datadir = worker_datadir(settings)
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    transactions.install()  # our exactly-once on Faust's classes, with aiokafka_compat's retries
+    seam.install_faust()  # our exactly-once on Faust's classes, with aiokafka's retries sooner
     app = faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap_servers),
@@ -117,7 +118,7 @@ def create_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     topics = service_topics(settings)
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     # Co-partitioned: the agent sees partition p of all three.
     records_in = app.topic(topics.ingest.name, topics.dependency_requests.name, topics.dependency_notices.name,
                            **raw)
@@ -174,8 +175,8 @@ def create_app(settings: Settings) -> faust.App:
                 return
             placement = place(bodies, message.partition, topics.ingest.partitions, event.key, event.value,
                               _headers(message.headers))
-            for partition, key, value, headers in placement.elsewhere:  # to the owner, on the requests topic
-                await eos.send(event, topics.dependency_requests.name, key, value, partition, headers)
+            for partition, to_key, to_value, to_headers in placement.elsewhere:  # to the owner, on the requests topic
+                await eos.send(event, topics.dependency_requests.name, to_key, to_value, partition, to_headers)
             if placement.handed_on:
                 metrics.HANDED_ON.inc(placement.handed_on)
             for key, body in placement.here:
@@ -229,7 +230,7 @@ def create_app(settings: Settings) -> faust.App:
                         await app.crash(exc)
                         return
                     eos.done(record)
-            eos.event_ended(dry=stream.channel.empty())
+            eos.event_ended(dry=cast(ChannelT, stream.channel).empty())  # a Channel; StreamT types it an iterator
 
     @app.task
     async def commit_when_idle() -> None:
@@ -261,14 +262,15 @@ def create_app(settings: Settings) -> faust.App:
             # In the headers: aiohttp refuses a content_type argument with a charset in it.
             return self.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.on_partitions_assigned.connect
+    # mode types a receiver as taking any positional arguments; Faust sends these one.
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def rebuild_deadlines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
         # Not eos.forget: the revocation before every assignment did, and the seek that
         # tells eos where partitions resume may already have run.
         processor.forget_partitions({tp.partition for tp in assigned})
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def drop_deadlines(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         processor.forget_partitions({tp.partition for tp in revoked})
         eos.forget(revoked)
@@ -282,7 +284,7 @@ def create_app(settings: Settings) -> faust.App:
             value: Any = resources.get(key)
             return self.json({"key": key.decode(), "value": value})
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_views(app: faust.App, **kwargs: Any) -> None:
         await registry.stop()
         await eos.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from faust.types import TableT
 
 from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
@@ -38,8 +39,8 @@ def _referrer_key(target: bytes, referrer: bytes) -> bytes:
 
 
 class DependencyIndex:
-    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, waiters: faust.Table,
-                 referrers: faust.Table) -> None:
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, waiters: TableT,
+                 referrers: TableT) -> None:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
 

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
+from faust.types import TableT
 
 from processors import metrics
 from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, uuid5, waits
@@ -96,7 +97,7 @@ class Wait:
 
 
 class ResourceProcessor:
-    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: faust.Table, pending: faust.Table,
+    def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, pending: TableT,
                  dependencies: DependencyIndex, definition_of: Callable[[Body], Awaitable[Definition | None]],
                  partitions: int) -> None:
         self.eos, self.topics = eos, topics
@@ -288,10 +289,11 @@ class ResourceProcessor:
             # Checked before it waited; nothing has changed the resource since.
             record, references = checked.record, checked.references
         else:
-            record, failure = checked_record(body, definition, validators, creating)
-            if failure is not None or record is None:
+            fresh, failure = checked_record(body, definition, validators, creating)
+            if failure is not None or fresh is None:
                 await self._emit(event, body, failure or Outcome(FAILED))
                 return None
+            record = fresh
             references = references_of(record, definition, body["partnerId"], body["tenantId"])
         if references and released is None:
             wait = await self._pin(event, key, body, references)

@@ -2,10 +2,12 @@
 
 Faust 0.15's `exactly_once` keeps one transactional producer per input partition and commits
 the consumed offsets through it. Our kill tests showed three ways it loses or duplicates
-effects, and this module closes each. It does so by replacing methods of Faust's classes,
-listed in `_PATCHES` and put in place by `install()` (the worker's `create_app` calls it), which
-refuses library versions they were not checked against; tests/test_faust_seam.py checks each
-replaced or read private name against the installed classes:
+effects, and this module closes each. What must live inside Faust's classes is a
+replacement of one of their methods in `reach.seam` (the one module that names private parts
+of Faust, mode and aiokafka), put in place by its `install_faust()` — the worker's
+`create_app` calls it — which refuses library versions they were not checked against;
+tests/test_faust_seam.py checks each replaced or read private name against the installed
+classes. The replacements named below are there:
 
 1. Table changelog writes wait in Faust's send buffer, which is not drained before a
    transactional commit (its `flush()` gives up after 100 ms), so they could land in the
@@ -42,7 +44,7 @@ replaced or read private name against the installed classes:
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker, and read
-   back from its end to the last committed record (`_after_last_records`): Faust's recovery
+   back from its end to the last committed record (`reach.seam._after_last_records`): Faust's recovery
    otherwise waits for two idle 5-second polls to pass the transaction markers at the end.
 8. Faust does not always stop the producers of partitions a rebalance took away (seen in
    our two-worker kill test): the new owner fences them, and when the partition came back
@@ -81,7 +83,6 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,384 +90,25 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import ProducerFenced
-from faust.assignor.copartitioned_assignor import CopartitionedAssignor
-from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer, TransactionManager
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread as AIOKafkaThreadedConsumer
-from faust.transport.drivers.aiokafka import Producer, server_list
-from faust.types import TP, EventT
+from faust.types import TP, EventT, TableT
 from rocksdict import WriteBatch
 
 from processors import metrics, restore
 from processors.grouped import Group, encode_item
+from reach import seam
 from state.store import prefix_items
-from topics import aiokafka_compat, partitioning
+from topics import partitioning
 from topics.record_batches import send_batches
 
-_original_commit_tps = Consumer._commit_tps
-_original_perform_seek = Consumer.perform_seek
-_original_on_recovery_completed = Recovery.on_recovery_completed
-_original_resume_streams = Recovery._resume_streams
-_original_on_rebalance = TransactionManager.on_rebalance
-_original_active_remaining = Recovery.active_remaining
-_original_standby_remaining = Recovery.standby_remaining
-_original_get_assignment = CopartitionedAssignor.get_assignment
 log = logging.getLogger(__name__)
-_ATTRIBUTE = "reach_exactly_once"
 _ABSENT = object()
 _NO_CHANGES: dict[bytes, bytes | None] = {}
-_PERSISTED_OFFSET = b"__faust\0offset__"  # Faust's key for how far a store reflects its changelog
 # A transaction's outputs gathered beyond this are sent at once, before its commit.
 FLUSH_BYTES = 1024 * 1024
-# How many records back from a changelog's end its last committed record is first looked for.
-TAIL_RECORDS = 2000
 IDLE_S = 0.002  # how long the stream stays dry before an idle commit
 RATE_S = 1.0  # over how long the rate of events is measured
 IDLE_RATE = 100.0  # events per second up to which a worker commits whenever its stream runs dry
 _Output = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]] | Group  # key, value, headers; or a group
-
-
-async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-    if eos is None or not self.app.in_transaction:
-        return await _original_commit_tps(self, tps, start_new_transaction)
-    async with eos.commit_lock:
-        async with eos.lock:  # between events: what the transactions hold is exactly theirs
-            offsets = eos.committable(self.assignment(), self._committed_offset)
-            for tp in offsets:
-                await eos.prepare_commit(tp)
-            for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
-                self._acked[tp].clear()
-                self._acked_index[tp].clear()
-                self._gap[tp].clear()
-            if not offsets:
-                return False
-            eos.hold_sends(offsets)
-        # Events go on meanwhile; what they send for these transactions waits for the next.
-        started = time.monotonic()
-        try:
-            await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
-        except BaseException:
-            eos.drop_committing()  # the commit failed: Faust stops the worker
-            raise
-        metrics.COMMIT_DURATION.observe(time.monotonic() - started)
-        metrics.COMMITS.inc(len(offsets))
-        eos.reopen_uncommitted()
-        await eos.release_sends()
-        return True
-
-
-async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assigned: set[TP], revoked: set[TP],
-                                                newly_assigned: set[TP]) -> None:
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-    owned = self._tps_to_transactional_ids(assigned)
-    lost = sorted(tid for tid in self.producer._transaction_producers if tid not in owned)
-    if lost:
-        log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
-        # Not while one of them commits, nor while an event is half processed through one.
-        async with eos.quiet() if eos is not None else contextlib.nullcontext():
-            for tid in lost:
-                try:
-                    await self.producer.stop_transaction(tid)
-                except Exception:  # already fenced: its transaction is the new owner's to abort
-                    log.warning("stopping producer %s failed", tid, exc_info=True)
-    await _original_on_rebalance(self, assigned, revoked, newly_assigned)
-
-
-async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
-                                            group_id: str, start_new_transaction: bool = True) -> None:
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-
-    async def commit(transactional_id: str, offsets: Mapping[TP, int]) -> None:
-        async with self._trn_locks[transactional_id]:
-            producer = self._transaction_producers.get(transactional_id)
-            if producer is None:
-                log.warning("commit invoked for unknown transaction %s", transactional_id)
-                return
-            try:
-                if eos is not None:
-                    await eos.send_committing(transactional_id, producer)
-                await producer.send_offsets_to_transaction(offsets, group_id)
-                await producer.commit_transaction()
-            except ProducerFenced:
-                if eos is None or set(offsets) & set(self.app.consumer.assignment()):
-                    raise
-                # Its partition moved in a rebalance and the new owner's producer fenced this one,
-                # aborting the transaction: nothing of it is committed, and the partition's work
-                # is the new owner's now. Faust stopped the worker here; it went on meanwhile.
-                log.info("transaction %s was fenced by the new owner of its partition", transactional_id)
-                eos.forget_committing(transactional_id)
-                return
-            if eos is not None:
-                eos.store_committed(transactional_id, producer)
-            if start_new_transaction:
-                await producer.begin_transaction()
-
-    await asyncio.gather(*(commit(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
-
-
-async def _highwaters_from_broker(self: AIOKafkaThreadedConsumer, partitions: list[TP]) -> Any:
-    consumer = self._ensure_consumer()
-    ends = await consumer.end_offsets(partitions)
-    starts = await consumer.beginning_offsets(partitions)
-    bootstrap = server_list(self.transport.url, self.transport.default_port)
-    found = await _after_last_records(bootstrap, {tp: (starts[tp], ends[tp]) for tp in partitions})
-    # Faust's recovery takes the value minus one as the last offset to reach: the commit marker
-    # after the last committed record, where our stores' checkpoints point (`_Transaction`).
-    return {tp: offset + 1 for tp, offset in found.items()}
-
-
-def _remaining_but_the_marker(self: Recovery) -> Any:
-    """Records left to restore per partition, the commit marker at the end not counted: Faust's
-    recovery never receives it (and took two idle 5-second polls to notice)."""
-    return _but_the_marker(_original_active_remaining(self))
-
-
-def _but_the_marker(remaining: Counter[TP]) -> Counter[TP]:
-    return Counter({tp: max(0, n - 1) for tp, n in remaining.items()})
-
-
-async def _after_last_records(bootstrap_servers: list[str], spans: Mapping[TP, tuple[int, int]]) -> dict[TP, int]:
-    """For each changelog partition, the offset after its last committed *record* (its commit
-    marker: one producer writes the partition), or its start if it has none.
-
-    Its end (last stable offset) lies past that marker, and after a takeover often past a
-    whole aborted transaction, neither of which Faust's recovery ever receives: it took two
-    idle 5-second polls to notice (`Recovery._slurp_changelogs`), stopping every partition of
-    a rebalance 10 s longer. The tail is read once (read_committed skips what Faust skips),
-    from a window that grows until it holds a committed record."""
-    found: dict[TP, int] = {tp: start for tp, (start, end) in spans.items()}
-    todo = {tp: span for tp, span in spans.items() if span[1] > span[0]}
-    if not todo:
-        return found
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                              isolation_level="read_committed", fetch_max_wait_ms=10)
-    await reader.start()
-    try:
-        window = TAIL_RECORDS
-        while todo:
-            atps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
-            reader.assign(list(atps))
-            for atp, tp in atps.items():
-                reader.seek(atp, max(todo[tp][0], todo[tp][1] - window))
-            deadline = asyncio.get_running_loop().time() + 30
-            reading = set(atps)
-            while reading:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"could not read the end of {sorted(map(str, reading))}")
-                for atp, records in (await reader.getmany(*reading, timeout_ms=200)).items():
-                    if records:
-                        found[atps[atp]] = records[-1].offset + 1
-                reading = {atp for atp in reading if await reader.position(atp) < todo[atps[atp]][1]}
-            todo = {tp: (start, end) for tp, (start, end) in todo.items()
-                    if found[tp] == start and end - window > start}  # nothing committed in the window yet
-            window *= 4
-    finally:
-        await reader.stop()
-    return found
-
-
-def _standby_remaining_but_the_marker(self: Recovery) -> Any:
-    """As `_remaining_but_the_marker`, for standbys: they are ready once at their last record."""
-    return _but_the_marker(_original_standby_remaining(self))
-
-
-def _assignment_taking_over_warm(self: CopartitionedAssignor) -> Any:
-    """Faust's assignment, except that a worker never takes a partition over cold.
-
-    Faust gives a joining worker its share of active partitions at once, and the worker then
-    restores them from their changelogs while they stop (541 s for half of 2,000,000 resources).
-    As Kafka Streams does (KIP-441), a partition whose new owner held it neither active nor
-    standby stays with its current owner, and the new one gets it as a standby; once its
-    standbys are current it asks for another rebalance (`_ask_for_my_share_once_warm`), where
-    it is warm and takes them."""
-    before = {client: (set(a.actives), set(a.standbys)) for client, a in self._client_assignments.items()}
-    result = _original_get_assignment(self)
-    for partition in range(self.num_partitions):
-        owner = next((c for c, a in result.items() if partition in a.actives), None)
-        if owner is None or partition in before[owner][0] | before[owner][1]:
-            continue
-        keeper = next((c for c, (actives, _) in before.items() if c != owner and partition in actives), None)
-        if keeper is None:
-            continue  # no one holds it warm: the new owner restores it
-        log.info("partition %d stays with its owner until its new one is warm", partition)
-        _move(result, partition, owner, keeper)
-        # Faust's sticky assignment picks which of the keeper's partitions to give up without
-        # looking at standbys: one the new owner holds warm is given instead, if there is one.
-        warm = next((p for p in sorted(result[keeper].actives) if p != partition and p in before[owner][1]), None)
-        if warm is not None:
-            _move(result, warm, keeper, owner)
-    return result
-
-
-def _move(assignment: Any, partition: int, source: str, destination: str) -> None:
-    """`partition` becomes `destination`'s active and `source`'s standby."""
-    assignment[source].actives.discard(partition)
-    assignment[source].standbys.add(partition)
-    assignment[destination].standbys.discard(partition)
-    assignment[destination].actives.add(partition)
-
-
-def _ask_for_my_share_once_warm(app: faust.App, eos: ExactlyOnce) -> None:
-    """After a recovery that brought every standby to its changelog's end: a worker with fewer
-    active partitions than its share asks for a rebalance, once per assignment (a sticky
-    assignment that gives it none ends there), where it takes partitions it now holds warm."""
-    assignor = app.assignor
-    actives = {tp.partition for tp in assignor.assigned_actives()}
-    standbys = {tp.partition for tp in assignor.assigned_standbys()} - actives
-    workers = len(set(assignor.changelog_distribution) | {str(app.conf.canonical_url)})
-    held = (frozenset(actives), frozenset(standbys))
-    if not standbys or len(actives) >= app.conf.topic_partitions // workers or held == eos.asked_holding:
-        return
-    eos.asked_holding = held
-    log.info("standbys of partitions %s are current: asking for a rebalance to take my share", sorted(standbys))
-    thread = app.consumer._thread
-    consumer = thread._ensure_consumer()
-
-    async def rejoin() -> None:
-        consumer._coordinator.request_rejoin()
-
-    asyncio.ensure_future(thread.cast_thread(rejoin))
-
-
-_original_build_offsets = Recovery._build_offsets
-_NOT_YET = 2**62  # an offset no changelog event has: Faust's recovery skips events at or below it
-
-
-async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: set[TP], destination: Counter[TP],
-                                            title: str) -> None:
-    """Bring each partition of `tps` to its changelog's end in bulk (`processors.restore`), then
-    let Faust's recovery start from there: it reads the few records that came since.
-
-    While the bulk restore runs, Faust's recovery loop must not apply changelog events of the
-    same partitions still queued from before the rebalance (an older value would land over a
-    newer one): their offsets in `destination` are set past any event's until it ends."""
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-    if eos is None:
-        return await _original_build_offsets(self, consumer, tps, destination, title)
-    is_standby = title == "standby"
-    if is_standby:
-        eos.standbys_restored = False
-    tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
-    if tables:
-        self.flush_buffers()
-        before = {tp: destination.get(tp) for tp in tables}
-        for tp in tables:
-            destination[tp] = _NOT_YET
-        try:
-            spans = {TopicPartition(tp.topic, tp.partition): (table, -1 if before[tp] is None else before[tp])
-                     for tp, table in tables.items()}
-            await eos.restorer.restore(spans)
-        finally:
-            for tp, table in tables.items():
-                persisted = table.persisted_offset(tp)
-                destination[tp] = before[tp] if persisted is None else persisted
-    if is_standby:
-        eos.standbys_restored = True
-    await _original_build_offsets(self, consumer, tps, destination, title)
-
-
-_original_wait = Recovery._wait
-
-
-async def _wait_as_long_as_it_takes(self: Recovery, coro: Any, timeout: Any = None) -> None:
-    """Faust's wait for a step of its recovery, without its timeout (`broker_request_timeout`,
-    90 s). A step that outlived it did not fail: mode reports a timed-out wait as the service
-    stopping, and the recovery loop ended for good, the worker processing nothing ever after. A
-    restore in bulk of a large partition takes longer than that; broker requests in the steps
-    keep their own timeouts, and a new rebalance still interrupts any step."""
-    await _original_wait(self, coro, None)
-
-
-def _verify_fetching_only(self: AIOKafkaThreadedConsumer, now: float, tp: TP) -> None:
-    """Faust's liveness check of a partition, without its half about streams: that half reads
-    the monitor's inbound times, which this app does not keep (`processors.app` removes the
-    monitor from the per-event sensors), and takes a position short of the highwater for
-    unprocessed records, when under exactly-once every idle partition ends in a commit marker.
-    It logged every partition as stuck, at ERROR, several times a second from a worker's fifth
-    minute on. The checks of fetch requests and responses stay."""
-    self._verify_aiokafka_event_path(now, tp)
-
-
-_original_create_worker_consumer = AIOKafkaThreadedConsumer._create_worker_consumer
-FETCH_MAX_WAIT_MS = 100
-
-
-def _worker_consumer_answering_soon(self: AIOKafkaThreadedConsumer, transport: Any) -> AIOKafkaConsumer:
-    """Faust's consumer, its long polls cut from 1.5 s to FETCH_MAX_WAIT_MS.
-
-    The broker answers one connection's requests in order, and a fetch of partitions with
-    nothing new waits out its whole long poll: every offset request of a recovery (earliest
-    offsets, seeks, positions) queued behind one took ~1.5 s, four or five of them in a row at
-    each rebalance, while the partitions being moved stood still. An idle worker now sends ten
-    fetches a second instead of one; a fetch with records returns at once either way."""
-    consumer = _original_create_worker_consumer(self, transport)
-    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
-    return consumer
-
-
-async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-    if eos is None or not self.app.in_transaction:
-        return await _original_perform_seek(self)
-    epoch = eos.epoch
-    await _original_perform_seek(self)  # asks the group for the committed offsets (and seeks)
-    inputs = sorted(tp for tp in self.assignment() if tp.topic in eos.inputs)
-    committed = {tp: self._committed_offset.get(tp) for tp in inputs}  # None: never, or 0
-    never = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
-    starts = await self._thread.call_thread(_log_starts, self._thread, never) if never else {}
-    points = {tp: offset if offset is not None else starts[TopicPartition(tp.topic, tp.partition)]
-              for tp, offset in committed.items()}
-    eos.resume_from(epoch, points)
-
-
-async def _seek_to_resume_points(app: faust.App) -> None:
-    """Move every input partition's fetch position to the next offset `in_order` expects.
-
-    Called once a rebalance's recovery has resumed the streams: resuming clears the streams'
-    queues, so records fetched before were dropped and Faust's own filter
-    (`_read_offset`) would not let them through again; a seek back delivers them again
-    (`in_order` skips the ones it has processed since).
-    """
-    eos: ExactlyOnce | None = getattr(app, _ATTRIBUTE, None)
-    if eos is None or not app.in_transaction:
-        return
-    points = eos.resume_points()
-    if not points:
-        return
-    consumer = app.consumer
-    await consumer._thread.call_thread(_seek_to, consumer._thread, points)
-    for tp, offset in points.items():
-        consumer._read_offset[tp] = offset or None
-
-
-async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
-    await _original_on_recovery_completed(self, generation_id)
-    await _seek_to_resume_points(self.app)
-    eos: ExactlyOnce | None = getattr(self.app, _ATTRIBUTE, None)
-    if eos is not None and eos.standbys_restored:
-        _ask_for_my_share_once_warm(self.app, eos)
-
-
-async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
-    await _original_resume_streams(self, generation_id)
-    await _seek_to_resume_points(self.app)
-
-
-async def _log_starts(thread: AIOKafkaThreadedConsumer, partitions: list[TopicPartition]) -> dict[Any, int]:
-    """In the consumer's thread: the first offset of each of `partitions`."""
-    return await thread._ensure_consumer().beginning_offsets(partitions)
-
-
-async def _seek_to(thread: AIOKafkaThreadedConsumer, offsets: Mapping[TP, int]) -> None:
-    """In the consumer's thread: move each partition's fetch position to its offset."""
-    consumer = thread._ensure_consumer()
-    assigned = consumer.assignment()
-    for tp, offset in offsets.items():
-        atp = TopicPartition(tp.topic, tp.partition)
-        if atp in assigned:  # a rebalance may have begun since: those positions are reset anyway
-            consumer.seek(atp, offset)
 
 
 class ExactlyOnce:
@@ -502,9 +144,9 @@ class ExactlyOnce:
         # Per transactional id: its open transaction's changes and outputs, and the committing one's.
         self._open: dict[str, _Transaction] = {}
         self._committing: dict[str, _Transaction] = {}
-        self._tables: dict[str, faust.Table] = {}
+        self._tables: dict[str, TableT] = {}
         self._changelog_of: dict[str, str] = {}  # table name -> its changelog topic
-        setattr(app, _ATTRIBUTE, self)
+        seam.attach(app, self)
 
     @contextlib.asynccontextmanager
     async def quiet(self) -> AsyncIterator[None]:
@@ -613,7 +255,7 @@ class ExactlyOnce:
         its committed offset (None: nothing known yet)."""
         if tp in self.expected:
             return self.expected[tp]
-        return self.app.consumer._committed_offset.get(tp)
+        return seam.committed_offset(self.app, tp)
 
     def done(self, event: EventT) -> None:
         """Mark `event` processed: its offset goes into the next commit of its partition."""
@@ -621,7 +263,7 @@ class ExactlyOnce:
         self.expected[tp] = event.message.offset + 1
         self.processed[tp] = (event.message.offset + 1, self.producer_of(tp))
 
-    def committable(self, assigned: set[TP], committed: dict[TP, int | None]) -> dict[TP, int]:
+    def committable(self, assigned: set[TP], committed: Mapping[TP, int | None]) -> dict[TP, int]:
         """The offsets to commit now; forgets those whose producer is gone (never committed)."""
         offsets = {}
         for tp, (offset, producer) in list(self.processed.items()):
@@ -643,13 +285,12 @@ class ExactlyOnce:
 
     def producer_of(self, tp: TP) -> Any:
         """The transactional producer of input partition `tp` now (its identity ends with it)."""
-        return self.app.producer._transaction_producers.get(self._tid(tp))
+        return seam.transaction_producers(self.app).get(self._tid(tp))
 
     def _tid(self, tp: TP) -> str:
         tid = self._tids.get(tp)
         if tid is None:  # fixed for the app's life: agents and their topics don't change
-            group = self.app.assignor.group_for_topic(tp.topic)
-            tid = self._tids[tp] = f"{self.app.conf.id}-{group}-{tp.partition}"
+            tid = self._tids[tp] = seam.transactional_id(self.app, tp)
         return tid
 
     # Tables: RocksDB stores with bytes keys and JSON values. A table's partition p holds what
@@ -658,7 +299,7 @@ class ExactlyOnce:
     # times and encodes through its serializer registry, per call. Changes wait with their
     # transaction and reach RocksDB once it has committed (point 9).
 
-    def get(self, event: EventT, table: faust.Table, key: bytes) -> Any:
+    def get(self, event: EventT, table: TableT, key: bytes) -> Any:
         """`table[key]` in `event`'s partition, or None, including changes not yet committed."""
         tid = self._tid(event.message.tp)
         for writes in (self._open_writes(event.message.tp), self._committing.get(tid)):
@@ -666,10 +307,10 @@ class ExactlyOnce:
                 raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:
                     return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
-        raw = table.data._db_for_partition(event.message.partition).get(key)
+        raw = seam.table_store(table, event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
-    def keys_with_prefix(self, event: EventT, table: faust.Table, prefix: bytes, skip: bytes | None = None,
+    def keys_with_prefix(self, event: EventT, table: TableT, prefix: bytes, skip: bytes | None = None,
                          limit: int = 1000) -> list[bytes]:
         """Up to `limit` keys of `table` in `event`'s partition that start with `prefix`, other
         than `skip`, changes not yet committed included (those first, then in key order): a
@@ -684,18 +325,18 @@ class ExactlyOnce:
                 else:
                     overlay.update((k, raw) for k, raw in changes.items() if k.startswith(prefix))
         found = [k for k, raw in overlay.items() if raw is not None and k != skip][:limit]
-        for key, _ in prefix_items(table.data._db_for_partition(event.message.partition), prefix):
+        for key, _ in prefix_items(seam.table_store(table, event.message.partition), prefix):
             if len(found) >= limit:
                 break
             if key not in overlay and key != skip:  # changes still uncommitted were counted above
                 found.append(key)
         return found
 
-    async def put(self, event: EventT, table: faust.Table, key: bytes, value: Any) -> None:
+    async def put(self, event: EventT, table: TableT, key: bytes, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
         await self._change(event, table, key, orjson.dumps(value))
 
-    async def delete(self, event: EventT, table: faust.Table, key: bytes) -> None:
+    async def delete(self, event: EventT, table: TableT, key: bytes) -> None:
         """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
         await self._change(event, table, key, None)
 
@@ -714,7 +355,7 @@ class ExactlyOnce:
             writes = self._open[self._tid(tp)] = _Transaction(self.producer_of(tp), tp.partition)
         return writes
 
-    async def _change(self, event: EventT, table: faust.Table, key: bytes, raw: bytes | None) -> None:
+    async def _change(self, event: EventT, table: TableT, key: bytes, raw: bytes | None) -> None:
         tp = event.message.tp
         writes = self._open_transaction(tp)
         changes = writes.changes.get(table.name)
@@ -734,11 +375,11 @@ class ExactlyOnce:
         writes.changelogs.setdefault((changelog, tp.partition), {})[key] = raw
         await self._grown(tp, writes, len(raw or b"") + len(key))
 
-    def partition_items(self, table: faust.Table, partition: int) -> list[tuple[bytes, Any]]:
+    def partition_items(self, table: TableT, partition: int) -> list[tuple[bytes, Any]]:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
-        db = table.data._db_for_partition(partition)
+        db = seam.table_store(table, partition)
         found: dict[bytes, bytes | None] = {k: v for k, v in db.items() if not k.startswith(b"__faust")}
-        producers = self.app.producer._transaction_producers
+        producers = seam.transaction_producers(self.app)
         live = [w for tid, w in self._open.items() if w.producer is producers.get(tid)]  # not aborted
         for writes in (*self._committing.values(), *live):  # newest last
             if writes.partition == partition:
@@ -760,14 +401,19 @@ class ExactlyOnce:
                     batch.put(key, raw)
             table = self._tables[name]
             last = writes.last_sent.get(table.changelog_topic.get_topic_name())
-            sent = last[0] if last is not None else None
+            sent, index = last if last is not None else (None, 0)
             if sent is not None and sent.done() and not sent.cancelled() and sent.exception() is None:
                 # The offset after the last record is the transaction's commit marker: only this
                 # producer writes the partition, and its next transaction began after the commit.
                 # A restore starts there, and one with nothing after it has nothing to do.
-                batch.put(_PERSISTED_OFFSET, str(sent.result().offset + last[1] + 1).encode())
+                batch.put(seam.PERSISTED_OFFSET_KEY, str(sent.result().offset + index + 1).encode())
             # With RocksDB's write-ahead log: a SIGKILL right after loses nothing written here.
-            table.data._db_for_partition(writes.partition).write(batch)
+            seam.table_store(table, writes.partition).write(batch)
+
+    def committed(self, seconds: float, partitions: int) -> None:
+        """A commit of `partitions` transactions took `seconds` (for the metrics)."""
+        metrics.COMMIT_DURATION.observe(seconds)
+        metrics.COMMITS.inc(partitions)
 
     def forget_committing(self, tid: str) -> None:
         """`tid`'s transaction was aborted by its partition's new owner: its changes are not kept."""
@@ -928,7 +574,7 @@ class ExactlyOnce:
 
 
 async def _begin_unless_open(producer: Any) -> None:
-    if not producer._txn_manager.is_in_transaction():
+    if not seam.in_transaction(producer):
         await producer.begin_transaction()
 
 
@@ -983,40 +629,3 @@ class _SkippedRecord:
     key: bytes | None
     value: bytes | None
     message: _Message
-
-
-# What `install` replaces: (class, attribute, our version). Each replacement's docstring says
-# the gap it closes; tests/test_faust_seam.py checks every name against the installed classes.
-_PATCHES: list[tuple[type, str, Callable[..., Any]]] = [
-    (Consumer, "_commit_tps", _commit_tps_between_events),
-    (TransactionManager, "on_rebalance", _on_rebalance_stopping_lost_producers),
-    (Producer, "commit_transactions", _commit_transactions_concurrently),
-    (AIOKafkaThreadedConsumer, "_highwaters", _highwaters_from_broker),
-    (Recovery, "active_remaining", _remaining_but_the_marker),
-    (Recovery, "standby_remaining", _standby_remaining_but_the_marker),
-    (CopartitionedAssignor, "get_assignment", _assignment_taking_over_warm),
-    (Recovery, "_build_offsets", _build_offsets_after_bulk_restore),
-    (Recovery, "_wait", _wait_as_long_as_it_takes),
-    (AIOKafkaThreadedConsumer, "verify_event_path", _verify_fetching_only),
-    (AIOKafkaThreadedConsumer, "_create_worker_consumer", _worker_consumer_answering_soon),
-    (Recovery, "on_recovery_completed", _on_recovery_completed_then_seek),
-    (Recovery, "_resume_streams", _resume_streams_then_seek),
-    (Consumer, "perform_seek", _perform_seek_knowing_where_each_partition_resumes),
-]
-# What each replaced attribute was before `install` (this module is imported before it runs).
-_ORIGINALS = {(owner, attribute): getattr(owner, attribute) for owner, attribute, _ in _PATCHES}
-# The versions these replacements, and the private names read in this module, were checked
-# against (tests/test_faust_seam.py); pyproject.toml pins them.
-CHECKED_VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1"}
-
-
-def install() -> None:
-    """Put this module's replacements into Faust's classes (process-wide; once is enough).
-
-    Refuses, with what it found, when faust-streaming, mode-streaming or aiokafka is not the
-    version they were checked against: a renamed private attribute would otherwise not fail
-    but quietly change what is committed."""
-    aiokafka_compat.require_checked(CHECKED_VERSIONS)
-    aiokafka_compat.install()
-    for owner, attribute, replacement in _PATCHES:
-        setattr(owner, attribute, replacement)

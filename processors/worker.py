@@ -12,6 +12,7 @@ import faust
 import uvloop
 
 from processors.app import create_app
+from reach import seam
 from reach.config import Settings
 from topics import create_topics, service_topics
 
@@ -65,7 +66,7 @@ def run(argv: list[str]) -> bool:
 def flush_stores(app: faust.App) -> None:
     """Flush the stores' memtables: the next start then has no write-ahead log to replay."""
     for table in app.tables.values():
-        for db in table.data._dbs.values():
+        for db in seam.table_stores(table):
             db.flush()
 
 

@@ -81,7 +81,7 @@ def run(api: Api, schema: str, ids: list[str], delete_all: bool, cascade: bool, 
     """Send the deletes (or dry runs) and report to `out` (stdout); the exit code."""
     out = out or sys.stdout
     path = f"/api/resources/{urllib.parse.quote(schema, safe='')}/batch"
-    bodies = ([{"deleteAll": True, "cascade": cascade}] if delete_all else
+    bodies: list[dict[str, Any]] = ([{"deleteAll": True, "cascade": cascade}] if delete_all else
               [{"externalIds": part, "cascade": cascade} for part in chunks(ids)])
     if dry_run:
         would: Counter[str] = Counter()

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import httpx
 import orjson
@@ -113,9 +113,9 @@ def read_records(path: str, properties: dict[str, Any] | None) -> Iterator[Recor
         for n, item in enumerate(items, 1):
             yield _record(n, item)
         return
-    handle = sys.stdin.buffer if path == "-" else open(path, "rb")
-    with handle:
-        for n, raw in enumerate(handle, 1):
+    lines: BinaryIO = sys.stdin.buffer if path == "-" else open(path, "rb")
+    with lines:
+        for n, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
             try:
@@ -232,7 +232,7 @@ class Uploader:
         last = None
         attempt = 0
         while True:
-            headers = {"Last-Event-ID": last} if last else {}
+            headers: dict[str, str] = {"Last-Event-ID": last} if last else {}
             try:
                 async with self.http.stream("GET", f"/api/batches/{batch_id}/events", headers=headers,
                                             timeout=httpx.Timeout(30, read=None)) as response:
@@ -344,7 +344,7 @@ async def upload(args: argparse.Namespace, base_url: str, token: str, console: C
     if args.tenant:
         headers["reach-tenant-id"] = args.tenant
     started = time.monotonic()
-    tally, failures = Tally(), []
+    tally, failures = Tally(), list[Failure]()
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120) as http:
         properties = await _properties(http, tally, args.schema) if Path(args.file).suffix.lower() == ".csv" else None
         uploader = Uploader(http, args.schema, tally, failures)
@@ -382,7 +382,7 @@ async def upload(args: argparse.Namespace, base_url: str, token: str, console: C
             try:
                 while not work.done() or (args.wait and uploader.following()):
                     _show(progress, task, tally, args.wait)
-                    await asyncio.wait([work, *uploader.followers], timeout=0.2)
+                    await asyncio.wait([cast("asyncio.Future[Any]", work), *uploader.followers], timeout=0.2)
                     if work.done() and work.exception() is not None:
                         raise work.exception()  # type: ignore[misc]
                 _show(progress, task, tally, args.wait)

@@ -101,7 +101,7 @@ def normalise_body(body: Any) -> dict[str, Any]:
         raise DefinitionError(400, "The request body must be a JSON object")
     out: dict[str, Any] = {}
     for key, value in body.items():
-        camel = ALIASES.get(key, key)
+        camel: str = ALIASES.get(key) or key
         if camel in out and out[camel] != value:
             raise DefinitionError(400, f"'{key}' and '{camel}' disagree")
         out[camel] = value

@@ -51,7 +51,7 @@ INGEST_HEADERS = [(VERSION_HEADER, INGEST_EVENT_V2)]
 INGEST_EVENT_SCHEMA = fastavro.parse_schema(
     orjson.loads((Path(__file__).parent / "ingest_event.avsc").read_bytes())
 )
-INGEST_MESSAGE_SCHEMA = fastavro.parse_schema(
+INGEST_MESSAGE_SCHEMA: dict[str, Any] = fastavro.parse_schema(  # type: ignore[assignment]  # a record schema
     orjson.loads((Path(__file__).parent / "ingest_event_v2.avsc").read_bytes())
 )
 OPS = ("upsert", "reject", "patch", "delete")

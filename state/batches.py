@@ -404,7 +404,7 @@ class Bookkeeping(StoredView):
 
     def _due(self, prefix: bytes, before_ms: int, chunk: int) -> list[bytes]:
         """Up to `chunk` keys of a time index (`prefix` + 8-byte time + ...) older than `before_ms`, oldest first."""
-        due = []
+        due: list[bytes] = []
         for key, _ in self.store.items_from(prefix, prefix):
             if struct.unpack(">Q", key[1:9])[0] >= before_ms or len(due) == chunk:
                 break

@@ -2,15 +2,18 @@
 classes (no broker): if an upgrade renames one, changes a signature or the transactional-id
 format, this fails instead of a worker quietly committing the wrong thing.
 
-The replacements themselves are `processors.transactions._PATCHES` and
-`topics.aiokafka_compat`; the kill tests check what they do, end to end.
+The replacements and reads themselves are all in `reach.seam` (`faust_patches()`, the
+aiokafka handlers, the accessors); the kill tests check what they do, end to end. The last test
+here checks that no other module of the service names a private part of these libraries.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,9 +26,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
 from faust.types import TP
 from mode.threads import QueueServiceThread
 
-from processors import transactions
+from reach import seam
 from reach.config import PROJECT_ROOT
-from topics import aiokafka_compat
 
 
 def _parameters(function: Any) -> list[str]:
@@ -39,31 +41,34 @@ def _sets(cls: type, attribute: str) -> bool:
 
 
 def test_the_installed_versions_are_the_checked_and_pinned_ones() -> None:
-    aiokafka_compat.require_checked(transactions.CHECKED_VERSIONS)
+    seam.require_checked()
     pins = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for name, checked in {**aiokafka_compat.CHECKED_VERSIONS, **transactions.CHECKED_VERSIONS}.items():
+    for name, checked in seam.CHECKED_VERSIONS.items():
         assert f"{name}=={checked}" in pins, f"pyproject.toml does not pin {name}=={checked}: {pins}"
 
 
 def test_another_version_is_refused_with_what_was_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aiokafka_compat, "_installed", lambda name: "9.9.9" if name == "faust-streaming" else
-                        {**aiokafka_compat.CHECKED_VERSIONS, **transactions.CHECKED_VERSIONS}[name])
+    monkeypatch.setattr(seam, "_installed", lambda name: "9.9.9" if name == "faust-streaming" else
+                        seam.CHECKED_VERSIONS[name])
     with pytest.raises(RuntimeError, match=r"faust-streaming 9\.9\.9 \(checked: 0\.15\.3\)"):
-        transactions.install()
+        seam.install_faust()
+    seam.install_aiokafka()  # the ingress's: it does not depend on Faust's version
 
 
-@pytest.mark.parametrize("owner, attribute, ours", transactions._PATCHES,
-                         ids=[f"{o.__name__}.{a}" for o, a, _ in transactions._PATCHES])
+@pytest.mark.parametrize("owner, attribute, ours", seam.faust_patches(),
+                         ids=[f"{o.__name__}.{a}" for o, a, _ in seam.faust_patches()])
 def test_each_replaced_attribute_exists_and_takes_what_ours_takes(owner: type, attribute: str, ours: Any) -> None:
-    original = transactions._ORIGINALS[(owner, attribute)]
-    assert original is not ours, f"{owner.__name__}.{attribute} was already ours when the module was imported"
+    original = seam.original_of(owner, attribute)
+    assert original is not ours, f"{owner.__name__}.{attribute}: no original kept"
     assert callable(original), f"{owner.__name__}.{attribute} is no longer a method"
     assert _parameters(original) == _parameters(ours), (owner, attribute, _parameters(original))
 
 
 def test_install_puts_every_replacement_in_place() -> None:
-    transactions.install()
-    for owner, attribute, ours in transactions._PATCHES:
+    seam.install_faust()
+    seam.install_faust()  # twice: the originals kept are still Faust's own
+    for owner, attribute, ours in seam.faust_patches():
+        assert seam.original_of(owner, attribute) is not ours, f"{owner.__name__}.{attribute}"
         assert getattr(owner, attribute) is ours, f"{owner.__name__}.{attribute}"
 
 
@@ -85,7 +90,7 @@ def test_the_private_names_we_read_are_there() -> None:
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
     assert callable(GroupCoordinator.request_rejoin)
     # The on-disk key under which Faust keeps how far a store reflects its changelog.
-    assert transactions._PERSISTED_OFFSET == Store.offset_key
+    assert seam.PERSISTED_OFFSET_KEY == Store.offset_key
 
 
 def test_our_transactional_ids_are_the_ones_faust_commits_with() -> None:
@@ -99,6 +104,26 @@ def test_our_transactional_ids_are_the_ones_faust_commits_with() -> None:
     manager = SimpleNamespace(app=app, producer=SimpleNamespace(commit_transactions=commit_transactions))
     offsets = {TP("ingest", 3): 10, TP("other", 1): 5}
     asyncio.run(TransactionManager.commit(manager, offsets))  # type: ignore[arg-type]
-    eos = transactions.ExactlyOnce.__new__(transactions.ExactlyOnce)
-    eos.app, eos._tids = app, {}  # type: ignore[assignment]
-    assert {eos._tid(tp): {tp: offset} for tp, offset in offsets.items()} == committed
+    assert {seam.transactional_id(app, tp): {tp: offset} for tp, offset in offsets.items()} == committed  # type: ignore[arg-type]
+
+
+def _private_attributes(tree: ast.AST, but_of: tuple[str, ...] = ("self", "cls")) -> set[tuple[str, int]]:
+    """(name, line) of every `x._name` in `tree` (dunders and `self._name`/`cls._name` aside)."""
+    return {(node.attr, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            and not (isinstance(node.value, ast.Name) and node.value.id in but_of)}
+
+
+def test_no_other_module_of_the_service_names_a_private_part_the_seam_uses() -> None:
+    seam_file = Path(seam.__file__)
+    private = {name for name, _ in _private_attributes(ast.parse(seam_file.read_text()), but_of=())}
+    assert {"_db_for_partition", "_transaction_producers", "_committed_offset", "_txn_manager"} <= private, private
+    found = []
+    for package in ("ingest", "processors", "topics", "schemas", "state", "reach", "harness", "bench"):
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            if path == seam_file:
+                continue
+            names = _private_attributes(ast.parse(path.read_text()))
+            found += [f"{path.relative_to(PROJECT_ROOT)}:{line} {name}"
+                      for name, line in sorted(names) if name in private]
+    assert not found, f"private names of Faust, mode or aiokafka outside reach/seam.py: {found}"

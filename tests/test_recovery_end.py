@@ -3,7 +3,7 @@
 A changelog written under exactly-once ends in a commit marker, and after a worker died in the
 middle of a transaction, in a whole aborted transaction; Faust's recovery receives neither,
 and waited two idle 5-second polls to notice, pausing every partition of a rebalance 10 s
-longer (`processors.transactions._after_last_records`). Against the real broker.
+longer (`reach.seam._after_last_records`). Against the real broker.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
-from processors import transactions
+from reach import seam
 from tests.support import unique
 from topics import create_topics
 from topics.definitions import TopicSpec
@@ -53,7 +53,7 @@ async def _spans(bootstrap: str, topic: str, partitions: int) -> dict[TP, tuple[
 def test_the_end_is_the_marker_after_the_last_committed_record(kafka_bootstrap: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # A window of 3 records, so that a tail of 10 aborted ones needs it to grow.
-    monkeypatch.setattr(transactions, "TAIL_RECORDS", 3)
+    monkeypatch.setattr(seam, "TAIL_RECORDS", 3)
     topic = unique("changelog")
 
     async def run() -> dict[TP, int]:
@@ -63,7 +63,7 @@ def test_the_end_is_the_marker_after_the_last_committed_record(kafka_bootstrap: 
         await _write(kafka_bootstrap, topic, committed=0, aborted=4, partition=2)   # 0-3 aborted, marker 4
         spans = await _spans(kafka_bootstrap, topic, 4)                            # partition 3: empty
         assert spans[TP(topic, 1)] == (0, 17), spans
-        return await transactions._after_last_records([kafka_bootstrap], spans)
+        return await seam._after_last_records([kafka_bootstrap], spans)
 
     found = asyncio.run(run())
     assert found == {TP(topic, 0): 5, TP(topic, 1): 5, TP(topic, 2): 0, TP(topic, 3): 0}, found

@@ -1,4 +1,4 @@
-"""A worker never takes a partition over cold (`processors.transactions._assignment_taking_over_warm`).
+"""A worker never takes a partition over cold (`reach.seam._assignment_taking_over_warm`).
 
 Faust's own assignor gives a joining worker its share of active partitions at once; the worker
 then restored them while they stopped — 541 s for half of 2,000,000 resources. A partition now
@@ -18,7 +18,7 @@ from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from starlette.testclient import TestClient
 
-import processors.transactions
+from reach import seam
 from reach.config import Settings
 from tests.support import (
     ServiceProcess,
@@ -33,7 +33,7 @@ from tests.support import (
 )
 from tests.test_exactly_once import _ready_generation
 
-processors.transactions.install()  # the assignment rule, as a worker has it
+seam.install_faust()  # the assignment rule, as a worker has it
 
 
 Assignment = dict[str, tuple[set[int], set[int]]]  # member -> (actives, standbys)
@@ -86,7 +86,7 @@ def test_a_third_worker_takes_partitions_it_holds_warm_whichever_faust_picks() -
     before = {"a": ({0, 1, 2}, {3, 5}), "b": ({3, 4, 5}, {0, 2}), "c": (set(), {1, 4})}
     clients = {name: CopartitionedAssignment(actives=set(a), standbys=set(s), topics={"t"})
                for name, (a, s) in before.items()}
-    faust = processors.transactions._original_get_assignment(
+    faust = seam.original_of(CopartitionedAssignor, "get_assignment")(
         CopartitionedAssignor(topics={"t"}, cluster_asgn=clients, num_partitions=6, replicas=1))
     assert faust["c"].actives == {0, 3}, faust
     warm = _assign(before, partitions=6)

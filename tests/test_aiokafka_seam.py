@@ -1,4 +1,4 @@
-"""`topics.aiokafka_compat` against the installed aiokafka's real request handlers and responses.
+"""`reach.seam`'s aiokafka replacements against the installed aiokafka's real request handlers and responses.
 
 No broker: each handler is given the response a Kafka 4.1 broker sends (the versions aiokafka
 0.14 speaks to it), and the test checks the wait before the next attempt. If an aiokafka
@@ -31,15 +31,15 @@ from aiokafka.protocol.transaction import (
 )
 from aiokafka.structs import TopicPartition
 
-from topics import aiokafka_compat
+from reach import seam
 
 DEFAULT_S = 0.1  # aiokafka's retry_backoff_ms default
 
 
 @pytest.fixture(autouse=True)
 def installed() -> None:
-    aiokafka_compat.install()
-    aiokafka_compat.install()  # twice: still one wrapper
+    seam.install_aiokafka()
+    seam.install_aiokafka()  # twice: still one wrapper
 
 
 def _sender(transactional_id: str | None = "tid") -> Any:  # within a running loop: aiokafka makes futures
@@ -67,7 +67,7 @@ def test_add_offsets_and_partitions_ask_again_soon_after_concurrent_transactions
 
 async def _add_offsets_and_partitions_ask_again_soon_after_concurrent_transactions_only() -> None:
     offsets = sender.AddOffsetsToTxnHandler(_sender(), "group")
-    soon = aiokafka_compat.SOON_S
+    soon = seam.SOON_S
     assert offsets.handle_response(AddOffsetsToTxnResponse_v0(0, ConcurrentTransactions.errno)) == soon
     assert offsets.handle_response(AddOffsetsToTxnResponse_v0(0, CoordinatorNotAvailableError.errno)) == DEFAULT_S
 
@@ -75,7 +75,7 @@ async def _add_offsets_and_partitions_ask_again_soon_after_concurrent_transactio
     partitions = sender.AddPartitionsToTxnHandler(_sender(), [tp])
     partitions._sender._txn_manager.txn_partitions.add(TopicPartition("t", 1))  # not the first add: 100 ms in aiokafka
     concurrent = AddPartitionsToTxnResponse_v0(0, [("t", [(0, ConcurrentTransactions.errno)])])
-    assert partitions.handle_response(concurrent) == aiokafka_compat.SOON_S
+    assert partitions.handle_response(concurrent) == seam.SOON_S
     other = AddPartitionsToTxnResponse_v0(0, [("t", [(0, CoordinatorNotAvailableError.errno)])])
     assert partitions.handle_response(other) == DEFAULT_S
 
@@ -94,7 +94,7 @@ async def _an_unverified_transactional_produce_is_retried_soon_once_per_batch() 
     tp = TopicPartition("t", 0)
     batch = MessageBatch(tp, None, 40, 0)
     first = _produce(_sender(), {tp: batch}, NotEnoughReplicasError.errno)
-    assert first._to_reenqueue == [batch] and first._default_backoff == aiokafka_compat.SOON_S
+    assert first._to_reenqueue == [batch] and first._default_backoff == seam.SOON_S
     second = _produce(_sender(), {tp: batch}, NotEnoughReplicasError.errno)  # maybe a real shortage of replicas
     assert second._to_reenqueue == [batch] and second._default_backoff == DEFAULT_S
 
@@ -116,8 +116,8 @@ async def _an_offset_commit_is_retried_soon_once_until_one_succeeds() -> None:
     producer._txn_manager.offset_committed = lambda *args: None
     offsets = {tp: SimpleNamespace(offset=5, metadata="")}
     busy = TxnOffsetCommitResponse_v0(0, [("t", [(0, CoordinatorNotAvailableError.errno)])])
-    assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(busy) == aiokafka_compat.SOON_S
+    assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(busy) == seam.SOON_S
     assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(busy) == DEFAULT_S
     ok = TxnOffsetCommitResponse_v0(0, [("t", [(0, 0)])])
     assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(ok) is None
-    assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(busy) == aiokafka_compat.SOON_S
+    assert sender.TxnOffsetCommitHandler(producer, offsets, "g").handle_response(busy) == seam.SOON_S

@@ -1,0 +1,640 @@
+"""Every use of Faust's, mode's and aiokafka's private names: one module, installed explicitly.
+
+The service closes gaps of these libraries by replacing methods of their classes and reading
+some of their private attributes. All of it is here, each replacement's docstring saying the
+gap it closes, so that an upgrade has one place to check; nowhere else in the service names a
+private part of them. `install_aiokafka()` (the ingress, the worker) and `install_faust()` (the
+worker: our exactly-once on Faust's transactions, `processors.transactions`) put the
+replacements in place and refuse library versions they were not checked against
+(`CHECKED_VERSIONS`, which pyproject.toml pins). `tests/test_faust_seam.py` and
+`tests/test_aiokafka_seam.py` check every replaced or read name, signature and the
+transactional-id format against the installed classes, without a broker; the kill and fault
+tests check what the replacements do, end to end.
+
+Faust is imported only by what needs it, so the ingress does not load it.
+
+## aiokafka: asking again sooner while a transaction coordinator is busy
+
+A transactional producer meets three answers that only mean "the coordinator is writing to
+the transaction log right now, ask again": CONCURRENT_TRANSACTIONS to AddPartitionsToTxn and
+AddOffsetsToTxn right after the previous transaction's commit (its markers are still being
+written), and NOT_ENOUGH_REPLICAS to a produce request whose transaction the partition leader
+could not verify because the coordinator was writing for the same transaction — the
+conversion of CONCURRENT_TRANSACTIONS that Kafka (KIP-890 part 1, `transaction.partition.
+verification.enable`, on by default) makes for clients that predate it, aiokafka among them.
+The worker meets the last at most commits: it sends a transaction's outputs and at once adds
+the consumer group's offsets (AddOffsetsToTxn), which the coordinator writes while the leader
+verifies the produce; the offsets' own verification, racing the same way, comes back to
+TxnOffsetCommit as COORDINATOR_NOT_AVAILABLE. The ingress meets it when one upload's partitions
+are added one request after another.
+
+aiokafka waits `retry_backoff_ms` (100 ms by default) before each of these retries (only the
+first AddPartitionsToTxn of a transaction has a 20 ms override, as in Java's KAFKA-5477): one
+commit in three of a busy worker took over 100 ms (`reach_commit_duration_seconds`) and a
+dependency's release, which crosses two commits, paid it twice. What the coordinator writes
+takes a few milliseconds. Lowering `retry_backoff_ms` itself would make every other retry
+(coordinator lookups, metadata, a partition whose replicas really are missing) twenty times as
+frequent while a broker is down.
+
+`install_aiokafka()` shortens only these waits: after CONCURRENT_TRANSACTIONS always; after
+NOT_ENOUGH_REPLICAS to a transactional produce once per record batch, and after
+COORDINATOR_NOT_AVAILABLE or COORDINATOR_LOAD_IN_PROGRESS to TxnOffsetCommit once until the
+producer's next offset commit succeeds (a second one may be a real shortage of replicas or a
+coordinator that moved, and waits the usual backoff). It wraps `handle_response` of
+aiokafka's private request handlers; `tests/test_aiokafka_seam.py` checks those names and
+shapes against the installed aiokafka.
+
+## Faust: the gaps of its exactly-once processing
+
+`processors.transactions` says what each closes (its points 1-9); the replacements below are
+the parts of it that must live inside Faust's classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import (
+    ConcurrentTransactions,
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    NotEnoughReplicasError,
+    ProducerFenced,
+)
+from aiokafka.producer import sender
+
+if TYPE_CHECKING:
+    import faust
+    from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer, TransactionManager
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+    from faust.types import TP, AppT, TableT
+
+    from processors.transactions import ExactlyOnce
+
+log = logging.getLogger(__name__)
+# The versions every replacement and private name here were checked against; pyproject.toml pins them.
+CHECKED_VERSIONS = {"aiokafka": "0.14.0", "faust-streaming": "0.15.3", "mode-streaming": "0.7.1"}
+
+
+# --- aiokafka
+
+SOON_S = 0.005  # how long to wait before asking again instead
+_INSTALLED = "_reach_asks_again_sooner"
+_RETRIED_SOON = "_reach_retried_soon"  # on a record batch: its one quick retry is spent
+
+
+def _offsets_concurrent(response: Any) -> bool:
+    return bool(response.error_code == ConcurrentTransactions.errno)
+
+
+def _partitions_concurrent(response: Any) -> bool:
+    return any(code == ConcurrentTransactions.errno for _, partitions in response.errors for _, code in partitions)
+
+
+def _sooner(handle_response: Callable[[Any, Any], float | None],
+            concurrent: Callable[[Any], bool]) -> Callable[[Any, Any], float | None]:
+    def handle_response_sooner(self: Any, response: Any) -> float | None:
+        backoff = handle_response(self, response)
+        if backoff is not None and concurrent(response):
+            return min(backoff, SOON_S)
+        return backoff
+
+    setattr(handle_response_sooner, _INSTALLED, True)
+    return handle_response_sooner
+
+
+def _produce_sooner(handle_response: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    def handle_response_sooner(self: Any, response: Any) -> None:
+        handle_response(self, response)  # fills self._to_reenqueue, waited for by `do` after its backoff
+        txn_manager = self._sender._txn_manager
+        if not self._to_reenqueue or txn_manager is None or txn_manager.transactional_id is None:
+            return
+        unverified = {(topic, partition[0]) for topic, partitions in response.topics for partition in partitions
+                      if partition[1] == NotEnoughReplicasError.errno}
+        batches = self._to_reenqueue
+        if all((b.tp.topic, b.tp.partition) in unverified and not getattr(b, _RETRIED_SOON, False) for b in batches):
+            for batch in batches:
+                setattr(batch, _RETRIED_SOON, True)
+            self._default_backoff = min(self._default_backoff, SOON_S)  # this request's handler only
+
+    setattr(handle_response_sooner, _INSTALLED, True)
+    return handle_response_sooner
+
+
+def _offset_commit_sooner(handle_response: Callable[[Any, Any], float | None]) -> Callable[[Any, Any], float | None]:
+    busy = {0, CoordinatorNotAvailableError.errno, CoordinatorLoadInProgressError.errno}
+
+    def handle_response_sooner(self: Any, response: Any) -> float | None:
+        backoff = handle_response(self, response)
+        txn_manager = self._sender._txn_manager
+        if backoff is None:
+            setattr(txn_manager, _RETRIED_SOON, False)
+            return None
+        codes = {code for _, partitions in response.errors for _, code in partitions}
+        if codes <= busy and not getattr(txn_manager, _RETRIED_SOON, False):
+            setattr(txn_manager, _RETRIED_SOON, True)  # until an offset commit of this producer succeeds
+            return min(backoff, SOON_S)
+        return backoff
+
+    setattr(handle_response_sooner, _INSTALLED, True)
+    return handle_response_sooner
+
+
+def _installed(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def require_checked(names: tuple[str, ...] = tuple(CHECKED_VERSIONS)) -> None:
+    """Raise RuntimeError unless each library of `names` is the version our use of its private
+    names was checked against (`CHECKED_VERSIONS`)."""
+    wanted = {name: CHECKED_VERSIONS[name] for name in names}
+    installed = {name: _installed(name) for name in wanted}
+    wrong = {name: found for name, found in installed.items() if found != wanted[name]}
+    if wrong:
+        found = ", ".join(f"{name} {wrong[name]} (checked: {wanted[name]})" for name in sorted(wrong))
+        raise RuntimeError(f"refusing to start on {found}: this service replaces and reads private parts of "
+                           "these libraries, checked for the versions pyproject.toml pins (tests/test_faust_seam.py, "
+                           "tests/test_aiokafka_seam.py); install those versions, or check the new ones first")
+
+
+def install_aiokafka() -> None:
+    """Make aiokafka's producers ask again sooner while a transaction coordinator is busy
+    (process-wide; calling it again changes nothing). Refuses an aiokafka it was not checked
+    against (`require_checked`)."""
+    require_checked(("aiokafka",))
+    for handler, concurrent in ((sender.AddPartitionsToTxnHandler, _partitions_concurrent),
+                                (sender.AddOffsetsToTxnHandler, _offsets_concurrent)):
+        if not getattr(handler.handle_response, _INSTALLED, False):
+            handler.handle_response = _sooner(handler.handle_response, concurrent)
+    offsets = sender.TxnOffsetCommitHandler
+    if not getattr(offsets.handle_response, _INSTALLED, False):
+        offsets.handle_response = _offset_commit_sooner(offsets.handle_response)
+    produce = sender.SendProduceReqHandler
+    if not getattr(produce.handle_response, _INSTALLED, False):
+        produce.handle_response = _produce_sooner(produce.handle_response)
+
+
+# --- Faust's private state that `processors.transactions` and the worker read
+
+_ATTRIBUTE = "reach_exactly_once"
+_ORIGINALS: dict[str, Callable[..., Any]] = {}  # "Class.attribute" -> what `install_faust` replaced
+# Faust's key, inside each table store, for how far the store reflects its changelog.
+PERSISTED_OFFSET_KEY = b"__faust\0offset__"
+# How many records back from a changelog's end its last committed record is first looked for.
+TAIL_RECORDS = 2000
+
+
+def attach(app: faust.App, eos: ExactlyOnce) -> None:
+    """Make `eos` the exactly-once processing the replacements in `app`'s classes consult."""
+    setattr(app, _ATTRIBUTE, eos)
+
+
+def exactly_once_of(app: Any) -> ExactlyOnce | None:
+    return getattr(app, _ATTRIBUTE, None)
+
+
+def table_store(table: TableT, partition: int) -> Any:
+    """The RocksDB store (rocksdict `Rdict`) of one partition of `table`."""
+    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+
+def table_stores(table: TableT) -> list[Any]:
+    """Every open RocksDB store of `table`."""
+    return list(table.data._dbs.values())  # type: ignore[attr-defined]
+
+
+def transaction_producers(app: AppT) -> dict[str, Any]:
+    """Faust's transactional producers by transactional id (one per input partition)."""
+    return app.producer._transaction_producers  # type: ignore[attr-defined]
+
+
+def committed_offset(app: AppT, tp: TP) -> int | None:
+    """The input partition's offset as the group last committed it (None: never, or 0)."""
+    return app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+
+
+def transactional_id(app: AppT, tp: TP) -> str:
+    """The transactional id Faust commits input partition `tp`'s offsets with
+    (`TransactionManager.commit`; tests/test_faust_seam.py checks the two agree)."""
+    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+
+
+def _consumer_thread(consumer: Any) -> AIOKafkaConsumerThread:
+    """The thread Faust's consumer delegates to (`ThreadDelegateConsumer._thread`)."""
+    return consumer._thread
+
+
+def _or_none_read(offset: int | None) -> int:
+    """The last offset a table holds, -1 for none (what `processors.restore` takes)."""
+    return -1 if offset is None else offset
+
+
+def in_transaction(producer: Any) -> bool:
+    """Whether an aiokafka transactional producer has a transaction open."""
+    return bool(producer._txn_manager.is_in_transaction())
+
+
+# --- Faust's classes, replaced
+
+async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_new_transaction: bool) -> bool:
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
+    if eos is None or not self.app.in_transaction:
+        return await _ORIGINALS["Consumer._commit_tps"](self, tps, start_new_transaction)
+    async with eos.commit_lock:
+        async with eos.lock:  # between events: what the transactions hold is exactly theirs
+            offsets = eos.committable(self.assignment(), self._committed_offset)
+            for tp in offsets:
+                await eos.prepare_commit(tp)
+            for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
+                self._acked[tp].clear()
+                self._acked_index[tp].clear()
+                self._gap[tp].clear()
+            if not offsets:
+                return False
+            eos.hold_sends(offsets)
+        # Events go on meanwhile; what they send for these transactions waits for the next.
+        started = time.monotonic()
+        try:
+            await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        except BaseException:
+            eos.drop_committing()  # the commit failed: Faust stops the worker
+            raise
+        eos.committed(time.monotonic() - started, len(offsets))
+        eos.reopen_uncommitted()
+        await eos.release_sends()
+        return True
+
+
+async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assigned: set[TP], revoked: set[TP],
+                                                newly_assigned: set[TP]) -> None:
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
+    owned = self._tps_to_transactional_ids(assigned)
+    lost = sorted(tid for tid in transaction_producers(self.app) if tid not in owned)
+    if lost:
+        log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
+        # Not while one of them commits, nor while an event is half processed through one.
+        async with eos.quiet() if eos is not None else contextlib.nullcontext():
+            for tid in lost:
+                try:
+                    await self.producer.stop_transaction(tid)
+                except Exception:  # already fenced: its transaction is the new owner's to abort
+                    log.warning("stopping producer %s failed", tid, exc_info=True)
+    await _ORIGINALS["TransactionManager.on_rebalance"](self, assigned, revoked, newly_assigned)
+
+
+async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
+                                            group_id: str, start_new_transaction: bool = True) -> None:
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
+
+    async def commit(transactional_id: str, offsets: Mapping[TP, int]) -> None:
+        async with self._trn_locks[transactional_id]:
+            producer = self._transaction_producers.get(transactional_id)
+            if producer is None:
+                log.warning("commit invoked for unknown transaction %s", transactional_id)
+                return
+            try:
+                if eos is not None:
+                    await eos.send_committing(transactional_id, producer)
+                await producer.send_offsets_to_transaction(offsets, group_id)
+                await producer.commit_transaction()
+            except ProducerFenced:
+                if eos is None or set(offsets) & set(self.app.consumer.assignment()):
+                    raise
+                # Its partition moved in a rebalance and the new owner's producer fenced this one,
+                # aborting the transaction: nothing of it is committed, and the partition's work
+                # is the new owner's now. Faust stopped the worker here; it went on meanwhile.
+                log.info("transaction %s was fenced by the new owner of its partition", transactional_id)
+                eos.forget_committing(transactional_id)
+                return
+            if eos is not None:
+                eos.store_committed(transactional_id, producer)
+            if start_new_transaction:
+                await producer.begin_transaction()
+
+    await asyncio.gather(*(commit(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+
+
+async def _highwaters_from_broker(self: AIOKafkaConsumerThread, partitions: list[TP]) -> Any:
+    consumer = self._ensure_consumer()
+    ends = await consumer.end_offsets(partitions)
+    starts = await consumer.beginning_offsets(partitions)
+    from faust.transport.drivers.aiokafka import server_list
+
+    bootstrap = server_list(self.transport.url, self.transport.default_port)  # type: ignore[attr-defined]
+    found = await _after_last_records(bootstrap, {tp: (starts[tp], ends[tp]) for tp in partitions})
+    # Faust's recovery takes the value minus one as the last offset to reach: the commit marker
+    # after the last committed record, where our stores' checkpoints point (`_Transaction`).
+    return {tp: offset + 1 for tp, offset in found.items()}
+
+
+def _remaining_but_the_marker(self: Recovery) -> Any:
+    """Records left to restore per partition, the commit marker at the end not counted: Faust's
+    recovery never receives it (and took two idle 5-second polls to notice)."""
+    return _but_the_marker(_ORIGINALS["Recovery.active_remaining"](self))
+
+
+def _but_the_marker(remaining: Counter[TP]) -> Counter[TP]:
+    return Counter({tp: max(0, n - 1) for tp, n in remaining.items()})
+
+
+async def _after_last_records(bootstrap_servers: list[str], spans: Mapping[TP, tuple[int, int]]) -> dict[TP, int]:
+    """For each changelog partition, the offset after its last committed *record* (its commit
+    marker: one producer writes the partition), or its start if it has none.
+
+    Its end (last stable offset) lies past that marker, and after a takeover often past a
+    whole aborted transaction, neither of which Faust's recovery ever receives: it took two
+    idle 5-second polls to notice (`Recovery._slurp_changelogs`), stopping every partition of
+    a rebalance 10 s longer. The tail is read once (read_committed skips what Faust skips),
+    from a window that grows until it holds a committed record."""
+    found: dict[TP, int] = {tp: start for tp, (start, end) in spans.items()}
+    todo = {tp: span for tp, span in spans.items() if span[1] > span[0]}
+    if not todo:
+        return found
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                              isolation_level="read_committed", fetch_max_wait_ms=10)
+    await reader.start()
+    try:
+        window = TAIL_RECORDS
+        while todo:
+            atps = {TopicPartition(tp.topic, tp.partition): tp for tp in todo}
+            reader.assign(list(atps))
+            for atp, tp in atps.items():
+                reader.seek(atp, max(todo[tp][0], todo[tp][1] - window))
+            deadline = asyncio.get_running_loop().time() + 30
+            reading = set(atps)
+            while reading:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"could not read the end of {sorted(map(str, reading))}")
+                for atp, records in (await reader.getmany(*reading, timeout_ms=200)).items():
+                    if records:
+                        found[atps[atp]] = records[-1].offset + 1
+                reading = {atp for atp in reading if await reader.position(atp) < todo[atps[atp]][1]}
+            todo = {tp: (start, end) for tp, (start, end) in todo.items()
+                    if found[tp] == start and end - window > start}  # nothing committed in the window yet
+            window *= 4
+    finally:
+        await reader.stop()
+    return found
+
+
+def _standby_remaining_but_the_marker(self: Recovery) -> Any:
+    """As `_remaining_but_the_marker`, for standbys: they are ready once at their last record."""
+    return _but_the_marker(_ORIGINALS["Recovery.standby_remaining"](self))
+
+
+def _assignment_taking_over_warm(self: CopartitionedAssignor) -> Any:
+    """Faust's assignment, except that a worker never takes a partition over cold.
+
+    Faust gives a joining worker its share of active partitions at once, and the worker then
+    restores them from their changelogs while they stop (541 s for half of 2,000,000 resources).
+    As Kafka Streams does (KIP-441), a partition whose new owner held it neither active nor
+    standby stays with its current owner, and the new one gets it as a standby; once its
+    standbys are current it asks for another rebalance (`_ask_for_my_share_once_warm`), where
+    it is warm and takes them."""
+    before = {client: (set(a.actives), set(a.standbys)) for client, a in self._client_assignments.items()}
+    result = _ORIGINALS["CopartitionedAssignor.get_assignment"](self)
+    for partition in range(self.num_partitions):
+        owner = next((c for c, a in result.items() if partition in a.actives), None)
+        if owner is None or partition in before[owner][0] | before[owner][1]:
+            continue
+        keeper = next((c for c, (actives, _) in before.items() if c != owner and partition in actives), None)
+        if keeper is None:
+            continue  # no one holds it warm: the new owner restores it
+        log.info("partition %d stays with its owner until its new one is warm", partition)
+        _move(result, partition, owner, keeper)
+        # Faust's sticky assignment picks which of the keeper's partitions to give up without
+        # looking at standbys: one the new owner holds warm is given instead, if there is one.
+        warm = next((p for p in sorted(result[keeper].actives) if p != partition and p in before[owner][1]), None)
+        if warm is not None:
+            _move(result, warm, keeper, owner)
+    return result
+
+
+def _move(assignment: Any, partition: int, source: str, destination: str) -> None:
+    """`partition` becomes `destination`'s active and `source`'s standby."""
+    assignment[source].actives.discard(partition)
+    assignment[source].standbys.add(partition)
+    assignment[destination].standbys.discard(partition)
+    assignment[destination].actives.add(partition)
+
+
+def _ask_for_my_share_once_warm(app: faust.App, eos: ExactlyOnce) -> None:
+    """After a recovery that brought every standby to its changelog's end: a worker with fewer
+    active partitions than its share asks for a rebalance, once per assignment (a sticky
+    assignment that gives it none ends there), where it takes partitions it now holds warm."""
+    assignor: Any = app.assignor  # Faust's CopartitionedAssignor (its type names the abstract one)
+    actives = {tp.partition for tp in assignor.assigned_actives()}
+    standbys = {tp.partition for tp in assignor.assigned_standbys()} - actives
+    workers = len(set(assignor.changelog_distribution) | {str(app.conf.canonical_url)})
+    held = (frozenset(actives), frozenset(standbys))
+    if not standbys or len(actives) >= app.conf.topic_partitions // workers or held == eos.asked_holding:
+        return
+    eos.asked_holding = held
+    log.info("standbys of partitions %s are current: asking for a rebalance to take my share", sorted(standbys))
+    thread = _consumer_thread(app.consumer)
+    consumer = thread._ensure_consumer()
+
+    async def rejoin() -> None:
+        consumer._coordinator.request_rejoin()
+
+    asyncio.ensure_future(thread.cast_thread(rejoin))
+
+
+_NOT_YET = 2**62  # an offset no changelog event has: Faust's recovery skips events at or below it
+
+
+async def _build_offsets_after_bulk_restore(self: Recovery, consumer: Any, tps: set[TP], destination: Counter[TP],
+                                            title: str) -> None:
+    """Bring each partition of `tps` to its changelog's end in bulk (`processors.restore`), then
+    let Faust's recovery start from there: it reads the few records that came since.
+
+    While the bulk restore runs, Faust's recovery loop must not apply changelog events of the
+    same partitions still queued from before the rebalance (an older value would land over a
+    newer one): their offsets in `destination` are set past any event's until it ends."""
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
+    if eos is None:
+        return await _ORIGINALS["Recovery._build_offsets"](self, consumer, tps, destination, title)
+    is_standby = title == "standby"
+    if is_standby:
+        eos.standbys_restored = False
+    tables = {tp: self.tp_to_table[tp] for tp in tps if tp in self.tp_to_table}
+    if tables:
+        self.flush_buffers()
+        before = {tp: destination.get(tp) for tp in tables}
+        for tp in tables:
+            destination[tp] = _NOT_YET
+        try:
+            spans = {TopicPartition(tp.topic, tp.partition): (table, _or_none_read(before[tp]))
+                     for tp, table in tables.items()}
+            await eos.restorer.restore(spans)
+        finally:
+            for tp, table in tables.items():
+                persisted = table.persisted_offset(tp)
+                # Faust's counters of offsets hold None for "not known" (its `_build_offsets`).
+                destination[tp] = before[tp] if persisted is None else persisted  # type: ignore[assignment]
+    if is_standby:
+        eos.standbys_restored = True
+    await _ORIGINALS["Recovery._build_offsets"](self, consumer, tps, destination, title)
+
+
+
+
+async def _wait_as_long_as_it_takes(self: Recovery, coro: Any, timeout: Any = None) -> None:
+    """Faust's wait for a step of its recovery, without its timeout (`broker_request_timeout`,
+    90 s). A step that outlived it did not fail: mode reports a timed-out wait as the service
+    stopping, and the recovery loop ended for good, the worker processing nothing ever after. A
+    restore in bulk of a large partition takes longer than that; broker requests in the steps
+    keep their own timeouts, and a new rebalance still interrupts any step."""
+    await _ORIGINALS["Recovery._wait"](self, coro, None)
+
+
+def _verify_fetching_only(self: AIOKafkaConsumerThread, now: float, tp: TP) -> None:
+    """Faust's liveness check of a partition, without its half about streams: that half reads
+    the monitor's inbound times, which this app does not keep (`processors.app` removes the
+    monitor from the per-event sensors), and takes a position short of the highwater for
+    unprocessed records, when under exactly-once every idle partition ends in a commit marker.
+    It logged every partition as stuck, at ERROR, several times a second from a worker's fifth
+    minute on. The checks of fetch requests and responses stay."""
+    self._verify_aiokafka_event_path(now, tp)
+
+
+FETCH_MAX_WAIT_MS = 100
+
+
+def _worker_consumer_answering_soon(self: AIOKafkaConsumerThread, transport: Any) -> AIOKafkaConsumer:
+    """Faust's consumer, its long polls cut from 1.5 s to FETCH_MAX_WAIT_MS.
+
+    The broker answers one connection's requests in order, and a fetch of partitions with
+    nothing new waits out its whole long poll: every offset request of a recovery (earliest
+    offsets, seeks, positions) queued behind one took ~1.5 s, four or five of them in a row at
+    each rebalance, while the partitions being moved stood still. An idle worker now sends ten
+    fetches a second instead of one; a fetch with records returns at once either way."""
+    consumer = _ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"](self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+    return consumer
+
+
+async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> None:
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
+    if eos is None or not self.app.in_transaction:
+        return await _ORIGINALS["Consumer.perform_seek"](self)
+    epoch = eos.epoch
+    await _ORIGINALS["Consumer.perform_seek"](self)  # asks the group for the committed offsets (and seeks)
+    inputs = sorted(tp for tp in self.assignment() if tp.topic in eos.inputs)
+    committed = {tp: committed_offset(self.app, tp) for tp in inputs}  # None: never, or 0
+    never = [TopicPartition(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
+    thread = _consumer_thread(self)
+    starts = await thread.call_thread(_log_starts, thread, never) if never else {}
+    points = {tp: offset if offset is not None else starts[TopicPartition(tp.topic, tp.partition)]
+              for tp, offset in committed.items()}
+    eos.resume_from(epoch, points)
+
+
+async def _seek_to_resume_points(app: faust.App) -> None:
+    """Move every input partition's fetch position to the next offset `in_order` expects.
+
+    Called once a rebalance's recovery has resumed the streams: resuming clears the streams'
+    queues, so records fetched before were dropped and Faust's own filter
+    (`_read_offset`) would not let them through again; a seek back delivers them again
+    (`in_order` skips the ones it has processed since).
+    """
+    eos: ExactlyOnce | None = exactly_once_of(app)
+    if eos is None or not app.in_transaction:
+        return
+    points = eos.resume_points()
+    if not points:
+        return
+    consumer: Any = app.consumer
+    thread = _consumer_thread(consumer)
+    await thread.call_thread(_seek_to, thread, points)
+    for tp, offset in points.items():
+        consumer._read_offset[tp] = offset or None
+
+
+async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
+    await _ORIGINALS["Recovery.on_recovery_completed"](self, generation_id)
+    app: Any = self.app
+    await _seek_to_resume_points(app)
+    eos: ExactlyOnce | None = exactly_once_of(app)
+    if eos is not None and eos.standbys_restored:
+        _ask_for_my_share_once_warm(app, eos)
+
+
+async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
+    await _ORIGINALS["Recovery._resume_streams"](self, generation_id)
+    await _seek_to_resume_points(self.app)  # type: ignore[arg-type]
+
+
+async def _log_starts(thread: AIOKafkaConsumerThread, partitions: list[TopicPartition]) -> dict[Any, int]:
+    """In the consumer's thread: the first offset of each of `partitions`."""
+    return await thread._ensure_consumer().beginning_offsets(partitions)
+
+
+async def _seek_to(thread: AIOKafkaConsumerThread, offsets: Mapping[TP, int]) -> None:
+    """In the consumer's thread: move each partition's fetch position to its offset."""
+    consumer = thread._ensure_consumer()
+    assigned = consumer.assignment()
+    for tp, offset in offsets.items():
+        atp = TopicPartition(tp.topic, tp.partition)
+        if atp in assigned:  # a rebalance may have begun since: those positions are reset anyway
+            consumer.seek(atp, offset)
+
+
+def faust_patches() -> list[tuple[type, str, Callable[..., Any]]]:
+    """What `install_faust` replaces: (class, attribute, our version). Each replacement's
+    docstring says the gap it closes; tests/test_faust_seam.py checks every name against the
+    installed classes."""
+    from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer, TransactionManager
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+
+    return [
+        (Consumer, "_commit_tps", _commit_tps_between_events),
+        (TransactionManager, "on_rebalance", _on_rebalance_stopping_lost_producers),
+        (Producer, "commit_transactions", _commit_transactions_concurrently),
+        (AIOKafkaConsumerThread, "_highwaters", _highwaters_from_broker),
+        (Recovery, "active_remaining", _remaining_but_the_marker),
+        (Recovery, "standby_remaining", _standby_remaining_but_the_marker),
+        (CopartitionedAssignor, "get_assignment", _assignment_taking_over_warm),
+        (Recovery, "_build_offsets", _build_offsets_after_bulk_restore),
+        (Recovery, "_wait", _wait_as_long_as_it_takes),
+        (AIOKafkaConsumerThread, "verify_event_path", _verify_fetching_only),
+        (AIOKafkaConsumerThread, "_create_worker_consumer", _worker_consumer_answering_soon),
+        (Recovery, "on_recovery_completed", _on_recovery_completed_then_seek),
+        (Recovery, "_resume_streams", _resume_streams_then_seek),
+        (Consumer, "perform_seek", _perform_seek_knowing_where_each_partition_resumes),
+    ]
+
+
+def original_of(owner: type, attribute: str) -> Callable[..., Any]:
+    """What `owner.attribute` is without our replacement (before `install_faust`, or kept by it)."""
+    return _ORIGINALS.get(f"{owner.__name__}.{attribute}") or getattr(owner, attribute)
+
+
+def install_faust() -> None:
+    """Put our replacements into Faust's classes, and aiokafka's (process-wide; once is enough).
+
+    Refuses, with what it found, when faust-streaming, mode-streaming or aiokafka is not the
+    version they were checked against: a renamed private attribute would otherwise not fail
+    but quietly change what is committed."""
+    require_checked()
+    install_aiokafka()
+    for owner, attribute, replacement in faust_patches():
+        current = getattr(owner, attribute)
+        if current is not replacement:
+            _ORIGINALS[f"{owner.__name__}.{attribute}"] = current
+            setattr(owner, attribute, replacement)
