@@ -4,7 +4,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast lint typecheck bench bench-scale profile venv jars broker worker ingress clean
+.PHONY: run test test-fast lint bench bench-scale profile venv jars broker worker ingress clean
 
 run: venv
 	$(VENV)/bin/reach run
@@ -19,13 +19,9 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-# ruff, configured in pyproject.toml; .ci/run runs this before the tests.
+# ruff and mypy, both configured in pyproject.toml; .ci/run runs this before the tests.
 lint: venv
 	$(VENV)/bin/ruff check .
-
-# mypy, configured in pyproject.toml: not clean yet (Faust's and mode's types, untyped shapes),
-# so not part of lint and CI until it is.
-typecheck: venv
 	$(VENV)/bin/mypy
 
 venv: $(VENV_STAMP)

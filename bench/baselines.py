@@ -74,7 +74,7 @@ async def send_batch_producer(bootstrap: str, topic: str, batches: list[IngestBa
             by_partition: dict[int, list[Any]] = {}
             for message in batch.messages:
                 by_partition.setdefault(partition_for(message[0], partitions), []).append(message)
-            delivered = []
+            delivered: list[Any] = []
             for partition, messages in by_partition.items():
                 delivered.extend(future for future, _ in await send_batches(producer, topic, partition, messages))
             await asyncio.gather(*delivered)
@@ -127,7 +127,7 @@ async def bare_exactly_once_loop(bootstrap: str, topic: str, output: str, expect
     while seen < expected:
         fetched = await consumer.getmany(timeout_ms=1000)
         for tp, messages in fetched.items():
-            writes, outputs = WriteBatch(raw_mode=True), []
+            writes, outputs = WriteBatch(raw_mode=True), list[tuple[bytes, bytes, list[Any]]]()
             for message in messages:
                 for event in decode_ingest_message(message.value, message.headers):
                     key = resource_key(event["partnerId"], event["tenantId"], event["schemaDefinitionId"],

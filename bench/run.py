@@ -37,7 +37,6 @@ import os
 import platform
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -580,4 +579,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

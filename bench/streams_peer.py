@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import re
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -92,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

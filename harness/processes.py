@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -120,17 +120,27 @@ class ServiceProcess:
     args: list[str]
     settings: Settings
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def started(self) -> bool:
+        return self._popen is not None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        """The process (running or ended); RuntimeError before `start`."""
+        if self._popen is None:
+            raise RuntimeError(f"{' '.join(self.args)} was never started")
+        return self._popen
 
     def start(self) -> ServiceProcess:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, *self.args], env=settings_env(self.settings),
+        self._popen = subprocess.Popen([sys.executable, *self.args], env=settings_env(self.settings),
                                      cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
-        assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -149,7 +159,7 @@ class ServiceProcess:
         Mode's worker prints them on SIGUSR1 once its handler is installed (it logs "Worker
         ready" after that); before, the signal would kill the process, so none is sent.
         """
-        if self.proc is None or self.proc.poll() is not None or "processors.worker" not in self.args:
+        if not self.started or self.proc.poll() is not None or "processors.worker" not in self.args:
             return ""
         log = self.log()
         if "Worker ready" not in log[max(log.rfind("starting again"), 0):]:  # this run's handler is not installed yet

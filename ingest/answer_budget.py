@@ -14,12 +14,14 @@ import asyncio
 
 from starlette.requests import Request
 
+from ingest.context import ingress_of
+
 
 def answer_by(request: Request) -> float:
     """The event-loop time by which this request's waits must be over (set on the first call)."""
     deadline: float | None = getattr(request.state, "answer_by", None)
     if deadline is None:
-        deadline = asyncio.get_running_loop().time() + request.app.state.settings.produce_timeout_s
+        deadline = asyncio.get_running_loop().time() + ingress_of(request).settings.produce_timeout_s
         request.state.answer_by = deadline
     return deadline
 

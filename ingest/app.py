@@ -26,6 +26,7 @@ from ingest import (
     schema_definitions,
     schema_registry,
 )
+from ingest.context import Ingress, Part, ingress_of, ingress_of_app
 from ingest.idempotency import ClaimLog
 from ingest.kafka import KafkaGateway
 from ingest.metrics import MetricsMiddleware, metrics
@@ -52,11 +53,11 @@ async def ready(request: Request) -> Response:
     """Readiness: the broker answers a metadata request. While the workers' backlog is over
     its bound the ingress stays ready (reads are served; every ingress shares the backlog, so
     none is better to route to) and says that uploads are refused, and why."""
-    gateway: KafkaGateway = request.app.state.kafka
+    gateway: KafkaGateway = ingress_of(request).kafka
     if not await gateway.ready():
         return ApiError(503, "Kafka is not reachable").response()
-    admission: Admission = request.app.state.admission
-    bound = request.app.state.settings.max_backlog_records
+    admission: Admission = ingress_of(request).admission
+    bound = ingress_of(request).settings.max_backlog_records
     over = admission.overloaded()
     if over is None:
         return ok({"status": "ready", "uploads": "accepted", "backlogRecords": admission.backlog(),
@@ -127,15 +128,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = app.state
+        state = ingress_of_app(app)
         state.kafka = KafkaGateway(settings)
         state.publisher = BatchPublisher(settings)
         # A request that must catch up with Kafka waits for it no longer than an upload does.
         wait_s = min(5.0, settings.produce_timeout_s)
         state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
         state.subjects = Subjects(settings.bootstrap_servers, topics.schema_registry.name, wait_s)
-        parts = [state.kafka, state.publisher, state.registry, state.subjects]
-        started = []
+        parts: list[Part] = [state.kafka, state.publisher, state.registry, state.subjects]
+        started: list[Part] = []
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
             folder = ingress_state_dir(settings)
@@ -190,7 +191,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[Middleware(MetricsMiddleware), Middleware(RateLimitHeaders)],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.stopping = False  # set by the server when asked to stop (ingest.server)
-    app.state.topics = topics
+    app.state.ingress = Ingress(settings, topics)
     return app

@@ -12,7 +12,7 @@ connections (and proxies) open.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from ingest.auth import tenant_principal
 from ingest.batches import batch_view, names
+from ingest.context import Ingress, ingress_of
 from ingest.responses import ApiError
 from state.batches import BatchState
 from state.remote import BatchReads
@@ -46,7 +47,7 @@ def _last_event_id(request: Request) -> int:
 
 
 async def batch_events(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     batch_id = request.path_params["batch_id"]
     batch = await state.batches.find(principal.partner_id, principal.tenant_id, batch_id, details=False)
@@ -60,8 +61,8 @@ async def batch_events(request: Request) -> Response:
                              media_type=EVENT_STREAM, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _stream(state: Any, partner_id: str, tenant_id: str, batch_id: str, seen: int,
-                  name_of: Any) -> AsyncIterator[bytes]:
+async def _stream(state: Ingress, partner_id: str, tenant_id: str, batch_id: str, seen: int,
+                  name_of: Callable[[str], str | None]) -> AsyncIterator[bytes]:
     reads: BatchReads = state.batches
     yield f"retry: {RETRY_MS}\n\n".encode()
     quiet_since = time.monotonic()

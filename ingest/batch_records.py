@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from ingest.auth import tenant_principal
 from ingest.batches import choice
+from ingest.context import ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok
 from state.batches import RECORD_STATUSES, BatchState
@@ -51,7 +52,7 @@ def _cursor_index(cursor: str | None) -> int:
 
 
 async def batch_records(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     query = request.query_params
     problems: list[str] = []

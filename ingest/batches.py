@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from ingest import answer_budget, idempotency, metrics, quotas
 from ingest.auth import tenant_principal
+from ingest.context import Ingress, ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.publisher import Message, PublishError
 from ingest.responses import ApiError, iso_ms, ok
@@ -123,7 +125,7 @@ async def patch_batch(request: Request) -> Response:
 
 
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     quotas.describe(request, principal.partner_id, principal.tenant_id or "")
     definition = await find_definition(request, principal.partner_id)
@@ -150,7 +152,7 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
 async def find_definition(request: Request, partner_id: str) -> Definition:
     """The active definition the path names, or 404."""
     name = request.path_params["schema"]
-    definition = await request.app.state.registry.find_fresh(partner_id, name, answer_budget.seconds_left(request))
+    definition = await ingress_of(request).registry.find_fresh(partner_id, name, answer_budget.seconds_left(request))
     if definition is None:
         raise schema_not_found(name)
     return definition
@@ -176,7 +178,7 @@ def replay_if_accepted(request: Request, partner_id: str, tenant_id: str,
     this ingress knows already (else `publish_accepted` decides, with every ingress)."""
     if keyed is None:
         return None
-    done = idempotency.accepted_before(request.app.state.ledger.key_entry(partner_id, tenant_id, keyed.key),
+    done = idempotency.accepted_before(ingress_of(request).ledger.key_entry(partner_id, tenant_id, keyed.key),
                                        keyed.fingerprint)
     return accepted(done, replayed=True) if done is not None else None
 
@@ -192,7 +194,7 @@ async def publish_accepted(request: Request, keyed: idempotency.Keyed | None, pa
     try:
         claim = None
         if keyed is not None:
-            held = await idempotency.claim(request.app.state, partner_id, tenant_id, keyed.key, keyed.fingerprint,
+            held = await idempotency.claim(ingress_of(request), partner_id, tenant_id, keyed.key, keyed.fingerprint,
                                            answer_budget.answer_by(request))
             if isinstance(held, BatchMeta):
                 return accepted(held, replayed=True)
@@ -220,7 +222,7 @@ async def publish_batch(request: Request, partner_id: str, tenant_id: str, defin
                                        plans, claim, reservation)
         finally:
             reservation.release()
-    state = request.app.state
+    state = ingress_of(request)
     meta = BatchMeta(str(uuid.uuid4()), partner_id, tenant_id, definition.id, len(records),
                      int(time.time() * 1000), BATCH_TYPE_OF_OP[op])
     try:
@@ -322,7 +324,7 @@ def pending_view(event: dict[str, Any], schema_definition_id: str, schema_name: 
     }
 
 
-def names(state: Any, partner_id: str) -> Any:
+def names(state: Ingress, partner_id: str) -> Callable[[str], str | None]:
     """Definition id -> name, for the partner's definitions (deactivated ones too)."""
     def name_of(definition_id: str) -> str | None:
         definition = state.registry.get(partner_id, definition_id)
@@ -331,7 +333,7 @@ def names(state: Any, partner_id: str) -> Any:
 
 
 async def get_batch(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     problems: list[str] = []
     include = flag(request.query_params, "includePendingDetails", problems)
@@ -345,7 +347,7 @@ async def get_batch(request: Request) -> Response:
 
 
 async def list_batches(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     query = request.query_params
     limit = page_limit(query)

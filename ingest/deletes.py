@@ -29,6 +29,7 @@ from starlette.routing import Route
 from ingest import idempotency, quotas
 from ingest.auth import tenant_principal
 from ingest.batches import find_definition, json_object, names, publish_accepted, read_body, replay_if_accepted
+from ingest.context import ingress_of
 from ingest.responses import ApiError, ok
 from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
@@ -172,7 +173,7 @@ def _cycles(edges: dict[bytes, list[bytes]]) -> dict[bytes, int]:
 
 async def delete_batch(request: Request) -> Response:
     """`DELETE /api/resources/{schema}/batch`: delete resources by external id, or all of a schema."""
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
     quotas.describe(request, partner_id, tenant_id)

@@ -34,6 +34,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.requests import Request
 
+from ingest.context import Ingress
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
 from state.batches import BatchLedger
@@ -96,7 +97,7 @@ def reused() -> ApiError:
                          "use a new key for a new request")
 
 
-async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: str,
+async def claim(state: Ingress, partner_id: str, tenant_id: str, key: str, print_: str,
                 deadline: float) -> IdempotencyClaim | BatchMeta:
     """Hold `key` for this request (the claim to publish its batch with), or the batch already
     accepted for it; 409 while another attempt holds it, 422 if that was another request.
@@ -142,7 +143,7 @@ async def claim(state: Any, partner_id: str, tenant_id: str, key: str, print_: s
 _releasing: set[asyncio.Task[None]] = set()
 
 
-def release_later(state: Any, mine: IdempotencyClaim) -> None:
+def release_later(state: Ingress, mine: IdempotencyClaim) -> None:
     """Free the key of a claim whose batch was not accepted, in the background (best effort:
     else the claim frees it once stale)."""
     async def release() -> None:

@@ -16,7 +16,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.context import Ingress, ingress_of
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"  # the route label of a path no route serves (not the path: unbounded)
@@ -105,7 +106,7 @@ def route_template(scope: Scope) -> str:
 class _StateCollector:
     """Figures of the readers' latest totals (`state.remote.ReaderTotals`) at each scrape."""
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Ingress) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
@@ -118,9 +119,9 @@ class _StateCollector:
 
 
 async def metrics(request: Request) -> Response:
-    await request.app.state.totals.refresh(timeout_s=1.0)  # the readers' figures as of now, if they answer
+    await ingress_of(request).totals.refresh(timeout_s=1.0)  # the readers' figures as of now, if they answer
     registry = CollectorRegistry()
-    registry.register(_StateCollector(request.app.state))
+    registry.register(_StateCollector(ingress_of(request)))
     if os.environ.get(MULTIPROCESS_DIR):
         shared = CollectorRegistry()
         multiprocess.MultiProcessCollector(shared)

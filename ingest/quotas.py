@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest import answer_budget
+from ingest.context import ingress_of
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
 from state.batches import BatchLedger
@@ -258,12 +259,12 @@ class Admission:
 
 def describe(request: Request, partner_id: str, tenant_id: str) -> None:
     """Give the answer to this request the tenant's RateLimit fields (`RateLimitHeaders`)."""
-    request.state.rate_limit = request.app.state.admission.standing(partner_id, tenant_id).headers()
+    request.state.rate_limit = ingress_of(request).admission.standing(partner_id, tenant_id).headers()
 
 
 async def admit(request: Request, partner_id: str, tenant_id: str, records: int) -> Reservation:
     """`Admission.admit` for this request; its answer then carries the fields as of after it."""
-    reservation = await request.app.state.admission.admit(partner_id, tenant_id, records,
+    reservation = await ingress_of(request).admission.admit(partner_id, tenant_id, records,
                                                           answer_budget.seconds_left(request))
     request.state.rate_limit = reservation.headers
     return reservation

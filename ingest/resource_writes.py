@@ -24,6 +24,7 @@ from ingest.batches import (
     publish_batch,
     read_body,
 )
+from ingest.context import ingress_of
 from ingest.resources import resource_view
 from ingest.responses import ApiError, ok
 from schemas.batch_events import (
@@ -60,7 +61,7 @@ def _checked(data: dict[str, Any], definition: Definition, options: BatchOptions
 async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[str, Any] | None:
     """The written resource once its record succeeded; None if its outcome is not known in
     time; ApiError if it failed."""
-    state = request.app.state
+    state = ingress_of(request)
     batch = await state.batches.outcome(meta.partnerId, meta.tenantId, meta.batchId, state.settings.sync_wait_s)
     if batch is None:
         return None
@@ -75,7 +76,7 @@ async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[
 async def create(request: Request) -> Response:
     """`POST /api/resources/{schema}`: create (or merge, with onconflict=upsert) one resource."""
     options, problems = parse_options(request.query_params, with_wait=False)
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     data = _data_of(await read_body(request, state.settings.max_body_bytes))
@@ -92,7 +93,7 @@ async def create(request: Request) -> Response:
 async def patch(request: Request) -> Response:
     """`PATCH /api/resources/{schema}/{externalId}`: merge into an existing resource."""
     options, problems = parse_options(request.query_params, with_conflict=False, with_wait=False)
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     data = _data_of(await read_body(request, state.settings.max_body_bytes))
@@ -121,7 +122,7 @@ async def delete(request: Request) -> Response:
     cascade = choice(request.query_params, "cascade", ("true", "false"), "false", problems) == "true"
     if problems:
         raise ApiError(400, "; ".join(problems))
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     external_id = request.path_params["external_id"]

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from ingest.auth import tenant_principal
 from ingest.batches import find_definition
+from ingest.context import ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 
@@ -30,7 +31,7 @@ def resource_view(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 async def get_resource(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     include = [f for f in (request.query_params.get("include") or "").split(",") if f]
@@ -55,7 +56,7 @@ async def get_resource(request: Request) -> Response:
 
 
 async def list_resources(request: Request) -> Response:
-    state = request.app.state
+    state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     limit = page_limit(request.query_params)

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from ingest.auth import partner_principal
 from ingest.batches import schema_not_found
+from ingest.context import ingress_of
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 from schemas.definitions import (
     Definition,
@@ -44,7 +45,7 @@ async def json_body(request: Request) -> Any:
 
 
 def _registry(request: Request) -> SchemaRegistry:
-    return request.app.state.registry
+    return ingress_of(request).registry
 
 
 async def _lookup(request: Request, partner_id: str) -> Definition:
@@ -57,8 +58,8 @@ async def _lookup(request: Request, partner_id: str) -> Definition:
 
 async def _write(request: Request, definition: Definition) -> None:
     try:
-        async with asyncio.timeout(request.app.state.settings.produce_timeout_s):
-            refused = await _registry(request).write(request.app.state.kafka.producer, definition)
+        async with asyncio.timeout(ingress_of(request).settings.produce_timeout_s):
+            refused = await _registry(request).write(ingress_of(request).kafka.producer, definition)
     except (KafkaError, TimeoutError) as exc:
         raise ApiError(503, f"The schema definition could not be stored durably: {exc}") from None
     if refused is not None:
@@ -74,7 +75,7 @@ def _as_api_error(exc: DefinitionError) -> ApiError:
 
 
 async def create(request: Request) -> Response:
-    principal = partner_principal(request, request.app.state.settings.partner_secrets)
+    principal = partner_principal(request, ingress_of(request).settings.partner_secrets)
     body = await json_body(request)
     registry = _registry(request)
     async with registry.write_lock():
@@ -91,18 +92,18 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
-    principal = partner_principal(request, request.app.state.settings.partner_secrets)
+    principal = partner_principal(request, ingress_of(request).settings.partner_secrets)
     await _registry(request).sync()
     return ok([definition_view(d) for d in _registry(request).active(principal.partner_id)])
 
 
 async def get_one(request: Request) -> Response:
-    principal = partner_principal(request, request.app.state.settings.partner_secrets)
+    principal = partner_principal(request, ingress_of(request).settings.partner_secrets)
     return ok(definition_view(await _lookup(request, principal.partner_id)))
 
 
 async def update(request: Request) -> Response:
-    principal = partner_principal(request, request.app.state.settings.partner_secrets)
+    principal = partner_principal(request, ingress_of(request).settings.partner_secrets)
     body = await json_body(request)
     registry = _registry(request)
     async with registry.write_lock():
@@ -117,7 +118,7 @@ async def update(request: Request) -> Response:
 
 
 async def deactivate(request: Request) -> Response:
-    principal = partner_principal(request, request.app.state.settings.partner_secrets)
+    principal = partner_principal(request, ingress_of(request).settings.partner_secrets)
     registry = _registry(request)
     async with registry.write_lock():
         await registry.sync()

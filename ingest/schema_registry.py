@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from ingest.batches import read_body
+from ingest.context import ingress_of
 from ingest.responses import ApiError
 from schemas import compatibility
 from schemas.subjects import Subjects, writable_subjects
@@ -74,11 +75,11 @@ def http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def _subjects(request: Request) -> Subjects:
-    return request.app.state.subjects
+    return ingress_of(request).subjects
 
 
 def _ingest_topic(request: Request) -> str:
-    return request.app.state.topics.ingest.name
+    return ingress_of(request).topics.ingest.name
 
 
 def _schema_id(request: Request) -> PublishedVersion:
@@ -215,7 +216,7 @@ async def register(request: Request) -> Response:
     schema, published = await _candidate(request)
     subjects = _subjects(request)
     if published is not None and published in allowed:
-        await subjects.register(request.app.state.kafka.producer, subject, published)
+        await subjects.register(ingress_of(request).kafka.producer, subject, published)
         # Only the id, as Confluent's registry answers: clients may refuse fields they do not know.
         return RegistryResponse({"id": published.schema_id})
     await subjects.sync()

@@ -28,6 +28,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ingest.app import create_app
+from ingest.context import ingress_of_app
 from ingest.metrics import prepare_multiprocess, process_exited
 from reach.config import Settings
 from reach.shutdown import StopRequested
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class IngressServer(uvicorn.Server):
-    """uvicorn's server, telling the app when it is asked to stop (`app.state.stopping`), so
+    """uvicorn's server, telling the app when it is asked to stop (`Ingress.stopping`), so
     that responses without an end of their own (event streams) end at once instead of holding
     the stop until the graceful timeout."""
 
@@ -64,7 +65,7 @@ class IngressServer(uvicorn.Server):
         self.app = app
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.app.state.stopping = True
+        ingress_of_app(self.app).stopping = True
         super().handle_exit(sig, frame)
 
 

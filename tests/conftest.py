@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck
@@ -147,7 +147,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, value in report.user_properties:
         if name == _SUMMARY_PROPERTY:
-            _COLLECTED.extend(value)
+            _COLLECTED.extend(cast(list[str], value))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

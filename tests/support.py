@@ -11,12 +11,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import httpx2
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
 from harness.processes import (  # noqa: F401 - the tests import them from here
     OUR_PACKAGES,
@@ -29,7 +32,16 @@ from harness.processes import (  # noqa: F401 - the tests import them from here
     settings_env,
     wait_until,
 )
+from ingest.context import Ingress, ingress_of_app
 from reach.config import Settings
+
+# An HTTP answer: from a real ingress (httpx) or from Starlette's TestClient (httpx2).
+Response = httpx.Response | httpx2.Response
+
+def ingress_context(client: TestClient) -> Ingress:
+    """The ingress behind a TestClient of `ingest.app.create_app`'s app."""
+    return ingress_of_app(cast(Starlette, client.app))
+
 
 # Lines a test wants shown in the session's summary (figures of fuzz and fault runs).
 SUMMARY: list[str] = []

@@ -17,6 +17,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -114,7 +115,7 @@ def served(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
 @API.parametrize()
 @API.given(known=st.sampled_from([True, True, True, False]), records=RECORDS)
 @hypothesis_settings(deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_route_answers_a_server_error(case: schemathesis.Case, known: bool, records: list[dict],
+def test_no_route_answers_a_server_error(case: schemathesis.Case, known: bool, records: list[Any],
                                          served: Served) -> None:
     if known:  # a definition that exists; partner routes get one that no upload needs
         for name in ("schema", "idOrName"):

@@ -6,10 +6,9 @@ import re
 import time
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
-from tests.support import CUSTOMER_SCHEMA, TERMINAL, bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, TERMINAL, Response, bearer, partner_token, tenant_token, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -43,7 +42,8 @@ def run_batch(client: TestClient, resources: list[dict[str, Any]], **query: str)
     return wait_terminal(client, submit(client, resources, **query), tenant_headers())
 
 
-def resource(client: TestClient, external_id: str) -> dict[str, Any] | None:
+def resource(client: TestClient, external_id: str) -> Any:
+    """The Customer (its JSON), or None when there is none."""
     response = client.get(f"/api/resources/Customer/{external_id}", headers=tenant_headers())
     if response.status_code == 404:
         return None
@@ -51,7 +51,7 @@ def resource(client: TestClient, external_id: str) -> dict[str, Any] | None:
     return response.json()["data"]["result"]
 
 
-def get_batch(client: TestClient, batch_id: str, headers: dict[str, str] | None = None) -> httpx.Response:
+def get_batch(client: TestClient, batch_id: str, headers: dict[str, str] | None = None) -> Response:
     return client.get(f"/api/batches/{batch_id}", headers=headers or tenant_headers())
 
 

@@ -151,28 +151,35 @@ def _taken(key: str, claimant: str, at: int, batch_id: str) -> Any:
                            value=registration(BatchMeta(batch_id, "p", "t1", "s", 1, at + 5), claim))
 
 
+def _entry(store: BatchStore, key: str) -> dict[str, Any]:
+    """Tenant t1's entry of an idempotency key, which the test expects to exist."""
+    entry = store.key_entry("p", "t1", key)
+    assert entry is not None, f"no entry for {key}"
+    return entry
+
+
 def test_idempotency_keys_go_to_the_first_claim_are_taken_by_a_batch_and_expire(tmp_path: Path) -> None:
     now = int(time.time() * 1000)
     store = BatchStore("unused:9092", TOPIC, tmp_path / "store", idempotency_ttl_s=3600, claim_stale_s=30)
     _fold(store, [_claim_event("k1", "a", now), _claim_event("k1", "b", now + 10)], 2)
-    assert store.key_entry("p", "t1", "k1")["claimant"] == "a", "the first claim holds the key"
+    assert _entry(store, "k1")["claimant"] == "a", "the first claim holds the key"
     assert store.key_entry("p", "t2", "k1") is None, "keys are the tenant's"
 
     _fold(store, [_claim_event("k1", "b", now + 20, "release")], 3)  # not b's to release
-    assert store.key_entry("p", "t1", "k1")["claimant"] == "a"
+    assert _entry(store, "k1")["claimant"] == "a"
     _fold(store, [_claim_event("k1", "a", now + 30, "release"), _claim_event("k1", "b", now + 40)], 5)
-    assert store.key_entry("p", "t1", "k1")["claimant"] == "b", "released: the next claim holds it"
+    assert _entry(store, "k1")["claimant"] == "b", "released: the next claim holds it"
 
     _fold(store, [_claim_event("k1", "c", now + 40 + 30_000)], 6)  # b's claim is stale by then
-    assert store.key_entry("p", "t1", "k1")["claimant"] == "c"
+    assert _entry(store, "k1")["claimant"] == "c"
     _fold(store, [_taken("k1", "c", now + 40 + 30_000, "batch-c"),
                   _claim_event("k1", "d", now + 3_000_000)], 8)  # taken: no claim moves it within the TTL
-    entry = store.key_entry("p", "t1", "k1")
+    entry = _entry(store, "k1")
     assert entry["claimant"] == "c" and entry["batch"]["batchId"] == "batch-c", entry
 
     # A batch whose claim this store never saw (another partition, read later) takes the key too.
     _fold(store, [_taken("k2", "e", now, "batch-e")], 9)
-    assert store.key_entry("p", "t1", "k2")["batch"]["batchId"] == "batch-e"
+    assert _entry(store, "k2")["batch"]["batchId"] == "batch-e"
 
     assert store.expire_keys(now + 1) == 1  # k2's entry (claimed at `now`); k1's is younger
     assert store.key_entry("p", "t1", "k2") is None and store.key_entry("p", "t1", "k1") is not None

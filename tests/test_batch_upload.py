@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import orjson
 from starlette.testclient import TestClient
 
 from ingest.app import create_app
 from reach.config import Settings
-from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, unique, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, Response, bearer, partner_token, tenant_token, unique, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 
@@ -43,24 +42,25 @@ def create_definition(client: TestClient, name: str = "Customer", plural: str | 
 
 
 def upload(client: TestClient, schema: str, resources: Any, headers: dict[str, str] | None = None,
-           **query: str) -> httpx.Response:
+           query: dict[str, str] | None = None, **params: str) -> Response:
+    """POST a batch; the query from `query` and `params`."""
     return client.post(f"/api/resources/{schema}/batch", json={"resources": resources},
-                       params=query, headers=headers or tenant_headers())
+                       params={**(query or {}), **params}, headers=headers or tenant_headers())
 
 
-def post_raw(client: TestClient, schema: str, content: bytes, **query: str) -> httpx.Response:
+def post_raw(client: TestClient, schema: str, content: bytes, **query: str) -> Response:
     headers = {**tenant_headers(), "Content-Type": "application/json"}
     return client.post(f"/api/resources/{schema}/batch", content=content, params=query, headers=headers)
 
 
-def assert_accepted(response: httpx.Response) -> dict[str, Any]:
+def assert_accepted(response: Response) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["success"] is True
     return body["data"]
 
 
-def assert_bad_request(response: httpx.Response) -> dict[str, Any]:
+def assert_bad_request(response: Response) -> dict[str, Any]:
     assert response.status_code == 400, response.text
     body = response.json()
     assert body["success"] is False
@@ -76,7 +76,7 @@ def record_errors(body: dict[str, Any], index: int) -> list[str]:
     return [e for e in errors if e.startswith(prefix)]
 
 
-def get_resource(client: TestClient, schema: str, external_id: str) -> httpx.Response:
+def get_resource(client: TestClient, schema: str, external_id: str) -> Response:
     return client.get(f"/api/resources/{schema}/{external_id}", headers=tenant_headers())
 
 
@@ -103,7 +103,7 @@ def test_query_value_outside_the_contract_is_refused(ingress: TestClient) -> Non
     create_definition(ingress)
 
     def check(query: dict[str, str]) -> None:
-        body = assert_bad_request(upload(ingress, "Customer", VALID, **query))
+        body = assert_bad_request(upload(ingress, "Customer", VALID, query=query))
         # A problem of the whole request is said in `message`, not as a record error.
         assert not any(e.startswith("resources[") for e in body.get("errors") or []), body
 
@@ -123,7 +123,7 @@ def test_every_allowed_query_value_is_accepted(ingress: TestClient) -> None:
     create_definition(ingress)
 
     def check(query: dict[str, str]) -> None:
-        data = assert_accepted(upload(ingress, "Customer", VALID, **query))
+        data = assert_accepted(upload(ingress, "Customer", VALID, query=query))
         assert data["recordCount"] == 1
 
     each_case({
@@ -274,7 +274,7 @@ def test_unknown_field_is_refused_unless_ignored(ingress: TestClient) -> None:
     create_definition(ingress)
     records = [{"id": "c-1", "name": "Ann", "nickname": "A"}]
     for query in ({}, {"ignoreUnknownFields": "false"}):
-        body = assert_bad_request(upload(ingress, "Customer", records, **query))
+        body = assert_bad_request(upload(ingress, "Customer", records, query=query))
         about_record = record_errors(body, 0)
         assert about_record and any("nickname" in e for e in about_record), body
     assert_accepted(upload(ingress, "Customer", records, ignoreUnknownFields="true"))
@@ -316,7 +316,7 @@ def test_every_problem_of_a_request_is_listed_in_one_answer(ingress: TestClient)
 
 # --- schema lookup -----------------------------------------------------------------------------
 
-def assert_schema_not_found(response: httpx.Response) -> None:
+def assert_schema_not_found(response: Response) -> None:
     assert response.status_code == 404, response.text
     body = response.json()
     assert body["success"] is False

@@ -179,7 +179,7 @@ def test_a_worker_started_while_the_broker_is_down_keeps_trying_and_works_once_i
             wait_until(lambda: worker.log().count("starting again") >= 2, 120, 0.2,
                        what="the worker to fail twice and go on trying",
                        seen=lambda: f"{worker.log().count('starting again')} restarts")
-            assert worker.proc is not None and worker.proc.poll() is None
+            assert worker.proc.poll() is None
             own_broker.start()
             ingress = ServiceProcess(["-m", "ingest.server"], settings, tmp_path / "ingress.log").start()
             try:

@@ -352,7 +352,6 @@ def zombie_worker(d: Deployment) -> None:
     """One of two workers paused past its transaction timeout, its partitions taken over by the
     other, then resumed: nothing it sends after resuming may be visible (the audits tell)."""
     victim = d.workers[0]
-    assert victim.proc is not None
     phase = d.phase("a worker paused 70 s (past its session and transaction timeouts), then resumed")
     victim.proc.send_signal(signal.SIGSTOP)
     try:

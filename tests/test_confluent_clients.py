@@ -99,7 +99,7 @@ def test_a_stock_confluent_producer_with_its_default_partitioner_writes_batches_
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "key.deserializer": StringDeserializer(), "value.deserializer": AvroDeserializer(registry)})
         consumer.subscribe([topic])
-        read: list[tuple[str, dict[str, Any]]] = []
+        read: list[tuple[Any, Any]] = []  # (key, value) as the deserializers give them
         try:
             def all_read() -> bool:
                 message = consumer.poll(0.5)

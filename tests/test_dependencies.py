@@ -27,6 +27,7 @@ from tests.support import (
     committed_records,
     explained_by,
     free_port,
+    ingress_context,
     partner_token,
     tenant_token,
     wait_terminal,
@@ -103,7 +104,8 @@ def wait_pending(client: TestClient, batch_id: str, count: int = 1, timeout_s: f
     return wait_until(probe, timeout_s, 0.05, what=f"{count} pending record(s) in batch {batch_id}")
 
 
-def read(client: TestClient, schema: str, external_id: str) -> dict[str, Any] | None:
+def read(client: TestClient, schema: str, external_id: str) -> Any:
+    """The resource (its JSON), or None when there is none."""
     response = client.get(f"/api/resources/{schema}/{external_id}", headers=tenant_headers())
     if response.status_code == 404:
         return None
@@ -347,7 +349,7 @@ def test_pending_record_fails_with_dependency_timeout_at_its_deadline(ingress: T
     # for the same customer on the expired record's partition: the customer's creation answers
     # every waiter of one partition in one message, so once the witness has applied, whatever
     # that creation sent the expired record has been handled as well.
-    partitions = ingress.app.state.settings.topic_partitions
+    partitions = ingress_context(ingress).settings.topic_partitions
     expired_at = partition_for(resource_key("partner-a", "tenant-1", ids["Order"], "o-exp"), partitions)
     witness = next(f"o-witness-{i}" for i in range(1000)
                    if partition_for(resource_key("partner-a", "tenant-1", ids["Order"], f"o-witness-{i}"),

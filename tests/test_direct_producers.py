@@ -7,6 +7,8 @@ import asyncio
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -68,16 +70,16 @@ def _messages(batch: IngestBatch) -> list[tuple[bytes | None, bytes, list[tuple[
     return list(batch.messages)
 
 
-def _batch(definition_id: str, records: list[dict], **options: object) -> IngestBatch:
+def _batch(definition_id: str, records: list[dict[str, Any]], **options: Any) -> IngestBatch:
     return build_ingest_batch("partner-a", "tenant-1", definition_id, [(r["id"], r) for r in records], **options)
 
 
 @pytest.mark.parametrize("build", [build_ingest_batch, build_ingest_batch_v1], ids=["version 2", "version 1"])
-def test_a_direct_batch_is_processed_and_reported_like_an_upload(settings: Settings, ingress: TestClient,
-                                                                 worker: ServiceProcess, build: object) -> None:
+def test_a_direct_batch_is_processed_and_reported_like_an_upload(
+        settings: Settings, ingress: TestClient, worker: ServiceProcess, build: Callable[..., IngestBatch]) -> None:
     definition_id = _define(ingress)
-    records = [{"id": "d1", "name": "Dee"}, {"id": "d2", "name": "Dan", "age": 3}]
-    batch = build("partner-a", "tenant-1", definition_id, [(r["id"], r) for r in records])  # type: ignore[operator]
+    records: list[dict[str, Any]] = [{"id": "d1", "name": "Dee"}, {"id": "d2", "name": "Dan", "age": 3}]
+    batch = build("partner-a", "tenant-1", definition_id, [(r["id"], r) for r in records])
     asyncio.run(_produce(settings, _messages(batch)))
     headers = bearer(tenant_token())
     data = wait_terminal(ingress, batch.batch_id, headers)
@@ -97,7 +99,7 @@ def test_one_message_of_many_operations_applies_them_in_order(settings: Settings
            ("m1", "reject", {"id": "m1", "name": "Again"}), ("m2", "patch", {"id": "m2", "age": 1}),
            ("m1", "upsert", {"id": "m1", "name": "Last"})]
     key = resource_key("partner-a", "tenant-1", definition_id, "m1")
-    message = {"batchId": "many-ops-" + definition_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST",
+    message: dict[str, Any] = {"batchId": "many-ops-" + definition_id, "batchType": "PARTNER_RESOURCE_JSON_INGEST",
                "recordCount": len(ops), "partnerId": "partner-a", "tenantId": "tenant-1",
                "schemaDefinitionId": definition_id, "schemaVersion": None, "ignoreUnknownFields": False,
                "dependencyWaitTimeout": 0, "cascade": False, "acceptedAt": 1,
@@ -128,7 +130,7 @@ def test_any_partitioner_works_each_record_applied_once_and_in_order_per_resourc
     definition_id = _define(ingress)
     headers = bearer(tenant_token())
     partitions = service_topics(settings).ingest.partitions
-    owner = {}
+    owner: dict[str, int] = {}
 
     def owner_of(external_id: str) -> int:
         return owner.setdefault(external_id, partition_for(resource_key("partner-a", "tenant-1", definition_id,
@@ -222,9 +224,9 @@ def _with_record_index(message: bytes, index: int) -> bytes:
 
     from schemas.events import INGEST_MESSAGE_SCHEMA
 
-    decoded = fastavro.schemaless_reader(io.BytesIO(message), INGEST_MESSAGE_SCHEMA)
-    decoded["operations"][0]["recordIndex"] = index  # type: ignore[index]
-    return encode_ingest_message(decoded)  # type: ignore[arg-type]
+    decoded = cast(dict[str, Any], fastavro.schemaless_reader(io.BytesIO(message), INGEST_MESSAGE_SCHEMA))
+    decoded["operations"][0]["recordIndex"] = index
+    return encode_ingest_message(decoded)
 
 
 def test_direct_events_get_the_same_record_checks_as_http(settings: Settings, ingress: TestClient,

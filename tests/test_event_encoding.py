@@ -4,6 +4,8 @@ both versions decode to the same per-operation form."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import fastavro
 import orjson
 import pytest
@@ -109,7 +111,8 @@ def test_grouped_messages_hold_each_partitions_operations_in_batch_order(records
 
 
 def test_grouped_messages_stay_within_the_size_bound() -> None:
-    records = [(f"r{i}", {"text": "x" * 20_000}) for i in range(100)]  # ~2 MB, on one partition
+    # ~2 MB, on one partition
+    records: list[tuple[str, dict[str, Any] | None]] = [(f"r{i}", {"text": "x" * 20_000}) for i in range(100)]
     batch = build_ingest_batch("p", "t", "d", records, partitions=1)
     sizes = [len(value) for _, value, _ in batch.messages]
     per_message = MAX_MESSAGE_BYTES // 20_016  # the size of one operation here

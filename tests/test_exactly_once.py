@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 from reach.config import Settings
 from schemas.events import build_ingest_batch
 from tests.support import (
+    PlacedMessage,
     ServiceProcess,
     bearer,
     committed_outcomes,
@@ -145,7 +146,7 @@ def _produce_misplaced(settings: Settings, definition_id: str, expected: Expecte
         (f"rr{i}", {"id": f"rr{i}", "name": "fresh"}) for i in range(ROUND_ROBIN)], op="reject")
     mixed = build_ingest_batch("partner-a", "tenant-1", definition_id, [
         (f"mx{i}", {"id": f"mx{i}", "name": "fresh"}) for i in range(MIXED)], op="reject", partitions=1)
-    messages = [(key, value, headers, (partition_for(key, partitions) + 1) % partitions)
+    messages: list[PlacedMessage] = [(key, value, headers, (partition_for(key, partitions) + 1) % partitions)
                 for batch in rounds for key, value, headers in batch.messages]
     messages += [(key, value, headers, n % partitions) for n, (key, value, headers) in enumerate(round_robin.messages)]
     messages += [(key, value, headers, 0) for key, value, headers in mixed.messages]

@@ -36,8 +36,8 @@ def _parameters(function: Any) -> list[str]:
 
 def _sets(cls: type, attribute: str) -> bool:
     """Whether `cls.__init__` assigns `self.<attribute>` (an instance attribute we read)."""
-    return f"self.{attribute} =" in inspect.getsource(cls.__init__) or \
-        f"self.{attribute}:" in inspect.getsource(cls.__init__)
+    source = inspect.getsource(vars(cls)["__init__"])
+    return f"self.{attribute} =" in source or f"self.{attribute}:" in source
 
 
 def test_the_installed_versions_are_the_checked_and_pinned_ones() -> None:

@@ -29,7 +29,8 @@ def _owner(external_id: str) -> int:
 
 def _ids_on(partition: int, count: int, prefix: str = "r") -> list[str]:
     """`count` external ids whose resources belong to `partition`."""
-    found, n = [], 0
+    found: list[str] = []
+    n = 0
     while len(found) < count:
         if _owner(f"{prefix}{n}") == partition:
             found.append(f"{prefix}{n}")

@@ -139,7 +139,8 @@ def test_only_a_keys_last_change_in_a_transaction_reaches_the_changelog() -> Non
     async def scenario() -> list[Any]:
         eos, producers, log = _eos()
         p0 = TP("in", 0)
-        table = SimpleNamespace(name="pending", changelog_topic=SimpleNamespace(get_topic_name=lambda: "pending-log"))
+        changelog = SimpleNamespace(get_topic_name=lambda: "pending-log")
+        table: Any = SimpleNamespace(name="pending", changelog_topic=changelog)
         await eos.put(_event(p0), table, b"r1", {"n": 1})
         await eos.put(_event(p0), table, b"r2", {"n": 1})
         await eos.put(_event(p0), table, b"r1", {"n": 2})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 from starlette.testclient import TestClient
@@ -26,8 +27,10 @@ from schemas.batch_events import INGEST_BATCH, BatchMeta, IdempotencyClaim, clai
 from tests.support import (
     CUSTOMER_SCHEMA,
     SUMMARY,
+    Response,
     ServiceProcess,
     bearer,
+    ingress_context,
     partner_token,
     records_per_upload,
     tenant_token,
@@ -49,7 +52,7 @@ def define(client: TestClient) -> None:
 
 
 def post(client: Any, key: str | None, body: dict[str, Any], tenant: str = "tenant-1", method: str = "POST",
-         path: str = UPLOAD) -> httpx.Response:
+         path: str = UPLOAD) -> Response:
     headers = {**bearer(tenant_token(tenant=tenant)), **({"Idempotency-Key": key} if key is not None else {})}
     return client.request(method, path, json=body, headers=headers)
 
@@ -136,9 +139,12 @@ def test_a_key_held_by_an_attempt_in_flight_is_409_until_released(
 
     # Its batch was not accepted after all: released, the key is free for the retry.
     asyncio.run(produce(claim_event(theirs, released=True)))
-    retry = wait_until(lambda: (r := ingress.post(UPLOAD, content=raw, headers={
-        **bearer(tenant_token()), "Idempotency-Key": "key-f", "content-type": "application/json"})).status_code == 202
-        and r, 30, what="the released key to be free")
+    def accepted() -> httpx2.Response | None:
+        r = ingress.post(UPLOAD, content=raw, headers={
+            **bearer(tenant_token()), "Idempotency-Key": "key-f", "content-type": "application/json"})
+        return r if r.status_code == 202 else None
+
+    retry = wait_until(accepted, 30, what="the released key to be free")
     assert "Idempotent-Replayed" not in retry.headers
     assert batches_of(ingress) == [retry.json()["data"]["batchId"]]
 
@@ -147,7 +153,7 @@ def test_concurrent_attempts_with_one_key_on_two_ingresses_accept_one_batch(
         ingress: TestClient, second_ingress: TestClient) -> None:
     define(ingress)
     body = {"resources": [{"id": f"c-{i}", "name": "n"} for i in range(50)]}
-    answers: list[httpx.Response] = []
+    answers: list[Response] = []
     start = threading.Barrier(6)
 
     def attempt(client: TestClient) -> None:
@@ -162,8 +168,11 @@ def test_concurrent_attempts_with_one_key_on_two_ingresses_accept_one_batch(
     statuses = Counter(a.status_code for a in answers)
     assert set(statuses) <= {202, 409} and statuses[202] >= 1, statuses
     assert len({a.json()["data"]["batchId"] for a in answers if a.status_code == 202}) == 1, [a.text for a in answers]
-    final = wait_until(lambda: (r := post(ingress, "key-c", body)).status_code == 202 and r, 30,
-                       what="the accepted batch to be replayed")
+    def replayed() -> httpx2.Response | None:
+        r = ingress.request("POST", UPLOAD, json=body, headers={**bearer(tenant_token()), "Idempotency-Key": "key-c"})
+        return r if r.status_code == 202 else None
+
+    final = wait_until(replayed, 30, what="the accepted batch to be replayed")
     assert batches_of(ingress) == batches_of(second_ingress) == [final.json()["data"]["batchId"]]
 
 
@@ -184,13 +193,13 @@ def test_retries_after_an_ingress_killed_mid_upload_leave_each_batch_in_kafka_on
     # Every upload retried with its key through another ingress, as a client whose answer was
     # lost does: an unanswered one until it is accepted (409 while the killed ingress's claim
     # may still commit), an answered one once more.
-    retried: dict[str, httpx.Response] = {}
+    retried: dict[str, Response] = {}
     for tag in [*unanswered, *accepted]:
-        def retry() -> httpx.Response | None:
+        def retry() -> Response | None:
             response = ingress.post(UPLOAD, json=body(tag), headers={**headers, "Idempotency-Key": tag})
             assert response.status_code in (202, 409), response.text
             return response if response.status_code == 202 else None
-        retried[tag] = wait_until(retry, 90, 1.0, what=f"the retry of {tag} to be accepted")
+        retried[tag] = wait_until(retry, 90, 1.0, what=f"the retry of {tag} to be accepted")  # type: ignore[assignment]
     for tag, batch_id in accepted.items():
         assert retried[tag].json()["data"]["batchId"] == batch_id
         assert retried[tag].headers.get("Idempotent-Replayed") == "true", tag
@@ -213,7 +222,8 @@ def test_a_batch_committed_by_an_ingress_that_died_before_answering_is_what_the_
     define(ingress)
     definition_id = ingress.get("/partner/schema-definitions/Customer",
                                 headers=bearer(partner_token())).json()["data"]["id"]
-    definition = ingress.app.state.registry.get("partner-a", definition_id)
+    definition = ingress_context(ingress).registry.get("partner-a", definition_id)
+    assert definition is not None, definition_id
     records = [{"id": f"d-r{i}", "name": "n"} for i in range(30)]
     raw = httpx.Request("POST", "http://x", json={"resources": records}).content
     # What an ingress does up to Kafka's commit, exactly (claim, then the batch in one

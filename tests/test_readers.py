@@ -156,7 +156,6 @@ def test_a_reader_down_is_a_503_for_its_share_and_restarts_from_its_checkpoint(
 
 def test_a_reader_refuses_an_index_outside_its_urls(settings: Settings, tmp_path: Path) -> None:
     process = ServiceProcess(["-m", "state.reader"], replace(settings, reader_index=3), tmp_path / "bad.log").start()
-    assert process.proc is not None
     code = process.proc.wait(60)
     assert code != 0 and "REACH_READER_INDEX=3 names no URL" in process.log(), process.log()[-2000:]
 

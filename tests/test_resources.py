@@ -6,10 +6,9 @@ import re
 import uuid
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
-from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal
+from tests.support import CUSTOMER_SCHEMA, Response, bearer, partner_token, tenant_token, wait_terminal
 
 DEFINITIONS = "/partner/schema-definitions"
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -66,11 +65,11 @@ def load(client: TestClient, schema: str, resources: list[dict[str, Any]],
 
 
 def read(client: TestClient, schema: str, external_id: str, headers: dict[str, str] | None = None,
-         **query: str) -> httpx.Response:
+         **query: str) -> Response:
     return client.get(f"/api/resources/{schema}/{external_id}", params=query, headers=headers or tenant_headers())
 
 
-def assert_not_found(response: httpx.Response) -> None:
+def assert_not_found(response: Response) -> None:
     assert response.status_code == 404, response.text
     assert response.json()["success"] is False
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import faust
 from aiokafka import AIOKafkaProducer, TopicPartition
+from faust.types import TableT
 
 from processors.restore import Restorer
 from tests.support import unique
@@ -33,7 +34,7 @@ async def _transaction(bootstrap: str, topic: str, writes: list[tuple[bytes, byt
         await producer.stop()
 
 
-def _table(tmp_path: Path) -> faust.Table:
+def _table(tmp_path: Path) -> TableT:
     app = faust.App(unique("restore"), broker="kafka://localhost:1", store="rocksdb://", datadir=str(tmp_path))
     return app.Table("resources", default=None, partitions=1, key_type=bytes, value_type=bytes)
 

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from processors.transactions import ExactlyOnce
+from reach import seam
 from tests.support import unique
 from topics import create_topics
 from topics.definitions import TopicSpec
@@ -115,7 +116,7 @@ def test_a_partition_whose_producer_still_holds_processed_events_resumes_after_t
         eos.forget([tp])  # the partition stays with this worker and its producer
         eos.resume_from(eos.epoch, {tp: 0})  # nothing committed yet
         kept = _offsets(await eos.in_order(_event(tp, 2)))
-        eos.app.producer._transaction_producers[TID] = SimpleNamespace()  # a new producer: the old one aborted
+        seam.transaction_producers(eos.app)[TID] = SimpleNamespace()  # a new producer: the old one aborted
         eos.forget([tp])
         eos.resume_from(eos.epoch, {tp: 0})
         return kept, _offsets(await eos.in_order(_event(tp, 0)))

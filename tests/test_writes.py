@@ -3,12 +3,21 @@ query values and 405s: over HTTP, through the real pipeline (broker, worker)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
-from tests.support import CUSTOMER_SCHEMA, bearer, partner_token, tenant_token, wait_terminal, wait_until
+from tests.support import (
+    CUSTOMER_SCHEMA,
+    Response,
+    bearer,
+    ingress_context,
+    partner_token,
+    tenant_token,
+    wait_terminal,
+    wait_until,
+)
 
 DEFINITIONS = "/partner/schema-definitions"
 
@@ -131,7 +140,7 @@ def test_single_resource_writes_answer_with_the_outcome(ingress: TestClient, wor
 def test_a_single_write_whose_outcome_is_late_answers_202_with_its_batch(settings: Any, ingress: TestClient) -> None:
     """No worker runs: the outcome cannot be known within REACH_SYNC_WAIT_S."""
     _define(ingress)
-    ingress.app.state.settings = settings.__class__(**{**settings.__dict__, "sync_wait_s": 0.5})
+    ingress_context(ingress).settings = replace(settings, sync_wait_s=0.5)
     response = ingress.post("/api/resources/Customer", json={"data": {"id": "late", "name": "L"}}, headers=_headers())
     assert response.status_code == 202, response.text
     data = response.json()["data"]
@@ -175,7 +184,7 @@ def test_query_values_are_strict_and_405_names_the_allowed_methods(ingress: Test
     response = ingress.get("/api/batches/x", params={"includePendingDetails": "1"}, headers=_headers())
     assert response.status_code == 400, response.text
 
-    def allow(response: httpx.Response) -> set[str]:
+    def allow(response: Response) -> set[str]:
         assert response.status_code == 405, response.text
         return set(response.headers["allow"].split(", "))
 
