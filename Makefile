@@ -45,11 +45,13 @@ profile: venv
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 # Memory, restart times and read latency as stored data grows (bench/scale.py):
-# bench/results/scale.{json,png}. Loading 2,000,000 resources takes several minutes.
+# bench/results/scale.{json,png} and docs/benchmarks.md's table. Loading 2,000,000 resources takes
+# several minutes.
 SIZES ?= 10000 200000
 bench-scale: venv
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) -m bench.scale --sizes $(SIZES)
+	$(PY) -m bench.tables
 
 # The broker's jars are fetched on first use; this target fetches them ahead of time.
 jars: venv

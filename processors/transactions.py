@@ -44,7 +44,7 @@ classes. The replacements named below are there:
 7. Under `exactly_once`, Faust takes a changelog's end for recovery from the last fetch
    response, which is unknown (-1) before the first fetch: a worker taking a partition back
    would skip recovering it, or crash on its consistency check. We ask the broker, and read
-   back from its end to the last committed record (`reach.seam._after_last_records`): Faust's recovery
+   back from its end to the last committed record (`_after_last_records`): Faust's recovery
    otherwise waits for two idle 5-second polls to pass the transaction markers at the end.
 8. Faust does not always stop the producers of partitions a rebalance took away (seen in
    our two-worker kill test): the new owner fences them, and when the partition came back
@@ -126,7 +126,8 @@ class ExactlyOnce:
         self._reader: AIOKafkaConsumer | None = None
         self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
         self.standbys_restored = False  # this rebalance's restore brought every standby to its end
-        self.asked_holding: tuple[frozenset[int], frozenset[int]] | None = None  # see _ask_for_my_share_once_warm
+        # The assignment it last asked a rebalance for (`reach.seam._ask_for_my_share_once_warm`).
+        self.asked_holding: tuple[frozenset[int], frozenset[int]] | None = None
         self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
