@@ -19,12 +19,13 @@ from starlette.routing import Match, Mount, Route
 from ingest import (
     batch_progress,
     batch_records,
-    batches,
+    batch_status,
     deletes,
+    resource_reads,
     resource_writes,
-    resources,
     schema_definitions,
     schema_registry,
+    uploads,
 )
 from ingest.context import Ingress, Part, ingress_of, ingress_of_app
 from ingest.idempotency import ClaimLog
@@ -35,9 +36,9 @@ from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
-from schemas.registry import SchemaRegistry
+from schemas.definition_view import DefinitionView
 from schemas.subjects import Subjects
-from state.batches import BatchLedger
+from state.batch_store import BatchLedger
 from state.remote import BatchReads, ReaderTotals, ReaderUnavailable, ResourceReads
 from topics import service_topics
 
@@ -133,9 +134,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.publisher = BatchPublisher(settings)
         # A request that must catch up with Kafka waits for it no longer than an upload does.
         wait_s = min(5.0, settings.produce_timeout_s)
-        state.registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
+        state.definitions = DefinitionView(settings.bootstrap_servers, topics.schema_definitions.name, wait_s)
         state.subjects = Subjects(settings.bootstrap_servers, topics.schema_registry.name, wait_s)
-        parts: list[Part] = [state.kafka, state.publisher, state.registry, state.subjects]
+        parts: list[Part] = [state.kafka, state.publisher, state.definitions, state.subjects]
         started: list[Part] = []
         try:
             # Opened inside the try: a store another process holds stops the start cleanly.
@@ -176,11 +177,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/openapi.json", openapi),
             Route("/metrics", metrics),
             *schema_definitions.routes,
-            *batches.routes,
+            *uploads.routes,
+            *batch_status.routes,
             *batch_records.routes,
             *batch_progress.routes,
             *deletes.routes,
-            *resources.routes,
+            *resource_reads.routes,
             *resource_writes.routes,
             Mount(schema_registry.PREFIX, routes=schema_registry.routes),
         ],

@@ -21,10 +21,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import batch_view, names
+from ingest.batch_status import batch_view, names
 from ingest.context import Ingress, ingress_of
 from ingest.responses import ApiError
-from state.batches import BatchState
+from state.batch_state import BatchState
 from state.remote import BatchReads
 
 EVENT_STREAM = "text/event-stream"

@@ -17,11 +17,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import choice
 from ingest.context import ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
+from ingest.request_parsing import choice
 from ingest.responses import ApiError, iso_ms, ok
-from state.batches import RECORD_STATUSES, BatchState
+from state.batch_state import BatchState
+from state.batch_store import RECORD_STATUSES
 from state.remote import BatchReads
 
 NDJSON = "application/x-ndjson"

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from ingest.publisher import BatchPublisher
     from ingest.quotas import Admission
     from reach.config import Settings
-    from schemas.registry import SchemaRegistry
+    from schemas.definition_view import DefinitionView
     from schemas.subjects import Subjects
-    from state.batches import BatchLedger
+    from state.batch_store import BatchLedger
     from state.remote import BatchReads, ReaderTotals, ResourceReads
     from topics.definitions import ServiceTopics
 
@@ -43,7 +43,7 @@ class Ingress:
     # Started by the lifespan, in this order; stopped in the reverse one.
     kafka: KafkaGateway = field(init=False)
     publisher: BatchPublisher = field(init=False)
-    registry: SchemaRegistry = field(init=False)  # the schema definitions
+    definitions: DefinitionView = field(init=False)  # the schema definitions
     subjects: Subjects = field(init=False)  # the Schema Registry API's subjects
     ledger: BatchLedger = field(init=False)  # idempotency keys and quotas' arrival times, per batch
     batches: BatchReads = field(init=False)  # batch status, from the readers

@@ -28,9 +28,11 @@ from starlette.routing import Route
 
 from ingest import idempotency, quotas
 from ingest.auth import tenant_principal
-from ingest.batches import find_definition, json_object, names, publish_accepted, read_body, replay_if_accepted
+from ingest.batch_status import names
 from ingest.context import ingress_of
+from ingest.request_parsing import json_object, read_body
 from ingest.responses import ApiError, ok
+from ingest.uploads import find_definition, publish_accepted, replay_if_accepted
 from schemas.events import resource_key, resource_key_parts
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 from state.remote import ResourceReads

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from ingest.context import Ingress
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
-from state.batches import BatchLedger
+from state.batch_store import BatchLedger
 from topics.view import REQUEST_TIMEOUT_MS
 
 HEADER = "idempotency-key"

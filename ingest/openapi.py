@@ -10,7 +10,8 @@ from starlette.responses import Response
 from ingest.responses import JSONResponse
 from schemas.batch_events import BATCH_TYPES
 from schemas.records import MAX_RECORDS
-from state.batches import RECORD_STATUSES, STATUSES
+from state.batch_state import STATUSES
+from state.batch_store import RECORD_STATUSES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]

@@ -12,21 +12,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import (
-    accepted,
-    cascade_view,
-    check_records,
-    choice,
-    find_definition,
-    json_object,
-    names,
-    parse_options,
-    publish_batch,
-    read_body,
-)
+from ingest.batch_status import cascade_view, names
 from ingest.context import ingress_of
-from ingest.resources import resource_view
+from ingest.request_parsing import choice, json_object, parse_options, read_body
+from ingest.resource_reads import resource_view
 from ingest.responses import ApiError, ok
+from ingest.uploads import accepted, check_records, find_definition, publish_batch
 from schemas.batch_events import (
     ALREADY_EXISTS,
     NOT_FOUND,

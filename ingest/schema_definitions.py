@@ -12,9 +12,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import partner_principal
-from ingest.batches import schema_not_found
 from ingest.context import ingress_of
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
+from ingest.uploads import schema_not_found
+from schemas.definition_view import DefinitionView
 from schemas.definitions import (
     Definition,
     DefinitionError,
@@ -22,7 +23,6 @@ from schemas.definitions import (
     new_definition,
     updated_definition,
 )
-from schemas.registry import SchemaRegistry
 
 
 def definition_view(d: Definition) -> dict[str, Any]:
@@ -44,8 +44,8 @@ async def json_body(request: Request) -> Any:
         raise ApiError(400, f"The request body is not valid JSON: {exc}") from None
 
 
-def _registry(request: Request) -> SchemaRegistry:
-    return ingress_of(request).registry
+def _registry(request: Request) -> DefinitionView:
+    return ingress_of(request).definitions
 
 
 async def _lookup(request: Request, partner_id: str) -> Definition:
@@ -66,7 +66,7 @@ async def _write(request: Request, definition: Definition) -> None:
         raise ApiError(409, refused)
 
 
-def _resolver(registry: SchemaRegistry, partner_id: str):  # noqa: ANN202 - a Resolver
+def _resolver(registry: DefinitionView, partner_id: str):  # noqa: ANN202 - a Resolver
     return lambda name: registry.find(partner_id, name)
 
 

@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from ingest.batches import read_body
 from ingest.context import ingress_of
+from ingest.request_parsing import read_body
 from ingest.responses import ApiError
 from schemas import compatibility
 from schemas.subjects import Subjects, writable_subjects

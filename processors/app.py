@@ -6,7 +6,7 @@ from another partition) and dependency notices ("what R waits for exists now", e
 Per record: decode → on another partition than its resource's? hand it on there
 (`processors.hand_on`) → definition (schema registry) → checks → references present? → apply
 to the `resources` table → publish the resource and the record's outcome; or hold the record
-pending (`processors.resources`).
+pending (`processors.resource_processor`).
 Requests and creations of one resource meet on its partition (`processors.dependencies`).
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by
@@ -35,13 +35,13 @@ from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
 from processors.event_checks import unusable_batch
 from processors.grouped import items_of
 from processors.hand_on import handed_on_from, place
-from processors.resources import ResourceProcessor
+from processors.resource_processor import ResourceProcessor
 from processors.transactions import ExactlyOnce
 from reach import seam
 from reach.config import Settings
+from schemas.definition_view import DefinitionView
 from schemas.definitions import Definition
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
-from schemas.registry import SchemaRegistry
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> faust.App:
     referrers = app.Table("referrers", default=None, partitions=parts, key_type=bytes,
                           options=dict(TABLE_STORE_OPTIONS))
 
-    registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
+    registry = DefinitionView(settings.bootstrap_servers, topics.schema_definitions.name)
     views_started = asyncio.Event()
 
     @app.task

@@ -28,7 +28,7 @@ split: the operations of this partition apply here, each other partition's go on
 one version-2 message, in their order. A copy carries `HANDED_ON_HEADER`, which tells it from
 the requests topic's own JSON messages, and is never handed on a second time (`place` is for
 messages of the ingest topic only): if it is still misplaced, the workers disagree on the
-ingest topic's partition count, and its operations fail (`processors.resources`) instead of
+ingest topic's partition count, and its operations fail (`processors.resource_processor`) instead of
 looping.
 """
 

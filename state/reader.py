@@ -1,7 +1,7 @@
 """`reach reader`: the read models of a share of the partitions, served to the ingresses.
 
 Reader i of `REACH_READER_URLS` follows the partitions p of the resources topic with
-p % (number of readers) == i — no other — into its checkpointed store (`state.resources`), and
+p % (number of readers) == i — no other — into its checkpointed store (`state.resource_store`), and
 answers the ingresses' questions about them over HTTP (`state.remote` asks them). So the data
 is followed once per partition however many ingresses serve HTTP, an ingress keeps no copy of
 its own (a new one answers at once), and a reader that restarts reads on from its checkpoint.
@@ -33,10 +33,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from reach.config import Settings
+from schemas.definition_view import DefinitionView
 from schemas.references import references_of
-from schemas.registry import SchemaRegistry
-from state.batches import BatchState, BatchStore
-from state.resources import ResourceStore
+from state.batch_state import BatchState
+from state.batch_store import BatchStore
+from state.resource_store import ResourceStore
 from topics import create_topics, service_topics
 from topics.partitioning import Share
 from topics.view import TopicView
@@ -49,7 +50,7 @@ def reader_share(settings: Settings) -> Share:
     return Share(settings.reader_index, len(settings.reader_urls))
 
 
-def stored_references(registry: SchemaRegistry) -> Callable[[dict[str, Any]], list[str]]:
+def stored_references(registry: DefinitionView) -> Callable[[dict[str, Any]], list[str]]:
     """The references of a resource stored before workers kept them with it, from its definition
     (the registry starts before the resources are read)."""
     def references(resource: dict[str, Any]) -> list[str]:
@@ -223,7 +224,7 @@ def create_reader_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        registry = SchemaRegistry(settings.bootstrap_servers, topics.schema_definitions.name)
+        registry = DefinitionView(settings.bootstrap_servers, topics.schema_definitions.name)
         await registry.start()
         try:
             # A question that must catch up with Kafka waits for it no longer than an upload does.

@@ -24,7 +24,7 @@ import httpx
 import orjson
 
 from schemas.events import resource_key
-from state.batches import BatchState
+from state.batch_state import BatchState
 from topics.partitioning import partition_for
 
 Resource = dict[str, Any]

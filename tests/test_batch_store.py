@@ -1,4 +1,4 @@
-"""The batch status table on disk (`state.batches`): counts once per record, details kept and
+"""The batch status table on disk (`state.batch_store`): counts once per record, details kept and
 dropped, the tenant's list newest first by seek, and a reopened store that knows its position."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from schemas.batch_events import (
     claim_event,
     registration,
 )
-from state.batches import BatchStore
+from state.batch_store import BatchStore
 
 TOPIC = "batch-events"
 

@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaProducer
 from starlette.requests import Request
 from starlette.testclient import TestClient
 
-from ingest.batches import batch_messages
 from ingest.idempotency import fingerprint
 from ingest.publisher import BatchPublisher
+from ingest.uploads import batch_messages
 from reach.config import Settings
 from schemas.batch_events import INGEST_BATCH, BatchMeta, IdempotencyClaim, claim_event, claim_key
 from tests.support import (
@@ -222,7 +222,7 @@ def test_a_batch_committed_by_an_ingress_that_died_before_answering_is_what_the_
     define(ingress)
     definition_id = ingress.get("/partner/schema-definitions/Customer",
                                 headers=bearer(partner_token())).json()["data"]["id"]
-    definition = ingress_context(ingress).registry.get("partner-a", definition_id)
+    definition = ingress_context(ingress).definitions.get("partner-a", definition_id)
     assert definition is not None, definition_id
     records = [{"id": f"d-r{i}", "name": "n"} for i in range(30)]
     raw = httpx.Request("POST", "http://x", json={"resources": records}).content

@@ -1,4 +1,4 @@
-"""The resources read model on disk (`state.resources`, what a reader keeps): pages by seek at
+"""The resources read model on disk (`state.resource_store`, what a reader keeps): pages by seek at
 any depth, counts kept per scope, deletes, a store that reopens with its positions (a restarted
 reader: tests/test_readers.py), and a store that no longer matches its share."""
 
@@ -13,7 +13,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from schemas.events import resource_key
-from state.resources import ResourceStore
+from state.resource_store import ResourceStore
 from state.store import StoreInUse
 
 TOPIC = "resources"

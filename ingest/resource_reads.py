@@ -9,10 +9,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import tenant_principal
-from ingest.batches import find_definition
 from ingest.context import ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
+from ingest.uploads import find_definition
 
 # A read sees every write committed before it; when Kafka cannot say what that is in time (a
 # node down, no quorum), it answers from what the readers hold rather than 503: reads go on

@@ -306,7 +306,7 @@ class ResourceProcessor:
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
             # Stored with the resource: who references whom is then readable from the resources
-            # topic alone (the ingress's reverse index, `state.resources`). A creation stores the
+            # topic alone (the ingress's reverse index, `state.resource_store`). A creation stores the
             # record as it came, less its nulls: the same references.
             after = references if result.status == CREATED else references_of(
                 changed["data"], definition, body["partnerId"], body["tenantId"])

@@ -31,7 +31,7 @@ def definition_key(partner_id: str, definition_id: str) -> bytes:
     return f"{partner_id}/{definition_id}".encode()
 
 
-class SchemaRegistry(TopicView):
+class DefinitionView(TopicView):
     """Materialises the schema-definitions topic; answers lookups; performs checked writes."""
 
     def __init__(self, bootstrap_servers: str, topic: str, wait_s: float = 5.0) -> None:

@@ -1,93 +1,29 @@
-"""Batch upload and batch status: `/api/resources/{schema}/batch`, `/api/batches` (docs/api.md 4, 5)."""
+"""Batch uploads and patches, `POST`/`PATCH /api/resources/{schema}/batch` (docs/api.md 4):
+checked, then published as one Kafka transaction with the batch's registration."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest import answer_budget, idempotency, metrics, quotas
 from ingest.auth import tenant_principal
-from ingest.context import Ingress, ingress_of
-from ingest.pagination import decode_cursor, encode_cursor, page_limit
+from ingest.context import ingress_of
 from ingest.publisher import Message, PublishError
-from ingest.responses import ApiError, iso_ms, ok
-from schemas.batch_events import BATCH_TYPES, DELETE_BATCH, BatchMeta, IdempotencyClaim, registration
+from ingest.request_parsing import parse_options, read_body
+from ingest.responses import ApiError, ok
+from schemas.batch_events import BatchMeta, IdempotencyClaim, registration
 from schemas.definitions import Definition
 from schemas.events import BATCH_TYPE_OF_OP, build_ingest_batch
-from schemas.records import MAX_RECORDS, MAX_WAIT_S, ON_CONFLICT, BatchOptions, check_record, external_id_of
+from schemas.records import MAX_RECORDS, BatchOptions, check_record, external_id_of
 from schemas.validation import validators_for
-from state.batches import STATUSES, BatchState
 from topics.definitions import ServiceTopics
-
-
-def choice(query: QueryParams, name: str, allowed: tuple[str, ...], default: str | None,
-           problems: list[str]) -> str | None:
-    """A query value from `allowed`; absent → `default`; present but not allowed (empty
-    included) → a problem, and `default`."""
-    if name not in query:
-        return default
-    value = query[name]
-    if value not in allowed:
-        problems.append(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
-        return default
-    return value
-
-
-def flag(query: QueryParams, name: str, problems: list[str]) -> bool:
-    return choice(query, name, ("true", "false"), "false", problems) == "true"
-
-
-def parse_options(query: QueryParams, with_conflict: bool = True, with_wait: bool = True
-                  ) -> tuple[BatchOptions, list[str]]:
-    """The write's options and every problem with the query values (strict: an empty value is
-    a problem, not the default)."""
-    problems: list[str] = []
-    on_conflict = choice(query, "onconflict", ON_CONFLICT, "upsert", problems) if with_conflict else "upsert"
-    ignore = flag(query, "ignoreUnknownFields", problems)
-    wait = 0
-    if with_wait and "dependencyWaitTimeout" in query:
-        wait_raw = query["dependencyWaitTimeout"]
-        wait = int(wait_raw) if wait_raw.isascii() and wait_raw.isdigit() and len(wait_raw) <= 6 else -1
-        if not 0 <= wait <= MAX_WAIT_S:
-            problems.append(f"dependencyWaitTimeout must be an integer from 0 to {MAX_WAIT_S} (got {wait_raw!r})")
-    return BatchOptions(on_conflict or "upsert", ignore, max(wait, 0)), problems
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"The request body exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    started = asyncio.get_running_loop().time()
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"The request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    answer_budget.spent_on_client(request, asyncio.get_running_loop().time() - started)
-    return b"".join(chunks)
-
-
-def json_object(body: bytes, shape: str) -> dict[str, Any]:
-    """The body as a JSON object, or a 400 saying it is not JSON or not `shape`."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise ApiError(400, f"the body must be an object with {shape}")
-    return parsed
 
 
 def _resources_of(body: bytes) -> tuple[list[Any] | None, str | None]:
@@ -152,7 +88,7 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
 async def find_definition(request: Request, partner_id: str) -> Definition:
     """The active definition the path names, or 404."""
     name = request.path_params["schema"]
-    definition = await ingress_of(request).registry.find_fresh(partner_id, name, answer_budget.seconds_left(request))
+    definition = await ingress_of(request).definitions.find_fresh(partner_id, name, answer_budget.seconds_left(request))
     if definition is None:
         raise schema_not_found(name)
     return definition
@@ -273,102 +209,7 @@ def batch_messages(topics: ServiceTopics, meta: BatchMeta, definition: Definitio
     return messages
 
 
-def batch_view(batch: BatchState, name_of: Any, include_pending: bool = False) -> dict[str, Any]:
-    """A batch as `GET /api/batches/{id}` answers it."""
-    total = batch.recordCount
-    schema_name = name_of(batch.schemaDefinitionId)
-    view: dict[str, Any] = {
-        "batchId": batch.batchId, "status": batch.status, "batchType": batch.batchType,
-        "progress": {
-            "totalRecords": total, "processedRecords": batch.processed,
-            "successfulRecords": batch.successful, "pendingRecords": batch.pending,
-            "failedRecords": batch.failed,
-            "successRate": round(batch.successful / total * 100, 2) if total else 0.0,
-        },
-        "createdAt": iso_ms(batch.acceptedAt / 1000),
-        "startedAt": iso_ms(batch.startedAt / 1000) if batch.startedAt else None,
-        "completedAt": iso_ms(batch.completedAt / 1000) if batch.completedAt else None,
-        "schemaName": schema_name, "schemaDefinitionId": batch.schemaDefinitionId,
-        "errors": {
-            "summary": dict(batch.summary),
-            "details": {str(i): d for i, d in sorted(batch.details.items())},
-            "message": f"{batch.failed} of {total} records failed" if batch.failed else None,
-        },
-    }
-    if batch.batchType == DELETE_BATCH and batch.processed == total:
-        view["cascade"] = cascade_view(batch, name_of)
-    if include_pending:
-        view["pendingResources"] = [pending_view(e, batch.schemaDefinitionId, schema_name, name_of)
-                                    for _, e in sorted(batch.pending_details.items())]
-    return view
-
-
-def cascade_view(batch: BatchState, name_of: Any) -> dict[str, Any]:
-    """What a delete batch's cascade deleted beside the resources it named (docs/api.md 6a)."""
-    by_schema: Counter[str] = Counter()
-    for definition_id, n in batch.cascade.items():
-        by_schema[name_of(definition_id) or definition_id] += n
-    by_schema = +by_schema  # a named resource a cascade reached first counts -1 then +1: drop zeros
-    return {"deletedRecords": sum(by_schema.values()), "bySchema": dict(by_schema)}
-
-
-def pending_view(event: dict[str, Any], schema_definition_id: str, schema_name: str | None,
-                 name_of: Any) -> dict[str, Any]:
-    return {
-        "resourceExternalId": event.get("externalId"), "schemaDefinitionId": schema_definition_id,
-        "schemaName": schema_name, "expiresAt": iso_ms(event["expiresAt"] / 1000) if event.get("expiresAt") else None,
-        "createdAt": iso_ms(event["at"] / 1000) if event.get("at") else None,
-        "missingDependencies": [{"schemaDefinitionId": d["schemaDefinitionId"],
-                                 "schemaName": name_of(d["schemaDefinitionId"]), "externalId": d["externalId"]}
-                                for d in event.get("missingDependencies", [])],
-    }
-
-
-def names(state: Ingress, partner_id: str) -> Callable[[str], str | None]:
-    """Definition id -> name, for the partner's definitions (deactivated ones too)."""
-    def name_of(definition_id: str) -> str | None:
-        definition = state.registry.get(partner_id, definition_id)
-        return definition.name if definition else None
-    return name_of
-
-
-async def get_batch(request: Request) -> Response:
-    state = ingress_of(request)
-    principal = tenant_principal(request, state.settings.partner_secrets)
-    problems: list[str] = []
-    include = flag(request.query_params, "includePendingDetails", problems)
-    if problems:
-        raise ApiError(400, "; ".join(problems))
-    batch_id = request.path_params["batch_id"]
-    batch = await state.batches.find(principal.partner_id, principal.tenant_id, batch_id)
-    if batch is None:
-        raise ApiError(404, "Batch not found")
-    return ok(batch_view(batch, names(state, principal.partner_id), include))
-
-
-async def list_batches(request: Request) -> Response:
-    state = ingress_of(request)
-    principal = tenant_principal(request, state.settings.partner_secrets)
-    query = request.query_params
-    limit = page_limit(query)
-    cursor = decode_cursor(query.get("cursor"))
-    problems: list[str] = []
-    batch_type = choice(query, "batchType", BATCH_TYPES, None, problems)
-    status = choice(query, "status", STATUSES, None, problems)
-    if problems:
-        raise ApiError(400, "; ".join(problems))
-    chosen, total, has_next = await state.batches.page(principal.partner_id, principal.tenant_id, cursor, limit,
-                                                 batch_type, status)
-    return ok({
-        "results": [batch_view(b, names(state, principal.partner_id)) for b in chosen],
-        "pagination": {"hasNextPage": has_next, "total": total,
-                       "cursor": encode_cursor(chosen[-1].batchId) if has_next and chosen else None},
-    })
-
-
 routes = [
     Route("/api/resources/{schema}/batch", upload, methods=["POST"]),
     Route("/api/resources/{schema}/batch", patch_batch, methods=["PATCH"]),
-    Route("/api/batches", list_batches, methods=["GET"]),
-    Route("/api/batches/{batch_id}", get_batch, methods=["GET"]),
 ]
