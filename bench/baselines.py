@@ -101,7 +101,9 @@ async def bare_merge_loop(bootstrap: str, topic: str, expected: int) -> float:
                 for event in decode_ingest_message(message.value, message.headers):
                     key = resource_key(event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
                                        event["externalId"])
-                    state[key] = merge_patch(state.get(key), orjson.loads(event["data"]))
+                    data = event["data"]
+                    assert data is not None, "the baselines merge uploads only"
+                    state[key] = merge_patch(state.get(key), orjson.loads(data))
                     seen += 1
     elapsed = time.perf_counter() - started
     await consumer.stop()
@@ -132,9 +134,10 @@ async def bare_exactly_once_loop(bootstrap: str, topic: str, output: str, expect
                 for event in decode_ingest_message(message.value, message.headers):
                     key = resource_key(event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
                                        event["externalId"])
-                    old = db.get(key)
+                    old, data = db.get(key), event["data"]
+                    assert data is not None, "the baselines merge uploads only"
                     state = orjson.dumps(merge_patch(orjson.loads(old) if old is not None else None,
-                                                     orjson.loads(event["data"])))
+                                                     orjson.loads(data)))
                     writes.put(key, state)
                     outputs.append((key, state, []))
                     seen += 1

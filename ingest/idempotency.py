@@ -28,7 +28,6 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -37,7 +36,7 @@ from starlette.requests import Request
 from ingest.context import Ingress
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
-from state.batch_store import BatchLedger
+from state.batch_store import BatchLedger, KeyEntry
 from topics.view import REQUEST_TIMEOUT_MS
 
 HEADER = "idempotency-key"
@@ -83,13 +82,14 @@ def fingerprint(request: Request, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def accepted_before(entry: dict[str, Any] | None, print_: str) -> BatchMeta | None:
+def accepted_before(entry: KeyEntry | None, print_: str) -> BatchMeta | None:
     """The batch accepted under the key of `entry` for this same request; 422 for another request."""
-    if entry is None or entry.get("batch") is None:
+    batch = entry.get("batch") if entry is not None else None
+    if entry is None or batch is None:
         return None
     if entry["fingerprint"] != print_:
         raise reused()
-    return BatchMeta(**entry["batch"])
+    return BatchMeta(**batch)
 
 
 def reused() -> ApiError:
@@ -176,7 +176,7 @@ class ClaimLog:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    async def entry_with(self, mine: IdempotencyClaim, partition: int, offset: int) -> dict[str, Any] | None:
+    async def entry_with(self, mine: IdempotencyClaim, partition: int, offset: int) -> KeyEntry | None:
         """The entry of `mine`'s key once every claim up to `offset` (`mine`'s own) counts."""
         entry, position = self.batches.key_entry_at(mine.partnerId, mine.tenantId, mine.key, partition)
         if position > offset:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -145,7 +146,7 @@ def create_app(settings: Settings) -> faust.App:
         await registry.start()
         views_started.set()
 
-    async def definition_of(body: dict[str, Any]) -> Definition | None:
+    async def definition_of(body: Mapping[str, Any]) -> Definition | None:
         await views_started.wait()
         found = registry.get(body["partnerId"], body["schemaDefinitionId"])
         if found is None:

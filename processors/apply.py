@@ -12,6 +12,7 @@ import orjson
 from processors.merge import merge_patch
 from schemas.batch_events import ALREADY_EXISTS, CREATED, FAILED, NOT_FOUND, UPDATED, VALIDATION_FAILED
 from schemas.definitions import Definition
+from schemas.events import Operation
 from schemas.records import BatchOptions, check_record, external_id_of
 from schemas.validation import RecordValidators, error_messages, without_nulls
 
@@ -34,18 +35,18 @@ class Outcome(NamedTuple):  # a tuple: one is made per record
     message: str | None = None
 
 
-def op_of(event: dict[str, Any]) -> str:
+def op_of(event: Operation) -> str:
     """The event's operation: upsert, reject, patch or delete (pending events stored before
     operations had names are uploads)."""
     return event.get("op") or event["onConflict"]
 
 
-def waits(event: dict[str, Any]) -> int:
+def waits(event: Operation) -> int:
     """Seconds the event may wait for missing references: only uploads wait."""
     return event["dependencyWaitTimeout"] if op_of(event) in ("upsert", "reject") else 0
 
 
-def options_of(event: dict[str, Any]) -> BatchOptions:
+def options_of(event: Operation) -> BatchOptions:
     return _options(event["onConflict"], event["ignoreUnknownFields"], event["dependencyWaitTimeout"])
 
 
@@ -60,7 +61,7 @@ def option_problems(options: BatchOptions) -> tuple[str, ...]:
     return tuple(options.problems())
 
 
-def checked_record(event: dict[str, Any], definition: Definition, validators: RecordValidators,
+def checked_record(event: Operation, definition: Definition, validators: RecordValidators,
                    creating: bool = False) -> tuple[dict[str, Any] | None, Outcome | None]:
     """The event's record after the ingress's checks (events may come from direct producers).
     `creating`: the resource does not exist, so the record must be complete on its own."""
@@ -83,7 +84,7 @@ def checked_record(event: dict[str, Any], definition: Definition, validators: Re
     return record, None
 
 
-def apply_record(current: dict[str, Any] | None, event: dict[str, Any], record: dict[str, Any],
+def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[str, Any],
                  validators: RecordValidators, now_ms: int, complete: bool = False
                  ) -> tuple[dict[str, Any] | None, Outcome]:
     """The resource after applying a checked `record` (None if unchanged), and its outcome.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from schemas.batch_events import DELETE_BATCH
+from schemas.events import Operation
 from schemas.records import MAX_DELETE_RECORDS, MAX_RECORDS
 
 
-def unusable_batch(event: dict[str, Any]) -> str | None:
+def unusable_batch(event: Operation) -> str | None:
     """Why an event cannot be counted in any batch status (it then goes to dead letters)."""
     if not event["batchId"]:
         return "no batchId"

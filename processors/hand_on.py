@@ -35,9 +35,8 @@ looping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from schemas.events import PLAN_HEADER, VERSION_HEADER, Headers, encode_operations, header, operation_keys
+from schemas.events import PLAN_HEADER, VERSION_HEADER, Headers, Operation, encode_operations, header, operation_keys
 from topics.partitioning import partition_for
 
 HANDED_ON_HEADER = "reach-handed-on-from"  # the partition it was read on, in ASCII digits
@@ -49,12 +48,12 @@ Message = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]  # par
 class Placement:
     """Where the operations of one ingest message apply."""
 
-    here: list[tuple[bytes, dict[str, Any]]]  # (resource key, operation) to apply on this partition, in order
+    here: list[tuple[bytes, Operation]]  # (resource key, operation) to apply on this partition, in order
     elsewhere: list[Message]  # to write to their owner partitions (empty: the common case)
     handed_on: int  # operations in `elsewhere`
 
 
-def place(operations: list[dict[str, Any]], partition: int, partitions: int, key: bytes | None,
+def place(operations: list[Operation], partition: int, partitions: int, key: bytes | None,
           value: bytes | None, headers: list[tuple[str, bytes]]) -> Placement:
     """Split a decoded message of the ingest topic (`operations`, read on `partition` of
     `partitions`, as `key`, `value`, `headers`) into what applies here — each operation with
@@ -66,7 +65,7 @@ def place(operations: list[dict[str, Any]], partition: int, partitions: int, key
     stamp = (HANDED_ON_HEADER, str(partition).encode())
     if all(owner == owners[0] for owner in owners):
         return Placement([], [(owners[0], key, value, [*headers, stamp])], len(operations))
-    groups: dict[int, list[tuple[bytes, dict[str, Any]]]] = {}
+    groups: dict[int, list[tuple[bytes, Operation]]] = {}
     for op_key, op, owner in zip(keys, operations, owners):
         groups.setdefault(owner, []).append((op_key, op))
     here = groups.pop(partition, [])

@@ -16,6 +16,7 @@ from faust.types import TP
 
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import BatchMeta, outcomes
+from schemas.events import Operation
 
 MAX_PER_MESSAGE = 1000
 
@@ -27,7 +28,7 @@ class OutcomeBuffer:
         self._open: dict[TP, tuple[Any, dict[str, tuple[BatchMeta, list[dict[str, Any]]]]]] = {}
         eos.before_commit(self.flush)
 
-    async def add(self, event: faust.EventT, body: dict[str, Any], entry: dict[str, Any]) -> None:
+    async def add(self, event: faust.EventT, body: Operation, entry: dict[str, Any]) -> None:
         """Queue the outcome of one record (`body`: its decoded ingest event) in `event`'s transaction."""
         tp = event.message.tp
         producer = self.eos.producer_of(tp)

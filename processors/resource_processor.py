@@ -28,9 +28,9 @@ from __future__ import annotations
 import heapq
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import faust
 import orjson
@@ -57,13 +57,15 @@ from schemas.batch_events import (
     outcome_entry,
 )
 from schemas.definitions import Definition
-from schemas.events import resource_key_parts
+from schemas.events import Operation, resource_key_parts
 from schemas.references import Reference, references_of
 from schemas.validation import validators_for
 from topics.definitions import ServiceTopics
 from topics.partitioning import partition_for
 
-Body = dict[str, Any]  # a decoded ingest event
+Body = Operation  # a decoded ingest event
+# The definition an event names (`partnerId`, `schemaDefinitionId`), or None.
+DefinitionOf = Callable[[Mapping[str, Any]], Awaitable[Definition | None]]
 # How long a record that may not wait for missing references waits for its pins' answers at
 # most (they come within a round trip; this bounds a lost one); also how long a delete waits
 # for referrers its own request deletes.
@@ -86,20 +88,43 @@ class _Checked(NamedTuple):
     references: list[Reference]
 
 
+class PendingEntry(TypedDict):
+    """What waits at resource R (the `pending` table's value at R's key): R's records in order,
+    the head waiting for answers about what it references, or for its cascade."""
+
+    queue: list[Body]
+    deadline: int  # epoch ms: past it the head fails (or its cascade leaves R in place)
+    # Resources whose partition has not answered the head's pin yet (absent: stored before pins).
+    pins: NotRequired[list[str]]
+    missing: list[dict[str, Any]]  # referenced resources reported missing, as the status shows them
+    absent: NotRequired[list[str]]  # missing ones the head may not wait for: it fails once all answered
+    cascade: NotRequired[dict[str, Any]]  # a cascade delete's progress: asked, deleted, excused, kept
+    exempt: NotRequired[bool]  # a delete waiting for referrers its own request deletes
+
+
+class WaitState(TypedDict, total=False):
+    """What a waiting head adds to its pending entry (`PendingEntry`'s fields of the same name)."""
+
+    pins: list[str]
+    missing: list[dict[str, Any]]
+    absent: list[str]
+    cascade: dict[str, Any]
+    exempt: bool
+
+
 @dataclass(frozen=True)
 class Wait:
     """Why the head record of a resource waits: fields of its pending entry, the requests
     (target key, message) whose answers it waits for, and for how long at most."""
 
-    state: dict[str, Any]
+    state: WaitState
     requests: list[tuple[bytes, dict[str, Any]]]
     seconds: int
 
 
 class ResourceProcessor:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, pending: TableT,
-                 dependencies: DependencyIndex, definition_of: Callable[[Body], Awaitable[Definition | None]],
-                 partitions: int) -> None:
+                 dependencies: DependencyIndex, definition_of: DefinitionOf, partitions: int) -> None:
         self.eos, self.topics = eos, topics
         self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
@@ -109,6 +134,10 @@ class ResourceProcessor:
         # (resource key, event id) of a record waiting for its pins -> its checked form
         self._checked: dict[tuple[bytes, str], _Checked] = {}
         self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
+
+    def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
+        found: PendingEntry | None = self.eos.get(event, self.pending, key)
+        return found
 
     def forget_partitions(self, partitions: set[int]) -> None:
         for partition in partitions:
@@ -123,7 +152,7 @@ class ResourceProcessor:
         if failure is not None:
             await self._emit(event, body, failure)
             return
-        queue = self.eos.get(event, self.pending, key)
+        queue = self._pending_entry(event, key)
         if queue is not None:
             queue["queue"].append(body)
             await self.eos.put(event, self.pending, key, queue)
@@ -135,7 +164,7 @@ class ResourceProcessor:
         """An answer to R (`key`) from a referenced resource's partition: "resolved" (pinned),
         "waiting" (it is missing; the record waits for it) or "missing" (the record may not wait)."""
         target = notice["target"]
-        queue = self.eos.get(event, self.pending, key)
+        queue = self._pending_entry(event, key)
         if queue is None or queue["queue"][0]["eventId"] != notice["eventId"]:
             # That record expired or failed meanwhile: its pin, if one was made, is not needed.
             if notice["type"] == "resolved":
@@ -172,7 +201,7 @@ class ResourceProcessor:
     async def on_cascade(self, event: faust.EventT, key: bytes, request: dict[str, Any]) -> None:
         """A cascade delete of a resource that this one (`key`) references."""
         body = _cascade_body(request, key)
-        queue = self.eos.get(event, self.pending, key)
+        queue = self._pending_entry(event, key)
         if queue is None:
             await self._drain(event, key, [body], stored=False)
         elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
@@ -184,13 +213,13 @@ class ResourceProcessor:
 
     async def on_unref(self, event: faust.EventT, key: bytes) -> None:
         """A resource stopped referencing this one (`key`): a delete waiting for that looks again."""
-        queue = self.eos.get(event, self.pending, key)
+        queue = self._pending_entry(event, key)
         if queue is not None and "exempt" in queue:
             await self._drain(event, key, queue["queue"], released=queue)
 
     async def on_cascaded(self, event: faust.EventT, key: bytes, answer: dict[str, Any]) -> None:
         """A referrer's answer to the cascade delete of this resource (`key`)."""
-        queue = self.eos.get(event, self.pending, key)
+        queue = self._pending_entry(event, key)
         if (queue is None or "cascade" not in queue or queue["queue"][0]["eventId"] != answer["eventId"]
                 or answer["target"] not in queue["cascade"]["asked"]):
             return  # that delete ended meanwhile (its deadline), or a duplicate
@@ -217,7 +246,7 @@ class ResourceProcessor:
         now = _now_ms()
         while heap and heap[0][0] <= now:
             deadline, key = heapq.heappop(heap)
-            queue = self.eos.get(event, self.pending, key)
+            queue = self._pending_entry(event, key)
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
             head, *rest = queue["queue"]
@@ -243,7 +272,7 @@ class ResourceProcessor:
     # -- processing ------------------------------------------------------------------------
 
     async def _drain(self, event: faust.EventT, key: bytes, queue: list[Body],
-                     released: dict[str, Any] | None = None, stored: bool = True) -> None:
+                     released: PendingEntry | None = None, stored: bool = True) -> None:
         """Process `queue` in order until a record must wait; store what is left pending.
         `released`: the pending entry whose head has just had every answer it waited for;
         `stored`: whether R may have a pending entry to remove (else one lookup is spared)."""
@@ -254,7 +283,7 @@ class ResourceProcessor:
             released = None
             if wait is not None:
                 deadline = _now_ms() + wait.seconds * 1000
-                pending = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
+                pending: PendingEntry = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
                 await self.eos.put(event, self.pending, key, pending)
                 heap = self._deadlines.get(event.message.partition)
                 if heap is not None:
@@ -265,11 +294,11 @@ class ResourceProcessor:
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
-        if known or (stored and self.eos.get(event, self.pending, key) is not None):
+        if known or (stored and self._pending_entry(event, key) is not None):
             await self.eos.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
-                             released: dict[str, Any] | None) -> Wait | None:
+                             released: PendingEntry | None) -> Wait | None:
         """Apply `body` (or fail it); or say what it must first wait for: its references pinned
         on their partitions, or (a cascade delete) its referrers deleted."""
         definition = await self.definition_of(body)
@@ -441,13 +470,14 @@ class ResourceProcessor:
 
     async def _body_refs(self, body: Body) -> set[bytes]:
         """What a queued record references (nothing for a delete or an unreadable record)."""
-        if body.get("data") is None:
+        data = body["data"]
+        if data is None:
             return set()
         definition = await self.definition_of(body)
         if definition is None or not definition.referenceFields:
             return set()
         try:
-            record = orjson.loads(body["data"])
+            record = orjson.loads(data)
         except orjson.JSONDecodeError:
             return set()
         if not isinstance(record, dict):
@@ -504,7 +534,7 @@ class ResourceProcessor:
         await self.outcomes.add(event, body, outcome_entry(
             body["recordIndex"], body["externalId"], result.status, now, result.code, result.message, details))
 
-    async def _emit_pending(self, event: faust.EventT, body: Body, pending: dict[str, Any]) -> None:
+    async def _emit_pending(self, event: faust.EventT, body: Body, pending: PendingEntry) -> None:
         if not pending["missing"] or "cascadeFor" in body:
             return  # only waiting for its pins' answers (a round trip): not reported as pending
         missing = {m["key"] for m in pending["missing"]}
@@ -528,7 +558,7 @@ def _name(target: str) -> str:
     return f"{definition_id}/{external_id}"
 
 
-def _pins(queue: dict[str, Any]) -> list[str]:
+def _pins(queue: PendingEntry) -> list[str]:
     """The references of the head still unanswered (queues stored before pins: its missing ones)."""
     return queue["pins"] if "pins" in queue else [m["key"] for m in queue["missing"]]
 

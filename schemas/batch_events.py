@@ -23,6 +23,7 @@ An upload with an `Idempotency-Key` first claims its key (``ingest.idempotency``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ class BatchMeta:
     batchType: str = INGEST_BATCH  # events written before batch types existed are uploads
 
     @classmethod
-    def of_event(cls, event: dict[str, Any]) -> BatchMeta:
+    def of_event(cls, event: Mapping[str, Any]) -> BatchMeta:
         return cls(event["batchId"], event["partnerId"], event["tenantId"], event["schemaDefinitionId"],
                    event["recordCount"], event["acceptedAt"], event.get("batchType") or INGEST_BATCH)
 

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 from urllib.parse import quote, unquote
 
 import fastavro
@@ -74,7 +74,7 @@ def resource_key(partner_id: str, tenant_id: str, schema_definition_id: str, ext
                     for p in (partner_id, tenant_id, schema_definition_id, external_id)).encode()
 
 
-def operation_keys(operations: list[dict[str, Any]]) -> list[bytes]:
+def operation_keys(operations: list[Operation]) -> list[bytes]:
     """`resource_key` of each operation of one decoded message (its operations share partner,
     tenant and definition: that part is encoded once)."""
     first = operations[0]
@@ -129,7 +129,34 @@ def _named(name: str, schema_id: int | None) -> str:
     return name if schema_id is None else f"{name} (in a Confluent frame of schema id {schema_id})"
 
 
-def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[str, Any]]:
+class Operation(TypedDict):
+    """One operation of an ingest message in the per-operation form every worker step takes
+    (`decode_ingest_message`): its message's fields, then its own. A cascade's delete, which no
+    batch counts, and a version-1 event lack what is marked NotRequired."""
+
+    batchId: str
+    batchType: NotRequired[str]
+    recordCount: NotRequired[int]
+    partnerId: str
+    tenantId: str
+    schemaDefinitionId: str
+    schemaVersion: int | None
+    ignoreUnknownFields: bool
+    dependencyWaitTimeout: int
+    cascade: bool
+    acceptedAt: NotRequired[int]
+    eventId: str
+    recordIndex: int
+    externalId: str
+    op: str  # upsert, reject, patch or delete
+    data: str | None  # the record as JSON text; None for a delete
+    onConflict: str  # upsert or reject (the operation of a version-1 event)
+    version: NotRequired[int]  # of the event's encoding: 1 or 2
+    plan: NotRequired[dict[str, Any] | None]  # a delete's dry-run plan (`processors.resource_processor`)
+    cascadeFor: NotRequired[dict[str, Any]]  # a cascade's delete: the request it answers
+
+
+def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[Operation]:
     """The operations of a message of the ingest topic, in order, each in the per-operation
     form; or raise UndecodableEvent saying why not."""
     version = header(headers, VERSION_HEADER)
@@ -149,26 +176,27 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[dict[
         event = _read_exactly(payload, INGEST_EVENT_SCHEMA, "IngestEvent v1", schema_id)
         event["op"], event["batchType"], event["cascade"], event["version"] = \
             event["onConflict"], INGEST_BATCH, False, 1
-        return [event]
+        return [cast(Operation, event)]
     message = _read_exactly(payload, INGEST_MESSAGE_SCHEMA, "IngestMessage v2", schema_id)
     operations = message.pop("operations")
     if not operations:
         raise UndecodableEvent("an IngestMessage v2 without operations")
     plans = _delete_plans(headers)
-    return [{**message, "eventId": f"{message['batchId']}:{op['recordIndex']}", "recordIndex": op["recordIndex"],
-             "externalId": op["externalId"], "op": op["op"], "data": op["data"],
-             "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2,
-             "plan": plans.get(str(op["recordIndex"]))} for op in operations]
+    return [cast(Operation, {
+        **message, "eventId": f"{message['batchId']}:{op['recordIndex']}", "recordIndex": op["recordIndex"],
+        "externalId": op["externalId"], "op": op["op"], "data": op["data"],
+        "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2,
+        "plan": plans.get(str(op["recordIndex"]))}) for op in operations]
 
 
 _MESSAGE_FIELDS = tuple(f["name"] for f in INGEST_MESSAGE_SCHEMA["fields"] if f["name"] != "operations")
 
 
-def encode_operations(operations: list[dict[str, Any]]) -> tuple[bytes, list[tuple[str, bytes]]]:
+def encode_operations(operations: list[Operation]) -> tuple[bytes, list[tuple[str, bytes]]]:
     """The value and headers of one version-2 message of `operations`: operations of one batch
     in the per-operation form of `decode_ingest_message`, in the order they apply (its key is
     the first one's resource key)."""
-    first = operations[0]
+    first: Mapping[str, Any] = operations[0]  # its message's fields, by name
     value = encode_ingest_message({**{name: first[name] for name in _MESSAGE_FIELDS}, "operations": [
         {"recordIndex": op["recordIndex"], "externalId": op["externalId"], "op": op["op"], "data": op["data"]}
         for op in operations]})

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from aiokafka.structs import ConsumerRecord
@@ -132,6 +132,16 @@ def _expiring(batch: BatchState | BatchMeta) -> bytes:
     return b"a" + struct.pack(">Q", batch.acceptedAt) + batch.batchId.encode()
 
 
+class KeyEntry(TypedDict):
+    """What holds an idempotency key of a tenant: the claim that holds it, and once its batch is
+    accepted, that batch (a `BatchMeta`'s fields)."""
+
+    claimant: str
+    fingerprint: str
+    at: int  # epoch ms of the claim
+    batch: dict[str, Any] | None
+
+
 class Bookkeeping(StoredView):
     """What both stores of the batch-events topic keep: idempotency keys and each tenant's
     records quota (its arrival time), decided by the topic's order alone."""
@@ -200,8 +210,8 @@ class Bookkeeping(StoredView):
     # first claim of a key holds it until its batch is accepted (the key is then taken until it
     # expires), or it is released, or a later claim comes when it is stale.
 
-    def after_claim(self, entry: dict[str, Any] | None, claim: IdempotencyClaim,
-                    released: bool) -> dict[str, Any] | None:
+    def after_claim(self, entry: KeyEntry | None, claim: IdempotencyClaim,
+                    released: bool) -> KeyEntry | None:
         """A key's entry after a claim of it (or its release) — the rule every reader of the
         topic applies (this store's fold, and `ingest.idempotency` reading ahead of it)."""
         if released:
@@ -216,7 +226,7 @@ class Bookkeeping(StoredView):
     def _fold_claim(self, changes: Changes, claim: IdempotencyClaim, released: bool) -> None:
         where = _key_entry(claim.partnerId, claim.tenantId, claim.key)
         raw = changes.get(where)
-        entry = orjson.loads(raw) if raw is not None else None
+        entry: KeyEntry | None = orjson.loads(raw) if raw is not None else None
         new = self.after_claim(entry, claim, released)
         if new is not entry:
             self._put_entry(changes, where, entry, new)
@@ -226,12 +236,12 @@ class Bookkeeping(StoredView):
         a batch in Kafka is what a retry must find)."""
         where = _key_entry(claim.partnerId, claim.tenantId, claim.key)
         raw = changes.get(where)
-        entry = orjson.loads(raw) if raw is not None else None
+        entry: KeyEntry | None = orjson.loads(raw) if raw is not None else None
         self._put_entry(changes, where, entry, {"claimant": claim.claimant, "fingerprint": claim.fingerprint,
                                                 "at": claim.at, "batch": asdict(meta)})
 
     @staticmethod
-    def _put_entry(changes: Changes, where: bytes, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    def _put_entry(changes: Changes, where: bytes, old: KeyEntry | None, new: KeyEntry | None) -> None:
         if old is not None:
             changes.delete(b"j" + struct.pack(">Q", old["at"]) + where)
         if new is None:
@@ -248,18 +258,17 @@ class Bookkeeping(StoredView):
         self.store.write(changes)
 
     def key_entry_at(self, partner_id: str, tenant_id: str, key: str,
-                     partition: int) -> tuple[dict[str, Any] | None, int]:
+                     partition: int) -> tuple[KeyEntry | None, int]:
         """`key_entry`, and the next offset of `partition` this store has not folded yet (read
         together: what the entry reflects of that partition)."""
         return self.key_entry(partner_id, tenant_id, key), self.store.positions().get(partition, 0)
 
-    def key_entry(self, partner_id: str, tenant_id: str, key: str) -> dict[str, Any] | None:
-        """What holds an idempotency key of a tenant: {claimant, fingerprint, at, batch (a
-        BatchMeta's fields once accepted, else None)}; None if nothing does (or no longer)."""
+    def key_entry(self, partner_id: str, tenant_id: str, key: str) -> KeyEntry | None:
+        """What holds an idempotency key of a tenant; None if nothing does (or no longer)."""
         raw = self.store.get(_key_entry(partner_id, tenant_id, key))
         if raw is None:
             return None
-        entry = orjson.loads(raw)
+        entry: KeyEntry = orjson.loads(raw)
         if entry.get("batch") is not None and entry["at"] <= time.time() * 1000 - self.idempotency_ttl_ms:
             return None  # expired, not yet swept
         return entry

@@ -20,7 +20,7 @@ from schemas.batch_events import (
     claim_event,
     registration,
 )
-from state.batch_store import BatchStore
+from state.batch_store import BatchStore, KeyEntry
 
 TOPIC = "batch-events"
 
@@ -151,7 +151,7 @@ def _taken(key: str, claimant: str, at: int, batch_id: str) -> Any:
                            value=registration(BatchMeta(batch_id, "p", "t1", "s", 1, at + 5), claim))
 
 
-def _entry(store: BatchStore, key: str) -> dict[str, Any]:
+def _entry(store: BatchStore, key: str) -> KeyEntry:
     """Tenant t1's entry of an idempotency key, which the test expects to exist."""
     entry = store.key_entry("p", "t1", key)
     assert entry is not None, f"no entry for {key}"
@@ -175,11 +175,11 @@ def test_idempotency_keys_go_to_the_first_claim_are_taken_by_a_batch_and_expire(
     _fold(store, [_taken("k1", "c", now + 40 + 30_000, "batch-c"),
                   _claim_event("k1", "d", now + 3_000_000)], 8)  # taken: no claim moves it within the TTL
     entry = _entry(store, "k1")
-    assert entry["claimant"] == "c" and entry["batch"]["batchId"] == "batch-c", entry
+    assert entry["claimant"] == "c" and (entry["batch"] or {}).get("batchId") == "batch-c", entry
 
     # A batch whose claim this store never saw (another partition, read later) takes the key too.
     _fold(store, [_taken("k2", "e", now, "batch-e")], 9)
-    assert _entry(store, "k2")["batch"]["batchId"] == "batch-e"
+    assert (_entry(store, "k2")["batch"] or {}).get("batchId") == "batch-e"
 
     assert store.expire_keys(now + 1) == 1  # k2's entry (claimed at `now`); k1's is younger
     assert store.key_entry("p", "t1", "k2") is None and store.key_entry("p", "t1", "k1") is not None
