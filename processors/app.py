@@ -3,10 +3,10 @@
 One agent, `apply_records`, consumes three co-partitioned topics keyed by resource: the
 ingest topic, dependency requests ("R waits for this resource"; also ingest messages handed on
 from another partition) and dependency notices ("what R waits for exists now", expiry ticks).
-Per record: decode → on another partition than its resource's? hand it on there
-(`processors.hand_on`) → definition (schema registry) → checks → references present? → apply
-to the `resources` table → publish the resource and the record's outcome; or hold the record
-pending (`processors.resource_processor`).
+Per record (`processors.routing` picks its handler): decode → on another partition than its
+resource's? hand it on there (`processors.hand_on`) → definition → checks → references
+present? → apply to the `resources` table → publish the resource and the record's outcome; or
+hold the record pending (`processors.resource_processor`).
 Requests and creations of one resource meet on its partition (`processors.dependencies`).
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by
@@ -31,18 +31,14 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processors import metrics
-from processors.dead_letters import dead_letter_headers
-from processors.dependencies import CASCADE, CASCADED, UNREF, DependencyIndex
-from processors.event_checks import unusable_batch
-from processors.grouped import items_of
-from processors.hand_on import handed_on_from, place
+from processors.dependencies import DependencyIndex
 from processors.resource_processor import ResourceProcessor
+from processors.routing import RecordRouter
 from processors.transactions import ExactlyOnce
 from reach import seam
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
 from schemas.definitions import Definition
-from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from topics.definitions import service_topics
 
 log = logging.getLogger(__name__)
@@ -50,12 +46,6 @@ TICK_INTERVAL_S = 0.5
 LAG_INTERVAL_S = 1.0  # how often the consumer lag gauges are measured
 TICK = orjson.dumps({"type": "tick"})
 WORKER_REQUEST_TIMEOUT_S = 10.0  # see create_app
-
-
-def _headers(headers: Any) -> list[tuple[str, bytes]]:
-    if not headers:
-        return []
-    return list(headers.items()) if isinstance(headers, dict) else [tuple(h) for h in headers]
 
 
 def faust_broker_url(bootstrap_servers: str) -> str:
@@ -81,12 +71,9 @@ def worker_instance_id(settings: Settings) -> str:
     return f"{socket.gethostname()}-{settings.worker_web_port}"
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Build the worker's Faust app for the deployment that `settings` describe."""
-    datadir = worker_datadir(settings)
-    datadir.parent.mkdir(parents=True, exist_ok=True)
-    seam.install_faust()  # our exactly-once on Faust's classes, with aiokafka's retries sooner
-    app = faust.App(
+def faust_app(settings: Settings, datadir: Path) -> faust.App:
+    """The worker's Faust app, configured: exactly-once, static membership, timeouts."""
+    return faust.App(
         settings.app_id,
         broker=faust_broker_url(settings.bootstrap_servers),
         store="rocksdb://",
@@ -118,6 +105,14 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         web_in_thread=False,
     )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker's Faust app for the deployment that `settings` describe."""
+    datadir = worker_datadir(settings)
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    seam.install_faust()  # our exactly-once on Faust's classes, with aiokafka's retries sooner
+    app = faust_app(settings, datadir)
     topics = service_topics(settings)
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     # Co-partitioned: the agent sees partition p of all three.
@@ -159,61 +154,7 @@ def create_app(settings: Settings) -> faust.App:
     index = DependencyIndex(eos, topics, resources, waiters, referrers)
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions)
 
-    async def on_ingest_message(event: faust.EventT, copy: bool = False) -> None:
-        """Decode and attribute an ingest message's operations (handing on those of another
-        partition, unless it is a `copy` handed on here), or send it to the dead letters."""
-        try:
-            bodies = decode_ingest_message(event.value, event.message.headers)
-            reason = next((f"operation {n}: {r}" if len(bodies) > 1 else r
-                           for n, r in enumerate(map(unusable_batch, bodies)) if r is not None), None)
-        except UndecodableEvent as exc:
-            reason = str(exc)
-        message = event.message
-        if reason is None:
-            if copy:  # handed on to this partition: it is not handed on again, and its owner is checked
-                for key, body in zip(operation_keys(bodies), bodies):
-                    await processor.on_ingest(event, body, key, placed=False)
-                return
-            placement = place(bodies, message.partition, topics.ingest.partitions, event.key, event.value,
-                              _headers(message.headers))
-            for partition, to_key, to_value, to_headers in placement.elsewhere:  # to the owner, on the requests topic
-                await eos.send(event, topics.dependency_requests.name, to_key, to_value, partition, to_headers)
-            if placement.handed_on:
-                metrics.HANDED_ON.inc(placement.handed_on)
-            for key, body in placement.here:
-                await processor.on_ingest(event, body, key, placed=True)
-            return
-        log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
-        headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
-                                      message.offset)
-        await eos.send(event, topics.dead_letters.name, message.key, message.value, 0, headers)
-        metrics.DEAD_LETTERS.inc()
-
-    async def apply_one(record: Any) -> None:
-        if record.message.topic == topics.ingest.name:
-            await on_ingest_message(record)
-            return
-        if record.message.topic == topics.dependency_requests.name:
-            if handed_on_from(record.message.headers) is not None:  # an ingest message (`processors.hand_on`)
-                await on_ingest_message(record, copy=True)
-                return
-            for key, request in items_of(record.key, orjson.loads(record.value)):
-                kind = request.get("type")
-                if kind == CASCADE:
-                    await processor.on_cascade(record, key, request)
-                elif kind == CASCADED:
-                    await processor.on_cascaded(record, key, request)
-                else:
-                    await index.on_request(record, key, request)
-                    if kind == UNREF:
-                        await processor.on_unref(record, key)
-            return
-        message = orjson.loads(record.value)
-        if message["type"] == "tick":
-            await processor.on_tick(record)
-            return
-        for key, notice in items_of(record.key, message):
-            await processor.on_resolved(record, key, notice)
+    router = RecordRouter(eos, topics, processor, index)
 
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
@@ -222,7 +163,7 @@ def create_app(settings: Settings) -> faust.App:
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
                     try:
-                        await apply_one(record)
+                        await router.route(record)
                     except Exception as exc:
                         # Half its outputs may be in the open transaction: stop, so that it
                         # aborts and the record is processed again from the committed offset.
