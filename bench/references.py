@@ -1,7 +1,7 @@
 """References at speed: records with 0, 1 and 3 references, a cascade, and dependency release.
 
 `make bench` runs this as one of its steps; alone (`python -m bench.references`) it brings up
-its own stack (`bench.run.Stack`: a broker, one ingress, one worker, real processes) and prints
+its own stack (`bench.stack.Stack`: a broker, one ingress, one worker, real processes) and prints
 its rows. Every figure is end to end: from the first POST until every batch is terminal.
 
 - plain records (no reference): customers, the baseline of the rows below;

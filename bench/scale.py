@@ -1,6 +1,6 @@
 """How the service behaves as stored data grows: `make bench-scale SIZES="10000 200000 2000000"`.
 
-One stack (broker, one ingress, one worker; `bench.run.Stack`) is loaded over HTTP with
+One stack (broker, one ingress, one worker; `bench.stack.Stack`) is loaded over HTTP with
 batches of `--batch-size` records (default 100, so 2,000,000 resources are 20,000 batches)
 into one tenant's schema, up to each size in turn. At each size it prints and records:
 

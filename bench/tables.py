@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bench.run import table
+from bench.report import table
 from reach.config import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
