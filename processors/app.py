@@ -31,6 +31,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from processors import metrics
+from processors.commit_pacing import CommitPacer
 from processors.dependencies import DependencyIndex
 from processors.resource_processor import ResourceProcessor
 from processors.routing import RecordRouter
@@ -155,11 +156,12 @@ def create_app(settings: Settings) -> faust.App:
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions)
 
     router = RecordRouter(eos, topics, processor, index)
+    pacer = CommitPacer(app)
 
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            eos.event_began()
+            pacer.event_began()
             async with eos.lock:  # commits happen between events: see transactions.py
                 for record in await eos.in_order(event):
                     try:
@@ -172,11 +174,11 @@ def create_app(settings: Settings) -> faust.App:
                         await app.crash(exc)
                         return
                     eos.done(record)
-            eos.event_ended(dry=cast(ChannelT, stream.channel).empty())  # a Channel; StreamT types it an iterator
+            pacer.event_ended(dry=cast(ChannelT, stream.channel).empty())  # a Channel; StreamT types it an iterator
 
     @app.task
     async def commit_when_idle() -> None:
-        await eos.commit_when_idle()
+        await pacer.commit_when_idle()
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:

@@ -60,7 +60,7 @@ its transaction, per topic partition, and go out as whole record batches (`creat
 `send_batch`) when the transaction commits, or earlier once `FLUSH_BYTES` have gathered —
 one client call per partition instead of one per message, which cost the worker more than
 applying a record. Nothing is visible before the commit anyway. A worker with few events
-commits as soon as its stream runs dry rather than at the next interval (`commit_when_idle`).
+commits as soon as its stream runs dry rather than at the next interval (`processors.commit_pacing`).
 
 9. Tables are RocksDB stores restored from their changelogs, and Faust remembers how far a
    store reflects its changelog only when it restores one, so every start replayed everything
@@ -78,23 +78,20 @@ commits as soon as its stream runs dry rather than at the next interval (`commit
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT, TableT
 from rocksdict import WriteBatch
 
 from processors import metrics, restore
 from processors.grouped import Group, encode_item
+from processors.read_back import ReadBack
 from reach import seam
 from state.store import prefix_items
 from topics import partitioning
@@ -105,9 +102,6 @@ _ABSENT = object()
 _NO_CHANGES: dict[bytes, bytes | None] = {}
 # A transaction's outputs gathered beyond this are sent at once, before its commit.
 FLUSH_BYTES = 1024 * 1024
-IDLE_S = 0.002  # how long the stream stays dry before an idle commit
-RATE_S = 1.0  # over how long the rate of events is measured
-IDLE_RATE = 100.0  # events per second up to which a worker commits whenever its stream runs dry
 _Output = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]] | Group  # key, value, headers; or a group
 
 
@@ -123,18 +117,14 @@ class ExactlyOnce:
         self.epoch = 0  # counts rebalances: resume points found in an earlier one are stale
         self._resumable: set[TP] = set()  # partitions whose resume point this epoch is known
         self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
-        self._reader: AIOKafkaConsumer | None = None
+        self.read_back = ReadBack(bootstrap_servers)  # records the stream skipped, from Kafka
         self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
         self.standbys_restored = False  # this rebalance's restore brought every standby to its end
         # The assignment it last asked a rebalance for (`reach.seam._ask_for_my_share_once_warm`).
         self.asked_holding: tuple[frozenset[int], frozenset[int]] | None = None
-        self._read_ahead: dict[TP, tuple[int, int, list[Any]]] = {}  # see _records_between
         self.partitions = partitions
         self.lock = asyncio.Lock()  # held by each event, and by a commit while it takes its offsets
         self.commit_lock = asyncio.Lock()  # one commit at a time
-        self._idle = asyncio.Event()  # set when the stream has nothing more to process for now
-        # Events processed, decaying by e per RATE_S: over RATE_S, the rate of events.
-        self._events, self._events_at = 0.0, 0.0
         # Transactional ids whose transaction is committing: their new outputs wait for the next one.
         self._held: set[str] = set()
         # Per input partition: the offset after the last event whose outputs are all sent,
@@ -171,51 +161,14 @@ class ExactlyOnce:
         expected = self.expected[tp]
         if offset < expected:
             return []
-        skipped = await self._records_between(tp, expected, offset) if offset > expected else []
+        skipped = await self.read_back.records_between(tp, expected, offset) if offset > expected else []
         if skipped:
             log.warning("%d records of %s before offset %s were skipped by the stream; processing them first",
                         len(skipped), tp, offset)
         return [*skipped, event]
 
-    async def _records_between(self, tp: TP, start: int, end: int) -> list[Any]:
-        """The committed records of `tp` in [start, end); a hole of markers only gives [].
-
-        Holes are mostly transaction markers, one per upload and partition. What one fetch
-        returned is kept, so that the next holes are answered without asking Kafka again.
-        """
-        known = self._read_ahead.get(tp)
-        if known is None or not (known[0] <= start and end <= known[1]):
-            known = self._read_ahead[tp] = await self._fetch_from(tp, start, end)
-        records = known[2]
-        first = bisect.bisect_left(records, start, key=lambda r: r.offset)
-        found = []
-        for record in records[first:]:
-            if record.offset >= end:
-                break
-            found.append(_SkippedRecord(record.key, record.value, _Message(
-                tp.topic, tp.partition, record.offset, tp, list(record.headers or []))))
-        return found
-
-    async def _fetch_from(self, tp: TP, start: int, end: int) -> tuple[int, int, list[Any]]:
-        """(start, position, every committed record in between), reading at least up to `end`."""
-        if self._reader is None:
-            self._reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
-                                            isolation_level="read_committed", fetch_max_wait_ms=10)
-            await self._reader.start()
-        reader, atp = self._reader, TopicPartition(tp.topic, tp.partition)
-        reader.assign([atp])
-        reader.seek(atp, start)
-        records: list[Any] = []
-        deadline = asyncio.get_running_loop().time() + 30
-        while (position := await reader.position(atp)) < end:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"could not read {tp} [{start}, {end}) back from Kafka")
-            records.extend((await reader.getmany(atp, timeout_ms=500)).get(atp, []))
-        return start, position, records
-
     async def close(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
+        await self.read_back.close()
         await self.restorer.close()
 
     def forget(self, tps: Iterable[TP]) -> None:
@@ -225,7 +178,7 @@ class ExactlyOnce:
             self.expected.pop(tp, None)
             self._resumable.discard(tp)
             self._early.discard(tp)
-            self._read_ahead.pop(tp, None)
+            self.read_back.forget(tp)
 
     def resume_from(self, epoch: int, points: Mapping[TP, int]) -> None:
         """Each partition's first offset to process after the rebalance `epoch` (from the seek):
@@ -529,50 +482,6 @@ class ExactlyOnce:
     def partition_for(self, topic: str, key: bytes) -> int:
         return partitioning.partition_for(key, self.partitions[topic])
 
-    def event_began(self) -> None:
-        """The agent took an event (for `commit_when_idle`)."""
-        self._idle.clear()
-
-    def event_ended(self, dry: bool) -> None:
-        """The agent is done with its event; `dry`: nothing else is waiting in its stream."""
-        now = time.monotonic()
-        self._events = self._events * math.exp((self._events_at - now) / RATE_S) + 1
-        self._events_at = now
-        if dry:
-            self._idle.set()
-
-    def event_rate(self) -> float:
-        """Events processed per second, lately (an average decaying over `RATE_S`)."""
-        return self._events * math.exp((self._events_at - time.monotonic()) / RATE_S) / RATE_S
-
-    async def commit_when_idle(self) -> None:
-        """Commit whenever the stream of a worker with few events runs dry (an app task).
-
-        Results become visible at the commit, so a worker that is not busy commits at once,
-        not at the next commit interval: a batch's latency no longer includes that wait,
-        nor a dependency's release, which crosses two transactions, two. But each commit
-        costs round trips per partition, and a stream of many small events (dependency
-        requests and answers, one-record messages) runs dry between fetches and while it
-        waits for answers: committing at each of those made 4-10 times as many commits and
-        halved the speed of references and cascades. Past `IDLE_RATE` events per second the
-        interval alone paces the commits, as before; uploads travel as a few large messages
-        per batch and stay below it.
-        """
-        while True:
-            await self._idle.wait()
-            # Faust hands fetched records to the stream one at a time: give it the chance to
-            # hand over the rest of a fetch before deciding that the stream is dry.
-            await asyncio.sleep(IDLE_S)
-            if not self._idle.is_set():
-                continue  # an event began meanwhile; its end asks again
-            self._idle.clear()
-            if self.event_rate() > IDLE_RATE:
-                continue
-            # A commit already under way (the interval's) makes this call wait for it and
-            # return without committing what came after its offsets: ask once more.
-            if not await self.app.consumer.commit():
-                await self.app.consumer.commit()
-
 
 async def _begin_unless_open(producer: Any) -> None:
     if not seam.in_transaction(producer):
@@ -612,21 +521,3 @@ class _Transaction:
         self.size += later.size
         self.delivered.extend(later.delivered)
         self.last_sent.update(later.last_sent)
-
-
-@dataclass(frozen=True)
-class _Message:
-    topic: str
-    partition: int
-    offset: int
-    tp: TP
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class _SkippedRecord:
-    """A record read back from Kafka, shaped like the parts of a Faust event we use."""
-
-    key: bytes | None
-    value: bytes | None
-    message: _Message
