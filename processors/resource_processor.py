@@ -25,7 +25,6 @@ partition arrives.
 
 from __future__ import annotations
 
-import heapq
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +37,7 @@ from faust.types import TableT
 
 from processors import metrics
 from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, uuid5, waits
+from processors.deadlines import Deadlines
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.hand_on import handed_on_from
 from processors.outcomes import OutcomeBuffer
@@ -130,18 +130,16 @@ class ResourceProcessor:
         self.definition_of = definition_of
         self.partitions = partitions  # of the ingest topic
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
-        # partition -> heap of (deadline ms, resource key); absent until built from the table
         # (resource key, event id) of a record waiting for its pins -> its checked form
         self._checked: dict[tuple[bytes, str], _Checked] = {}
-        self._deadlines: dict[int, list[tuple[int, bytes]]] = {}
+        self.deadlines = Deadlines()
 
     def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
         found: PendingEntry | None = self.eos.get(event, self.pending, key)
         return found
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        for partition in partitions:
-            self._deadlines.pop(partition, None)
+        self.deadlines.forget(partitions)
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -238,14 +236,11 @@ class ResourceProcessor:
 
     async def on_tick(self, event: faust.EventT) -> None:
         partition = event.message.partition
-        heap = self._deadlines.get(partition)
-        if heap is None:
-            heap = self._deadlines[partition] = [
-                (q["deadline"], k) for k, q in self.eos.partition_items(self.pending, partition)]
-            heapq.heapify(heap)
-        now = _now_ms()
-        while heap and heap[0][0] <= now:
-            deadline, key = heapq.heappop(heap)
+
+        def stored() -> list[tuple[int, bytes]]:
+            return [(q["deadline"], k) for k, q in self.eos.partition_items(self.pending, partition)]
+
+        for deadline, key in self.deadlines.due(partition, _now_ms(), stored):
             queue = self._pending_entry(event, key)
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
@@ -285,9 +280,7 @@ class ResourceProcessor:
                 deadline = _now_ms() + wait.seconds * 1000
                 pending: PendingEntry = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
                 await self.eos.put(event, self.pending, key, pending)
-                heap = self._deadlines.get(event.message.partition)
-                if heap is not None:
-                    heapq.heappush(heap, (deadline, key))
+                self.deadlines.add(event.message.partition, deadline, key)
                 for target, request in wait.requests:
                     await self.eos.send_item(event, self.topics.dependency_requests.name, target, request)
                 for waiting in queue:  # the head and everything queued behind it

@@ -1,0 +1,38 @@
+"""When the record waiting at the head of each resource's queue times out, per partition.
+
+A heap of (deadline ms, resource key) per input partition, built from the `pending` table on the
+partition's first tick after it was assigned and kept in memory after that: one entry per
+waiting resource of the partitions this worker owns (a released or re-queued entry stays in the
+heap until its old deadline passes, and is then skipped: its stored deadline differs).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Iterator
+
+
+class Deadlines:
+    def __init__(self) -> None:
+        self._heaps: dict[int, list[tuple[int, bytes]]] = {}  # absent until built from the table
+
+    def forget(self, partitions: set[int]) -> None:
+        """The partitions moved (or may have): their heaps are built again on their next tick."""
+        for partition in partitions:
+            self._heaps.pop(partition, None)
+
+    def add(self, partition: int, deadline_ms: int, key: bytes) -> None:
+        heap = self._heaps.get(partition)
+        if heap is not None:  # else built from the table, where this entry is, at the next tick
+            heapq.heappush(heap, (deadline_ms, key))
+
+    def due(self, partition: int, now_ms: int, stored: Callable[[], Iterable[tuple[int, bytes]]]
+            ) -> Iterator[tuple[int, bytes]]:
+        """Each (deadline, key) of `partition` due by `now_ms`, earliest first, taken out;
+        `stored`: every (deadline, key) of the partition's pending entries, for the first look."""
+        heap = self._heaps.get(partition)
+        if heap is None:
+            heap = self._heaps[partition] = list(stored())
+            heapq.heapify(heap)
+        while heap and heap[0][0] <= now_ms:
+            yield heapq.heappop(heap)

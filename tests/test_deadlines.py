@@ -1,0 +1,37 @@
+"""`processors.deadlines`: which waiting heads are due, per partition (no broker)."""
+
+from __future__ import annotations
+
+from processors.deadlines import Deadlines
+
+
+def test_a_partitions_heap_is_built_from_the_table_once_and_gives_what_is_due_earliest_first() -> None:
+    deadlines, built = Deadlines(), []
+
+    def stored() -> list[tuple[int, bytes]]:
+        built.append(1)
+        return [(30, b"c"), (10, b"a"), (20, b"b")]
+
+    deadlines.add(0, 5, b"early")  # before the heap exists: the table holds it, not the heap
+    assert list(deadlines.due(0, 20, stored)) == [(10, b"a"), (20, b"b")]
+    deadlines.add(0, 25, b"d")
+    assert list(deadlines.due(0, 29, stored)) == [(25, b"d")]
+    assert list(deadlines.due(0, 100, stored)) == [(30, b"c")]
+    assert built == [1], "the table is read once per assignment"
+
+
+def test_an_entry_added_while_the_due_ones_are_taken_is_taken_too_if_due() -> None:
+    deadlines = Deadlines()
+    taken: list[bytes] = []
+    for _, key in deadlines.due(1, 50, lambda: [(10, b"a")]):
+        taken.append(key)
+        if key == b"a":
+            deadlines.add(1, 40, b"requeued")  # a drain that re-queues with a deadline already past
+    assert taken == [b"a", b"requeued"]
+
+
+def test_forgotten_partitions_are_read_from_the_table_again() -> None:
+    deadlines = Deadlines()
+    assert list(deadlines.due(2, 0, lambda: [(10, b"a")])) == []
+    deadlines.forget({2})
+    assert list(deadlines.due(2, 100, lambda: [(50, b"b")])) == [(50, b"b")]
