@@ -13,6 +13,7 @@ from ingest.context import ingress_of
 from ingest.pagination import decode_cursor, encode_cursor, page_limit
 from ingest.responses import ApiError, iso_ms, ok, with_snake_case
 from ingest.uploads import find_definition
+from schemas.events import Resource
 
 # A read sees every write committed before it; when Kafka cannot say what that is in time (a
 # node down, no quorum), it answers from what the readers hold rather than 503: reads go on
@@ -20,7 +21,7 @@ from ingest.uploads import find_definition
 READS = "try"
 
 
-def resource_view(resource: dict[str, Any]) -> dict[str, Any]:
+def resource_view(resource: Resource) -> dict[str, Any]:
     return with_snake_case({
         "id": resource["id"], "schemaDefinitionId": resource["schemaDefinitionId"],
         "platformId": resource["platformId"], "businessId": resource["businessId"],

@@ -26,6 +26,7 @@ from schemas.batch_events import (
     BatchMeta,
 )
 from schemas.definitions import Definition
+from schemas.events import Resource
 from schemas.records import BatchOptions, external_id_of
 
 # A failed record's code -> the status of the single-resource answer.
@@ -49,7 +50,7 @@ def _checked(data: dict[str, Any], definition: Definition, options: BatchOptions
     return checked[0]
 
 
-async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> dict[str, Any] | None:
+async def _outcome(request: Request, meta: BatchMeta, external_id: str) -> Resource | None:
     """The written resource once its record succeeded; None if its outcome is not known in
     time; ApiError if it failed."""
     state = ingress_of(request)

@@ -129,6 +129,22 @@ def _named(name: str, schema_id: int | None) -> str:
     return name if schema_id is None else f"{name} (in a Confluent frame of schema id {schema_id})"
 
 
+class Resource(TypedDict):
+    """A stored resource: the message of its key on the resources topic (the workers' table),
+    as reads return it (docs/api.md 6)."""
+
+    id: str  # derived from the event that created it
+    schemaDefinitionId: str
+    platformId: str  # the partner
+    businessId: str  # the tenant
+    resourceExternalId: str
+    createdAt: int  # epoch ms, the worker's clock
+    updatedAt: int
+    data: dict[str, Any]
+    # The keys of the resources it references (absent: stored before workers kept them).
+    references: NotRequired[list[str]]
+
+
 class Operation(TypedDict):
     """One operation of an ingest message in the per-operation form every worker step takes
     (`decode_ingest_message`): its message's fields, then its own. A cascade's delete, which no

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
+from schemas.events import Resource
 from schemas.references import references_of
 from state.batch_state import BatchState
 from state.batch_store import BatchStore
@@ -50,10 +51,10 @@ def reader_share(settings: Settings) -> Share:
     return Share(settings.reader_index, len(settings.reader_urls))
 
 
-def stored_references(registry: DefinitionView) -> Callable[[dict[str, Any]], list[str]]:
+def stored_references(registry: DefinitionView) -> Callable[[Resource], list[str]]:
     """The references of a resource stored before workers kept them with it, from its definition
     (the registry starts before the resources are read)."""
-    def references(resource: dict[str, Any]) -> list[str]:
+    def references(resource: Resource) -> list[str]:
         definition = registry.get(resource["platformId"], resource["schemaDefinitionId"])
         if definition is None or not definition.referenceFields:
             return []

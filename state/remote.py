@@ -23,11 +23,10 @@ from typing import Any
 import httpx
 import orjson
 
-from schemas.events import resource_key
+from schemas.events import Resource, resource_key
 from state.batch_state import BatchState
 from topics.partitioning import partition_for
 
-Resource = dict[str, Any]
 log = logging.getLogger(__name__)
 
 

@@ -21,17 +21,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 from aiokafka.structs import ConsumerRecord
 
-from schemas.events import resource_key, resource_key_parts
+from schemas.events import Resource, resource_key, resource_key_parts
 from state.store import Changes, StoreConfig
 from state.view import StoredView
 from topics.partitioning import EVERY_PARTITION, Share
 
-Resource = dict[str, Any]
 # The keys a resource stored without `references` names (from its schema definition).
 ReferencesOf = Callable[[Resource], list[str]]
 

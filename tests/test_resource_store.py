@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -57,7 +57,7 @@ def test_pages_follow_external_id_order_and_counts_stay_exact(tmp_path: Path) ->
     pages, totals = _all_pages(store, 100)
     assert pages == sorted(ids), "the pages do not list every resource once, in external id order"
     assert set(totals) == {len(ids)}, "an update changed the count"
-    assert store.get("p", "t1", "s1", "id-0007")["n"] == 8  # type: ignore[index]
+    assert cast(dict[str, Any], store.get("p", "t1", "s1", "id-0007"))["n"] == 8
     assert _all_pages(store, 10, tenant="t2") == (["other"], [1])
 
     _fold(store, [_message(304, None, key=resource_key("p", "t1", "s1", "a/b")),
@@ -86,7 +86,7 @@ def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path:
 
     legacy: list[str] = []  # what the fallback was asked about (resources stored without `references`)
 
-    def from_definition(resource: dict[str, Any]) -> list[str]:
+    def from_definition(resource: Any) -> list[str]:
         legacy.append(resource["resourceExternalId"])
         return [key(resource["parent"]).decode()] if "parent" in resource else []
 
