@@ -38,7 +38,7 @@ from ingest.responses import ApiError, JSONResponse, ok
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
 from schemas.subjects import Subjects
-from state.batch_store import BatchLedger
+from state.bookkeeping import BatchLedger
 from state.remote import BatchReads, ReaderTotals, ReaderUnavailable, ResourceReads
 from topics import service_topics
 

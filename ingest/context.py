@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from reach.config import Settings
     from schemas.definition_view import DefinitionView
     from schemas.subjects import Subjects
-    from state.batch_store import BatchLedger
+    from state.bookkeeping import BatchLedger
     from state.remote import BatchReads, ReaderTotals, ResourceReads
     from topics.definitions import ServiceTopics
 

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from ingest.context import Ingress
 from ingest.responses import ApiError
 from schemas.batch_events import BatchMeta, IdempotencyClaim, claim_event, claim_key
-from state.batch_store import BatchLedger, KeyEntry
+from state.bookkeeping import BatchLedger, KeyEntry
 from topics.view import REQUEST_TIMEOUT_MS
 
 HEADER = "idempotency-key"

@@ -12,7 +12,7 @@ Three limits, checked before anything is published:
   batch, 1000) spreads a tenant at its quota evenly over the minute instead, so the workers
   never queue other tenants' records behind its bursts (docs/benchmarks.md: fairness with
   both). The state is one time per tenant, its *theoretical arrival time*, folded by every
-  ingress from the batch registrations on the batch-events topic (`state.batch_store.BatchLedger`),
+  ingress from the batch registrations on the batch-events topic (`state.bookkeeping.BatchLedger`),
   so every ingress counts what all of them accepted.
 - **Batches in flight** of a tenant (`Quota.batches_in_flight`): its batches queued or
   processing, from the readers (`state.reader`: they hold the records' outcomes), as their latest
@@ -49,7 +49,7 @@ from ingest import answer_budget
 from ingest.context import ingress_of
 from ingest.responses import ApiError
 from reach.config import Quota, Settings
-from state.batch_store import BatchLedger
+from state.bookkeeping import BatchLedger
 from state.remote import ReaderTotals
 
 PACE_S = 1.0  # how early a write may come and be held rather than refused (Retry-After's unit)

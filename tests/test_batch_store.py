@@ -20,7 +20,8 @@ from schemas.batch_events import (
     claim_event,
     registration,
 )
-from state.batch_store import BatchStore, KeyEntry
+from state.batch_store import BatchStore
+from state.bookkeeping import KeyEntry
 
 TOPIC = "batch-events"
 
