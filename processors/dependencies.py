@@ -49,8 +49,8 @@ class DependencyIndex:
         forget R's pin."""
         if request.get("type", PIN) == UNREF:
             key = _referrer_key(target, request["referrer"].encode())
-            if self.eos.get(event, self.referrers, key) is not None:
-                await self.eos.delete(event, self.referrers, key)
+            if self.eos.tables.get(event, self.referrers, key) is not None:
+                await self.eos.tables.delete(event, self.referrers, key)
             return
         await self._notify(event, request, await self.pin(event, target, request))
 
@@ -58,39 +58,39 @@ class DependencyIndex:
         """Pin R (the request's waiter) on T (`target`, on the event's partition), in that
         partition's order: "resolved" (T exists, R is among its referrers), "waiting" (R waits
         for T's creation) or "missing" (T is absent and R may not wait)."""
-        if self.eos.get(event, self.resources, target) is not None:
+        if self.eos.tables.get(event, self.resources, target) is not None:
             await self._pin(event, target, request)
             return "resolved"
         if request.get("mode") == "now":
             return "missing"
-        waiters = self.eos.get(event, self.waiters, target) or []
-        await self.eos.put(event, self.waiters, target, [*waiters, request])
+        waiters = self.eos.tables.get(event, self.waiters, target) or []
+        await self.eos.tables.put(event, self.waiters, target, [*waiters, request])
         return "waiting"
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
         """T was just created by `event`: pin and answer everyone waiting for it."""
-        waiters = self.eos.get(event, self.waiters, target)
+        waiters = self.eos.tables.get(event, self.waiters, target)
         if not waiters:
             return
-        await self.eos.delete(event, self.waiters, target)
+        await self.eos.tables.delete(event, self.waiters, target)
         for request in waiters:
             await self._pin(event, target, request)
             await self._notify(event, request, "resolved")
 
     def referrers_of(self, event: faust.EventT, target: bytes, limit: int = 1000) -> list[bytes]:
         """Up to `limit` resources other than T that reference T or are about to (pinned)."""
-        found = self.eos.keys_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target),
+        found = self.eos.tables.keys_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target),
                                           limit)
         return [key[len(target) + 1:] for key in found]
 
     async def _pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         key = _referrer_key(target, request["waiter"].encode())
-        if self.eos.get(event, self.referrers, key) is None:
-            await self.eos.put(event, self.referrers, key, 1)
+        if self.eos.tables.get(event, self.referrers, key) is None:
+            await self.eos.tables.put(event, self.referrers, key, 1)
 
     async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:
         notice = {"type": kind, "eventId": request["eventId"], "target": request["target"]}
-        await self.eos.send_item(event, self.topics.dependency_notices.name, request["waiter"].encode(), notice)
+        await self.eos.outputs.send_item(event, self.topics.dependency_notices.name, request["waiter"].encode(), notice)
 
 
 # Requests and answers are sent with `ExactlyOnce.send_item`, keyed by the resource they are

@@ -31,7 +31,7 @@ class OutcomeBuffer:
     async def add(self, event: faust.EventT, body: Operation, entry: dict[str, Any]) -> None:
         """Queue the outcome of one record (`body`: its decoded ingest event) in `event`'s transaction."""
         tp = event.message.tp
-        producer = self.eos.producer_of(tp)
+        producer = self.eos.transactions.producer_of(tp)
         slot = self._open.get(tp)
         if slot is None or slot[0] is not producer:
             slot = self._open[tp] = (producer, {})
@@ -42,12 +42,12 @@ class OutcomeBuffer:
         entries.append(entry)
         if len(entries) >= MAX_PER_MESSAGE:
             del slot[1][meta.batchId]
-            await self.eos.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
+            await self.eos.outputs.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
 
     async def flush(self, tp: TP) -> None:
         """Send what waits for `tp`'s transaction (called just before it commits)."""
         slot = self._open.pop(tp, None)
-        if slot is None or slot[0] is not self.eos.producer_of(tp):
+        if slot is None or slot[0] is not self.eos.transactions.producer_of(tp):
             return
         for meta, entries in slot[1].values():
-            await self.eos.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
+            await self.eos.outputs.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))

@@ -135,7 +135,7 @@ class ResourceProcessor:
         self.deadlines = Deadlines()
 
     def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
-        found: PendingEntry | None = self.eos.get(event, self.pending, key)
+        found: PendingEntry | None = self.eos.tables.get(event, self.pending, key)
         return found
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -153,7 +153,7 @@ class ResourceProcessor:
         queue = self._pending_entry(event, key)
         if queue is not None:
             queue["queue"].append(body)
-            await self.eos.put(event, self.pending, key, queue)
+            await self.eos.tables.put(event, self.pending, key, queue)
             await self._emit_pending(event, body, queue)
             return
         await self._drain(event, key, [body], stored=False)
@@ -172,7 +172,7 @@ class ResourceProcessor:
         if notice["type"] == "waiting":
             if target in _pins(queue) and all(m["key"] != target for m in queue["missing"]):
                 queue["missing"].append(_missing(target))
-                await self.eos.put(event, self.pending, key, queue)
+                await self.eos.tables.put(event, self.pending, key, queue)
                 for waiting in queue["queue"]:
                     await self._emit_pending(event, waiting, queue)
             return
@@ -182,7 +182,7 @@ class ResourceProcessor:
         else:
             queue["missing"] = [m for m in queue["missing"] if m["key"] != target]
         if queue["pins"]:
-            await self.eos.put(event, self.pending, key, queue)
+            await self.eos.tables.put(event, self.pending, key, queue)
             if notice["type"] == "resolved" and queue["missing"]:
                 for waiting in queue["queue"]:  # the status shows only what is still missing
                     await self._emit_pending(event, waiting, queue)
@@ -203,11 +203,11 @@ class ResourceProcessor:
         if queue is None:
             await self._drain(event, key, [body], stored=False)
         elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
-            await self.eos.send_item(event, self.topics.dependency_requests.name, request["asker"].encode(),
+            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, request["asker"].encode(),
                                      cascade_answer(request, {}, "deleting"))
         else:
             queue["queue"].append(body)  # after the writes of this resource accepted before it
-            await self.eos.put(event, self.pending, key, queue)
+            await self.eos.tables.put(event, self.pending, key, queue)
 
     async def on_unref(self, event: faust.EventT, key: bytes) -> None:
         """A resource stopped referencing this one (`key`): a delete waiting for that looks again."""
@@ -230,7 +230,7 @@ class ResourceProcessor:
         elif answer["outcome"] == "kept":
             progress["kept"] = True
         if progress["asked"]:
-            await self.eos.put(event, self.pending, key, queue)
+            await self.eos.tables.put(event, self.pending, key, queue)
             return
         await self._drain(event, key, queue["queue"], released=queue)
 
@@ -238,7 +238,7 @@ class ResourceProcessor:
         partition = event.message.partition
 
         def stored() -> list[tuple[int, bytes]]:
-            return [(q["deadline"], k) for k, q in self.eos.partition_items(self.pending, partition)]
+            return [(q["deadline"], k) for k, q in self.eos.tables.partition_items(self.pending, partition)]
 
         for deadline, key in self.deadlines.due(partition, _now_ms(), stored):
             queue = self._pending_entry(event, key)
@@ -279,16 +279,16 @@ class ResourceProcessor:
             if wait is not None:
                 deadline = _now_ms() + wait.seconds * 1000
                 pending: PendingEntry = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
-                await self.eos.put(event, self.pending, key, pending)
+                await self.eos.tables.put(event, self.pending, key, pending)
                 self.deadlines.add(event.message.partition, deadline, key)
                 for target, request in wait.requests:
-                    await self.eos.send_item(event, self.topics.dependency_requests.name, target, request)
+                    await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, request)
                 for waiting in queue:  # the head and everything queued behind it
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
         if known or (stored and self._pending_entry(event, key) is not None):
-            await self.eos.delete(event, self.pending, key)
+            await self.eos.tables.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
                              released: PendingEntry | None) -> Wait | None:
@@ -304,7 +304,7 @@ class ResourceProcessor:
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
         # Read before the checks: a record that creates its resource is checked once, as a whole.
-        current = self.eos.get(event, self.resources, key)
+        current = self.eos.tables.get(event, self.resources, key)
         creating = current is None and op_of(body) != "patch"
         checked = self._checked.pop((key, body["eventId"]), None) if released is not None else None
         if checked is not None and checked.definition is definition and checked.creating == creating:
@@ -335,7 +335,7 @@ class ResourceProcessor:
             changed["references"] = [r.key.decode() for r in after]
         if changed is not None:
             # Its changelog record is the resource's message on the resources topic.
-            await self.eos.put(event, self.resources, key, changed)
+            await self.eos.tables.put(event, self.resources, key, changed)
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
@@ -356,7 +356,7 @@ class ResourceProcessor:
         partition, may_wait = event.message.partition, waits(body) > 0
         here = [r for r in references if partition_for(r.key, self.partitions) == partition]
         if not may_wait and len(here) == len(references):
-            missing = [r for r in here if self.eos.get(event, self.resources, r.key) is None]
+            missing = [r for r in here if self.eos.tables.get(event, self.resources, r.key) is None]
             if missing:  # nothing pinned yet: nothing to take back
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 return Outcome(FAILED, MISSING_DEPENDENCY,
@@ -385,12 +385,12 @@ class ResourceProcessor:
                       progress: dict[str, Any] | None) -> Wait | None:
         """Delete R, or refuse; a cascade delete first waits for its referrers to be deleted
         (`progress`: what their answers said, once all came)."""
-        current = self.eos.get(event, self.resources, key)
+        current = self.eos.tables.get(event, self.resources, key)
         asker = body.get("cascadeFor")
         if current is None:
             if asker is not None:
                 # Nothing to delete; a pin this absent resource still holds on the asker is stale.
-                await self.eos.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+                await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
                                          unref_request(key))
                 await self._emit(event, body, Outcome(DELETED))
             elif (body.get("plan") or {}).get("byCascade"):
@@ -424,7 +424,7 @@ class ResourceProcessor:
             state = {"asked": [r.decode() for r in referrers], "deleted": deleted, "excused": excused, "kept": False}
             return Wait({"cascade": state},
                         [(r, cascade_request(key, body["eventId"], r, body["batchId"])) for r in referrers], CASCADE_S)
-        await self.eos.delete(event, self.resources, key)  # a tombstone on the resources topic
+        await self.eos.tables.delete(event, self.resources, key)  # a tombstone on the resources topic
         # Unrefs first: an asker reads them before the answer (one topic, one transaction).
         await self._settle(event, key, current, set(), rest)
         if asker is not None:
@@ -443,13 +443,13 @@ class ResourceProcessor:
         if not candidates:
             return
         keep: set[bytes] = set()
-        current = self.eos.get(event, self.resources, key) if after is _READ else after
+        current = self.eos.tables.get(event, self.resources, key) if after is _READ else after
         if current is not None:
             keep |= await self._resource_refs(current)
         for queued in rest:
             keep |= await self._body_refs(queued)
         for target in sorted(candidates - keep):
-            await self.eos.send_item(event, self.topics.dependency_requests.name, target, unref_request(key))
+            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, unref_request(key))
 
     async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:
         if "references" in resource:
@@ -516,7 +516,7 @@ class ResourceProcessor:
                     extra: dict[str, Any] | None = None) -> None:
         asker = body.get("cascadeFor")
         if asker is not None:  # a resource deleted by cascade: its answer goes to the one that asked
-            await self.eos.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
+            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
                                      cascade_answer(asker, (extra or {}).get("cascade", {}),
                                                     "deleted" if result.status == DELETED else "kept"))
             return

@@ -61,7 +61,7 @@ class RecordRouter:
                               _headers(message.headers))
             requests = self.topics.dependency_requests.name
             for partition, to_key, to_value, to_headers in placement.elsewhere:  # to the owner, on the requests topic
-                await self.eos.send(event, requests, to_key, to_value, partition, to_headers)
+                await self.eos.outputs.send(event, requests, to_key, to_value, partition, to_headers)
             if placement.handed_on:
                 metrics.HANDED_ON.inc(placement.handed_on)
             for key, body in placement.here:
@@ -70,7 +70,7 @@ class RecordRouter:
         log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
         headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
                                       message.offset)
-        await self.eos.send(event, self.topics.dead_letters.name, message.key, message.value, 0, headers)
+        await self.eos.outputs.send(event, self.topics.dead_letters.name, message.key, message.value, 0, headers)
         metrics.DEAD_LETTERS.inc()
 
     async def route(self, record: Any) -> None:

@@ -264,17 +264,17 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
                 self._gap[tp].clear()
             if not offsets:
                 return False
-            eos.hold_sends(offsets)
+            eos.transactions.hold(offsets)
         # Events go on meanwhile; what they send for these transactions waits for the next.
         started = time.monotonic()
         try:
             await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
         except BaseException:
-            eos.drop_committing()  # the commit failed: Faust stops the worker
+            eos.transactions.drop_committing()  # the commit failed: Faust stops the worker
             raise
         eos.committed(time.monotonic() - started, len(offsets))
-        eos.reopen_uncommitted()
-        await eos.release_sends()
+        eos.transactions.reopen_uncommitted()
+        eos.transactions.release()
         return True
 
 
@@ -307,7 +307,7 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
                 return
             try:
                 if eos is not None:
-                    await eos.send_committing(transactional_id, producer)
+                    await eos.outputs.send_committing(transactional_id, producer)
                 await producer.send_offsets_to_transaction(offsets, group_id)
                 await producer.commit_transaction()
             except ProducerFenced:
@@ -317,10 +317,10 @@ async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: M
                 # aborting the transaction: nothing of it is committed, and the partition's work
                 # is the new owner's now. Faust stopped the worker here; it went on meanwhile.
                 log.info("transaction %s was fenced by the new owner of its partition", transactional_id)
-                eos.forget_committing(transactional_id)
+                eos.transactions.forget_committing(transactional_id)
                 return
             if eos is not None:
-                eos.store_committed(transactional_id, producer)
+                eos.tables.store_committed(transactional_id, producer)
             if start_new_transaction:
                 await producer.begin_transaction()
 
@@ -336,7 +336,7 @@ async def _highwaters_from_broker(self: AIOKafkaConsumerThread, partitions: list
     bootstrap = server_list(self.transport.url, self.transport.default_port)  # type: ignore[attr-defined]
     found = await _after_last_records(bootstrap, {tp: (starts[tp], ends[tp]) for tp in partitions})
     # Faust's recovery takes the value minus one as the last offset to reach: the commit marker
-    # after the last committed record, where our stores' checkpoints point (`_Transaction`).
+    # after the last committed record, where our stores' checkpoints point (`processors.open_transactions.Transaction`).
     return {tp: offset + 1 for tp, offset in found.items()}
 
 

@@ -15,7 +15,8 @@ import orjson
 from faust.types import TP
 
 from processors.grouped import items_of
-from processors.transactions import FLUSH_BYTES, ExactlyOnce
+from processors.outputs import FLUSH_BYTES
+from processors.transactions import ExactlyOnce
 
 
 class _Batch:
@@ -62,12 +63,12 @@ def _eos() -> tuple[ExactlyOnce, dict[str, _TransactionalProducer], list[Any]]:
 
 async def _commit(eos: ExactlyOnce, producers: dict[str, _TransactionalProducer], tps: list[TP]) -> None:
     """What a commit does around each partition's transaction (`_commit_tps_between_events`)."""
-    eos.hold_sends(tps)
+    eos.transactions.hold(tps)
     for tp in tps:
         producer = producers[f"app-g-{tp.partition}"]
-        await eos.send_committing(producer.tid, producer)
+        await eos.outputs.send_committing(producer.tid, producer)
         await producer.commit()
-    await eos.release_sends()
+    eos.transactions.release()
 
 
 def test_outputs_go_out_at_their_transactions_commit_in_order_one_batch_per_destination() -> None:
@@ -75,16 +76,16 @@ def test_outputs_go_out_at_their_transactions_commit_in_order_one_batch_per_dest
         eos, producers, log = _eos()
         p0, p1 = TP("in", 0), TP("in", 1)
         for n in range(3):
-            await eos.send_in(p0, "out", b"k", f"first-{n}".encode(), n % 2)
+            await eos.outputs.send_in(p0, "out", b"k", f"first-{n}".encode(), n % 2)
         assert log == []  # nothing leaves before the commit
-        eos.hold_sends([p0])
-        await eos.send_in(p0, "out", b"k", b"during-commit", 0)  # belongs to the next transaction
-        await eos.send_in(p1, "out", b"k", b"other-partition", 1)
+        eos.transactions.hold([p0])
+        await eos.outputs.send_in(p0, "out", b"k", b"during-commit", 0)  # belongs to the next transaction
+        await eos.outputs.send_in(p1, "out", b"k", b"other-partition", 1)
         producer = producers["app-g-0"]
-        await eos.send_committing(producer.tid, producer)
+        await eos.outputs.send_committing(producer.tid, producer)
         await producer.commit()
-        await eos.release_sends()
-        await eos.send_in(p0, "out", b"k", b"after", 0)
+        eos.transactions.release()
+        await eos.outputs.send_in(p0, "out", b"k", b"after", 0)
         await _commit(eos, producers, [p0, p1])
         return log
 
@@ -101,14 +102,14 @@ def test_a_large_transaction_sends_early_but_never_into_a_committing_one() -> No
         eos, producers, log = _eos()
         tp = TP("in", 0)
         chunk = b"x" * (FLUSH_BYTES // 4)
-        eos.hold_sends([tp])  # committing: however much gathers, it waits
+        eos.transactions.hold([tp])  # committing: however much gathers, it waits
         for _ in range(6):
-            await eos.send_in(tp, "out", b"k", chunk, 0)
+            await eos.outputs.send_in(tp, "out", b"k", chunk, 0)
         assert log == []
         producer = producers["app-g-0"]
         await producer.commit()  # the transaction that was committing (nothing of it was held back)
-        await eos.release_sends()
-        await eos.send_in(tp, "out", b"k", chunk, 0)  # past FLUSH_BYTES, not committing: sent now
+        eos.transactions.release()
+        await eos.outputs.send_in(tp, "out", b"k", chunk, 0)  # past FLUSH_BYTES, not committing: sent now
         sent_early = [len(values) for *_, values in log]
         await _commit(eos, producers, [tp])
         return [sent_early, [(transaction, len(values)) for _, transaction, _, _, values in log]]
@@ -122,9 +123,9 @@ def test_outputs_of_a_transaction_whose_producer_was_replaced_are_dropped() -> N
     async def scenario() -> list[Any]:
         eos, producers, log = _eos()
         tp = TP("in", 0)
-        await eos.send_in(tp, "out", b"k", b"of-an-aborted-transaction", 0)
+        await eos.outputs.send_in(tp, "out", b"k", b"of-an-aborted-transaction", 0)
         producers["app-g-0"] = _TransactionalProducer("app-g-0", log)  # a rebalance fenced the old one
-        await eos.send_in(tp, "out", b"k", b"processed-again", 0)
+        await eos.outputs.send_in(tp, "out", b"k", b"processed-again", 0)
         await _commit(eos, producers, [tp])
         return log
 
@@ -141,13 +142,13 @@ def test_only_a_keys_last_change_in_a_transaction_reaches_the_changelog() -> Non
         p0 = TP("in", 0)
         changelog = SimpleNamespace(get_topic_name=lambda: "pending-log")
         table: Any = SimpleNamespace(name="pending", changelog_topic=changelog)
-        await eos.put(_event(p0), table, b"r1", {"n": 1})
-        await eos.put(_event(p0), table, b"r2", {"n": 1})
-        await eos.put(_event(p0), table, b"r1", {"n": 2})
-        await eos.delete(_event(p0), table, b"r2")
-        assert eos.get(_event(p0), table, b"r1") == {"n": 2}  # the transaction reads its own last change
+        await eos.tables.put(_event(p0), table, b"r1", {"n": 1})
+        await eos.tables.put(_event(p0), table, b"r2", {"n": 1})
+        await eos.tables.put(_event(p0), table, b"r1", {"n": 2})
+        await eos.tables.delete(_event(p0), table, b"r2")
+        assert eos.tables.get(_event(p0), table, b"r1") == {"n": 2}  # the transaction reads its own last change
         await _commit(eos, producers, [p0])
-        await eos.put(_event(p0), table, b"r1", {"n": 3})  # the next transaction: sent again
+        await eos.tables.put(_event(p0), table, b"r1", {"n": 3})  # the next transaction: sent again
         await _commit(eos, producers, [p0])
         return log
 
@@ -163,12 +164,12 @@ def test_items_for_one_partition_travel_grouped_in_order_around_other_messages()
         eos, producers, log = _eos()
         p0 = TP("in", 0)
         keys = [f"k{n}".encode() for n in range(40)]
-        ka, kb, kc = [k for k in keys if eos.partition_for("out", k) == 1][:3]
-        await eos.send_item(_event(p0), "out", ka, {"n": 1})
-        await eos.send_item(_event(p0), "out", kb, {"n": 2})
-        await eos.send_in(p0, "out", b"plain", b"between", 1)
-        await eos.send_item(_event(p0), "out", kc, {"n": 3})
-        await eos.send_item(_event(p0), "out", ka, {"n": 4})
+        ka, kb, kc = [k for k in keys if eos.outputs.partition_for("out", k) == 1][:3]
+        await eos.outputs.send_item(_event(p0), "out", ka, {"n": 1})
+        await eos.outputs.send_item(_event(p0), "out", kb, {"n": 2})
+        await eos.outputs.send_in(p0, "out", b"plain", b"between", 1)
+        await eos.outputs.send_item(_event(p0), "out", kc, {"n": 3})
+        await eos.outputs.send_item(_event(p0), "out", ka, {"n": 4})
         await _commit(eos, producers, [p0])
         return eos, log
 

@@ -64,7 +64,12 @@ async def _replicas_and_min_isr(bootstrap: str, topic: str) -> tuple[int, str]:
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 3)])
-        described = await admin.describe_topics([topic])
+        # The node that answers may not know the new topic's partition yet (its metadata comes
+        # from the controller moments after the creation returns): ask until it does.
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (described := await admin.describe_topics([topic]))[0]["partitions"]:
+            assert asyncio.get_running_loop().time() < deadline, f"{topic} has no partition after 30 s: {described}"
+            await asyncio.sleep(0.1)
         replicas = len(described[0]["partitions"][0]["replicas"])
         configs = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])
         entries = {entry[0]: entry[1] for entry in configs[0].resources[0][4]}

@@ -1,0 +1,95 @@
+"""What the worker's events send to Kafka: kept with the transaction of the event's input
+partition and sent as whole record batches, one per topic partition, when it commits (or earlier
+once `FLUSH_BYTES` have gathered) — one client call per partition instead of one per message."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.types import TP, EventT
+
+from processors.grouped import Group, encode_item
+from processors.open_transactions import OpenTransactions, Transaction, begin_unless_open
+from topics import partitioning
+from topics.record_batches import send_batches
+
+# A transaction's outputs gathered beyond this are sent at once, before its commit.
+FLUSH_BYTES = 1024 * 1024
+
+
+class Outputs:
+    """Sends in the transaction that commits an event's offset."""
+
+    def __init__(self, transactions: OpenTransactions, partitions: dict[str, int]) -> None:
+        self.transactions = transactions
+        self.partitions = partitions  # topic -> its partition count
+
+    async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send in the transaction that commits `event`'s offset.
+
+        Without `partition`, the key picks it as every Kafka client does (murmur2), so that
+        all messages of one key share a partition across topics of equal partition counts.
+        """
+        await self.send_in(event.message.tp, topic, key, value, partition, headers)
+
+    async def send_in(self, tp: TP, topic: str, key: bytes | None, value: bytes | None,
+                      partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send in the open transaction of input partition `tp` (see `send`): kept with it, and
+        sent in record batches at its commit or once `FLUSH_BYTES` have gathered."""
+        if partition is None:
+            partition = self.partition_for(topic, key or b"")
+        writes = self.transactions.open_transaction(tp)
+        writes.outputs.setdefault((topic, partition), []).append((key, value, headers or []))
+        await self.grown(tp, writes, len(value or b"") + len(key or b""))
+
+    async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any]) -> None:
+        """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
+        `topic`, grouped with the items sent there just before it (`processors.grouped`)."""
+        encoded = encode_item(key, item)
+        partition = self.partition_for(topic, key)
+        writes = self.transactions.open_transaction(event.message.tp)
+        queue = writes.outputs.setdefault((topic, partition), [])
+        last = queue[-1] if queue else None
+        if isinstance(last, Group) and last.fits(encoded):
+            last.add(encoded)
+        else:
+            queue.append(Group(key, encoded))
+        await self.grown(event.message.tp, writes, len(encoded))
+
+    async def grown(self, tp: TP, writes: Transaction, size: int) -> None:
+        """`tp`'s open transaction `writes` took `size` more bytes: once `FLUSH_BYTES` have
+        gathered, they go to its producer now (not while its previous transaction commits)."""
+        writes.size += size
+        if writes.size >= FLUSH_BYTES and self.transactions.tid(tp) not in self.transactions.held:
+            await self._send_outputs(writes)
+
+    async def _send_outputs(self, writes: Transaction) -> None:
+        """Hand `writes`' outputs to its producer, one record batch per topic partition (or
+        more when one would exceed the producer's batch size), in the order they were sent."""
+        outputs, writes.outputs, writes.size = writes.outputs, {}, 0
+        changelogs, writes.changelogs = writes.changelogs, {}
+        producer = writes.producer
+        await begin_unless_open(producer)
+        for (topic, partition), queued in outputs.items():
+            messages = [(m.key, m.value(), []) if isinstance(m, Group) else m for m in queued]
+            sent = await send_batches(producer, topic, partition, messages)
+            writes.delivered.extend(delivered for delivered, _ in sent)
+        for (topic, partition), changes in changelogs.items():
+            sent = await send_batches(producer, topic, partition, [(k, raw, []) for k, raw in changes.items()])
+            writes.delivered.extend(delivered for delivered, _ in sent)
+            delivered, count = sent[-1]
+            writes.last_sent[topic] = (delivered, count - 1)
+
+    async def send_committing(self, tid: str, producer: Any) -> None:
+        """Send what `tid`'s committing transaction still holds and wait until the broker has it
+        (called just before that transaction commits)."""
+        writes = self.transactions.committing.get(tid)
+        if writes is None or writes.producer is not producer:
+            return
+        await self._send_outputs(writes)
+        await asyncio.gather(*writes.delivered)
+
+    def partition_for(self, topic: str, key: bytes) -> int:
+        return partitioning.partition_for(key, self.partitions[topic])
