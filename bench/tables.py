@@ -37,10 +37,10 @@ def _figure(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _pair(found: dict[str, Any] | None, *keys: str, digits: int = 1) -> str:
+def _pair(found: dict[str, Any] | None, *keys: str) -> str:
     """`found`'s values of `keys`, joined by " / " (— for what is missing)."""
     found = found or {}
-    return " / ".join(_figure(found.get(key), digits) for key in keys)
+    return " / ".join(_figure(found.get(key)) for key in keys)
 
 
 def _scale_rows(row: dict[str, Any]) -> list[tuple[str, str]]:

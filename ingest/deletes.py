@@ -177,7 +177,7 @@ async def delete_batch(request: Request) -> Response:
     """`DELETE /api/resources/{schema}/batch`: delete resources by external id, or all of a schema."""
     state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
-    partner_id, tenant_id = principal.partner_id, principal.tenant_id or ""
+    partner_id, tenant_id = principal.partner_id, principal.tenant_id
     quotas.describe(request, partner_id, tenant_id)
     definition = await find_definition(request, partner_id)
     raw = await read_body(request, state.settings.max_body_bytes)

@@ -74,7 +74,7 @@ async def create(request: Request) -> Response:
     data = _data_of(await read_body(request, state.settings.max_body_bytes))
     record = _checked(data, definition, options, problems)
     external_id = external_id_of(record, definition) or ""
-    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id, definition,
                                [(external_id, record)], options.on_conflict, options)
     resource = await _outcome(request, meta, external_id)
     if resource is None:
@@ -100,7 +100,7 @@ async def patch(request: Request) -> Response:
         numeric = is_int and digits.isascii() and digits.isdigit()
         data = {**data, field: int(external_id) if numeric else external_id}
     record = _checked(data, definition, options, problems)
-    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id, definition,
                                [(external_id, record)], "patch", options)
     resource = await _outcome(request, meta, external_id)
     if resource is None:
@@ -118,7 +118,7 @@ async def delete(request: Request) -> Response:
     principal = tenant_principal(request, state.settings.partner_secrets)
     definition = await find_definition(request, principal.partner_id)
     external_id = request.path_params["external_id"]
-    meta = await publish_batch(request, principal.partner_id, principal.tenant_id or "", definition,
+    meta = await publish_batch(request, principal.partner_id, principal.tenant_id, definition,
                                [(external_id, None)], "delete", cascade=cascade)
     batch = await state.batches.outcome(meta.partnerId, meta.tenantId, meta.batchId, state.settings.sync_wait_s)
     if batch is None:

@@ -63,11 +63,11 @@ async def patch_batch(request: Request) -> Response:
 async def _write_batch(request: Request, op: str, options: BatchOptions, request_problems: list[str]) -> Response:
     state = ingress_of(request)
     principal = tenant_principal(request, state.settings.partner_secrets)
-    quotas.describe(request, principal.partner_id, principal.tenant_id or "")
+    quotas.describe(request, principal.partner_id, principal.tenant_id)
     definition = await find_definition(request, principal.partner_id)
     body = await read_body(request, state.settings.max_body_bytes)
     keyed = idempotency.keyed(request, body)
-    replay = replay_if_accepted(request, principal.partner_id, principal.tenant_id or "", keyed)
+    replay = replay_if_accepted(request, principal.partner_id, principal.tenant_id, keyed)
     if replay is not None:
         return replay
     resources, body_problem = _resources_of(body)
@@ -81,7 +81,7 @@ async def _write_batch(request: Request, op: str, options: BatchOptions, request
         message = "; ".join(request_problems) if request_problems else (
             f"{len(record_problems)} problem(s) in the submitted resources; nothing was enqueued")
         raise ApiError(400, message, record_problems or None)
-    return await publish_accepted(request, keyed, principal.partner_id, principal.tenant_id or "", definition,
+    return await publish_accepted(request, keyed, principal.partner_id, principal.tenant_id, definition,
                                   [(external_id_of(r, definition) or "", r) for r in checked], op, options)
 
 

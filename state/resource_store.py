@@ -66,9 +66,6 @@ class ResourceStore(StoredView):
             if delta:
                 self._count(changes, scope, delta)
 
-    def fold(self, changes: Changes, key: bytes | None, value: bytes | None) -> None:
-        self.fold_all(changes, [ConsumerRecord("", 0, 0, 0, 0, key, value, None, 0, 0, ())])
-
     @staticmethod
     def _parse(key: bytes | None, value: bytes | None
                ) -> tuple[bytes, bytes, bytes, Resource | None, bytes | None] | None:
