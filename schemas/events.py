@@ -198,11 +198,12 @@ def decode_ingest_message(payload: bytes | None, headers: Headers) -> list[Opera
     if not operations:
         raise UndecodableEvent("an IngestMessage v2 without operations")
     plans = _delete_plans(headers)
-    return [cast(Operation, {
+    # One cast for the list: this runs for every record a worker applies.
+    return cast(list[Operation], [{
         **message, "eventId": f"{message['batchId']}:{op['recordIndex']}", "recordIndex": op["recordIndex"],
         "externalId": op["externalId"], "op": op["op"], "data": op["data"],
         "onConflict": "reject" if op["op"] == "reject" else "upsert", "version": 2,
-        "plan": plans.get(str(op["recordIndex"]))}) for op in operations]
+        "plan": plans.get(str(op["recordIndex"]))} for op in operations])
 
 
 _MESSAGE_FIELDS = tuple(f["name"] for f in INGEST_MESSAGE_SCHEMA["fields"] if f["name"] != "operations")
