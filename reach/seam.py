@@ -431,7 +431,7 @@ def _move(assignment: Any, partition: int, source: str, destination: str) -> Non
     assignment[destination].actives.add(partition)
 
 
-def _ask_for_my_share_once_warm(app: faust.App, eos: ExactlyOnce) -> None:
+def _ask_for_my_share_once_warm(app: AppT, eos: ExactlyOnce) -> None:
     """After a recovery that brought every standby to its changelog's end: a worker with fewer
     active partitions than its share asks for a rebalance, once per assignment (a sticky
     assignment that gives it none ends there), where it takes partitions it now holds warm."""
@@ -543,7 +543,7 @@ async def _perform_seek_knowing_where_each_partition_resumes(self: Consumer) -> 
     eos.resume_from(epoch, points)
 
 
-async def _seek_to_resume_points(app: faust.App) -> None:
+async def _seek_to_resume_points(app: AppT) -> None:
     """Move every input partition's fetch position to the next offset `in_order` expects.
 
     Called once a rebalance's recovery has resumed the streams: resuming clears the streams'
@@ -566,16 +566,15 @@ async def _seek_to_resume_points(app: faust.App) -> None:
 
 async def _on_recovery_completed_then_seek(self: Recovery, generation_id: int = 0) -> None:
     await _ORIGINALS["Recovery.on_recovery_completed"](self, generation_id)
-    app: Any = self.app
-    await _seek_to_resume_points(app)
-    eos: ExactlyOnce | None = exactly_once_of(app)
+    await _seek_to_resume_points(self.app)
+    eos: ExactlyOnce | None = exactly_once_of(self.app)
     if eos is not None and eos.standbys_restored:
-        _ask_for_my_share_once_warm(app, eos)
+        _ask_for_my_share_once_warm(self.app, eos)
 
 
 async def _resume_streams_then_seek(self: Recovery, generation_id: int = 0) -> None:
     await _ORIGINALS["Recovery._resume_streams"](self, generation_id)
-    await _seek_to_resume_points(self.app)  # type: ignore[arg-type]
+    await _seek_to_resume_points(self.app)
 
 
 async def _log_starts(thread: AIOKafkaConsumerThread, partitions: list[TopicPartition]) -> dict[Any, int]:
