@@ -20,7 +20,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from itertools import islice
 from typing import Any
 
@@ -34,11 +34,10 @@ from starlette.routing import Route
 
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
-from schemas.events import Resource
 from schemas.references import references_of
 from state.batch_state import BatchState
 from state.batch_store import BatchStore
-from state.resource_store import ResourceStore
+from state.resource_store import ReferencesOf, ResourceStore
 from topics import create_topics, service_topics
 from topics.partitioning import Share
 from topics.view import TopicView
@@ -51,13 +50,15 @@ def reader_share(settings: Settings) -> Share:
     return Share(settings.reader_index, len(settings.reader_urls))
 
 
-def stored_references(registry: DefinitionView) -> Callable[[Resource], list[str]]:
+def stored_references(registry: DefinitionView) -> ReferencesOf:
     """The references of a resource stored before workers kept them with it, from its definition
-    (the registry starts before the resources are read)."""
-    def references(resource: Resource) -> list[str]:
-        definition = registry.get(resource["platformId"], resource["schemaDefinitionId"])
+    (the registry starts before the resources are read); parsed only if the definition has
+    reference fields."""
+    def references(partner_id: str, definition_id: str, raw: bytes) -> list[str]:
+        definition = registry.get(partner_id, definition_id)
         if definition is None or not definition.referenceFields:
             return []
+        resource = orjson.loads(raw)
         return [r.key.decode() for r in references_of(resource["data"], definition, resource["platformId"],
                                                       resource["businessId"])]
     return references

@@ -21,6 +21,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
+from urllib.parse import unquote
 
 import orjson
 from aiokafka.structs import ConsumerRecord
@@ -30,8 +32,12 @@ from state.store import Changes, StoreConfig
 from state.view import StoredView
 from topics.partitioning import EVERY_PARTITION, Share
 
-# The keys a resource stored without `references` names (from its schema definition).
-ReferencesOf = Callable[[Resource], list[str]]
+# The keys a resource stored without `references` names (from its schema definition): given its
+# partner, its schema definition id and the stored JSON, so that it parses only what may reference.
+ReferencesOf = Callable[[str, str, bytes], list[str]]
+
+
+SCOPES_KEPT = 10_000  # scopes remembered by the fold (`ResourceStore._parse`): tenants x definitions
 
 
 def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
@@ -53,6 +59,7 @@ class ResourceStore(StoredView):
                  share: Share = EVERY_PARTITION) -> None:
         super().__init__(bootstrap_servers, topic, path, wait_s, config, share)
         self.references_of = references_of
+        self._scopes: dict[bytes, bytes] = {}  # a resource key up to its external id -> its scope
 
     def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
         # One multi-get for the fetch's stored resources, and each scope's count read and
@@ -66,29 +73,36 @@ class ResourceStore(StoredView):
             if delta:
                 self._count(changes, scope, delta)
 
-    @staticmethod
-    def _parse(key: bytes | None, value: bytes | None
-               ) -> tuple[bytes, bytes, bytes, Resource | None, bytes | None] | None:
-        """(where it is stored, its scope, its key, the resource or None if deleted, the value)."""
-        if value is not None:
-            resource = orjson.loads(value)
-            scope = _scope(resource["platformId"], resource["businessId"], resource["schemaDefinitionId"])
-            external_id = resource["resourceExternalId"]
-            # The message's key is the resource's (the workers' table key); built only if absent.
-            referrer = key if key is not None else resource_key(
-                resource["platformId"], resource["businessId"], resource["schemaDefinitionId"], external_id)
-            return _item(scope, external_id), scope, referrer, resource, value
-        if key is None:
+    def _parse(self, key: bytes | None, value: bytes | None) -> tuple[bytes, bytes, bytes, bytes | None] | None:
+        """(where it is stored, its scope, its key, the value or None if deleted). A resource's
+        place comes from its key, the workers' table key, which names what the value holds: the
+        value is parsed only for a message without one."""
+        if key is not None:
+            slash = key.rfind(b"/")
+            scope = self._scopes.get(key[:slash])
+            if scope is None:
+                try:
+                    partner_id, tenant_id, definition_id, _ = resource_key_parts(key)
+                except ValueError:
+                    partner_id = ""  # not a resource's key: the value says which resource it is
+                if partner_id:
+                    if len(self._scopes) >= SCOPES_KEPT:
+                        self._scopes.clear()
+                    scope = self._scopes[key[:slash]] = _scope(partner_id, tenant_id, definition_id)
+            if scope is not None:
+                external_id = key[slash + 1:].decode()
+                return _item(scope, unquote(external_id) if "%" in external_id else external_id), scope, key, value
+        if value is None:
             return None
-        try:  # a tombstone: the resource was deleted
-            partner_id, tenant_id, definition_id, external_id = resource_key_parts(key)
-        except ValueError:
-            return None
+        resource = orjson.loads(value)
+        partner_id, tenant_id, definition_id, external_id = (
+            resource["platformId"], resource["businessId"], resource["schemaDefinitionId"],
+            resource["resourceExternalId"])
         scope = _scope(partner_id, tenant_id, definition_id)
-        return _item(scope, external_id), scope, key, None, None
+        return _item(scope, external_id), scope, resource_key(partner_id, tenant_id, definition_id, external_id), value
 
     def _fold(self, changes: Changes, counts: dict[bytes, int], item: bytes, scope: bytes, referrer: bytes,
-              resource: Resource | None, value: bytes | None) -> None:
+              value: bytes | None) -> None:
         old = changes.get(item)
         if value is not None:
             changes.put(item, value)
@@ -97,8 +111,10 @@ class ResourceStore(StoredView):
         elif old is not None:
             changes.delete(item)
             counts[scope] = counts.get(scope, 0) - 1
-        before = set(self._references(orjson.loads(old))) if old is not None else set()
-        after = set(self._references(resource)) if resource is not None else set()
+        if old is None and value is None:
+            return
+        before = set(self._references(referrer, old)) if old is not None else set()
+        after = set(self._references(referrer, value)) if value is not None else set()
         if not before and not after:
             return
         for target in before - after:
@@ -106,10 +122,16 @@ class ResourceStore(StoredView):
         for target in after - before:
             changes.put(b"x" + target.encode() + b"\x00" + referrer, b"")
 
-    def _references(self, resource: Resource) -> list[str]:
-        if "references" in resource:
-            return resource["references"]
-        return self.references_of(resource) if self.references_of is not None else []
+    def _references(self, key: bytes, raw: bytes) -> list[str]:
+        """The keys the stored resource `raw` (of resource `key`) references."""
+        if b'"references"' in raw:  # else it has no such member: a JSON parse spared per resource
+            found = orjson.loads(raw).get("references")
+            if found is not None:
+                return cast(list[str], found)
+        if self.references_of is None:
+            return []
+        partner_id, _, definition_id, _ = resource_key_parts(key)
+        return self.references_of(partner_id, definition_id, raw)
 
     def referrers_of_many(self, keys: list[bytes]) -> dict[bytes, list[bytes]]:
         """The keys of the resources that reference each resource of `keys` (itself excluded),

@@ -86,7 +86,9 @@ def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path:
 
     legacy: list[str] = []  # what the fallback was asked about (resources stored without `references`)
 
-    def from_definition(resource: Any) -> list[str]:
+    def from_definition(partner_id: str, definition_id: str, raw: bytes) -> list[str]:
+        resource = orjson.loads(raw)
+        assert (partner_id, definition_id) == (resource["platformId"], resource["schemaDefinitionId"])
         legacy.append(resource["resourceExternalId"])
         return [key(resource["parent"]).decode()] if "parent" in resource else []
 
@@ -107,6 +109,18 @@ def test_the_reverse_index_follows_every_change_of_who_references_whom(tmp_path:
     assert store.exist([key("a"), key("o2", "s2"), key("o1", "s2")]) == [True, False, True]
     assert store.count("p", "t1", "s2") == 1 and list(store.external_ids("p", "t1", "s1")) == ["a", "b", "c"]
     assert store.get("p", "t1", "s2", "o1")["references"] == [key("a").decode()]  # type: ignore[index]
+    # A member named "references" inside the data is the user's, not the list of what it references.
+    _fold(store, [_message(11, {**_resource("d", schema="s3"), "parent": "b", "data": {"references": ["c"]}})], 12)
+    assert "d" in legacy and store.referrers_of_many([key("b")]) == {key("b"): [key("d", "s3")]}
+
+
+def test_a_message_without_a_key_is_placed_by_its_value(tmp_path: Path) -> None:
+    store = ResourceStore("unused:9092", TOPIC, tmp_path / "store")
+    keyless = SimpleNamespace(offset=0, key=None, value=orjson.dumps(_resource("a b/ä", schema="s2")))
+    _fold(store, [keyless, _message(1, _resource("a b/ä", schema="s2", n=2))], 2)
+    assert _all_pages(store, 10, schema="s2") == (["a b/ä"], [1]), "the two messages of one resource count twice"
+    assert cast(dict[str, Any], store.get("p", "t1", "s2", "a b/ä"))["n"] == 2
+    store.store.close()
 
 
 def test_a_store_of_another_share_is_read_again_from_the_beginning(tmp_path: Path) -> None:
