@@ -61,9 +61,10 @@ def check_record(index: int, record: Any, definition: Definition, validators: Re
         errors.extend(f"{where}.{name}: unknown field (not in the schema's properties)" for name in unknown)
     if external_id_of(record, definition) is None:
         errors.append(f"{where}.{definition.externalIdField}: the external id must be a non-empty string or an integer")
-    errors.extend(f"{where}{path}: required fields cannot be deleted"
-                  for path in deleted_required_fields(record, validators.schema))
     present = without_nulls(known)
+    if present is not known or unknown:  # else it has no null, so deletes nothing
+        errors.extend(f"{where}{path}: required fields cannot be deleted"
+                      for path in deleted_required_fields(record, validators.schema))
     # `reject` makes every record a creation: it must be complete on its own.
     validator = validators.full if options.on_conflict == "reject" else validators.patch
     if not validator.is_valid(present):

@@ -130,10 +130,15 @@ def error_messages(validator: jsonschema_rs.Draft7Validator, instance: Any, wher
 
 
 def without_nulls(value: Any) -> Any:
-    """`value` with every null object member removed, at any depth (a patch's deletions)."""
+    """`value` with every null object member removed, at any depth (a patch's deletions): `value`
+    itself when it holds none (most records: no copy, and callers may skip looking for deletions)."""
     if isinstance(value, dict):
-        # Scalars are kept as they are without a call each: most of a record's fields are scalars.
-        return {k: without_nulls(v) if isinstance(v, (dict, list)) else v for k, v in value.items() if v is not None}
+        for member in value.values():
+            if member is None or isinstance(member, (dict, list)):
+                # Scalars are kept as they are without a call each: most of a record's fields are.
+                return {k: without_nulls(v) if isinstance(v, (dict, list)) else v
+                        for k, v in value.items() if v is not None}
+        return value
     if isinstance(value, list):
         return [without_nulls(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
