@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -182,9 +183,11 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
-        """Wake the expiry check of every notices partition this worker owns."""
+        """Wake the expiry check of every notices partition this worker owns that has a deadline
+        due (or whose deadlines are still to be read: `processors.deadlines`)."""
+        now = int(time.time() * 1000)
         for tp in app.consumer.assignment():
-            if tp.topic == topics.dependency_notices.name:
+            if tp.topic == topics.dependency_notices.name and processor.deadlines.needs_tick(tp.partition, now):
                 await app.producer.send(tp.topic, b"tick", TICK, tp.partition, None, None)
 
     @app.timer(LAG_INTERVAL_S)

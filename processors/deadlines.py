@@ -4,6 +4,11 @@ A heap of (deadline ms, resource key) per input partition, built from the `pendi
 partition's first tick after it was assigned and kept in memory after that: one entry per
 waiting resource of the partitions this worker owns (a released or re-queued entry stays in the
 heap until its old deadline passes, and is then skipped: its stored deadline differs).
+
+A partition is ticked (`needs_tick`) only when its heap is still to be built or its earliest
+deadline has passed: each tick is an event, and so a transaction of its partition. Ticking every
+notices partition twice a second kept an idle worker committing eight transactions a second
+(four partitions), a fifth of an idle broker's CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ class Deadlines:
         heap = self._heaps.get(partition)
         if heap is not None:  # else built from the table, where this entry is, at the next tick
             heapq.heappush(heap, (deadline_ms, key))
+
+    def needs_tick(self, partition: int, now_ms: int) -> bool:
+        """Whether `partition` has a deadline due by `now_ms`, or its heap is still to be built."""
+        heap = self._heaps.get(partition)
+        return heap is None or (bool(heap) and heap[0][0] <= now_ms)
 
     def due(self, partition: int, now_ms: int, stored: Callable[[], Iterable[tuple[int, bytes]]]
             ) -> Iterator[tuple[int, bytes]]:

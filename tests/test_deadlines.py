@@ -35,3 +35,16 @@ def test_forgotten_partitions_are_read_from_the_table_again() -> None:
     assert list(deadlines.due(2, 0, lambda: [(10, b"a")])) == []
     deadlines.forget({2})
     assert list(deadlines.due(2, 100, lambda: [(50, b"b")])) == [(50, b"b")]
+
+
+def test_a_partition_is_ticked_only_to_build_its_heap_or_when_a_deadline_is_due() -> None:
+    deadlines = Deadlines()
+    assert deadlines.needs_tick(3, 0), "a partition whose heap is not built yet is not ticked"
+    assert list(deadlines.due(3, 0, lambda: [])) == []
+    assert not deadlines.needs_tick(3, 10**12), "an idle partition (nothing waits) is ticked"
+    deadlines.add(3, 100, b"a")
+    assert not deadlines.needs_tick(3, 99) and deadlines.needs_tick(3, 100)
+    assert list(deadlines.due(3, 100, lambda: [])) == [(100, b"a")]
+    assert not deadlines.needs_tick(3, 200), "a partition whose deadlines were all taken is still ticked"
+    deadlines.forget({3})
+    assert deadlines.needs_tick(3, 0), "a partition assigned again is not ticked to read its table"
