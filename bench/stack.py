@@ -123,6 +123,13 @@ class Stack:
         self.tenant = make_token(self.settings, "bench", "tenant-1")
 
     def __enter__(self) -> Stack:
+        try:
+            return self._start()
+        except BaseException:
+            self._stop()  # else the processes already started outlive the benchmark
+            raise
+
+    def _start(self) -> Stack:
         if self.broker is not None:
             started = time.monotonic()
             self.broker.start()
@@ -163,9 +170,13 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
                         "reader": vm_hwm_mb(self.reader.proc.pid), "ingress_processes": self.settings.ingress_processes}
-        self.worker.stop()
-        self.ingress.stop()
-        self.reader.stop()
+        self._stop()
+
+    def _stop(self) -> None:
+        for name in ("worker", "ingress", "reader"):
+            process: ServiceProcess | None = getattr(self, name, None)
+            if process is not None:
+                process.stop()
         if self.broker is not None:
             self.broker.stop()
 
