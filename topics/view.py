@@ -29,6 +29,7 @@ REQUEST_TIMEOUT_MS = 5000
 # and each ask costs the broker about a millisecond of CPU: at 50 ms, the views of one ingress,
 # one reader and one worker (seven) cost an idle broker a fifth of a core.
 FOLLOW_WAIT_MS = 500
+NEW_TOPIC_S = 10.0  # how long a view asks again for the partitions of a topic it cannot find
 
 class TopicView:
     """Follows the partitions of `topic` in `share` (default: all) and hands each message to `apply`."""
@@ -65,6 +66,12 @@ class TopicView:
                                       isolation_level="read_committed", request_timeout_ms=REQUEST_TIMEOUT_MS)
         await self._ends.start()
         partitions = self._consumer.partitions_for_topic(self.topic) or await self._described_partitions()
+        # A topic created moments ago (by this process, on a cluster) can be unknown for a moment
+        # to the node that answers: a reader of a three-node cluster exited at its start so.
+        known_by = asyncio.get_running_loop().time() + NEW_TOPIC_S
+        while not partitions and asyncio.get_running_loop().time() < known_by:
+            await asyncio.sleep(0.1)
+            partitions = await self._described_partitions()
         if not partitions:
             raise RuntimeError(f"topic {self.topic} does not exist")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions) if self.share.owns(p)]
