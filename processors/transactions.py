@@ -30,7 +30,9 @@ classes. The replacements named below are there:
 6. Faust's recovery can resume a stream before it seeks back to the committed offsets, and
    then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
    processed strictly in offset order (`in_order`): records the stream jumped over are read
-   back from Kafka and processed first; a jump over transaction markers reads nothing.
+   back from Kafka and processed first; a jump over transaction markers reads nothing, and a
+   jump over offsets that the consumer itself passed over (markers, aborted batches) is not
+   read back at all (`seam.passed_over`).
    Where a partition resumes is never guessed from the first record delivered: after a
    rebalance, records fetched while the stream was suspended are dropped with the fetch
    position past them, and Faust's seek leaves a partition without a committed offset there
@@ -152,7 +154,9 @@ class ExactlyOnce:
         expected = self.expected[tp]
         if offset < expected:
             return []
-        skipped = await self.read_back.records_between(tp, expected, offset) if offset > expected else []
+        skipped = []
+        if offset > expected and not seam.passed_over(tp.topic, tp.partition, expected, offset):
+            skipped = await self.read_back.records_between(tp, expected, offset)
         if skipped:
             log.warning("%d records of %s before offset %s were skipped by the stream; processing them first",
                         len(skipped), tp, offset)
