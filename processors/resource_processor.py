@@ -138,13 +138,6 @@ class ResourceProcessor:
         found: PendingEntry | None = self.eos.tables.get(event, self.pending, key)
         return found
 
-    def prefetch(self, event: faust.EventT, keys: list[bytes]) -> None:
-        """Read what the records of resources `keys` (an ingest message's) will look up, with one
-        multi-get per table: each record reads its resource's pending entry, the resource, and
-        on a creation who waits for it."""
-        for table in (self.pending, self.resources, self.dependencies.waiters):
-            self.eos.tables.prefetch(event, table, keys)
-
     def forget_partitions(self, partitions: set[int]) -> None:
         self.deadlines.forget(partitions)
 

@@ -54,9 +54,7 @@ class RecordRouter:
         message = event.message
         if reason is None:
             if copy:  # handed on to this partition: it is not handed on again, and its owner is checked
-                keys = operation_keys(bodies)
-                self.processor.prefetch(event, keys)
-                for key, body in zip(keys, bodies):
+                for key, body in zip(operation_keys(bodies), bodies):
                     await self.processor.on_ingest(event, body, key, placed=False)
                 return
             placement = place(bodies, message.partition, self.topics.ingest.partitions, event.key, event.value,
@@ -66,7 +64,6 @@ class RecordRouter:
                 await self.eos.outputs.send(event, requests, to_key, to_value, partition, to_headers)
             if placement.handed_on:
                 metrics.HANDED_ON.inc(placement.handed_on)
-            self.processor.prefetch(event, [key for key, _ in placement.here])
             for key, body in placement.here:
                 await self.processor.on_ingest(event, body, key, placed=True)
             return

@@ -33,17 +33,6 @@ class TableOverlay:
         self.transactions, self.outputs = transactions, outputs
         self._tables: dict[str, TableT] = {}
         self._changelog_of: dict[str, str] = {}  # table name -> its changelog topic
-        # What `prefetch` read from RocksDB for one event: (table name, key) -> stored value.
-        self._prefetched_for: EventT | None = None
-        self._prefetched: dict[tuple[str, bytes], bytes | None] = {}
-
-    def prefetch(self, event: EventT, table: TableT, keys: list[bytes]) -> None:
-        """Read `keys` of `table` in `event`'s partition from RocksDB with one multi-get, for the
-        `get`s of this event (an ingest message's records look each of their keys up once)."""
-        if self._prefetched_for is not event:
-            self._prefetched_for, self._prefetched = event, {}
-        values = seam.table_store(table, event.message.partition).get(keys) if keys else []
-        self._prefetched.update(zip(((table.name, key) for key in keys), values))
 
     def get(self, event: EventT, table: TableT, key: bytes) -> Any:
         """`table[key]` in `event`'s partition, or None, including changes not yet committed."""
@@ -53,10 +42,6 @@ class TableOverlay:
                 raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:
                     return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
-        if self._prefetched_for is event:
-            raw = self._prefetched.get((table.name, key), _ABSENT)
-            if raw is not _ABSENT:
-                return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
         raw = seam.table_store(table, event.message.partition).get(key)
         return None if raw is None else orjson.loads(raw)
 
@@ -128,8 +113,6 @@ class TableOverlay:
         writes = self.transactions.committing.pop(tid, None)
         if writes is None or writes.producer is not producer:
             return
-        # RocksDB changes under an event being processed: what it prefetched is read again.
-        self._prefetched_for, self._prefetched = None, {}
         for name, changes in writes.changes.items():
             batch = WriteBatch(raw_mode=True)
             for key, raw in changes.items():
