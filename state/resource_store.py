@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 from urllib.parse import unquote
 
 import orjson
@@ -38,6 +38,17 @@ ReferencesOf = Callable[[str, str, bytes], list[str]]
 
 
 SCOPES_KEPT = 10_000  # scopes remembered by the fold (`ResourceStore._parse`): tenants x definitions
+
+
+class _Fold(NamedTuple):
+    """One message of the resources topic, placed: where its resource is stored, and what it is."""
+
+    item: bytes  # where it is stored
+    scope: bytes
+    key: bytes  # the resource's key (the workers' table key)
+    value: bytes | None  # None: deleted
+    partner_id: str
+    definition_id: str
 
 
 def _scope(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
@@ -59,28 +70,29 @@ class ResourceStore(StoredView):
                  share: Share = EVERY_PARTITION) -> None:
         super().__init__(bootstrap_servers, topic, path, wait_s, config, share)
         self.references_of = references_of
-        self._scopes: dict[bytes, bytes] = {}  # a resource key up to its external id -> its scope
+        # A resource key up to its external id -> (its scope, its partner, its definition id).
+        self._scopes: dict[bytes, tuple[bytes, str, str]] = {}
 
     def fold_all(self, changes: Changes, messages: list[ConsumerRecord]) -> None:
         # One multi-get for the fetch's stored resources, and each scope's count read and
         # written once per fetch: per message they were a third of the fold.
         folds = [fold for message in messages if (fold := self._parse(message.key, message.value)) is not None]
-        changes.prefetch([item for item, *_ in folds])
+        changes.prefetch([fold.item for fold in folds])
         counts: dict[bytes, int] = {}
         for fold in folds:
-            self._fold(changes, counts, *fold)
+            self._fold(changes, counts, fold)
         for scope, delta in counts.items():
             if delta:
                 self._count(changes, scope, delta)
 
-    def _parse(self, key: bytes | None, value: bytes | None) -> tuple[bytes, bytes, bytes, bytes | None] | None:
-        """(where it is stored, its scope, its key, the value or None if deleted). A resource's
-        place comes from its key, the workers' table key, which names what the value holds: the
-        value is parsed only for a message without one."""
+    def _parse(self, key: bytes | None, value: bytes | None) -> _Fold | None:
+        """Where a message's resource is stored, and what it is. A resource's place comes from
+        its key, the workers' table key, which names what the value holds: the value is parsed
+        only for a message without one."""
         if key is not None:
             slash = key.rfind(b"/")
-            scope = self._scopes.get(key[:slash])
-            if scope is None:
+            known = self._scopes.get(key[:slash])
+            if known is None:
                 try:
                     partner_id, tenant_id, definition_id, _ = resource_key_parts(key)
                 except ValueError:
@@ -88,10 +100,13 @@ class ResourceStore(StoredView):
                 if partner_id:
                     if len(self._scopes) >= SCOPES_KEPT:
                         self._scopes.clear()
-                    scope = self._scopes[key[:slash]] = _scope(partner_id, tenant_id, definition_id)
-            if scope is not None:
+                    known = self._scopes[key[:slash]] = (_scope(partner_id, tenant_id, definition_id), partner_id,
+                                                         definition_id)
+            if known is not None:
+                scope, partner_id, definition_id = known
                 external_id = key[slash + 1:].decode()
-                return _item(scope, unquote(external_id) if "%" in external_id else external_id), scope, key, value
+                return _Fold(_item(scope, unquote(external_id) if "%" in external_id else external_id), scope,
+                             key, value, partner_id, definition_id)
         if value is None:
             return None
         resource = orjson.loads(value)
@@ -99,10 +114,11 @@ class ResourceStore(StoredView):
             resource["platformId"], resource["businessId"], resource["schemaDefinitionId"],
             resource["resourceExternalId"])
         scope = _scope(partner_id, tenant_id, definition_id)
-        return _item(scope, external_id), scope, resource_key(partner_id, tenant_id, definition_id, external_id), value
+        return _Fold(_item(scope, external_id), scope, resource_key(partner_id, tenant_id, definition_id, external_id),
+                     value, partner_id, definition_id)
 
-    def _fold(self, changes: Changes, counts: dict[bytes, int], item: bytes, scope: bytes, referrer: bytes,
-              value: bytes | None) -> None:
+    def _fold(self, changes: Changes, counts: dict[bytes, int], fold: _Fold) -> None:
+        item, scope, referrer, value = fold.item, fold.scope, fold.key, fold.value
         old = changes.get(item)
         if value is not None:
             changes.put(item, value)
@@ -113,8 +129,8 @@ class ResourceStore(StoredView):
             counts[scope] = counts.get(scope, 0) - 1
         if old is None and value is None:
             return
-        before = set(self._references(referrer, old)) if old is not None else set()
-        after = set(self._references(referrer, value)) if value is not None else set()
+        before = set(self._references(fold, old)) if old is not None else set()
+        after = set(self._references(fold, value)) if value is not None else set()
         if not before and not after:
             return
         for target in before - after:
@@ -122,16 +138,15 @@ class ResourceStore(StoredView):
         for target in after - before:
             changes.put(b"x" + target.encode() + b"\x00" + referrer, b"")
 
-    def _references(self, key: bytes, raw: bytes) -> list[str]:
-        """The keys the stored resource `raw` (of resource `key`) references."""
+    def _references(self, fold: _Fold, raw: bytes) -> list[str]:
+        """The keys the stored resource `raw` (of `fold`'s resource) references."""
         if b'"references"' in raw:  # else it has no such member: a JSON parse spared per resource
             found = orjson.loads(raw).get("references")
             if found is not None:
                 return cast(list[str], found)
         if self.references_of is None:
             return []
-        partner_id, _, definition_id, _ = resource_key_parts(key)
-        return self.references_of(partner_id, definition_id, raw)
+        return self.references_of(fold.partner_id, fold.definition_id, raw)
 
     def referrers_of_many(self, keys: list[bytes]) -> dict[bytes, list[bytes]]:
         """The keys of the resources that reference each resource of `keys` (itself excluded),
