@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -44,3 +45,18 @@ async def _until_known(admin: AIOKafkaAdminClient, names: list[str], timeout_s: 
                    for t in described):
                 return
             await asyncio.sleep(0.05)
+
+
+async def partitions_of(bootstrap_servers: str, topic: str, timeout_s: float, request_timeout_ms: int) -> set[int]:
+    """The partitions of `topic` as the cluster describes it, once each has a leader or after
+    `timeout_s` (a topic created moments ago is not at once known to every node of a cluster);
+    empty if it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=request_timeout_ms)
+    await admin.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await _until_known(admin, [topic], timeout_s)
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {p["partition"] for t in described if t["topic"] == topic and not t["error_code"] for p in t["partitions"]}

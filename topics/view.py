@@ -12,10 +12,10 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
+from topics.admin import partitions_of
 from topics.partitioning import EVERY_PARTITION, Share
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ REQUEST_TIMEOUT_MS = 5000
 # and each ask costs the broker about a millisecond of CPU: at 50 ms, the views of one ingress,
 # one reader and one worker (seven) cost an idle broker a fifth of a core.
 FOLLOW_WAIT_MS = 500
-NEW_TOPIC_S = 10.0  # how long a view asks again for the partitions of a topic it cannot find
+NEW_TOPIC_S = 10.0  # how long a view waits for the partitions of a topic the cluster does not describe yet
 
 class TopicView:
     """Follows the partitions of `topic` in `share` (default: all) and hands each message to `apply`."""
@@ -65,13 +65,10 @@ class TopicView:
         self._ends = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False,
                                       isolation_level="read_committed", request_timeout_ms=REQUEST_TIMEOUT_MS)
         await self._ends.start()
-        partitions = self._consumer.partitions_for_topic(self.topic) or await self._described_partitions()
-        # A topic created moments ago (by this process, on a cluster) can be unknown for a moment
-        # to the node that answers: a reader of a three-node cluster exited at its start so.
-        known_by = asyncio.get_running_loop().time() + NEW_TOPIC_S
-        while not partitions and asyncio.get_running_loop().time() < known_by:
-            await asyncio.sleep(0.1)
-            partitions = await self._described_partitions()
+        # A topic created moments ago (on a cluster) is not at once in the consumer's metadata, nor
+        # known to every node: a reader of a three-node cluster exited at its start so.
+        partitions = self._consumer.partitions_for_topic(self.topic) or await partitions_of(
+            self.bootstrap_servers, self.topic, NEW_TOPIC_S, REQUEST_TIMEOUT_MS)
         if not partitions:
             raise RuntimeError(f"topic {self.topic} does not exist")
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions) if self.share.owns(p)]
@@ -92,18 +89,6 @@ class TopicView:
         self._applied: dict[TopicPartition, int | None] = {tp: resume.get(tp.partition) for tp in tps}
         self._task = asyncio.create_task(self._follow(), name=f"view:{self.topic}")
         await self.sync(timeout_s)
-
-    async def _described_partitions(self) -> set[int]:
-        """The topic's partitions as the cluster describes them now (a topic created moments ago
-        is not in the consumer's metadata yet); empty if it does not exist."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=REQUEST_TIMEOUT_MS)
-        await admin.start()
-        try:
-            described = await admin.describe_topics([self.topic])
-        finally:
-            await admin.close()
-        found = [t for t in described if t["topic"] == self.topic and not t["error_code"]]
-        return {p["partition"] for t in found for p in t["partitions"]}
 
     def initial_positions(self) -> dict[int, int]:
         """Where to start reading, per partition: a view kept on disk resumes where it was;
