@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -185,9 +184,8 @@ def create_app(settings: Settings) -> faust.App:
     async def tick() -> None:
         """Wake the expiry check of every notices partition this worker owns that has a deadline
         due (or whose deadlines are still to be read: `processors.deadlines`)."""
-        now = int(time.time() * 1000)
         for tp in app.consumer.assignment():
-            if tp.topic == topics.dependency_notices.name and processor.deadlines.needs_tick(tp.partition, now):
+            if tp.topic == topics.dependency_notices.name and processor.needs_tick(tp.partition):
                 await app.producer.send(tp.topic, b"tick", TICK, tp.partition, None, None)
 
     @app.timer(LAG_INTERVAL_S)

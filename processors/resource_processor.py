@@ -141,6 +141,10 @@ class ResourceProcessor:
     def forget_partitions(self, partitions: set[int]) -> None:
         self.deadlines.forget(partitions)
 
+    def needs_tick(self, partition: int) -> bool:
+        """Whether the notices partition `partition` has a deadline due (`on_tick`'s clock)."""
+        return self.deadlines.needs_tick(partition, _now_ms())
+
     # -- inputs --------------------------------------------------------------------------
 
     async def on_ingest(self, event: faust.EventT, body: Body, key: bytes, placed: bool) -> None:
@@ -204,7 +208,7 @@ class ResourceProcessor:
             await self._drain(event, key, [body], stored=False)
         elif "cascade" in queue:  # its own cascade delete is under way: a cycle, or two cascades meet
             await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, request["asker"].encode(),
-                                     cascade_answer(request, {}, "deleting"))
+                                             cascade_answer(request, {}, "deleting"))
         else:
             queue["queue"].append(body)  # after the writes of this resource accepted before it
             await self.eos.tables.put(event, self.pending, key, queue)
@@ -391,7 +395,7 @@ class ResourceProcessor:
             if asker is not None:
                 # Nothing to delete; a pin this absent resource still holds on the asker is stale.
                 await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
-                                         unref_request(key))
+                                                 unref_request(key))
                 await self._emit(event, body, Outcome(DELETED))
             elif (body.get("plan") or {}).get("byCascade"):
                 # Its request's cascade deleted it first (it references another named one): a
@@ -517,8 +521,8 @@ class ResourceProcessor:
         asker = body.get("cascadeFor")
         if asker is not None:  # a resource deleted by cascade: its answer goes to the one that asked
             await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
-                                     cascade_answer(asker, (extra or {}).get("cascade", {}),
-                                                    "deleted" if result.status == DELETED else "kept"))
+                                             cascade_answer(asker, (extra or {}).get("cascade", {}),
+                                                            "deleted" if result.status == DELETED else "kept"))
             return
         now = _now_ms()
         if result.status != PENDING:
