@@ -80,7 +80,7 @@ class DependencyIndex:
     def referrers_of(self, event: faust.EventT, target: bytes, limit: int = 1000) -> list[bytes]:
         """Up to `limit` resources other than T that reference T or are about to (pinned)."""
         found = self.eos.tables.keys_with_prefix(event, self.referrers, target + b"\x00", _referrer_key(target, target),
-                                          limit)
+                                                 limit)
         return [key[len(target) + 1:] for key in found]
 
     async def _pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
@@ -93,8 +93,8 @@ class DependencyIndex:
         await self.eos.outputs.send_item(event, self.topics.dependency_notices.name, request["waiter"].encode(), notice)
 
 
-# Requests and answers are sent with `ExactlyOnce.send_item`, keyed by the resource they are
-# about: grouped per partition (`processors.grouped`).
+# Requests and answers are sent with `Outputs.send_item` (`processors.outputs`), keyed by the
+# resource they are about: grouped per partition (`processors.grouped`).
 
 def pin_request(waiter: bytes, event_id: str, target: bytes, may_wait: bool) -> dict[str, Any]:
     """R (`waiter`) asks T's partition to pin it as a referrer: wait for T, or answer at once."""

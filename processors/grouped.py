@@ -8,7 +8,7 @@ one transaction sends to one partition of the dependency-requests or dependency-
 one after another, travel as one message — `{"type": "group", "items": [[key, item], ...]}` —
 and are handled in that order as one event. Order is exactly as if each had been its own
 message: an item joins a group only while that group is the last output of its transaction for
-that topic partition (`processors.transactions.ExactlyOnce.send_item`), and every item of a
+that topic partition (`processors.outputs.Outputs.send_item`), and every item of a
 group is keyed by a resource on that partition.
 
 A message that is one item (a direct producer's, or one written before groups) stays valid:
