@@ -76,21 +76,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def jit_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time each JIT compiler thread of the JVM `pid` has used so far (Linux /proc), by
+    thread id (the JVM starts and ends compiler threads as its queue grows and shrinks)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if not (task / "comm").read_text().startswith(("C1 CompilerThre", "C2 CompilerThre")):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # utime and stime (fields 14 and 15 of proc(5))
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+# The part of the broker's CPU its JIT compiler took (`Stack.cpu_share`): included in "broker".
+BROKER_JIT = "broker: JIT compiler"
+
+
 class CpuShare:
     """How many of the machine's cores each part of the stack used over a stretch of time."""
 
-    def __init__(self, pids: dict[str, list[int]]) -> None:
+    def __init__(self, pids: dict[str, list[int]], broker_jit: int | None = None) -> None:
         self.pids = pids
+        self.broker_jit = broker_jit  # the broker's pid, to count its JIT compiler apart
         self.started = time.monotonic()
         self.before = self._now()
+        self.jit_before = jit_cpu_seconds(broker_jit) if broker_jit is not None else {}
 
     def _now(self) -> dict[str, float]:
         return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
 
     def cores(self) -> dict[str, float]:
-        """Cores used per part since this was made (CPU seconds over wall seconds)."""
+        """Cores used per part since this was made (CPU seconds over wall seconds); with the
+        broker's JIT compiler apart (at least: a compiler thread that ended meanwhile is not
+        counted)."""
         wall, now = time.monotonic() - self.started, self._now()
-        return {name: (now[name] - self.before[name]) / wall for name in self.pids}
+        used = {name: (now[name] - self.before[name]) / wall for name in self.pids}
+        if self.broker_jit is not None:
+            jit = jit_cpu_seconds(self.broker_jit)
+            used[BROKER_JIT] = sum(seconds - self.jit_before.get(tid, 0.0) for tid, seconds in jit.items()) / wall
+        return used
 
 
 def tree_hwm_mb(pid: int) -> float:
@@ -163,9 +191,10 @@ class Stack:
         pids = {"worker": [self.worker.proc.pid], "reader": [self.reader.proc.pid],
                 "ingress": [self.ingress.proc.pid, *children_of(self.ingress.proc.pid)],
                 "client": [os.getpid()], **more}
-        if self.broker is not None and self.broker.pid() is not None:
-            pids["broker"] = [self.broker.pid()]  # type: ignore[list-item]
-        return CpuShare(pids)
+        broker = self.broker.pid() if self.broker is not None else None
+        if broker is not None:
+            pids["broker"] = [broker]
+        return CpuShare(pids, broker)
 
     def __exit__(self, *exc: object) -> None:
         self.peak_mb = {"ingress": tree_hwm_mb(self.ingress.proc.pid), "worker": vm_hwm_mb(self.worker.proc.pid),
