@@ -211,7 +211,11 @@ class LocalBroker:
         fetch_jars(self.libs)
         server, log4j = self._write_config()
         self._format(server, log4j)
-        jvm = ["-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        # C1 alone (`TieredStopAtLevel=1`): a node started here serves a run, a test session or a
+        # benchmark on cores it shares with the service, and C2 took about half of its CPU
+        # compiling for the first million records and more; C1's code costs ~1.5 µs more per
+        # record once C2 would be done (docs/operating.md, "The local broker").
+        jvm = ["-server", "-XX:TieredStopAtLevel=1", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                "-XX:InitiatingHeapOccupancyPercent=35", "-Djava.awt.headless=true"]
         out = open(self.work_dir / "logs" / "stdout.log", "ab")
         self._proc = subprocess.Popen(
