@@ -69,6 +69,7 @@ class OpenTransactions:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self._tids: dict[TP, str] = {}
+        self._producers: dict[str, Any] | None = None  # Faust's, by transactional id (`producer_of`)
         # Per transactional id: its open transaction's changes and outputs, and the committing one's.
         self.open: dict[str, Transaction] = {}
         self.committing: dict[str, Transaction] = {}
@@ -77,7 +78,13 @@ class OpenTransactions:
 
     def producer_of(self, tp: TP) -> Any:
         """The transactional producer of input partition `tp` now (its identity ends with it)."""
-        return seam.transaction_producers(self.app).get(self.tid(tp))
+        return self._producer(self.tid(tp))
+
+    def _producer(self, tid: str) -> Any:
+        producers = self._producers
+        if producers is None:  # one dict for the app's life, changed in place (`seam.transaction_producers`)
+            producers = self._producers = seam.transaction_producers(self.app)
+        return producers.get(tid)
 
     def tid(self, tp: TP) -> str:
         tid = self._tids.get(tp)
@@ -87,17 +94,25 @@ class OpenTransactions:
 
     def open_writes(self, tp: TP) -> Transaction | None:
         """`tp`'s open transaction; dropped if it died with its producer."""
-        tid = self.tid(tp)
+        return self._open_writes(self.tid(tp))
+
+    def _open_writes(self, tid: str) -> Transaction | None:
         writes = self.open.get(tid)
-        if writes is not None and writes.producer is not self.producer_of(tp):
+        if writes is not None and writes.producer is not self._producer(tid):
             del self.open[tid]  # aborted: the events that made it are processed again
             return None
         return writes
 
+    def writes_of(self, tp: TP) -> tuple[Transaction | None, Transaction | None]:
+        """`tp`'s open transaction (as `open_writes`) and its committing one, each or None."""
+        tid = self.tid(tp)
+        return self._open_writes(tid), self.committing.get(tid)
+
     def open_transaction(self, tp: TP) -> Transaction:
-        writes = self.open_writes(tp)
+        tid = self.tid(tp)
+        writes = self._open_writes(tid)
         if writes is None:
-            writes = self.open[self.tid(tp)] = Transaction(self.producer_of(tp), tp.partition)
+            writes = self.open[tid] = Transaction(self._producer(tid), tp.partition)
         return writes
 
     def hold(self, offsets: Iterable[TP]) -> None:

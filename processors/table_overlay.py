@@ -36,8 +36,7 @@ class TableOverlay:
 
     def get(self, event: EventT, table: TableT, key: bytes) -> Any:
         """`table[key]` in `event`'s partition, or None, including changes not yet committed."""
-        tid = self.transactions.tid(event.message.tp)
-        for writes in (self.transactions.open_writes(event.message.tp), self.transactions.committing.get(tid)):
+        for writes in self.transactions.writes_of(event.message.tp):
             if writes is not None:
                 raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:

@@ -218,7 +218,8 @@ def table_stores(table: TableT) -> list[Any]:
 
 
 def transaction_producers(app: AppT) -> dict[str, Any]:
-    """Faust's transactional producers by transactional id (one per input partition)."""
+    """Faust's transactional producers by transactional id (one per input partition): one dict
+    for the app's life, a class attribute changed in place, so a reference to it stays current."""
     return app.producer._transaction_producers  # type: ignore[attr-defined]
 
 

@@ -80,6 +80,8 @@ def test_the_private_names_we_read_are_there() -> None:
     assert _sets(ThreadDelegateConsumer, "_thread")  # the consumer thread a worker's consumer delegates to
     # Faust's producer: one transactional producer per input partition, and its locks.
     assert isinstance(Producer._transaction_producers, dict) and isinstance(Producer._trn_locks, dict)
+    # ... a class attribute only ever changed in place: a reference to it stays current.
+    assert "self._transaction_producers =" not in inspect.getsource(Producer)
     for method in ("_ensure_consumer", "_verify_aiokafka_event_path"):
         assert callable(getattr(AIOKafkaConsumerThread, method)), method
     assert issubclass(AIOKafkaConsumerThread, QueueServiceThread) and callable(QueueServiceThread.call_thread)
