@@ -78,9 +78,13 @@ def operation_keys(operations: list[Operation]) -> list[bytes]:
     """`resource_key` of each operation of one decoded message (its operations share partner,
     tenant and definition: that part is encoded once)."""
     first = operations[0]
-    prefix = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], "").decode()
-    return [(prefix + (x if _UNRESERVED(x := op["externalId"]) else quote(x, safe=""))).encode()
-            for op in operations]
+    prefix = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], "")
+    return [_keyed(prefix, op["externalId"]) for op in operations]
+
+
+def _keyed(prefix: bytes, external_id: str) -> bytes:
+    """`resource_key` from the key of its first three parts (`resource_key(..., "")`)."""
+    return prefix + (external_id if _UNRESERVED(external_id) else quote(external_id, safe="")).encode()
 
 
 def resource_key_parts(key: bytes) -> tuple[str, str, str, str]:
@@ -302,6 +306,7 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
         b"\x01" if ignore_unknown_fields else b"\x00", _long(dependency_wait_timeout),
         b"\x01" if cascade else b"\x00", _long(accepted_at)))
     op_code = _long(OPS.index(op))
+    prefix = resource_key(partner_id, tenant_id, schema_definition_id, "")  # what every key shares
     plans = plans or {}
     messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
 
@@ -319,7 +324,7 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
             raw = orjson.dumps(record)
             data = b"\x02" + _long(len(raw)) + raw
         operation = b"".join((_long(index), _string(external_id), op_code, data))
-        key = resource_key(partner_id, tenant_id, schema_definition_id, external_id)
+        key = _keyed(prefix, external_id)
         partition = -1 if partitions is None else partition_for(key, partitions)
         group = open_groups.get(partition)
         if group is not None and (partitions is None or group.size + len(operation) > MAX_MESSAGE_BYTES):
