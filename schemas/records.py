@@ -53,7 +53,7 @@ def check_record(index: int, record: Any, definition: Definition, validators: Re
         return None, [f"{where}: must be a JSON object"]
     errors: list[str] = []
     props = validators.properties
-    unknown = [name for name in record if name not in props]
+    unknown = [] if record.keys() <= props.keys() else [name for name in record if name not in props]
     known = {k: v for k, v in record.items() if k in props} if unknown else record
     if options.ignore_unknown_fields:
         record = known

@@ -129,10 +129,15 @@ def error_messages(validator: jsonschema_rs.Draft7Validator, instance: Any, wher
     return out
 
 
+_SCALARS = frozenset((str, int, float, bool))  # JSON's, but null
+
+
 def without_nulls(value: Any) -> Any:
     """`value` with every null object member removed, at any depth (a patch's deletions): `value`
     itself when it holds none (most records: no copy, and callers may skip looking for deletions)."""
     if isinstance(value, dict):
+        if _SCALARS.issuperset(map(type, value.values())):  # one pass in C: most records
+            return value
         for member in value.values():
             if member is None or isinstance(member, (dict, list)):
                 # Scalars are kept as they are without a call each: most of a record's fields are.
