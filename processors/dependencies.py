@@ -49,7 +49,7 @@ class DependencyIndex:
         forget R's pin."""
         if request.get("type", PIN) == UNREF:
             key = _referrer_key(target, request["referrer"].encode())
-            if self.eos.tables.get(event, self.referrers, key) is not None:
+            if self.eos.tables.has(event, self.referrers, key):
                 await self.eos.tables.delete(event, self.referrers, key)
             return
         await self._notify(event, request, await self.pin(event, target, request))
@@ -58,7 +58,7 @@ class DependencyIndex:
         """Pin R (the request's waiter) on T (`target`, on the event's partition), in that
         partition's order: "resolved" (T exists, R is among its referrers), "waiting" (R waits
         for T's creation) or "missing" (T is absent and R may not wait)."""
-        if self.eos.tables.get(event, self.resources, target) is not None:
+        if self.eos.tables.has(event, self.resources, target):
             await self._pin(event, target, request)
             return "resolved"
         if request.get("mode") == "now":
@@ -85,7 +85,7 @@ class DependencyIndex:
 
     async def _pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         key = _referrer_key(target, request["waiter"].encode())
-        if self.eos.tables.get(event, self.referrers, key) is None:
+        if not self.eos.tables.has(event, self.referrers, key):
             await self.eos.tables.put(event, self.referrers, key, 1)
 
     async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:

@@ -291,7 +291,7 @@ class ResourceProcessor:
                     await self._emit_pending(event, waiting, pending)
                 return
             queue = queue[1:]
-        if known or (stored and self._pending_entry(event, key) is not None):
+        if known or (stored and self.eos.tables.has(event, self.pending, key)):
             await self.eos.tables.delete(event, self.pending, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
@@ -360,7 +360,7 @@ class ResourceProcessor:
         partition, may_wait = event.message.partition, waits(body) > 0
         here = [r for r in references if partition_for(r.key, self.partitions) == partition]
         if not may_wait and len(here) == len(references):
-            missing = [r for r in here if self.eos.tables.get(event, self.resources, r.key) is None]
+            missing = [r for r in here if not self.eos.tables.has(event, self.resources, r.key)]
             if missing:  # nothing pinned yet: nothing to take back
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 return Outcome(FAILED, MISSING_DEPENDENCY,

@@ -36,13 +36,21 @@ class TableOverlay:
 
     def get(self, event: EventT, table: TableT, key: bytes) -> Any:
         """`table[key]` in `event`'s partition, or None, including changes not yet committed."""
+        raw = self._raw(event, table, key)
+        return None if raw is None else orjson.loads(raw)
+
+    def has(self, event: EventT, table: TableT, key: bytes) -> bool:
+        """Whether `get` would find `key` (its value is not decoded: a resource's is large)."""
+        return self._raw(event, table, key) is not None
+
+    def _raw(self, event: EventT, table: TableT, key: bytes) -> bytes | None:
         for writes in self.transactions.writes_of(event.message.tp):
             if writes is not None:
                 raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:
-                    return None if raw is None else orjson.loads(raw)  # type: ignore[arg-type]
-        raw = seam.table_store(table, event.message.partition).get(key)
-        return None if raw is None else orjson.loads(raw)
+                    return raw  # type: ignore[return-value]
+        found: bytes | None = seam.table_store(table, event.message.partition).get(key)
+        return found
 
     def keys_with_prefix(self, event: EventT, table: TableT, prefix: bytes, skip: bytes | None = None,
                          limit: int = 1000) -> list[bytes]:
