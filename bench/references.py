@@ -7,6 +7,8 @@ its rows. Every figure is end to end: from the first POST until every batch is t
 - plain records (no reference): customers, the baseline of the rows below;
 - one reference: orders naming existing customers (each pinned on its customer's partition);
 - three references: transfers naming three existing customers (payer, payee, witness);
+  these three runs are repeated `ROUNDS` times, new customers each round, and each row is the
+  median of its runs;
 - a cascade over two levels: customers deleted with cascade, each with an order naming it and
   a shipment naming that order (three resources deleted per customer named);
 - dependency release: a waiting order's batch terminal (polled every 5 ms) after its
@@ -40,6 +42,7 @@ TRANSFER = {
         "witness": {"$ref": "reach:schemas/Customer"}}},
 }
 RELEASE_POLL_S = 0.005
+ROUNDS = 3  # of the plain, one-reference and three-reference runs
 
 
 def customer_ids(tag: str, b: int) -> list[str]:
@@ -116,21 +119,33 @@ async def measure_references(stack: Stack, batches: int, cascade_roots: int, rel
                           headers={"Authorization": f"Bearer {stack.partner}"}, timeout=30)
     if response.status_code not in (200, 201, 409):
         response.raise_for_status()
-    results: dict[str, Any] = {"batches": batches}
-    customers = [batch_body(f"refc-{b}") for b in range(batches)]
-    results["plain_per_s"] = await end_to_end(stack, customers, "/api/resources/customer/batch")
+    results: dict[str, Any] = {"batches": batches, "rounds": ROUNDS}
+    # Rounds of plain, one-reference and three-reference runs, each row the median of its runs:
+    # a single 20-batch plain run swung by ±20 % between `make bench` runs, and the reference
+    # rows are ratios to it.
+    runs: dict[str, list[float]] = {"plain_per_s": [], "one_reference_per_s": [], "three_references_per_s": []}
+    for r in range(ROUNDS):
+        tag = f"refc{r}"
+        customers = [batch_body(f"{tag}-{b}") for b in range(batches)]
+        runs["plain_per_s"].append(await end_to_end(stack, customers, "/api/resources/customer/batch"))
+        orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 10.5, "customer": c}
+                                              for c in customer_ids(tag, b)]}) for b in range(batches)]
+        runs["one_reference_per_s"].append(await end_to_end(stack, orders, "/api/resources/order/batch"))
+        transfers = []
+        for b in range(batches):
+            ids = customer_ids(tag, b)
+            transfers.append(orjson.dumps({"resources": [
+                {"id": f"t-{c}", "amount": 1.5, "payer": c, "payee": ids[(i + 1) % 1000],
+                 "witness": ids[(i + 2) % 1000]} for i, c in enumerate(ids)]}))
+        runs["three_references_per_s"].append(await end_to_end(stack, transfers, "/api/resources/transfer/batch"))
+        print(f"references, round {r + 1} of {ROUNDS}: plain {runs['plain_per_s'][-1]:,.0f}, one reference "
+              f"{runs['one_reference_per_s'][-1]:,.0f}, three references {runs['three_references_per_s'][-1]:,.0f} "
+              "rec/s", flush=True)
+    for key, rates in runs.items():
+        results[key] = statistics.median(rates)
+        results[key.replace("_per_s", "_runs")] = rates
     print(f"references: plain records {results['plain_per_s']:,.0f} rec/s", flush=True)
-    orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 10.5, "customer": c}
-                                          for c in customer_ids("refc", b)]}) for b in range(batches)]
-    results["one_reference_per_s"] = await end_to_end(stack, orders, "/api/resources/order/batch")
     print(f"references: one reference {results['one_reference_per_s']:,.0f} rec/s", flush=True)
-    transfers = []
-    for b in range(batches):
-        ids = customer_ids("refc", b)
-        transfers.append(orjson.dumps({"resources": [
-            {"id": f"t-{c}", "amount": 1.5, "payer": c, "payee": ids[(i + 1) % 1000], "witness": ids[(i + 2) % 1000]}
-            for i, c in enumerate(ids)]}))
-    results["three_references_per_s"] = await end_to_end(stack, transfers, "/api/resources/transfer/batch")
     print(f"references: three references {results['three_references_per_s']:,.0f} rec/s", flush=True)
 
     roots = cascade_roots // 1000
