@@ -7,6 +7,7 @@ file; `wait_until` waits on a condition and says what it saw when it gives up.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -24,17 +25,31 @@ T = TypeVar("T")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a process to listen on (`free_port_block`)."""
+    return free_port_block(1)
+
+
+# Picks ports at random from the block below the ephemeral range (own instance: tests seed `random`).
+_PORTS = random.Random()
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's setting; else IANA's range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def free_port_block(size: int) -> int:
-    """A first port of `size` consecutive free ones (a cluster's nodes take two each)."""
+    """A first port of `size` consecutive free ones (a cluster's nodes take two each), below
+    the ephemeral range: a port found free there can be taken by any outgoing connection — a
+    client of another test's broker — before a process that starts slowly binds it (a Kafka
+    node's JVM takes seconds, and failed with "Address already in use" once in a full run)."""
+    low, _ = ephemeral_ports()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
+        first = _PORTS.randrange(10_000, low - size) if low - size > 10_000 else _kernel_pick()
         if first + size > 65000:
             continue
         sockets = []
@@ -50,6 +65,12 @@ def free_port_block(size: int) -> int:
             for s in sockets:
                 s.close()
     raise RuntimeError(f"no {size} consecutive free ports found")
+
+
+def _kernel_pick() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def wait_until(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.2,
