@@ -92,11 +92,8 @@ class OpenTransactions:
             tid = self._tids[tp] = seam.transactional_id(self.app, tp)
         return tid
 
-    def open_writes(self, tp: TP) -> Transaction | None:
-        """`tp`'s open transaction; dropped if it died with its producer."""
-        return self._open_writes(self.tid(tp))
-
     def _open_writes(self, tid: str) -> Transaction | None:
+        """`tid`'s open transaction; dropped if it died with its producer."""
         writes = self.open.get(tid)
         if writes is not None and writes.producer is not self._producer(tid):
             del self.open[tid]  # aborted: the events that made it are processed again
@@ -104,7 +101,8 @@ class OpenTransactions:
         return writes
 
     def writes_of(self, tp: TP) -> tuple[Transaction | None, Transaction | None]:
-        """`tp`'s open transaction (as `open_writes`) and its committing one, each or None."""
+        """`tp`'s open transaction (None if it died with its producer: it is dropped) and its
+        committing one, each or None."""
         tid = self.tid(tp)
         return self._open_writes(tid), self.committing.get(tid)
 

@@ -57,9 +57,8 @@ class TableOverlay:
         """Up to `limit` keys of `table` in `event`'s partition that start with `prefix`, other
         than `skip`, changes not yet committed included (those first, then in key order): a
         seek in RocksDB, and a look at one commit interval of changes."""
-        tid = self.transactions.tid(event.message.tp)
         overlay: dict[bytes, bytes | None] = {}
-        committing, open_ = self.transactions.committing.get(tid), self.transactions.open_writes(event.message.tp)
+        open_, committing = self.transactions.writes_of(event.message.tp)
         for writes in (committing, open_):  # newest last
             if writes is not None:
                 changes = writes.changes.get(table.name, _NO_CHANGES)
