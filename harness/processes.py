@@ -103,10 +103,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, **settings.to_env()}
 
 
-def proc_stat(pid: int) -> list[str]:
-    """The fields of `/proc/<pid>/stat` after the command name (state, ppid, …: proc(5) from
-    field 3 on); OSError if there is no such process."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def proc_stat(pid: int, thread: int | None = None) -> list[str]:
+    """The fields of `/proc/<pid>/stat` (or of one of its threads': `task/<thread>/stat`) after
+    the command name (state, ppid, …: proc(5) from field 3 on); OSError if there is no such
+    process or thread."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    return Path(path).read_text().rsplit(")", 1)[1].split()
 
 
 def children_of(pid: int) -> list[int]:
