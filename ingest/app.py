@@ -35,6 +35,7 @@ from ingest.openapi import openapi
 from ingest.publisher import TRANSACTION_TIMEOUT_S, BatchPublisher
 from ingest.quotas import Admission, RateLimitHeaders, record_spacing_ms
 from ingest.responses import ApiError, JSONResponse, ok
+from reach import heap
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
 from schemas.subjects import Subjects
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await part.start()
                 started.append(part)
             await state.subjects.publish(state.kafka.producer, topics.ingest.name)
+            heap.settle()
             yield
         finally:
             for part in reversed(started):

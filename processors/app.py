@@ -36,7 +36,7 @@ from processors.dependencies import DependencyIndex
 from processors.resource_processor import ResourceProcessor
 from processors.routing import RecordRouter
 from processors.transactions import ExactlyOnce
-from reach import seam
+from reach import heap, seam
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
 from schemas.definitions import Definition
@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> faust.App:
             app.sensors.remove(app.monitor)
         await registry.start()
         views_started.set()
+        heap.settle()
 
     async def definition_of(body: Mapping[str, Any]) -> Definition | None:
         await views_started.wait()

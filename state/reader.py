@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from reach import heap
 from reach.config import Settings
 from schemas.definition_view import DefinitionView
 from schemas.references import references_of
@@ -245,6 +246,7 @@ def create_reader_app(settings: Settings) -> Starlette:
                     log.info("reader %d of %d: following partitions %s of %s and %s", share.index, share.of,
                              sorted(tp.partition for tp in app.state.resources.followed()), topics.resources.name,
                              topics.batch_events.name)
+                    heap.settle()
                     yield
                 finally:
                     await app.state.batches.stop()
