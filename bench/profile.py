@@ -3,7 +3,8 @@
 Starts the benchmark's stack (its own broker, one ingress, one worker), uploads `--batches`
 batches of 1000 customers (`--load references`: of 1000 orders naming customers uploaded
 before; `--load cascade`: deletes with cascade of 1000 customers, each with an order and its
-shipment) at concurrency 4 while py-spy samples the worker, the ingress and the reader
+shipment; `--load transfers`: of 1000
+transfers naming three customers each) at concurrency 4 while py-spy samples the worker, the ingress and the reader
 until every batch is terminal, then prints the records/s of that run and the functions that
 took the most of each process's samples (inclusive and own time). The collapsed stacks go to
 `bench/results/profile-{worker,ingress}.folded` (for speedscope.app or flamegraph.pl).
@@ -20,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 
+from bench.references import TRANSFER
 from bench.stack import RESULTS, Stack, batch_body, end_to_end, post_batches
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -60,6 +63,16 @@ def bodies_of(stack: Stack, kind: str, batches: int) -> tuple[list[bytes], str, 
     asyncio.run(end_to_end(stack, customers))
     if kind == "references":
         return orders, "/api/resources/order/batch", "POST"
+    if kind == "transfers":
+        response = httpx.post(f"{stack.base}/partner/schema-definitions", json=TRANSFER,
+                              headers={"Authorization": f"Bearer {stack.partner}"}, timeout=30)
+        if response.status_code not in (200, 201, 409):
+            response.raise_for_status()
+        transfers = [orjson.dumps({"resources": [{"id": f"t-{c}", "amount": 1.5, "payer": c,
+                                                  "payee": batch[(i + 1) % len(batch)],
+                                                  "witness": batch[(i + 2) % len(batch)]}
+                                                 for i, c in enumerate(batch)]}) for batch in ids]
+        return transfers, "/api/resources/transfer/batch", "POST"
     asyncio.run(end_to_end(stack, orders, "/api/resources/order/batch"))
     shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in batch]})
                  for batch in ids]
@@ -72,9 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--top", type=int, default=40)
-    parser.add_argument("--load", choices=["plain", "references", "cascade"], default="plain",
-                        help="customers; orders naming customers (each pinned on its customer's partition); or "
-                             "cascade deletes of customers, each with an order and its shipment")
+    parser.add_argument("--load", choices=["plain", "references", "transfers", "cascade"], default="plain",
+                        help="customers; orders naming customers (each pinned on its customer's partition); "
+                             "transfers naming three customers; or cascade deletes of customers, each with an "
+                             "order and its shipment")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     # One ingress process: its samples are then one process's, as the worker's are.
