@@ -92,15 +92,14 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
     Creates or merges (RFC 7396); the result must validate against the full schema (`complete`:
     the record was checked as a creation already). A patch of an absent resource fails NOT_FOUND.
     """
-    options = options_of(event)
-    where = f"resources[{event['recordIndex']}]"
     if current is None and op_of(event) == "patch":
-        return None, Outcome(FAILED, NOT_FOUND, f"{where}: resource '{event['externalId']}' does not exist "
+        return None, Outcome(FAILED, NOT_FOUND, f"{_where(event)}: resource '{event['externalId']}' does not exist "
                                                 "(a patch never creates)")
     if current is None:
         data = without_nulls(record)
         if not complete and not validators.full.is_valid(data):
-            return None, Outcome(FAILED, VALIDATION_FAILED, "; ".join(error_messages(validators.full, data, where)))
+            return None, Outcome(FAILED, VALIDATION_FAILED,
+                                 "; ".join(error_messages(validators.full, data, _where(event))))
         resource = {
             # Derived from the event, so that a replay creates the very same resource.
             "id": uuid5(_RESOURCE_IDS, event["eventId"] + "/" + event["externalId"]),
@@ -109,10 +108,15 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
             "createdAt": now_ms, "updatedAt": now_ms, "data": data,
         }
         return resource, Outcome(CREATED)
-    if options.on_conflict == "reject":
-        return None, Outcome(FAILED, ALREADY_EXISTS, f"{where}: resource '{event['externalId']}' already exists")
+    if event["onConflict"] == "reject":
+        return None, Outcome(FAILED, ALREADY_EXISTS,
+                             f"{_where(event)}: resource '{event['externalId']}' already exists")
     merged = merge_patch(current["data"], record)
     if not validators.full.is_valid(merged):
         return None, Outcome(FAILED, VALIDATION_FAILED,
-                             "; ".join(error_messages(validators.full, merged, where)))
+                             "; ".join(error_messages(validators.full, merged, _where(event))))
     return {**current, "data": merged, "updatedAt": now_ms}, Outcome(UPDATED)
+
+
+def _where(event: Operation) -> str:
+    return f"resources[{event['recordIndex']}]"
