@@ -7,10 +7,11 @@ broker, into a real Faust table on RocksDB.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import faust
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TableT
 
 from processors.restore import Restorer
@@ -20,18 +21,40 @@ from topics.definitions import TopicSpec
 
 
 async def _transaction(bootstrap: str, topic: str, writes: list[tuple[bytes, bytes | None]], commit: bool) -> None:
+    """Write `writes` to partition 0 in one transaction, commit or abort it, and wait until its
+    marker is there: the coordinator answers the commit before it has written the markers, and
+    a restore reads only up to the last stable offset (a run of the whole suite saw the next
+    `restore` find nothing to read)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique("tx"))
     await producer.start()
     try:
         await producer.begin_transaction()
+        last = -1
         for key, value in writes:
-            await producer.send_and_wait(topic, value, key=key, partition=0)
+            last = (await producer.send_and_wait(topic, value, key=key, partition=0)).offset
         if commit:
             await producer.commit_transaction()
         else:
             await producer.abort_transaction()
     finally:
         await producer.stop()
+    await _stable_past(bootstrap, TopicPartition(topic, 0), last + 1)
+
+
+async def _stable_past(bootstrap: str, tp: TopicPartition, marker: int) -> None:
+    """Until the partition's last stable offset is past `marker` (a transaction's marker)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        deadline, stable = time.monotonic() + 30, -1
+        while time.monotonic() < deadline:
+            stable = (await consumer.end_offsets([tp]))[tp]
+            if stable > marker:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{tp}: last stable offset {stable} after 30 s, not past the marker at {marker}")
+    finally:
+        await consumer.stop()
 
 
 def _table(tmp_path: Path) -> TableT:
