@@ -2,11 +2,11 @@
 
 Starts the benchmark's stack (its own broker, one ingress, one worker), uploads `--batches`
 batches of 1000 customers (`--load references`: of 1000 orders naming customers uploaded
-before; `--load cascade`: deletes with cascade of 1000 customers, each with an order and its
-shipment; `--load transfers`: of 1000
-transfers naming three customers each) at concurrency 4 while py-spy samples the worker, the ingress and the reader
-until every batch is terminal, then prints the records/s of that run and the functions that
-took the most of each process's samples (inclusive and own time). The collapsed stacks go to
+before; `--load transfers`: of 1000 transfers naming three of them each; `--load cascade`:
+deletes with cascade of 1000 customers, each with an order and its shipment) at concurrency 4
+while py-spy samples the worker, the ingress and the reader until every batch is terminal,
+then prints the records/s of that run and the functions that took the most of each process's
+samples (inclusive and own time). The collapsed stacks go to
 `bench/results/profile-{worker,ingress}.folded` (for speedscope.app or flamegraph.pl).
 """
 
