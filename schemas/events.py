@@ -79,11 +79,12 @@ def operation_keys(operations: list[Operation]) -> list[bytes]:
     tenant and definition: that part is encoded once)."""
     first = operations[0]
     prefix = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], "")
-    return [_keyed(prefix, op["externalId"]) for op in operations]
+    return [keyed(prefix, op["externalId"]) for op in operations]
 
 
-def _keyed(prefix: bytes, external_id: str) -> bytes:
-    """`resource_key` from the key of its first three parts (`resource_key(..., "")`)."""
+def keyed(prefix: bytes, external_id: str) -> bytes:
+    """`resource_key` from the key of its first three parts (`resource_key(..., "")`), for
+    keys that share them."""
     return prefix + (external_id if _UNRESERVED(external_id) else quote(external_id, safe="")).encode()
 
 
@@ -335,7 +336,7 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
             raw = orjson.dumps(record)
             data = b"\x02" + _long(len(raw)) + raw
         operation = b"".join((_long(index), _string(external_id), op_code, data))
-        key = _keyed(prefix, external_id)
+        key = keyed(prefix, external_id)
         partition = -1 if partitions is None else partition_for(key, partitions)
         group = open_groups.get(partition)
         if group is not None and (partitions is None or group.size + len(operation) > MAX_MESSAGE_BYTES):
