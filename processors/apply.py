@@ -93,13 +93,13 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
     the record was checked as a creation already). A patch of an absent resource fails NOT_FOUND.
     """
     if current is None and op_of(event) == "patch":
-        return None, Outcome(FAILED, NOT_FOUND, f"{_where(event)}: resource '{event['externalId']}' does not exist "
+        return None, Outcome(FAILED, NOT_FOUND, f"{where(event)}: resource '{event['externalId']}' does not exist "
                                                 "(a patch never creates)")
     if current is None:
         data = without_nulls(record)
         if not complete and not validators.full.is_valid(data):
             return None, Outcome(FAILED, VALIDATION_FAILED,
-                                 "; ".join(error_messages(validators.full, data, _where(event))))
+                                 "; ".join(error_messages(validators.full, data, where(event))))
         resource = {
             # Derived from the event, so that a replay creates the very same resource.
             "id": uuid5(_RESOURCE_IDS, event["eventId"] + "/" + event["externalId"]),
@@ -110,13 +110,14 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
         return resource, Outcome(CREATED)
     if event["onConflict"] == "reject":
         return None, Outcome(FAILED, ALREADY_EXISTS,
-                             f"{_where(event)}: resource '{event['externalId']}' already exists")
+                             f"{where(event)}: resource '{event['externalId']}' already exists")
     merged = merge_patch(current["data"], record)
     if not validators.full.is_valid(merged):
         return None, Outcome(FAILED, VALIDATION_FAILED,
-                             "; ".join(error_messages(validators.full, merged, _where(event))))
+                             "; ".join(error_messages(validators.full, merged, where(event))))
     return {**current, "data": merged, "updatedAt": now_ms}, Outcome(UPDATED)
 
 
-def _where(event: Operation) -> str:
+def where(event: Operation) -> str:
+    """How errors name the event's record: its place in its batch."""
     return f"resources[{event['recordIndex']}]"

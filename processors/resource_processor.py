@@ -36,7 +36,17 @@ import orjson
 from faust.types import TableT
 
 from processors import metrics
-from processors.apply import Outcome, apply_record, checked_record, op_of, option_problems, options_of, uuid5, waits
+from processors.apply import (
+    Outcome,
+    apply_record,
+    checked_record,
+    op_of,
+    option_problems,
+    options_of,
+    uuid5,
+    waits,
+    where,
+)
 from processors.deadlines import Deadlines
 from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
 from processors.hand_on import handed_on_from
@@ -255,11 +265,11 @@ class ResourceProcessor:
             if "exempt" in queue:
                 left = self.dependencies.referrers_of(event, key, 1)
                 await self._emit(event, head, await self._referenced(head, left[0]) if left else Outcome(
-                    FAILED, REFERENCED, f"{_where(head)}: resource '{head['externalId']}' was still referenced"))
+                    FAILED, REFERENCED, f"{where(head)}: resource '{head['externalId']}' was still referenced"))
                 await self._drain(event, key, rest)
                 continue
             if "cascade" in queue:
-                await self._emit(event, head, Outcome(FAILED, REFERENCED, f"{_where(head)}: resource "
+                await self._emit(event, head, Outcome(FAILED, REFERENCED, f"{where(head)}: resource "
                                  f"'{head['externalId']}' is still referenced: its cascade did not end in time"),
                                  {"cascade": queue["cascade"]["deleted"]})
                 await self._drain(event, key, rest)
@@ -408,7 +418,7 @@ class ResourceProcessor:
                 # success, not counted twice among the resources deleted by cascade.
                 await self._emit(event, body, Outcome(DELETED), {"cascade": {body["schemaDefinitionId"]: -1}})
             else:
-                await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{_where(body)}: resource "
+                await self._emit(event, body, Outcome(FAILED, NOT_FOUND, f"{where(body)}: resource "
                                                       f"'{body['externalId']}' does not exist"))
             return None
         deleted: dict[str, int] = dict(progress["deleted"]) if progress else {}
@@ -417,7 +427,7 @@ class ResourceProcessor:
         referrers = [r for r in self.dependencies.referrers_of(event, key, 1000 + len(excused) + len(wait))
                      if r.decode() not in excused]
         if progress is not None and progress["kept"]:
-            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{_where(body)}: resource "
+            await self._emit(event, body, Outcome(FAILED, REFERENCED, f"{where(body)}: resource "
                              f"'{body['externalId']}' is referenced by a resource its cascade could not delete"),
                              {"cascade": deleted})
             return None
@@ -491,7 +501,7 @@ class ResourceProcessor:
         """REFERENCED, naming the referrer by its schema's name and external id."""
         partner_id, _, definition_id, external_id = resource_key_parts(referrer)
         definition = await self.definition_of({"partnerId": partner_id, "schemaDefinitionId": definition_id})
-        return Outcome(FAILED, REFERENCED, f"{_where(body)}: resource '{body['externalId']}' is referenced by "
+        return Outcome(FAILED, REFERENCED, f"{where(body)}: resource '{body['externalId']}' is referenced by "
                                            f"{definition.name if definition else definition_id}/{external_id}")
 
     async def _event_failure(self, event: faust.EventT, key: bytes, body: Body, placed: bool) -> Outcome | None:
@@ -575,10 +585,6 @@ def _cascade_body(request: dict[str, Any], key: bytes) -> Body:
             "eventId": uuid5(_CASCADE_IDS, request["eventId"] + "\x00" + request["target"]),
             "batchId": request["batchId"], "data": None, "schemaVersion": None, "onConflict": "upsert",
             "ignoreUnknownFields": False, "dependencyWaitTimeout": 0}
-
-
-def _where(body: Body) -> str:
-    return f"resources[{body['recordIndex']}]"
 
 
 def _now_ms() -> int:
