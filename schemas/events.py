@@ -23,6 +23,7 @@ plus `op`, `batchType`, `cascade` and `version` (1 or 2).
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import time
@@ -78,13 +79,21 @@ def operation_keys(operations: list[Operation]) -> list[bytes]:
     """`resource_key` of each operation of one decoded message (its operations share partner,
     tenant and definition: that part is encoded once)."""
     first = operations[0]
-    prefix = resource_key(first["partnerId"], first["tenantId"], first["schemaDefinitionId"], "")
+    prefix = key_prefix(first["partnerId"], first["tenantId"], first["schemaDefinitionId"])
     return [keyed(prefix, op["externalId"]) for op in operations]
 
 
+@functools.lru_cache(maxsize=4096)
+def key_prefix(partner_id: str, tenant_id: str, schema_definition_id: str) -> bytes:
+    """What the keys of one tenant's resources of one definition share (`resource_key(..., "")`),
+    remembered for the last 4096 tenants x definitions: each part is otherwise checked for
+    escaping per key."""
+    return resource_key(partner_id, tenant_id, schema_definition_id, "")
+
+
 def keyed(prefix: bytes, external_id: str) -> bytes:
-    """`resource_key` from the key of its first three parts (`resource_key(..., "")`), for
-    keys that share them."""
+    """`resource_key` from the key of its first three parts (`key_prefix`), for keys that
+    share them."""
     return prefix + (external_id if _UNRESERVED(external_id) else quote(external_id, safe="")).encode()
 
 
@@ -318,7 +327,7 @@ def build_ingest_batch(partner_id: str, tenant_id: str, schema_definition_id: st
         b"\x01" if ignore_unknown_fields else b"\x00", _long(dependency_wait_timeout),
         b"\x01" if cascade else b"\x00", _long(accepted_at)))
     op_code = _long(OPS.index(op))
-    prefix = resource_key(partner_id, tenant_id, schema_definition_id, "")  # what every key shares
+    prefix = key_prefix(partner_id, tenant_id, schema_definition_id)  # what every key shares
     plans = plans or {}
     messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
 

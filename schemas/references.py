@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 from schemas.definitions import Definition
-from schemas.events import keyed, resource_key
+from schemas.events import key_prefix, keyed
 
 
 class Reference(NamedTuple):  # a tuple: made per reference of every record
@@ -28,13 +27,6 @@ def references_of(record: dict[str, Any], definition: Definition, partner_id: st
             if item is None or isinstance(item, (dict, list, bool)):
                 continue
             external_id = str(item)
-            key = keyed(_key_prefix(partner_id, tenant_id, field.target_id), external_id)
+            key = keyed(key_prefix(partner_id, tenant_id, field.target_id), external_id)
             found.setdefault(key, Reference(key, field.target_id, external_id))
     return list(found.values())
-
-
-@functools.lru_cache(maxsize=4096)
-def _key_prefix(partner_id: str, tenant_id: str, definition_id: str) -> bytes:
-    """What the keys of one tenant's resources of one definition share (tenants x definitions
-    referenced; each key's parts are otherwise checked for escaping per reference)."""
-    return resource_key(partner_id, tenant_id, definition_id, "")
