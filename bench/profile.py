@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import orjson
 
-from bench.references import TRANSFER
+from bench.references import define_transfer, transfers_body
 from bench.stack import RESULTS, Stack, batch_body, end_to_end, post_batches
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -64,15 +63,8 @@ def bodies_of(stack: Stack, kind: str, batches: int) -> tuple[list[bytes], str, 
     if kind == "references":
         return orders, "/api/resources/order/batch", "POST"
     if kind == "transfers":
-        response = httpx.post(f"{stack.base}/partner/schema-definitions", json=TRANSFER,
-                              headers={"Authorization": f"Bearer {stack.partner}"}, timeout=30)
-        if response.status_code not in (200, 201, 409):
-            response.raise_for_status()
-        transfers = [orjson.dumps({"resources": [{"id": f"t-{c}", "amount": 1.5, "payer": c,
-                                                  "payee": batch[(i + 1) % len(batch)],
-                                                  "witness": batch[(i + 2) % len(batch)]}
-                                                 for i, c in enumerate(batch)]}) for batch in ids]
-        return transfers, "/api/resources/transfer/batch", "POST"
+        define_transfer(stack)
+        return [transfers_body(batch) for batch in ids], "/api/resources/transfer/batch", "POST"
     asyncio.run(end_to_end(stack, orders, "/api/resources/order/batch"))
     shipments = [orjson.dumps({"resources": [{"id": f"s-{c}", "carrier": "DHL", "order": f"o-{c}"} for c in batch]})
                  for batch in ids]

@@ -49,6 +49,21 @@ def customer_ids(tag: str, b: int) -> list[str]:
     return [record(i, f"{tag}-{b}")["id"] for i in range(1000)]
 
 
+def define_transfer(stack: Stack) -> None:
+    """Define the Transfer schema on `stack` (already defined is fine)."""
+    response = httpx.post(f"{stack.base}/partner/schema-definitions", json=TRANSFER,
+                          headers={"Authorization": f"Bearer {stack.partner}"}, timeout=30)
+    if response.status_code not in (200, 201, 409):
+        response.raise_for_status()
+
+
+def transfers_body(ids: list[str]) -> bytes:
+    """A batch of transfers, one per customer of `ids`, each naming it and the next two."""
+    return orjson.dumps({"resources": [
+        {"id": f"t-{c}", "amount": 1.5, "payer": c, "payee": ids[(i + 1) % len(ids)],
+         "witness": ids[(i + 2) % len(ids)]} for i, c in enumerate(ids)]})
+
+
 async def wait_pending(http: httpx.AsyncClient, batch_id: str, headers: dict[str, str]) -> None:
     """Until the batch reports its record pending (its reference found missing)."""
     deadline = time.monotonic() + 60
@@ -115,10 +130,7 @@ async def releases_under_load(stack: Stack, runs: int, records_per_s: float) -> 
 
 async def measure_references(stack: Stack, batches: int, cascade_roots: int, release_runs: int) -> dict[str, Any]:
     """The rows of this module, measured on `stack` (whose schemas include Customer, Order and Shipment)."""
-    response = httpx.post(f"{stack.base}/partner/schema-definitions", json=TRANSFER,
-                          headers={"Authorization": f"Bearer {stack.partner}"}, timeout=30)
-    if response.status_code not in (200, 201, 409):
-        response.raise_for_status()
+    define_transfer(stack)
     results: dict[str, Any] = {"batches": batches, "rounds": ROUNDS}
     # Rounds of plain, one-reference and three-reference runs, each row the median of its runs:
     # a single 20-batch plain run swung by ±20 % between `make bench` runs, and the reference
@@ -131,12 +143,7 @@ async def measure_references(stack: Stack, batches: int, cascade_roots: int, rel
         orders = [orjson.dumps({"resources": [{"id": f"o-{c}", "total": 10.5, "customer": c}
                                               for c in customer_ids(tag, b)]}) for b in range(batches)]
         runs["one_reference_per_s"].append(await end_to_end(stack, orders, "/api/resources/order/batch"))
-        transfers = []
-        for b in range(batches):
-            ids = customer_ids(tag, b)
-            transfers.append(orjson.dumps({"resources": [
-                {"id": f"t-{c}", "amount": 1.5, "payer": c, "payee": ids[(i + 1) % 1000],
-                 "witness": ids[(i + 2) % 1000]} for i, c in enumerate(ids)]}))
+        transfers = [transfers_body(customer_ids(tag, b)) for b in range(batches)]
         runs["three_references_per_s"].append(await end_to_end(stack, transfers, "/api/resources/transfer/batch"))
         print(f"references, round {r + 1} of {ROUNDS}: plain {runs['plain_per_s'][-1]:,.0f}, one reference "
               f"{runs['one_reference_per_s'][-1]:,.0f}, three references {runs['three_references_per_s'][-1]:,.0f} "
