@@ -23,6 +23,7 @@ from processors.grouped import items_of
 from processors.hand_on import handed_on_from, place
 from processors.resource_processor import ResourceProcessor
 from processors.transactions import ExactlyOnce
+from processors.turns import Turns
 from schemas.events import UndecodableEvent, decode_ingest_message, operation_keys
 from topics.definitions import ServiceTopics
 
@@ -41,6 +42,7 @@ class RecordRouter:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, processor: ResourceProcessor,
                  index: DependencyIndex) -> None:
         self.eos, self.topics, self.processor, self.index = eos, topics, processor, index
+        self.turns = Turns()  # between an event's records (`processors.turns`)
 
     async def on_ingest_message(self, event: faust.EventT, copy: bool = False) -> None:
         """Decode and attribute an ingest message's operations (handing on those of another
@@ -56,6 +58,7 @@ class RecordRouter:
             if copy:  # handed on to this partition: it is not handed on again, and its owner is checked
                 for key, body in zip(operation_keys(bodies), bodies):
                     await self.processor.on_ingest(event, body, key, placed=False)
+                    await self.turns.take()
                 return
             placement = place(bodies, message.partition, self.topics.ingest.partitions, event.key, event.value,
                               _headers(message.headers))
@@ -66,6 +69,7 @@ class RecordRouter:
                 metrics.HANDED_ON.inc(placement.handed_on)
             for key, body in placement.here:
                 await self.processor.on_ingest(event, body, key, placed=True)
+                await self.turns.take()
             return
         log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
         headers = dead_letter_headers(_headers(message.headers), reason, message.topic, message.partition,
@@ -92,6 +96,7 @@ class RecordRouter:
                     await self.index.on_request(record, key, request)
                     if kind == UNREF:
                         await self.processor.on_unref(record, key)
+                await self.turns.take()
             return
         message = orjson.loads(record.value)
         if message["type"] == "tick":
@@ -99,3 +104,4 @@ class RecordRouter:
             return
         for key, notice in items_of(record.key, message):
             await self.processor.on_resolved(record, key, notice)
+            await self.turns.take()
