@@ -145,6 +145,8 @@ class ResourceProcessor:
         self.deadlines = Deadlines()
 
     def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
+        if not self.deadlines.may_be_pending(event.message.partition, key):
+            return None  # most records: nothing of their resource waits (`processors.deadlines`)
         found: PendingEntry | None = self.eos.tables.get(event, self.pending, key)
         return found
 
@@ -258,7 +260,8 @@ class ResourceProcessor:
             return [(q["deadline"], k) for k, q in self.eos.tables.partition_items(self.pending, partition)]
 
         for deadline, key in self.deadlines.due(partition, _now_ms(), stored):
-            queue = self._pending_entry(event, key)
+            # Read from the table: the heap has just given up this deadline of the key's.
+            queue: PendingEntry | None = self.eos.tables.get(event, self.pending, key)
             if queue is None or queue["deadline"] != deadline:
                 continue  # released or re-queued since
             head, *rest = queue["queue"]

@@ -48,3 +48,25 @@ def test_a_partition_is_ticked_only_to_build_its_heap_or_when_a_deadline_is_due(
     assert not deadlines.needs_tick(3, 200), "a partition whose deadlines were all taken is still ticked"
     deadlines.forget({3})
     assert deadlines.needs_tick(3, 0), "a partition assigned again is not ticked to read its table"
+
+
+def test_a_key_is_known_to_have_no_pending_entry_only_once_its_partitions_heap_is_built() -> None:
+    deadlines = Deadlines()
+    assert deadlines.may_be_pending(4, b"x"), "before the heap is built, every key may wait"
+    assert list(deadlines.due(4, 0, lambda: [(10, b"a"), (30, b"a")])) == []
+    assert deadlines.may_be_pending(4, b"a") and not deadlines.may_be_pending(4, b"x")
+    deadlines.add(4, 20, b"x")  # a record of x came to wait
+    assert deadlines.may_be_pending(4, b"x")
+    assert deadlines.may_be_pending(5, b"x"), "another partition's heap is not built: it may"
+
+
+def test_a_key_stays_possibly_pending_until_the_last_of_its_deadlines_is_taken() -> None:
+    deadlines = Deadlines()
+    list(deadlines.due(6, 0, lambda: [(10, b"a")]))
+    deadlines.add(6, 40, b"a")  # re-queued with a later deadline: two heap entries
+    assert list(deadlines.due(6, 20, lambda: [])) == [(10, b"a")]
+    assert deadlines.may_be_pending(6, b"a"), "its later deadline is still in the heap"
+    assert list(deadlines.due(6, 40, lambda: [])) == [(40, b"a")]
+    assert not deadlines.may_be_pending(6, b"a")
+    deadlines.forget({6})
+    assert deadlines.may_be_pending(6, b"a"), "a partition assigned again may hold anything until read"
