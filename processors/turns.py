@@ -9,9 +9,12 @@ handing over the next records — so that under load a commit of the four partit
 transactions took 160 ms, and a waiting record's release, which crosses two commits, waited
 for them. The agent gives the loop a turn at least every `TURN_S` of its work instead.
 
-A turn is no new interleaving: an event's awaits could always suspend (a flush of its
-outputs does), commits still take their offsets only between events (the lock of
-`processors.transactions`), and a rebalance waits for the event in hand to end.
+A turn is no new interleaving: an event's awaits could always suspend (a flush of its outputs
+does). Commits still take their offsets only between events (the lock of
+`processors.transactions`); a rebalance that begins during a turn lets Faust drop its handles
+on the stores of revoked partitions (a read after that opens the store again) and waits for the
+event in hand before it commits, and what the event sent for a partition that moved dies with
+that partition's producer (`processors.transactions`, points 5 and 8).
 """
 
 from __future__ import annotations
