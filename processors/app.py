@@ -153,11 +153,12 @@ def create_app(settings: Settings) -> faust.App:
 
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
                       inputs=records_in.topics)
-    index = DependencyIndex(eos, topics, resources, waiters, referrers)
-    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions)
+    pacer = CommitPacer(app)
+    index = DependencyIndex(eos, topics, resources, waiters, referrers, released=pacer.released)
+    processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions,
+                                  released=pacer.released)
 
     router = RecordRouter(eos, topics, processor, index)
-    pacer = CommitPacer(app)
 
     @app.agent(records_in)
     async def apply_records(stream: faust.StreamT[bytes]) -> None:
@@ -180,6 +181,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def commit_when_idle() -> None:
         await pacer.commit_when_idle()
+
+    @app.task
+    async def commit_when_released() -> None:
+        await pacer.commit_when_released()
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:

@@ -1,6 +1,8 @@
-"""When a worker commits: at Faust's commit interval, and at once when a quiet worker's stream
-runs dry (`CommitPacer.commit_when_idle`), so that a single write's result is visible a few
-milliseconds after it is processed rather than at the next interval."""
+"""When a worker commits: at Faust's commit interval; at once when a quiet worker's stream runs
+dry (`CommitPacer.commit_when_idle`), so that a single write's result is visible a few
+milliseconds after it is processed rather than at the next interval; and soon after a record
+that waited for a missing reference is released (`CommitPacer.commit_when_released`), busy or
+not."""
 
 from __future__ import annotations
 
@@ -11,8 +13,25 @@ import time
 import faust
 
 IDLE_S = 0.002  # how long the stream stays dry before an idle commit
-RATE_S = 1.0  # over how long the rate of events is measured
+RATE_S = 1.0  # over how long rates are measured
 IDLE_RATE = 100.0  # events per second up to which a worker commits whenever its stream runs dry
+RELEASE_RATE = 50.0  # releases per second up to which a worker commits soon after each
+RELEASE_GAP_S = 0.025  # at least this between the starts of two commits asked for by releases
+
+
+class Rate:
+    """How often something happened lately: a count decaying by e per `RATE_S`."""
+
+    def __init__(self) -> None:
+        self._count, self._at = 0.0, 0.0
+
+    def add(self) -> None:
+        now = time.monotonic()
+        self._count = self._count * math.exp((self._at - now) / RATE_S) + 1
+        self._at = now
+
+    def per_second(self) -> float:
+        return self._count * math.exp((self._at - time.monotonic()) / RATE_S) / RATE_S
 
 
 class CommitPacer:
@@ -21,8 +40,10 @@ class CommitPacer:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self._idle = asyncio.Event()  # set when the stream has nothing more to process for now
-        # Events processed, decaying by e per RATE_S: over RATE_S, the rate of events.
-        self._events, self._events_at = 0.0, 0.0
+        self._events = Rate()  # events processed
+        self._released = asyncio.Event()  # set when the open transaction releases a waiting record
+        self._releases = Rate()
+        self._released_commit_at = -math.inf
 
     def event_began(self) -> None:
         """The agent took an event (for `commit_when_idle`)."""
@@ -30,15 +51,9 @@ class CommitPacer:
 
     def event_ended(self, dry: bool) -> None:
         """The agent is done with its event; `dry`: nothing else is waiting in its stream."""
-        now = time.monotonic()
-        self._events = self._events * math.exp((self._events_at - now) / RATE_S) + 1
-        self._events_at = now
+        self._events.add()
         if dry:
             self._idle.set()
-
-    def event_rate(self) -> float:
-        """Events processed per second, lately (an average decaying over `RATE_S`)."""
-        return self._events * math.exp((self._events_at - time.monotonic()) / RATE_S) / RATE_S
 
     async def commit_when_idle(self) -> None:
         """Commit whenever the stream of a worker with few events runs dry (an app task).
@@ -61,9 +76,39 @@ class CommitPacer:
             if not self._idle.is_set():
                 continue  # an event began meanwhile; its end asks again
             self._idle.clear()
-            if self.event_rate() > IDLE_RATE:
+            if self._events.per_second() > IDLE_RATE:
                 continue
             # A commit already under way (the interval's) makes this call wait for it and
             # return without committing what came after its offsets: ask once more.
+            if not await self.app.consumer.commit():
+                await self.app.consumer.commit()
+
+    def released(self) -> None:
+        """The open transaction releases a record that waited for a missing reference: its
+        target's creation answers it, or the record itself is applied (`commit_when_released`)."""
+        self._releases.add()
+        if self._releases.per_second() <= RELEASE_RATE:
+            self._released.set()
+
+    async def commit_when_released(self) -> None:
+        """Commit soon after a release, however busy the worker is (an app task).
+
+        A release crosses two transactions (the target's creation sends the answer, the
+        waiting record's partition applies it), each visible only at its commit. Under load the
+        stream never runs dry, so each waited for the commit interval: a waiting order created
+        after its customer beside a bulk load of orders naming existing customers took 97 ms
+        (p50; 192 at most over 40 runs) and its batch was terminal 130 ms after that.
+
+        Each such commit ends the transactions of every partition a little early, which costs
+        a bulk load of waiting records released together: released at once, 10,000 orders
+        whose customers came after them went from 7,100 to 4,400-5,100 per second with a commit
+        every `RELEASE_GAP_S`. So only a worker that releases at most `RELEASE_RATE` records per
+        second commits for them; past that, the interval paces its commits as before.
+        """
+        while True:
+            await self._released.wait()
+            await asyncio.sleep(max(IDLE_S, self._released_commit_at + RELEASE_GAP_S - time.monotonic()))
+            self._released.clear()  # what is released from now on is in this commit or asks again
+            self._released_commit_at = time.monotonic()
             if not await self.app.consumer.commit():
                 await self.app.consumer.commit()

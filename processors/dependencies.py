@@ -19,6 +19,7 @@ dependency-notices topic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -40,9 +41,10 @@ def _referrer_key(target: bytes, referrer: bytes) -> bytes:
 
 class DependencyIndex:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, waiters: TableT,
-                 referrers: TableT) -> None:
+                 referrers: TableT, released: Callable[[], None]) -> None:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
+        self.released = released  # called when an answer releases a waiting record (commit soon)
 
     async def on_request(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         """A request about T (`target`, on the event's partition): pin R as a referrer of T, or
@@ -76,6 +78,7 @@ class DependencyIndex:
         for request in waiters:
             await self._pin(event, target, request)
             await self._notify(event, request, "resolved")
+        self.released()
 
     def referrers_of(self, event: faust.EventT, target: bytes, limit: int = 1000) -> list[bytes]:
         """Up to `limit` resources other than T that reference T or are about to (pinned)."""

@@ -134,8 +134,10 @@ class Wait:
 
 class ResourceProcessor:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, pending: TableT,
-                 dependencies: DependencyIndex, definition_of: DefinitionOf, partitions: int) -> None:
+                 dependencies: DependencyIndex, definition_of: DefinitionOf, partitions: int,
+                 released: Callable[[], None]) -> None:
         self.eos, self.topics = eos, topics
+        self.released = released  # called when a record that waited for a missing reference applies
         self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
         self.partitions = partitions  # of the ingest topic
@@ -198,7 +200,10 @@ class ResourceProcessor:
         if notice["type"] == "missing":  # the record may not wait: it fails once every pin answered
             queue["absent"] = sorted({*queue.get("absent", []), target})
         else:
-            queue["missing"] = [m for m in queue["missing"] if m["key"] != target]
+            missing = [m for m in queue["missing"] if m["key"] != target]
+            if len(missing) < len(queue["missing"]):
+                self.released()  # it waited for this one's creation: its client is waiting too
+            queue["missing"] = missing
         if queue["pins"]:
             await self.eos.tables.put(event, self.pending, key, queue)
             if notice["type"] == "resolved" and queue["missing"]:
