@@ -44,7 +44,7 @@ class DependencyIndex:
                  referrers: TableT, released: Callable[[], None]) -> None:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
-        self.released = released  # called when an answer releases a waiting record (commit soon)
+        self.released = released  # called when a creation answers records waiting for it (commit soon)
 
     async def on_request(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         """A request about T (`target`, on the event's partition): pin R as a referrer of T, or

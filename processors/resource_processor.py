@@ -137,7 +137,7 @@ class ResourceProcessor:
                  dependencies: DependencyIndex, definition_of: DefinitionOf, partitions: int,
                  released: Callable[[], None]) -> None:
         self.eos, self.topics = eos, topics
-        self.released = released  # called when a record that waited for a missing reference applies
+        self.released = released  # called when a waiting record learns that a missing reference was created
         self.resources, self.pending, self.dependencies = resources, pending, dependencies
         self.definition_of = definition_of
         self.partitions = partitions  # of the ingest topic
