@@ -24,7 +24,7 @@ from faust.stores.rocksdb import Store
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
 from faust.types import TP
-from mode.threads import QueueServiceThread
+from mode.threads import QueueServiceThread, ServiceThread
 
 from reach import seam
 from reach.config import PROJECT_ROOT
@@ -85,6 +85,10 @@ def test_the_private_names_we_read_are_there() -> None:
     for method in ("_ensure_consumer", "_verify_aiokafka_event_path"):
         assert callable(getattr(AIOKafkaConsumerThread, method)), method
     assert issubclass(AIOKafkaConsumerThread, QueueServiceThread) and callable(QueueServiceThread.call_thread)
+    # ... the aiokafka consumer it runs (None until started) and its loop, where aiokafka is paused.
+    assert AIOKafkaConsumerThread._consumer is None and _sets(ServiceThread, "thread_loop")
+    assert "self._consumer = self._create_consumer(" in inspect.getsource(AIOKafkaConsumerThread.on_start)
+    assert _parameters(Consumer._is_changelog_tp) == ["self", "tp"]
     assert _parameters(Store._db_for_partition) == ["self", "partition"]
     # aiokafka: the transaction manager, the long poll read when the fetcher starts, a rejoin.
     assert _sets(AIOKafkaProducer, "_txn_manager")
