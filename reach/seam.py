@@ -674,7 +674,8 @@ def _fetch_changelogs(consumer: Consumer, tps: set[TP], fetch: bool) -> None:
         if mine:
             (client.resume if fetch else client.pause)(*mine)
 
-    thread.thread_loop.call_soon_threadsafe(apply)
+    with contextlib.suppress(RuntimeError):  # its loop closed: the consumer has stopped, fetching nothing
+        thread.thread_loop.call_soon_threadsafe(apply)
 
 
 async def _log_starts(thread: AIOKafkaConsumerThread, partitions: list[TopicPartition]) -> dict[Any, int]:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 from faust.stores.rocksdb import Store
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer, TransactionManager
@@ -133,3 +133,31 @@ def test_no_other_module_of_the_service_names_a_private_part_the_seam_uses() -> 
             found += [f"{path.relative_to(PROJECT_ROOT)}:{line} {name}"
                       for name, line in sorted(names) if name in private]
     assert not found, f"private names of Faust, mode or aiokafka outside reach/seam.py: {found}"
+
+
+def test_changelog_partitions_are_paused_and_resumed_in_aiokafka_in_the_consumer_thread() -> None:
+    class Client:  # aiokafka's consumer, as the consumer's thread runs it
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, set[TopicPartition]]] = []
+
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("resources", 0), TopicPartition("ingest", 0)}
+
+        def pause(self, *tps: TopicPartition) -> None:
+            self.calls.append(("pause", set(tps)))
+
+        def resume(self, *tps: TopicPartition) -> None:
+            self.calls.append(("resume", set(tps)))
+
+    loop = asyncio.new_event_loop()
+    client = Client()
+    consumer = SimpleNamespace(_is_changelog_tp=lambda tp: tp.topic == "resources",
+                               _thread=SimpleNamespace(_consumer=client, thread_loop=loop))
+    tps = {TP("resources", 0), TP("resources", 1), TP("ingest", 0)}  # resources[1]: no longer assigned
+    seam._fetch_changelogs(consumer, tps, fetch=False)  # type: ignore[arg-type]
+    seam._fetch_changelogs(consumer, tps, fetch=True)  # type: ignore[arg-type]
+    assert client.calls == [], "applied outside the consumer's thread"
+    loop.run_until_complete(asyncio.sleep(0))
+    assert client.calls == [("pause", {TopicPartition("resources", 0)}), ("resume", {TopicPartition("resources", 0)})]
+    loop.close()
+    seam._fetch_changelogs(consumer, tps, fetch=False)  # type: ignore[arg-type]  # a stopped consumer: nothing to do
