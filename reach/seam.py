@@ -661,9 +661,9 @@ def _fetch_changelogs(consumer: Consumer, tps: set[TP], fetch: bool) -> None:
     consumer's thread (where aiokafka runs), in the order asked; those no longer assigned
     when it runs are left alone (a rebalance began: a new assignment fetches afresh)."""
     changelogs = [TopicPartition(tp.topic, tp.partition) for tp in tps if consumer._is_changelog_tp(tp)]
-    thread = getattr(consumer, "_thread", None)  # a worker's consumer delegates to its thread
-    if not changelogs or thread is None:
+    if not changelogs:
         return
+    thread = _consumer_thread(consumer)
 
     def apply() -> None:
         client = thread._consumer
