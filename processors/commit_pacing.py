@@ -78,10 +78,7 @@ class CommitPacer:
             self._idle.clear()
             if self._events.per_second() > IDLE_RATE:
                 continue
-            # A commit already under way (the interval's) makes this call wait for it and
-            # return without committing what came after its offsets: ask once more.
-            if not await self.app.consumer.commit():
-                await self.app.consumer.commit()
+            await self._commit()
 
     def released(self) -> None:
         """The open transaction releases a record that waited for a missing reference: its
@@ -110,5 +107,11 @@ class CommitPacer:
             await asyncio.sleep(max(IDLE_S, self._released_commit_at + RELEASE_GAP_S - time.monotonic()))
             self._released.clear()  # what is released from now on is in this commit or asks again
             self._released_commit_at = time.monotonic()
-            if not await self.app.consumer.commit():
-                await self.app.consumer.commit()
+            await self._commit()
+
+    async def _commit(self) -> None:
+        """Commit everything processed so far. A commit already under way (the interval's)
+        makes a call wait for it and return without committing what came after its offsets:
+        ask once more."""
+        if not await self.app.consumer.commit():
+            await self.app.consumer.commit()
