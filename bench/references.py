@@ -177,9 +177,11 @@ async def measure_references(stack: Stack, batches: int, cascade_roots: int, rel
     idle, idle_created = await release_latencies(stack, release_runs, "idle")
     loaded, loaded_created = await releases_under_load(stack, release_runs, results["plain_per_s"] / 2)
 
+    named = [customer_ids("refc0", b) for b in range(batches)]  # once: the load's client shares the cores
+
     def orders_naming_customers(n: int) -> bytes:  # of the first round's customers, new orders each time
         return orjson.dumps({"resources": [{"id": f"o-load{n}-{c}", "total": 1.0, "customer": c}
-                                           for c in customer_ids("refc0", n % batches)]})
+                                           for c in named[n % batches]]})
 
     # A load of references keeps the worker's stream busy with many small events (pins, answers).
     referring, referring_created = await releases_under_load(
