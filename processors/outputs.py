@@ -41,28 +41,39 @@ class Outputs:
         if partition is None:
             partition = self.partition_for(topic, key or b"")
         writes = self.transactions.open_transaction(tp)
-        writes.outputs.setdefault((topic, partition), []).append((key, value, headers or []))
-        await self.grown(tp, writes, len(value or b"") + len(key or b""))
+        queue = writes.outputs.get((topic, partition))
+        if queue is None:
+            queue = writes.outputs[(topic, partition)] = []
+        queue.append((key, value, headers or []))
+        writes.size += len(value or b"") + len(key or b"")
+        if writes.size >= FLUSH_BYTES:
+            await self.flush_early(tp, writes)
 
     async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any]) -> None:
         """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
         `topic`, grouped with the items sent there just before it (`processors.grouped`)."""
         encoded = encode_item(key, item)
-        partition = self.partition_for(topic, key)
-        writes = self.transactions.open_transaction(event.message.tp)
-        queue = writes.outputs.setdefault((topic, partition), [])
+        destination = (topic, partitioning.partition_for(key, self.partitions[topic]))
+        tp = event.message.tp
+        writes = self.transactions.open_transaction(tp)
+        queue = writes.outputs.get(destination)
+        if queue is None:
+            queue = writes.outputs[destination] = []
         last = queue[-1] if queue else None
         if isinstance(last, Group) and last.fits(encoded):
             last.add(encoded)
         else:
             queue.append(Group(key, encoded))
-        await self.grown(event.message.tp, writes, len(encoded))
+        writes.size += len(encoded)
+        if writes.size >= FLUSH_BYTES:
+            await self.flush_early(tp, writes)
 
-    async def grown(self, tp: TP, writes: Transaction, size: int) -> None:
-        """`tp`'s open transaction `writes` took `size` more bytes: once `FLUSH_BYTES` have
-        gathered, they go to its producer now (not while its previous transaction commits)."""
-        writes.size += size
-        if writes.size >= FLUSH_BYTES and self.transactions.tid(tp) not in self.transactions.held:
+    async def flush_early(self, tp: TP, writes: Transaction) -> None:
+        """`tp`'s open transaction `writes` has gathered `FLUSH_BYTES` (`writes.size`, which
+        whoever adds to it keeps, checking the bound itself: a call per table change and
+        output cost more than the change): they go to its producer now — unless its previous
+        transaction is committing, then they wait for it."""
+        if self.transactions.tid(tp) not in self.transactions.held:
             await self._send_outputs(writes)
 
     async def _send_outputs(self, writes: Transaction) -> None:

@@ -17,8 +17,8 @@ import orjson
 from faust.types import EventT, TableT
 from rocksdict import WriteBatch
 
-from processors.open_transactions import OpenTransactions
-from processors.outputs import Outputs
+from processors.open_transactions import OpenTransactions, Transaction
+from processors.outputs import FLUSH_BYTES, Outputs
 from reach import seam
 from state.store import prefix_items
 
@@ -76,31 +76,43 @@ class TableOverlay:
 
     async def put(self, event: EventT, table: TableT, key: bytes, value: Any) -> None:
         """`table[key] = value`, its changelog record sent in `event`'s transaction."""
-        await self._change(event, table, key, orjson.dumps(value))
+        writes = self._change(event, table, key, orjson.dumps(value))
+        if writes.size >= FLUSH_BYTES:
+            await self.outputs.flush_early(event.message.tp, writes)
 
     async def delete(self, event: EventT, table: TableT, key: bytes) -> None:
         """`del table[key]`, its changelog tombstone sent in `event`'s transaction."""
-        await self._change(event, table, key, None)
+        writes = self._change(event, table, key, None)
+        if writes.size >= FLUSH_BYTES:
+            await self.outputs.flush_early(event.message.tp, writes)
 
-    async def _change(self, event: EventT, table: TableT, key: bytes, raw: bytes | None) -> None:
+    def _change(self, event: EventT, table: TableT, key: bytes, raw: bytes | None) -> Transaction:
+        """Record the change in `event`'s open transaction (which it returns): several per record,
+        so its dicts are looked up rather than `setdefault` with a new default each time."""
         tp = event.message.tp
         writes = self.transactions.open_transaction(tp)
-        changes = writes.changes.get(table.name)
+        name = table.name
+        changes = writes.changes.get(name)
         if changes is None:
-            changes = writes.changes[table.name] = {}
+            changes = writes.changes[name] = {}
         changes[key] = raw
         nul = key.find(b"\x00")
         if nul >= 0:  # for `keys_with_prefix`: a scan of every change per look was quadratic
-            writes.by_prefix.setdefault(table.name, {}).setdefault(key[:nul + 1], {})[key] = None
-        changelog = self._changelog_of.get(table.name)
+            writes.by_prefix.setdefault(name, {}).setdefault(key[:nul + 1], {})[key] = None
+        changelog = self._changelog_of.get(name)
         if changelog is None:  # Faust's topic name costs a property chain per call
-            changelog = self._changelog_of[table.name] = table.changelog_topic.get_topic_name()
-            self._tables[table.name] = table
+            changelog = self._changelog_of[name] = table.changelog_topic.get_topic_name()
+            self._tables[name] = table
         # Only a key's last change in a transaction goes to the changelog: the transaction
         # commits whole, and a restore or a reader keeps only the last value of a key anyway.
         # A record waiting for three references rewrote its pending entry at each answer.
-        writes.changelogs.setdefault((changelog, tp.partition), {})[key] = raw
-        await self.outputs.grown(tp, writes, len(raw or b"") + len(key))
+        destination = (changelog, tp.partition)
+        last = writes.changelogs.get(destination)
+        if last is None:
+            last = writes.changelogs[destination] = {}
+        last[key] = raw
+        writes.size += len(key) + (len(raw) if raw is not None else 0)
+        return writes
 
     def partition_items(self, table: TableT, partition: int) -> list[tuple[bytes, Any]]:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
