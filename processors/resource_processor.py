@@ -90,9 +90,11 @@ _CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0").bytes
 
 
 class _Checked(NamedTuple):
-    """A record as checked before it waited for its pins (`ResourceProcessor._remember_checked`)."""
+    """A record as checked before it waited for its pins (`ResourceProcessor._remember_checked`),
+    and its resource as it was then."""
 
     definition: Definition
+    current: dict[str, Any] | None
     creating: bool
     record: dict[str, Any]
     references: list[Reference]
@@ -329,14 +331,17 @@ class ResourceProcessor:
             return await self._delete(event, key, body, rest, released.get("cascade") if released else None)
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
-        # Read before the checks: a record that creates its resource is checked once, as a whole.
-        current = self.eos.tables.get(event, self.resources, key)
-        creating = current is None and op_of(body) != "patch"
         checked = self._checked.pop((key, body["eventId"]), None) if released is not None else None
-        if checked is not None and checked.definition is definition and checked.creating == creating:
-            # Checked before it waited; nothing has changed the resource since.
+        if checked is not None and checked.definition is definition:
+            # Checked before it waited, and its resource read then: nothing has changed it since
+            # (R's other writes, cascades included, queue behind a waiting head; a rebalance
+            # forgets what is kept here, a restart starts without it).
+            current, creating = checked.current, checked.creating
             record, references = checked.record, checked.references
         else:
+            # Read before the checks: a record that creates its resource is checked once, as a whole.
+            current = self.eos.tables.get(event, self.resources, key)
+            creating = current is None and op_of(body) != "patch"
             fresh, failure = checked_record(body, definition, validators, creating)
             if failure is not None or fresh is None:
                 await self._emit(event, body, failure or Outcome(FAILED))
@@ -344,12 +349,13 @@ class ResourceProcessor:
             record = fresh
             references = references_of(record, definition, body["partnerId"], body["tenantId"])
         if references and released is None:
-            wait = await self._pin(event, key, body, references)
+            wait = await self._pin(event, key, body, references, current is None)
             if isinstance(wait, Outcome):
                 await self._emit(event, body, wait)
                 return None
             if wait is not None:
-                self._remember_checked((key, body["eventId"]), _Checked(definition, creating, record, references))
+                self._remember_checked((key, body["eventId"]),
+                                       _Checked(definition, current, creating, record, references))
                 return wait
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
@@ -369,7 +375,7 @@ class ResourceProcessor:
                            after=current if changed is None else changed)
         return None
 
-    async def _pin(self, event: faust.EventT, key: bytes, body: Body, references: list[Reference]
+    async def _pin(self, event: faust.EventT, key: bytes, body: Body, references: list[Reference], new: bool
                    ) -> Wait | Outcome | None:
         """Pin every resource the record of R (`key`) references on its own partition, so that a
         delete there sees R (`processors.dependencies`): at once for those on this partition
@@ -378,7 +384,7 @@ class ResourceProcessor:
 
         Only uploads wait for missing references; the others wait just for the answers. A
         record that may not wait learns which are missing from their partitions' answers, and
-        fails naming them all."""
+        fails naming them all. `new`: R does not exist (its pins are surely not stored yet)."""
         partition, may_wait = event.message.partition, waits(body) > 0
         here = [r for r in references if partition_for(r.key, self.partitions) == partition]
         if not may_wait and len(here) == len(references):
@@ -387,7 +393,8 @@ class ResourceProcessor:
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 return Outcome(FAILED, MISSING_DEPENDENCY,
                                f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}")
-        answers = {r.key: await self.dependencies.pin(event, r.key, pin_request(key, body["eventId"], r.key, may_wait))
+        answers = {r.key: await self.dependencies.pin(event, r.key,
+                                                      pin_request(key, body["eventId"], r.key, may_wait, new))
                    for r in here}
         elsewhere = [r for r in references if r.key not in answers]
         waiting = [r for r in here if answers[r.key] == "waiting"]
@@ -397,7 +404,7 @@ class ResourceProcessor:
         return Wait({"pins": [r.key.decode() for r in (*elsewhere, *waiting)],
                      "missing": [{"key": m.key.decode(), **m.as_dependency()} for m in waiting],
                      **({"absent": absent} if absent else {})},
-                    [(r.key, pin_request(key, body["eventId"], r.key, may_wait)) for r in elsewhere],
+                    [(r.key, pin_request(key, body["eventId"], r.key, may_wait, new)) for r in elsewhere],
                     waits(body) or PIN_ANSWER_S)
 
     def _remember_checked(self, waiting: tuple[bytes, str], checked: _Checked) -> None:
