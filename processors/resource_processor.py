@@ -19,8 +19,8 @@ once and is not waited for: that ends cycles (A↔B, longer ones); self-referenc
 A delete without cascade whose referrers its own request deletes too (the ingress names them,
 `ingest.deletes`) waits for their unrefs instead of failing. After each record, the resources
 R no longer references (nor will, by its queued records) are told to forget R ("unref").
-Deadlines live in an in-memory heap per partition, rebuilt from the pending table when a
-partition arrives.
+The waiting records' deadlines are kept in memory per partition (`processors.deadlines`), read from
+the pending table when a partition arrives.
 """
 
 from __future__ import annotations
@@ -269,8 +269,12 @@ class ResourceProcessor:
         for deadline, key in self.deadlines.due(partition, _now_ms(), stored):
             # Read from the table: the heap has just given up this deadline of the key's.
             queue: PendingEntry | None = self.eos.tables.get(event, self.pending, key)
-            if queue is None or queue["deadline"] != deadline:
-                continue  # released or re-queued since
+            if queue is None:  # (the deadlines follow the table: not expected)
+                self.deadlines.remove(partition, key)
+                continue
+            if queue["deadline"] != deadline:
+                self.deadlines.add(partition, queue["deadline"], key)
+                continue
             head, *rest = queue["queue"]
             if "exempt" in queue:
                 left = self.dependencies.referrers_of(event, key, 1)
@@ -317,6 +321,7 @@ class ResourceProcessor:
             queue = queue[1:]
         if known or (stored and self.eos.tables.has(event, self.pending, key)):
             await self.eos.tables.delete(event, self.pending, key)
+            self.deadlines.remove(event.message.partition, key)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
                              released: PendingEntry | None) -> Wait | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.deadlines import Deadlines
+from processors.deadlines import STALE_SLACK, Deadlines
 
 
 def test_a_partitions_heap_is_built_from_the_table_once_and_gives_what_is_due_earliest_first() -> None:
@@ -60,13 +60,40 @@ def test_a_key_is_known_to_have_no_pending_entry_only_once_its_partitions_heap_i
     assert deadlines.may_be_pending(5, b"x"), "another partition's heap is not built: it may"
 
 
-def test_a_key_stays_possibly_pending_until_the_last_of_its_deadlines_is_taken() -> None:
+def test_a_key_may_be_pending_until_its_entry_is_removed() -> None:
     deadlines = Deadlines()
     list(deadlines.due(6, 0, lambda: [(10, b"a")]))
-    deadlines.add(6, 40, b"a")  # re-queued with a later deadline: two heap entries
-    assert list(deadlines.due(6, 20, lambda: [])) == [(10, b"a")]
-    assert deadlines.may_be_pending(6, b"a"), "its later deadline is still in the heap"
+    deadlines.add(6, 40, b"a")  # re-queued with a later deadline
+    assert list(deadlines.due(6, 20, lambda: [])) == [], "its old deadline is not its entry's any more"
     assert list(deadlines.due(6, 40, lambda: [])) == [(40, b"a")]
+    assert deadlines.may_be_pending(6, b"a"), "taken, its entry is still stored until the tick removes it"
+    deadlines.remove(6, b"a")
     assert not deadlines.may_be_pending(6, b"a")
     deadlines.forget({6})
     assert deadlines.may_be_pending(6, b"a"), "a partition assigned again may hold anything until read"
+
+
+def test_a_released_record_is_neither_due_nor_ticked_at_its_old_deadline() -> None:
+    deadlines = Deadlines()
+    list(deadlines.due(7, 0, lambda: []))
+    deadlines.add(7, 60_000, b"a")  # waits for its pins' answers, 60 s at most
+    deadlines.add(7, 90_000, b"b")
+    deadlines.remove(7, b"a")  # answered within a round trip: applied, its entry deleted
+    assert not deadlines.may_be_pending(7, b"a")
+    assert not deadlines.needs_tick(7, 60_000), "a tick (an event, a transaction) for nothing"
+    assert list(deadlines.due(7, 89_999, lambda: [])) == []
+    assert deadlines.needs_tick(7, 90_000)
+    assert list(deadlines.due(7, 90_000, lambda: [])) == [(90_000, b"b")]
+
+
+def test_memory_follows_the_records_waiting_now_not_every_record_that_waited() -> None:
+    deadlines = Deadlines()
+    list(deadlines.due(8, 0, lambda: [(5, b"old")]))
+    for n in range(100_000):  # a minute of records released a round trip after they came to wait
+        key = b"r%d" % n
+        deadlines.add(8, 60_000 + n, key)
+        deadlines.remove(8, key)
+    deadlines.add(8, 200_000, b"still")
+    heap = deadlines._heaps[8]
+    assert len(heap) <= 2 * 2 + STALE_SLACK + 1, f"{len(heap)} heap entries for 2 waiting records"
+    assert list(deadlines.due(8, 10**9, lambda: [])) == [(5, b"old"), (200_000, b"still")]
