@@ -69,9 +69,9 @@ class Outputs:
             await self.flush_early(tp, writes)
 
     async def flush_early(self, tp: TP, writes: Transaction) -> None:
-        """`tp`'s open transaction `writes` has gathered `FLUSH_BYTES` (`writes.size`, which
-        whoever adds to it keeps, checking the bound itself: a call per table change and
-        output cost more than the change): they go to its producer now — unless its previous
+        """`tp`'s open transaction `writes` has gathered `FLUSH_BYTES` (`writes.size`, kept by
+        whoever adds to it, who checks the bound: this runs several times per record, so the
+        call is made only past it): they go to its producer now — unless its previous
         transaction is committing, then they wait for it."""
         if self.transactions.tid(tp) not in self.transactions.held:
             await self._send_outputs(writes)

@@ -83,7 +83,8 @@ PIN_ANSWER_S = 60
 # How long a cascade delete waits for its referrers' answers at most (a referrer's own queue,
 # a record waiting for a missing reference included); past it the resource is kept.
 CASCADE_S = 600
-# Waiting records whose checked form is kept for their release (`_remember_checked`): ~1.5 KB each.
+# Waiting records whose checked form is kept for their release (`_remember_checked`): ~1.5 KB each,
+# and for an update the resource as it was read.
 CHECKED_KEPT = 10_000
 _READ = object()  # `_settle`: read the resource from the table
 _CASCADE_IDS = uuid.UUID("0c1f8a52-5e7b-4d2c-b7f4-93a8e1d6c3b0").bytes
