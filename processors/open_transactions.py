@@ -78,8 +78,7 @@ class OpenTransactions:
 
     def producer_of(self, tp: TP) -> Any:
         """The transactional producer of input partition `tp` now (its identity ends with it)."""
-        tid = self._tids.get(tp)
-        return self._producer(tid if tid is not None else self.tid(tp))
+        return self._producer(self.tid(tp))
 
     def _producer(self, tid: str) -> Any:
         producers = self._producers
@@ -104,22 +103,11 @@ class OpenTransactions:
     def writes_of(self, tp: TP) -> tuple[Transaction | None, Transaction | None]:
         """`tp`'s open transaction (None if it died with its producer: it is dropped) and its
         committing one, each or None."""
-        tid = self._tids.get(tp)
-        if tid is None:
-            tid = self.tid(tp)
+        tid = self.tid(tp)
         return self._open_writes(tid), self.committing.get(tid)
 
     def open_transaction(self, tp: TP) -> Transaction:
-        """`tp`'s open transaction, begun if it has none (or its own died with its producer).
-
-        Called for every table change and output (several per record): the usual case, an open
-        transaction of the current producer, takes two dict lookups here rather than the four
-        method calls of the general path (`tid`, `_open_writes`, `_producer`)."""
-        tid = self._tids.get(tp)
-        if tid is not None and self._producers is not None:
-            writes = self.open.get(tid)
-            if writes is not None and writes.producer is self._producers.get(tid):
-                return writes
+        """`tp`'s open transaction, begun if it has none (or its own died with its producer)."""
         tid = self.tid(tp)
         writes = self._open_writes(tid)
         if writes is None:
