@@ -54,8 +54,7 @@ class Deadlines:
         live[key] = deadline_ms
         heapq.heappush(heap, (deadline_ms, key))
         if len(heap) > 2 * len(live) + STALE_SLACK:
-            heap[:] = [(deadline, waiting) for waiting, deadline in live.items()]
-            heapq.heapify(heap)
+            heap[:] = _heap_of(live)  # in place: a `due` under way goes on with it
 
     def remove(self, partition: int, key: bytes) -> None:
         """`key`'s pending entry was deleted: nothing of it waits any more."""
@@ -85,8 +84,7 @@ class Deadlines:
         heap = self._heaps.get(partition)
         if heap is None:
             live = self._live[partition] = {key: deadline for deadline, key in stored()}
-            heap = self._heaps[partition] = [(deadline, key) for key, deadline in live.items()]
-            heapq.heapify(heap)
+            heap = self._heaps[partition] = _heap_of(live)
         while True:
             self._drop_stale(partition, heap)
             if not heap or heap[0][0] > now_ms:
@@ -98,3 +96,10 @@ class Deadlines:
         live = self._live[partition]
         while heap and live.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
+
+
+def _heap_of(live: dict[bytes, int]) -> list[tuple[int, bytes]]:
+    """A heap of the live deadlines (key -> deadline) alone."""
+    heap = [(deadline, key) for key, deadline in live.items()]
+    heapq.heapify(heap)
+    return heap
