@@ -10,7 +10,8 @@ applies T's own writes, in one serial order with them:
   (R reports itself pending: only T's partition knows that T is missing); T's creation records
   R as a referrer and answers it;
 - T is absent and R may not wait → a "missing" notice goes back (R fails).
-An "unref" from R (it no longer references T, or never came to) removes R from T's referrers.
+An "unref" from R (it no longer references T, or never came to) removes R from T's referrers
+(in place when T is on R's partition, where R's pins are made in place too: `unpin`).
 A delete of T is therefore decided in the same order as every reference to it: it sees every
 resource that references T, or is about to (the invariant of docs/api.md 6a: without cascade,
 nothing ever points at a deleted resource). Answers are notices on R's partition of the
@@ -50,11 +51,21 @@ class DependencyIndex:
         """A request about T (`target`, on the event's partition): pin R as a referrer of T, or
         forget R's pin."""
         if request.get("type", PIN) == UNREF:
-            key = _referrer_key(target, request["referrer"].encode())
-            if self.eos.tables.has(event, self.referrers, key):
-                await self.eos.tables.delete(event, self.referrers, key)
+            await self.unpin(event, target, request["referrer"].encode())
             return
         await self._notify(event, request, await self.pin(event, target, request))
+
+    async def unpin(self, event: faust.EventT, target: bytes, referrer: bytes) -> None:
+        """Forget that R (`referrer`) references or pinned T (`target`, on the event's partition).
+
+        Called in place for a T on R's own partition, where R's pins are made in place too:
+        an unref sent through the topic could be read after a newer pin of the same pair and
+        take it away (a reference dropped and given back at once left it unpinned, and T
+        could then be deleted under it). Across partitions both travel through the topic, in
+        the order R sent them."""
+        key = _referrer_key(target, referrer)
+        if self.eos.tables.has(event, self.referrers, key):
+            await self.eos.tables.delete(event, self.referrers, key)
 
     async def pin(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> str:
         """Pin R (the request's waiter) on T (`target`, on the event's partition), in that

@@ -147,6 +147,7 @@ class ResourceProcessor:
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # (resource key, event id) of a record waiting for its pins -> its checked form
         self._checked: dict[tuple[bytes, str], _Checked] = {}
+        self._unpinned: list[bytes] = []  # resources of this event's partition unpinned in place, to look at
         self.deadlines = Deadlines()
 
     def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
@@ -241,6 +242,13 @@ class ResourceProcessor:
         queue = self._pending_entry(event, key)
         if queue is not None and "exempt" in queue:
             await self._drain(event, key, queue["queue"], released=queue)
+
+    async def look_again(self, event: faust.EventT) -> None:
+        """After a record: what `on_unref` does for each resource unpinned in place meanwhile,
+        as an unref through the topic would have (here, not within the record: T's delete may
+        unpin further resources in turn, and R's own processing is not re-entered)."""
+        while self._unpinned:
+            await self.on_unref(event, self._unpinned.pop())
 
     async def on_cascaded(self, event: faust.EventT, key: bytes, answer: dict[str, Any]) -> None:
         """A referrer's answer to the cascade delete of this resource (`key`)."""
@@ -431,8 +439,7 @@ class ResourceProcessor:
         if current is None:
             if asker is not None:
                 # Nothing to delete; a pin this absent resource still holds on the asker is stale.
-                await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, asker["asker"].encode(),
-                                                 unref_request(key))
+                await self._unref(event, asker["asker"].encode(), key)
                 await self._emit(event, body, Outcome(DELETED))
             elif (body.get("plan") or {}).get("byCascade"):
                 # Its request's cascade deleted it first (it references another named one): a
@@ -490,6 +497,15 @@ class ResourceProcessor:
         for queued in rest:
             keep |= await self._body_refs(queued)
         for target in sorted(candidates - keep):
+            await self._unref(event, target, key)
+
+    async def _unref(self, event: faust.EventT, target: bytes, key: bytes) -> None:
+        """Tell T (`target`) to forget R (`key`): in place when T is on R's partition, as R's
+        pins there are made (`DependencyIndex.unpin`), else by a request on T's partition."""
+        if partition_for(target, self.partitions) == event.message.partition:
+            await self.dependencies.unpin(event, target, key)
+            self._unpinned.append(target)  # a delete of T waiting for that looks again (`look_again`)
+        else:
             await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, unref_request(key))
 
     async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:

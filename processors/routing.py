@@ -79,6 +79,10 @@ class RecordRouter:
 
     async def route(self, record: Any) -> None:
         """Hand `record` (an event, or a record read back by `ExactlyOnce.in_order`) to its handler."""
+        await self._route(record)
+        await self.processor.look_again(record)
+
+    async def _route(self, record: Any) -> None:
         if record.message.topic == self.topics.ingest.name:
             await self.on_ingest_message(record)
             return

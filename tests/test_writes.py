@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from schemas.events import resource_key
 from tests.support import (
     CUSTOMER_SCHEMA,
     Response,
@@ -18,6 +19,7 @@ from tests.support import (
     wait_terminal,
     wait_until,
 )
+from topics.partitioning import partition_for
 
 DEFINITIONS = "/partner/schema-definitions"
 
@@ -262,6 +264,39 @@ def test_a_referenced_resource_stays_until_nothing_references_it(ingress: TestCl
     batch = _delete(ingress, "Customer", ["c1", "c2"])
     assert batch["status"] == "success", batch
     assert _listed(ingress, "Customer") == ([], 0)
+
+
+def test_a_reference_dropped_and_given_back_at_once_still_keeps_its_resource(ingress: TestClient, worker: Any) -> None:
+    """Orders stop naming their customer and name it again in the next batch, sent before the
+    first is applied: every customer is still referenced, so none may be deleted. Half the
+    pairs share a partition (the pin is made in place there), half do not."""
+    _define(ingress)
+    partitions = ingress_context(ingress).settings.topic_partitions
+    ids = {name: ingress.get(f"{DEFINITIONS}/{name}", headers=bearer(partner_token())).json()["data"]["id"]
+           for name in ("Customer", "Order")}
+
+    def partition(name: str, external_id: str) -> int:
+        return partition_for(resource_key("partner-a", "tenant-1", ids[name], external_id), partitions)
+
+    same = [i for i in range(400) if partition("Customer", f"c{i}") == partition("Order", f"o{i}")][:20]
+    apart = [i for i in range(400) if partition("Customer", f"c{i}") != partition("Order", f"o{i}")][:20]
+    pairs = [(f"c{i}", f"o{i}") for i in (*same, *apart)]
+    _batch(ingress, "POST", "Customer", [{"id": c, "name": "C"} for c, _ in pairs])
+    assert _batch(ingress, "POST", "Order", [{"id": o, "customer": c} for c, o in pairs])["status"] == "success"
+
+    dropped = [{"id": o, "customer": None} for c, o in pairs]
+    given_back = [{"id": o, "customer": c} for c, o in pairs]
+    sent = [ingress.request("PATCH", "/api/resources/Order/batch", headers=_headers(), json={"resources": resources})
+            for resources in (dropped, given_back)]
+    for response in sent:
+        assert response.status_code == 202, response.text
+    for response in sent:
+        assert wait_terminal(ingress, response.json()["data"]["batchId"], _headers())["status"] == "success"
+    batch = _delete(ingress, "Customer", [c for c, _ in pairs])
+    kept = [c for c, _ in pairs if _resource(ingress, "Customer", c) is not None]
+    assert len(kept) == len(pairs), (f"deleted while referenced: {sorted(set(c for c, _ in pairs) - set(kept))}; "
+                                     f"delete batch: {batch['progress']}")
+    assert {v["code"] for v in batch["errors"]["details"].values()} == {"REFERENCED"}, batch
 
 
 def test_single_delete_answers_with_its_outcome(ingress: TestClient, worker: Any) -> None:
