@@ -133,8 +133,9 @@ def cascade_request(asker: bytes, event_id: str, target: bytes, batch_id: str) -
 
 
 def cascade_answer(request: dict[str, Any], deleted: dict[str, int], outcome: str) -> dict[str, Any]:
-    """What a cascade request came to: `outcome` "deleted" (or already absent), "deleting" (its
-    own cascade is under way: a cycle) or "kept"; `deleted` counts the resources it deleted by
-    schema definition id, itself included."""
+    """What a cascade request came to: `outcome` "deleted" (or already absent, or no longer
+    referencing the asker when the request's turn came), "deleting" (its own cascade is under
+    way: a cycle) or "kept"; `deleted` counts the resources it deleted by schema definition id,
+    itself included."""
     return {"type": CASCADED, "eventId": request["eventId"], "target": request["target"], "deleted": deleted,
             "outcome": outcome}

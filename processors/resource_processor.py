@@ -13,7 +13,7 @@ A patch of an absent resource fails NOT_FOUND. A delete fails NOT_FOUND or, when
 resource references R or has pinned it, REFERENCED; else R's tombstone goes to the
 resources topic. A cascade delete of R instead asks every referrer to delete itself (a
 cascade request on its partition, queued behind its other writes; it asks its own referrers in
-turn), waits for all answers, looks again (a new referrer may have pinned R meanwhile) and
+turn; one that no longer references R at its turn stays), waits for all answers, looks again (a new referrer may have pinned R meanwhile) and
 deletes R once none is left. A referrer whose own cascade is under way answers "deleting" at
 once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count.
 A delete without cascade whose referrers its own request deletes too (the ingress names them,
@@ -436,9 +436,14 @@ class ResourceProcessor:
         (`progress`: what their answers said, once all came)."""
         current = self.eos.tables.get(event, self.resources, key)
         asker = body.get("cascadeFor")
+        if (asker is not None and current is not None
+                and asker["asker"].encode() not in await self._resource_refs(current)):
+            # It stopped referencing the asker before the cascade reached it (a write applied here
+            # first, whose unref the asker had not read yet): it is no referrer to delete.
+            current = None
         if current is None:
             if asker is not None:
-                # Nothing to delete; a pin this absent resource still holds on the asker is stale.
+                # Nothing to delete; a pin it still holds on the asker is stale.
                 await self._unref(event, asker["asker"].encode(), key)
                 await self._emit(event, body, Outcome(DELETED))
             elif (body.get("plan") or {}).get("byCascade"):

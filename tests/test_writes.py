@@ -441,6 +441,36 @@ def test_a_cascade_ends_on_cycles_and_self_references(ingress: TestClient, worke
     assert _listed(ingress, "Employee") == ([], 0)
 
 
+def test_a_cascade_spares_what_stopped_referencing_before_it_came(ingress: TestClient, worker: Any) -> None:
+    """Orders drop their customer, and the customers are deleted with cascade at once after:
+    an order whose patch applied first no longer references its customer and stays; one that
+    the cascade reached first is deleted (counted) and its patch then finds nothing. Never both
+    the patch applied and the order deleted (before: 147 of 200 orders in a probe)."""
+    _define(ingress)
+    pairs = [(f"c{i}", f"o{i}") for i in range(60)]
+    _batch(ingress, "POST", "Customer", [{"id": c, "name": "C"} for c, _ in pairs])
+    assert _batch(ingress, "POST", "Order", [{"id": o, "customer": c} for c, o in pairs])["status"] == "success"
+    patch = ingress.request("PATCH", "/api/resources/Order/batch", headers=_headers(),
+                            json={"resources": [{"id": o, "customer": None} for _, o in pairs]})
+    assert patch.status_code == 202, patch.text
+    deleted = _delete(ingress, "Customer", [c for c, _ in pairs], cascade=True)
+    patched = wait_terminal(ingress, patch.json()["data"]["batchId"], _headers())
+    assert deleted["status"] == "success", deleted
+    failed = patched["errors"]["details"] if patched["status"] != "success" else {}
+    gone = 0
+    for i, (c, o) in enumerate(pairs):
+        assert _resource(ingress, "Customer", c) is None, c
+        order = _resource(ingress, "Order", o)
+        if order is None:
+            gone += 1
+            assert failed.get(str(i), {}).get("code") == "NOT_FOUND", \
+                f"{o} was deleted by the cascade after its patch dropped {c}: {failed.get(str(i))}"
+        else:
+            assert "customer" not in order["data"] and str(i) not in failed, (o, order, failed.get(str(i)))
+    assert deleted["cascade"] == ({"deletedRecords": gone, "bySchema": {"Order": gone}} if gone
+                                  else {"deletedRecords": 0, "bySchema": {}}), (deleted["cascade"], gone)
+
+
 def test_a_cascade_racing_new_references_leaves_no_reference_to_nothing(
         ingress: TestClient, second_ingress: TestClient, worker: Any) -> None:
     """Cascade deletes of A_i through one ingress while another writes B_i naming A_i: whatever
