@@ -14,8 +14,9 @@ resource references R or has pinned it, REFERENCED; else R's tombstone goes to t
 resources topic. A cascade delete of R instead asks every referrer to delete itself (a
 cascade request on its partition, queued behind its other writes; it asks its own referrers in
 turn; one that no longer references R at its turn stays), waits for all answers, looks again
-(a new referrer may have pinned R meanwhile) and deletes R once none is left. A referrer whose own cascade is under way answers "deleting" at
-once and is not waited for: that ends cycles (A↔B, longer ones); self-references never count.
+(a new referrer may have pinned R meanwhile) and deletes R once none is left. A referrer whose
+own cascade is under way answers "deleting" at once and is not waited for: that ends cycles
+(A↔B, longer ones); self-references never count.
 A delete without cascade whose referrers its own request deletes too (the ingress names them,
 `ingest.deletes`) waits for their unrefs instead of failing. After each record, the resources
 R no longer references (nor will, by its queued records) are told to forget R ("unref").
