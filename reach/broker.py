@@ -180,11 +180,14 @@ class LocalBroker:
             return
         # Static voters (controller.quorum.voters): format without --standalone.
         # The storage tool needs more than the 256 MB tools default (KAFKA-19890).
-        subprocess.run(
+        done = subprocess.run(
             [*self._java(log4j, "-Xmx1G"), "kafka.tools.StorageTool", "format",
              "-t", self._cluster_id(), "-c", str(server)],
-            check=True, stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if done.returncode != 0:  # what the tool said, not only its exit status (seen once, not reproduced)
+            raise RuntimeError(f"formatting the broker's storage in {self.work_dir} failed with exit status "
+                               f"{done.returncode}: {done.stderr.strip()[-2000:] or '(nothing on stderr)'}")
 
     def _cluster_id(self) -> str:
         if self.cluster_id_file is None:
