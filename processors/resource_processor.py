@@ -97,7 +97,6 @@ class _Checked(NamedTuple):
 
     definition: Definition
     current: dict[str, Any] | None
-    creating: bool
     record: dict[str, Any]
     references: list[Reference]
 
@@ -347,16 +346,17 @@ class ResourceProcessor:
         version = body["schemaVersion"] or definition.versionNumber
         validators = validators_for(definition.id, version, definition.schema_of_version(version))
         checked = self._checked.pop((key, body["eventId"]), None) if released is not None else None
-        if checked is not None and checked.definition is definition:
-            # Checked before it waited, and its resource read then: nothing has changed it since
-            # (R's other writes, cascades included, queue behind a waiting head; a rebalance
-            # forgets what is kept here, a restart starts without it).
-            current, creating = checked.current, checked.creating
+        if checked is not None and checked.definition is not definition:
+            checked = None
+        # Checked before it waited, and its resource read then: nothing has changed it since (R's
+        # other writes, cascades included, queue behind a waiting head; a rebalance forgets what
+        # is kept here, a restart starts without it). Else read before the checks: a record that
+        # creates its resource is checked once, as a whole.
+        current = checked.current if checked is not None else self.eos.tables.get(event, self.resources, key)
+        creating = current is None and op_of(body) != "patch"
+        if checked is not None:
             record, references = checked.record, checked.references
         else:
-            # Read before the checks: a record that creates its resource is checked once, as a whole.
-            current = self.eos.tables.get(event, self.resources, key)
-            creating = current is None and op_of(body) != "patch"
             fresh, failure = checked_record(body, definition, validators, creating)
             if failure is not None or fresh is None:
                 await self._emit(event, body, failure or Outcome(FAILED))
@@ -370,7 +370,7 @@ class ResourceProcessor:
                 return None
             if wait is not None:
                 self._remember_checked((key, body["eventId"]),
-                                       _Checked(definition, current, creating, record, references))
+                                       _Checked(definition, current, record, references))
                 return wait
         changed, result = apply_record(current, body, record, validators, _now_ms(), complete=creating)
         if changed is not None and definition.referenceFields:
