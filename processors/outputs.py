@@ -53,7 +53,7 @@ class Outputs:
         """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
         `topic`, grouped with the items sent there just before it (`processors.grouped`)."""
         encoded = encode_item(key, item)
-        destination = (topic, partitioning.partition_for(key, self.partitions[topic]))
+        destination = (topic, self.partition_for(topic, key))
         tp = event.message.tp
         writes = self.transactions.open_transaction(tp)
         queue = writes.outputs.get(destination)
