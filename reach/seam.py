@@ -56,8 +56,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +68,17 @@ from aiokafka.errors import (
     ConcurrentTransactions,
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
+    IllegalGenerationError,
+    KafkaError,
     NotEnoughReplicasError,
     ProducerFenced,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
 )
 from aiokafka.producer import sender
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.transaction import TxnOffsetCommitRequest_v0, TxnOffsetCommitResponse_v0
+from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
 
 if TYPE_CHECKING:
     import faust
@@ -91,6 +99,7 @@ CHECKED_VERSIONS = {"aiokafka": "0.14.0", "faust-streaming": "0.15.3", "mode-str
 
 SOON_S = 0.005  # how long to wait before asking again instead
 _INSTALLED = "_reach_asks_again_sooner"
+_FENCES = "_reach_fences_former_members"  # on TxnOffsetCommitHandler's, around the one asking sooner
 _RETRIED_SOON = "_reach_retried_soon"  # on a record batch: its one quick retry is spent
 
 
@@ -181,11 +190,142 @@ def install_aiokafka() -> None:
         if not getattr(handler.handle_response, _INSTALLED, False):
             handler.handle_response = _sooner(handler.handle_response, concurrent)
     offsets = sender.TxnOffsetCommitHandler
-    if not getattr(offsets.handle_response, _INSTALLED, False):
-        offsets.handle_response = _offset_commit_sooner(offsets.handle_response)
+    if not getattr(offsets.handle_response, _FENCES, False):
+        offsets.handle_response = _offset_commit_fenced(_offset_commit_sooner(offsets.handle_response))
+        offsets.create_request = _txn_offset_commit_request_with_member
     produce = sender.SendProduceReqHandler
     if not getattr(produce.handle_response, _INSTALLED, False):
         produce.handle_response = _produce_sooner(produce.handle_response)
+
+
+# --- aiokafka: the group member in each transactional offset commit (KIP-447)
+
+FENCED_INSTANCE_ID = 82  # a newer member took this one's group.instance.id (aiokafka names no class for it)
+_FENCING = {IllegalGenerationError.errno, UnknownMemberIdError.errno, RebalanceInProgressError.errno,
+            FENCED_INSTANCE_ID}
+
+
+class GroupMembershipFenced(KafkaError):
+    """The group coordinator refused a transactional offset commit: its member or generation is
+    no longer the group's (a rebalance moved on without it). The transaction is to be aborted."""
+
+    retriable = False
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """Who commits a consumer group's offsets: the generation and member id its consumer joined
+    with, and its static id (KIP-345), as the group coordinator checks them (KIP-447)."""
+
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None
+
+
+class _TxnOffsetCommitResponse_v3(Response):
+    API_KEY = 28
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("topics", CompactArray(("name", CompactString("utf-8")),
+                                ("partitions", CompactArray(("partition_index", Int32), ("error_code", Int16),
+                                                            ("tags", TaggedFields))),
+                                ("tags", TaggedFields))),
+        ("tags", TaggedFields),
+    )
+
+
+class _TxnOffsetCommitRequest_v3(RequestStruct):
+    FLEXIBLE_VERSION = True
+    API_KEY = 28
+    API_VERSION = 3
+    RESPONSE_TYPE = _TxnOffsetCommitResponse_v3
+    SCHEMA = Schema(
+        ("transactional_id", CompactString("utf-8")),
+        ("group_id", CompactString("utf-8")),
+        ("producer_id", Int64),
+        ("producer_epoch", Int16),
+        ("generation_id", Int32),
+        ("member_id", CompactString("utf-8")),
+        ("group_instance_id", CompactString("utf-8")),  # nullable
+        ("topics", CompactArray(("name", CompactString("utf-8")),
+                                ("partitions", CompactArray(("partition_index", Int32), ("committed_offset", Int64),
+                                                            ("committed_leader_epoch", Int32),
+                                                            ("committed_metadata", CompactString("utf-8")),
+                                                            ("tags", TaggedFields))),
+                                ("tags", TaggedFields))),
+        ("tags", TaggedFields),
+    )
+
+
+class _TxnOffsetCommitRequest(Request[TxnOffsetCommitRequest_v0 | _TxnOffsetCommitRequest_v3]):
+    """TxnOffsetCommit as aiokafka's, and at version 3 (where the broker has it) with the group
+    member that commits: aiokafka sends only version 0, which the coordinator cannot fence."""
+
+    API_KEY = 28
+
+    def __init__(self, transactional_id: str, group_id: str, producer_id: int, producer_epoch: int,
+                 member: GroupMember | None, topics: list[tuple[str, list[tuple[int, int, str]]]]) -> None:
+        self._args = (transactional_id, group_id, producer_id, producer_epoch)
+        self._member = member or GroupMember(-1, "", None)  # -1 and "": not checked (a producer of no group)
+        self._topics = topics
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        if request_struct_class.API_VERSION == 0:
+            return request_struct_class(*self._args, self._topics)
+        m = self._member
+        topics: list[Any] = [
+            (topic, [(partition, offset, -1, metadata, {}) for partition, offset, metadata in partitions], {})
+            for topic, partitions in self._topics]
+        return request_struct_class(*self._args, m.generation_id, m.member_id, m.group_instance_id, topics, {})
+
+
+# group id -> the member its next transactional offset commit is made as (`commit_as`)
+_COMMITTING_AS: dict[str, GroupMember] = {}
+
+
+def commit_as(group_id: str, member: GroupMember) -> None:
+    """Make this process's next transactional offset commits for `group_id` carry `member`, so
+    that the group coordinator refuses them once the group has moved on without it."""
+    _COMMITTING_AS[group_id] = member
+
+
+def _txn_offset_commit_request_with_member(self: Any) -> Any:
+    """aiokafka's TxnOffsetCommitHandler.create_request, with the committing group member
+    (`commit_as`): at version 0 the coordinator takes any producer's offsets, so that a worker
+    the group had dropped (a long pause, a cut network) could still commit offsets of partitions
+    another worker had taken over — with one transaction per worker (`processors.transactions`),
+    its transactional id fences nobody else's."""
+    txn_manager = self._sender._txn_manager
+    offset_data: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+    for tp, offset in sorted(self._offsets.items()):
+        offset_data[tp.topic].append((tp.partition, offset.offset, offset.metadata))
+    return _TxnOffsetCommitRequest(txn_manager.transactional_id, self._group_id, txn_manager.producer_id,
+                                   txn_manager.producer_epoch, _COMMITTING_AS.get(self._group_id),
+                                   list(offset_data.items()))
+
+
+def _offset_commit_fenced(handle_response: Callable[[Any, Any], float | None]) -> Callable[[Any, Any], float | None]:
+    """aiokafka's response handling, for a version 3 answer too, and with the coordinator's
+    refusal of a member no longer in the group ending the transaction in an abortable error
+    (aiokafka's own handling raised it inside its sender task, which then failed for good)."""
+
+    def handle_response_fenced(self: Any, response: Any) -> float | None:
+        if response.API_VERSION == 3:
+            response = TxnOffsetCommitResponse_v0(
+                response.throttle_time_ms,
+                [(name, [(partition, code) for partition, code, _ in partitions]) for name, partitions, _ in
+                 response.topics])
+        codes = {code for _, partitions in response.errors for _, code in partitions}
+        if codes & _FENCING:
+            member = _COMMITTING_AS.get(self._group_id)
+            self._sender._txn_manager.error_transaction(GroupMembershipFenced(
+                f"group {self._group_id} refused the offsets of {member} (error codes {sorted(codes)})"))
+            return None
+        return handle_response(self, response)
+
+    setattr(handle_response_fenced, _FENCES, True)
+    return handle_response_fenced
 
 
 # --- Faust's private state that `processors.transactions` and the worker read

@@ -51,6 +51,9 @@ def test_installed_once_over_the_real_handlers() -> None:
     for handler in (sender.AddPartitionsToTxnHandler, sender.AddOffsetsToTxnHandler,
                     sender.TxnOffsetCommitHandler, sender.SendProduceReqHandler):
         wrapper = handler.handle_response
+        if handler is sender.TxnOffsetCommitHandler:  # inside the one refusing former group members
+            assert getattr(wrapper, "_reach_fences_former_members", False)
+            [wrapper] = [c.cell_contents for c in wrapper.__closure__ or () if callable(c.cell_contents)]
         assert getattr(wrapper, "_reach_asks_again_sooner", False), handler
         closure = [cell.cell_contents for cell in wrapper.__closure__ or ()]
         assert not any(getattr(c, "_reach_asks_again_sooner", False) for c in closure), f"{handler} wrapped twice"

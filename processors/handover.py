@@ -1,0 +1,229 @@
+"""What a worker waits for before it restores and processes partitions it takes over.
+
+Each worker commits in one Kafka transaction (`processors.transactions`), under a transactional
+id of its own: taking a partition over no longer fences the transaction of the worker that had
+it, as a transactional id per partition did. That worker commits before it lets the partition
+go (or the group refuses its offsets: KIP-447, `reach.seam.commit_as`), but its last commit may
+still be completing — Kafka writes a transaction's markers after the commit returns — when the
+new owner starts. So before restoring a partition's tables and reading where it resumes, the
+new owner waits until
+1. the group's offsets for the partition are stable: OffsetFetch with `require_stable`
+   (KIP-447) answers UNSTABLE_OFFSET_COMMIT while a transaction holding offsets for it is open
+   (resuming at the offset before it, the new owner would process those records again);
+2. the partition's changelogs are settled: no transaction open on them (last stable offset =
+   high watermark), so that the restore reads everything committed to them.
+A transaction that never ends (its worker killed mid-way) ends when its worker restarts — its
+transactional id fences the old one at once — or at the transaction timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Boolean, CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
+
+log = logging.getLogger(__name__)
+
+UNSTABLE_OFFSET_COMMIT = 88
+ASK_TIMEOUT_S = 10.0  # one ask of the broker given up after this, and asked again
+# Answers that mean "ask the group's coordinator again" (load in progress, not available, moved).
+_COORDINATOR_BUSY = {14, 15, 16}
+BACKOFF_S = (0.005, 0.1)  # first and longest wait between two asks
+LOG_EVERY_S = 5.0
+
+
+class _OffsetFetchResponse_v7(Response):
+    API_KEY = 9
+    API_VERSION = 7
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("topics", CompactArray(("name", CompactString("utf-8")),
+                                ("partitions", CompactArray(("partition_index", Int32), ("committed_offset", Int64),
+                                                            ("committed_leader_epoch", Int32),
+                                                            ("metadata", CompactString("utf-8")),
+                                                            ("error_code", Int16), ("tags", TaggedFields))),
+                                ("tags", TaggedFields))),
+        ("error_code", Int16),
+        ("tags", TaggedFields),
+    )
+
+
+class _OffsetFetchRequest_v7(RequestStruct):
+    FLEXIBLE_VERSION = True
+    API_KEY = 9
+    API_VERSION = 7
+    RESPONSE_TYPE = _OffsetFetchResponse_v7
+    SCHEMA = Schema(
+        ("group_id", CompactString("utf-8")),
+        ("topics", CompactArray(("name", CompactString("utf-8")), ("partition_indexes", CompactArray(Int32)),
+                                ("tags", TaggedFields))),
+        ("require_stable", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _OffsetFetch(Request[_OffsetFetchRequest_v7]):
+    """OffsetFetch with `require_stable` (aiokafka's stops at version 3, which has no such flag)."""
+
+    API_KEY = 9
+
+    def __init__(self, group_id: str, partitions: list[TopicPartition]) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        topics: list[Any] = [(topic, sorted(ps), {}) for topic, ps in sorted(by_topic.items())]
+        self._args: tuple[Any, ...] = (group_id, topics, True, {})
+
+    def build(self, request_struct_class: type[Any]) -> Any:
+        return request_struct_class(*self._args)
+
+
+async def fetch_offsets(client: AIOKafkaClient, group_id: str, partitions: list[TopicPartition]
+                        ) -> tuple[int, dict[TopicPartition, tuple[int, int]]]:
+    """One OffsetFetch with `require_stable`: the answer's error code, and per partition its
+    committed offset (-1: none) and error code."""
+    coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), ASK_TIMEOUT_S)
+    response = await asyncio.wait_for(client.send(coordinator, _OffsetFetch(group_id, partitions)), ASK_TIMEOUT_S)
+    found = {TopicPartition(name, partition): (offset, code)
+             for name, ps, _ in response.topics for partition, offset, _, _, code, _ in ps}
+    return response.error_code, found
+
+
+async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list[TopicPartition],
+                         client: AIOKafkaClient | None = None) -> dict[TopicPartition, int]:
+    """The group's committed offset of each partition (-1: none), once no open transaction holds
+    offsets for any of them."""
+    own = client is None
+    if client is None:
+        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+        await client.bootstrap()
+    try:
+        started, wait, logged = time.monotonic(), BACKOFF_S[0], 0.0
+        while True:
+            try:
+                error, found = await fetch_offsets(client, group_id, partitions)
+            except (TimeoutError, KafkaError) as exc:  # a coordinator moved or not reachable yet
+                log.info("asking for the group's offsets again after %r", exc)
+                await asyncio.sleep(BACKOFF_S[1])
+                continue
+            unstable = sorted(f"{tp.topic}[{tp.partition}]" for tp, (_, code) in found.items()
+                              if code == UNSTABLE_OFFSET_COMMIT)
+            failed = {tp: code for tp, (_, code) in found.items() if code not in (0, UNSTABLE_OFFSET_COMMIT)}
+            if error == 0 and not unstable and not failed:
+                return {tp: offset for tp, (offset, _) in found.items()}
+            if failed or (error and error not in _COORDINATOR_BUSY and error != UNSTABLE_OFFSET_COMMIT):
+                raise RuntimeError(f"OffsetFetch for group {group_id} failed: error {error}, partitions {failed}")
+            waited = time.monotonic() - started
+            if waited - logged >= LOG_EVERY_S:
+                logged = waited
+                log.info("waiting %.0f s for the group's offsets to be stable (a transaction holding them is "
+                         "still open): %s", waited, ", ".join(unstable) or f"error {error}")
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, BACKOFF_S[1])
+    finally:
+        if own:
+            await client.close()
+
+
+class Handover:
+    """The worker's waits before it takes partitions over (module docstring); its clients are
+    kept for the worker's life, started at the first handover."""
+
+    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+        self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+        self._client: AIOKafkaClient | None = None
+        self._committed: AIOKafkaConsumer | None = None  # read_committed: its end is the last stable offset
+        self._uncommitted: AIOKafkaConsumer | None = None  # its end is the high watermark
+        self._waits: set[asyncio.Task[Any]] = set()  # under way: a stop cancels them
+
+    async def _start(self) -> None:
+        if self._client is not None:
+            return
+        client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers)
+        committed = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
+                                     enable_auto_commit=False)
+        uncommitted = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, isolation_level="read_uncommitted",
+                                       enable_auto_commit=False)
+        await client.bootstrap()
+        await committed.start()
+        await uncommitted.start()
+        self._client, self._committed, self._uncommitted = client, committed, uncommitted
+
+    async def take_over(self, inputs: Iterable[TopicPartition], changelogs: Iterable[TopicPartition]) -> None:
+        """Return once the group's offsets of `inputs` are stable and no transaction is open on
+        `changelogs` (the module docstring says why); cancelled by `close`."""
+        await self._cancellable(self._take_over(sorted(set(inputs)), sorted(set(changelogs))))
+
+    async def _cancellable(self, wait: Any) -> Any:
+        task = asyncio.ensure_future(wait)
+        self._waits.add(task)
+        try:
+            return await task
+        finally:
+            self._waits.discard(task)
+
+    async def _take_over(self, inputs: list[TopicPartition], changelogs: list[TopicPartition]) -> None:
+        if not inputs and not changelogs:
+            return
+        await self._start()
+        started = time.monotonic()
+        if inputs:
+            await stable_offsets(self.bootstrap_servers, self.group_id, inputs, self._client)
+        if changelogs:
+            await self._settled(changelogs)
+        log.info("took over %d input and %d changelog partitions after %.0f ms", len(inputs), len(changelogs),
+                 (time.monotonic() - started) * 1000)
+
+    async def ends(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end of what is committed on each of `partitions` (its last stable offset)."""
+        partitions = sorted(set(partitions))
+        if not partitions:
+            return {}
+        await self._cancellable(self._start())
+        assert self._committed is not None
+        ends: dict[TopicPartition, int] = await self._cancellable(self._ask(self._committed, partitions))
+        return ends
+
+    @staticmethod
+    async def _ask(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """`consumer`'s end offsets of `partitions`, asked again until the broker answers."""
+        while True:
+            try:
+                return dict(await asyncio.wait_for(consumer.end_offsets(partitions), ASK_TIMEOUT_S))
+            except (TimeoutError, KafkaError) as exc:
+                log.info("asking for the ends of %d partitions again after %r", len(partitions), exc)
+                await asyncio.sleep(BACKOFF_S[1])
+
+    async def _settled(self, changelogs: list[TopicPartition]) -> None:
+        assert self._committed is not None and self._uncommitted is not None
+        started, wait, logged = time.monotonic(), BACKOFF_S[0], 0.0
+        while True:
+            stable = await self._ask(self._committed, changelogs)
+            high = await self._ask(self._uncommitted, changelogs)
+            open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in changelogs if stable[tp] < high[tp])
+            if not open_:
+                return
+            waited = time.monotonic() - started
+            if waited - logged >= LOG_EVERY_S:
+                logged = waited
+                log.info("waiting %.0f s for transactions still open on changelogs to end: %s", waited,
+                         ", ".join(open_))
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, BACKOFF_S[1])
+
+    async def close(self) -> None:
+        for task in list(self._waits):  # a stop during a rebalance: the wait ends with it
+            task.cancel()
+        for consumer in (self._committed, self._uncommitted):
+            if consumer is not None:
+                await consumer.stop()
+        if self._client is not None:
+            await self._client.close()

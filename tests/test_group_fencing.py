@@ -1,0 +1,116 @@
+"""KIP-447 against the real broker: a transactional offset commit carries its group member
+(`reach.seam.commit_as`), and the group coordinator refuses one made as a member the group no
+longer has — what keeps a worker the group dropped from committing offsets of partitions another
+worker took over, now that each worker has one transactional id (`processors.transactions`)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+
+from processors.handover import UNSTABLE_OFFSET_COMMIT, fetch_offsets, stable_offsets
+from reach import seam
+
+
+async def _joined(bootstrap: str, group: str, topic: str, instance: str | None = None) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                group_instance_id=instance, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    await consumer.start()
+    for _ in range(200):  # joined once it has an assignment
+        await consumer.getmany(timeout_ms=50)
+        if consumer.assignment():
+            return consumer
+    raise AssertionError(f"{group}: no assignment after 200 polls")
+
+
+def _member(consumer: AIOKafkaConsumer, instance: str | None = None) -> seam.GroupMember:
+    coordinator = consumer._coordinator  # the test reads what the worker reads (`seam.group_member`)
+    return seam.GroupMember(coordinator.generation, coordinator.member_id, instance)
+
+
+async def _commit(bootstrap: str, group: str, tp: TopicPartition, offset: int, member: seam.GroupMember) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"t-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        seam.commit_as(group, member)
+        try:
+            await producer.send_offsets_to_transaction({tp: offset}, group)
+        except Exception:
+            await producer.abort_transaction()
+            raise
+        await producer.commit_transaction()
+    finally:
+        await producer.stop()
+
+
+def test_a_commit_as_the_current_member_lands_and_one_as_a_former_member_is_refused(kafka_bootstrap: str) -> None:
+    seam.install_aiokafka()
+    topic, group = f"fencing-{uuid.uuid4().hex[:8]}", f"fencing-{uuid.uuid4().hex[:8]}"
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.close()
+        first = await _joined(kafka_bootstrap, group, topic)
+        member = _member(first)
+        await _commit(kafka_bootstrap, group, tp, 5, member)
+        assert (await stable_offsets(kafka_bootstrap, group, [tp]))[tp] == 5
+
+        # A second member joins: the group's generation moves on, and the first member's old
+        # identity is no longer one the coordinator takes offsets from.
+        second = await _joined(kafka_bootstrap, group, topic)
+        for _ in range(200):
+            await first.getmany(timeout_ms=50)
+            if _member(first).generation_id > member.generation_id:
+                break
+        assert _member(first).generation_id > member.generation_id, "the first member never saw the rebalance"
+        with pytest.raises(seam.GroupMembershipFenced):
+            await _commit(kafka_bootstrap, group, tp, 9, member)
+        assert (await stable_offsets(kafka_bootstrap, group, [tp]))[tp] == 5, "a refused commit moved the offset"
+
+        await _commit(kafka_bootstrap, group, tp, 7, _member(first))  # as the member it is now
+        assert (await stable_offsets(kafka_bootstrap, group, [tp]))[tp] == 7
+        await second.stop()
+        await first.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stable_offsets_wait_for_a_transaction_that_holds_offsets(kafka_bootstrap: str) -> None:
+    """OffsetFetch with require_stable: a new owner does not read an offset that an open
+    transaction is about to move (it would process those records a second time)."""
+    seam.install_aiokafka()
+    topic, group = f"stable-{uuid.uuid4().hex[:8]}", f"stable-{uuid.uuid4().hex[:8]}"
+    tp = TopicPartition(topic, 0)
+
+    async def scenario() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.close()
+        consumer = await _joined(kafka_bootstrap, group, topic)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex[:8]}")
+        await producer.start()
+        await producer.begin_transaction()
+        seam.commit_as(group, _member(consumer))
+        await producer.send_offsets_to_transaction({tp: 11}, group)  # pending until the commit
+        client = AIOKafkaClient(bootstrap_servers=kafka_bootstrap)
+        await client.bootstrap()
+        error, found = await fetch_offsets(client, group, [tp])
+        assert found[tp][1] == UNSTABLE_OFFSET_COMMIT, f"while the transaction was open: error {error}, {found}"
+        await client.close()
+        fetch = asyncio.ensure_future(stable_offsets(kafka_bootstrap, group, [tp]))  # waits for the commit
+        await producer.commit_transaction()
+        assert (await asyncio.wait_for(fetch, 30))[tp] == 11
+        await producer.stop()
+        await consumer.stop()
+
+    asyncio.run(scenario())
