@@ -1,16 +1,15 @@
-"""Each input partition's open Kafka transaction in the worker, and while a commit runs the
-one committing: what the events of that partition changed in the tables and sent, not yet
-committed (`Transaction`), kept per transactional id with the producer that carries it.
+"""The worker's open Kafka transaction, and while a commit runs the one committing: what the
+events of each input partition changed in the tables and sent, not yet committed
+(`Transaction`), kept per partition with the producer that carries it.
 
 `processors.table_overlay` reads and writes the tables through them and
 `processors.outputs` sends through them; `processors.transactions.ExactlyOnce` commits them.
-A transaction whose producer was replaced (a rebalance fenced it) died with it: it is dropped
+A transaction whose producer was replaced (stopped at a rebalance, or fenced) died with it: it is dropped
 the next time it is looked at, and the events that made it are processed again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +29,8 @@ async def begin_unless_open(producer: Any) -> None:
 
 @dataclass
 class Transaction:
-    """One open or committing transaction of one partition: its table changes, not yet in
-    RocksDB (point 9), and its outputs, not yet handed to the producer."""
+    """What one partition's events put in the open or committing transaction: their table
+    changes, not yet in RocksDB (point 9), and their outputs, not yet handed to the producer."""
 
     producer: Any  # the transactional producer whose transaction carries them
     partition: int  # the tables' partition they belong to
@@ -45,105 +44,73 @@ class Transaction:
     delivered: list[Any] = field(default_factory=list)  # futures of the record batches sent so far
     # changelog -> (future of the record batch holding its last record, that record's index in it)
     last_sent: dict[str, tuple[Any, int]] = field(default_factory=dict)
-
-    def absorb(self, later: Transaction) -> None:
-        """Take in `later`'s changes and outputs, which came after this transaction's own."""
-        for name, changes in later.changes.items():
-            self.changes.setdefault(name, {}).update(changes)
-        for name, groups in later.by_prefix.items():
-            mine = self.by_prefix.setdefault(name, {})
-            for prefix, keys in groups.items():
-                mine.setdefault(prefix, {}).update(keys)
-        for destination, outputs in later.outputs.items():
-            self.outputs.setdefault(destination, []).extend(outputs)
-        for destination, changes in later.changelogs.items():
-            self.changelogs.setdefault(destination, {}).update(changes)
-        self.size += later.size
-        self.delivered.extend(later.delivered)
-        self.last_sent.update(later.last_sent)
+    ordered: set[int] = field(default_factory=set)  # requests partitions sent a pin or unpin (`processors.in_place`)
+    # requests partition -> (future of the record batch holding its last such, its record count)
+    ordered_sent: dict[int, tuple[Any, int]] = field(default_factory=dict)
 
 
 class OpenTransactions:
-    """The open and committing transactions of the input partitions this worker processes."""
+    """The worker's one Kafka transaction, open and (while a commit runs) committing, as what
+    each input partition's events put in it."""
 
     def __init__(self, app: faust.App) -> None:
         self.app = app
-        self._tids: dict[TP, str] = {}
-        self._producers: dict[str, Any] | None = None  # Faust's, by transactional id (`producer_of`)
-        # Per transactional id: its open transaction's changes and outputs, and the committing one's.
-        self.open: dict[str, Transaction] = {}
-        self.committing: dict[str, Transaction] = {}
-        # Transactional ids whose transaction is committing: their new outputs wait for the next one.
-        self.held: set[str] = set()
+        self._producers: dict[str, Any] | None = None  # Faust's, by transactional id (`producer`)
+        self._tid: str | None = None
+        # Per input partition: what its events put in the open transaction, and in the committing one.
+        self.open: dict[int, Transaction] = {}
+        self.committing: dict[int, Transaction] = {}
+        self.held = False  # a commit is under way: new outputs wait for the next transaction
 
-    def producer_of(self, tp: TP) -> Any:
-        """The transactional producer of input partition `tp` now (its identity ends with it)."""
-        return self._producer(self.tid(tp))
-
-    def _producer(self, tid: str) -> Any:
+    def producer(self) -> Any:
+        """The worker's transactional producer now (None while it has no partition; a new one
+        after each start: the transactions of the one before died with it)."""
         producers = self._producers
         if producers is None:  # one dict for the app's life, changed in place (`seam.transaction_producers`)
             producers = self._producers = seam.transaction_producers(self.app)
-        return producers.get(tid)
+            self._tid = seam.worker_transactional_id(self.app)
+        return producers.get(self._tid)  # type: ignore[arg-type]
 
-    def tid(self, tp: TP) -> str:
-        tid = self._tids.get(tp)
-        if tid is None:  # fixed for the app's life: agents and their topics don't change
-            tid = self._tids[tp] = seam.transactional_id(self.app, tp)
-        return tid
+    def producer_of(self, tp: TP) -> Any:
+        """The producer whose transaction carries input partition `tp`'s events: the worker's one."""
+        return self.producer()
 
-    def _open_writes(self, tid: str) -> Transaction | None:
-        """`tid`'s open transaction; dropped if it died with its producer."""
-        writes = self.open.get(tid)
-        if writes is not None and writes.producer is not self._producer(tid):
-            del self.open[tid]  # aborted: the events that made it are processed again
+    def _open_writes(self, partition: int) -> Transaction | None:
+        """Partition `partition`'s part of the open transaction; dropped if it died with its producer."""
+        writes = self.open.get(partition)
+        if writes is not None and writes.producer is not self.producer():
+            del self.open[partition]  # aborted: the events that made it are processed again
             return None
         return writes
 
     def writes_of(self, tp: TP) -> tuple[Transaction | None, Transaction | None]:
-        """`tp`'s open transaction (None if it died with its producer: it is dropped) and its
-        committing one, each or None."""
-        tid = self.tid(tp)
-        return self._open_writes(tid), self.committing.get(tid)
+        """`tp`'s part of the open transaction (None if it died with its producer: it is dropped)
+        and of the committing one, each or None."""
+        return self._open_writes(tp.partition), self.committing.get(tp.partition)
 
     def open_transaction(self, tp: TP) -> Transaction:
-        """`tp`'s open transaction, begun if it has none (or its own died with its producer)."""
-        tid = self.tid(tp)
-        writes = self._open_writes(tid)
+        """`tp`'s part of the open transaction, begun if it has none (or its own died with its producer)."""
+        writes = self._open_writes(tp.partition)
         if writes is None:
-            writes = self.open[tid] = Transaction(self._producer(tid), tp.partition)
+            writes = self.open[tp.partition] = Transaction(self.producer(), tp.partition)
         return writes
 
-    def hold(self, offsets: Iterable[TP]) -> None:
-        """The transactions of the producers that commit `offsets` are committing: their changes
-        and outputs so far are theirs; what events send from now on waits for the next ones."""
-        for tp in offsets:
-            tid = self.tid(tp)
-            self.held.add(tid)
-            writes = self.open.pop(tid, None)
-            if writes is not None:
-                self.committing[tid] = writes
+    def hold(self) -> None:
+        """The transaction is committing: what every partition's events put in it so far is its;
+        what events send from now on waits for the next one."""
+        self.held = True
+        producer = self.producer()
+        for partition, writes in self.open.items():
+            if writes.producer is producer:
+                self.committing[partition] = writes
+        self.open.clear()
 
     def release(self) -> None:
-        """The commit is over: outputs may go into the producers' new transactions again."""
-        self.held.clear()
-
-    def forget_committing(self, tid: str) -> None:
-        """`tid`'s transaction was aborted by its partition's new owner: its changes are not kept."""
-        self.committing.pop(tid, None)
+        """The commit is over: outputs may go into the new transaction again."""
+        self.held = False
+        self.committing.clear()
 
     def drop_committing(self) -> None:
         """A commit failed: what it carried is not committed (the worker stops)."""
         self.committing.clear()
-
-    def reopen_uncommitted(self) -> None:
-        """After a commit: the changes of a transaction it did not end (Faust skips partitions it
-        no longer counts as assigned) stay with that transaction, ahead of the newer ones."""
-        for tid, writes in self.committing.items():
-            later = self.open.get(tid)
-            if later is not None and later.producer is not writes.producer:
-                continue  # `writes` died with their producer; `later` belong to its successor
-            if later is not None:
-                writes.absorb(later)
-            self.open[tid] = writes
-        self.committing.clear()
+        self.held = False

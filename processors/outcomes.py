@@ -1,10 +1,10 @@
 """Record outcomes, gathered per input partition and batch, sent as one message per batch.
 
 An outcome belongs to the transaction of the event that produced it, so outcomes wait here
-per input partition and go out when that partition's transaction commits (or when a batch
-has gathered `MAX_PER_MESSAGE` of them): one message for many records instead of one each.
-If the partition's producer changed in between, its transaction was aborted and the events
-will be processed again: what waited for it is dropped.
+per input partition and go out when the transaction commits (or when a batch has gathered
+`MAX_PER_MESSAGE` of them): one message for many records instead of one each. If the
+worker's producer changed in between, the transaction was aborted and the events will be
+processed again: what waited for it is dropped.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ class OutcomeBuffer:
             del slot[1][meta.batchId]
             await self.eos.outputs.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
 
-    async def flush(self, tp: TP) -> None:
-        """Send what waits for `tp`'s transaction (called just before it commits)."""
-        slot = self._open.pop(tp, None)
-        if slot is None or slot[0] is not self.eos.transactions.producer_of(tp):
-            return
-        for meta, entries in slot[1].values():
-            await self.eos.outputs.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))
+    async def flush(self) -> None:
+        """Send what waits for the transaction (called just before it commits): every
+        partition's, whether or not its own offset moves in this commit (a delete made in place
+        on another partition answers there)."""
+        slots, self._open = self._open, {}
+        producer = self.eos.transactions.producer()
+        for tp, (carrier, waiting) in slots.items():
+            if carrier is producer:
+                for meta, entries in waiting.values():
+                    await self.eos.outputs.send_in(tp, self.topic, meta.batchId.encode(), outcomes(meta, entries))

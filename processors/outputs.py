@@ -10,6 +10,7 @@ from typing import Any
 from faust.types import TP, EventT
 
 from processors.grouped import Group, encode_item
+from processors.in_place import InPlace
 from processors.open_transactions import OpenTransactions, Transaction, begin_unless_open
 from topics import partitioning
 from topics.record_batches import send_batches
@@ -21,9 +22,10 @@ FLUSH_BYTES = 1024 * 1024
 class Outputs:
     """Sends in the transaction that commits an event's offset."""
 
-    def __init__(self, transactions: OpenTransactions, partitions: dict[str, int]) -> None:
+    def __init__(self, transactions: OpenTransactions, partitions: dict[str, int], in_place: InPlace) -> None:
         self.transactions = transactions
         self.partitions = partitions  # topic -> its partition count
+        self.in_place = in_place
 
     async def send(self, event: EventT, topic: str, key: bytes | None, value: bytes | None,
                    partition: int | None = None, headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -49,13 +51,18 @@ class Outputs:
         if writes.size >= FLUSH_BYTES:
             await self.flush_early(tp, writes)
 
-    async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any]) -> None:
+    async def send_item(self, event: EventT, topic: str, key: bytes, item: dict[str, Any],
+                        ordered: bool = False) -> None:
         """Send `item`, about the resource `key`, in `event`'s transaction to `key`'s partition of
-        `topic`, grouped with the items sent there just before it (`processors.grouped`)."""
+        `topic`, grouped with the items sent there just before it (`processors.grouped`).
+        `ordered`: a pin or unpin, which the ones made in place must not overtake (`processors.in_place`)."""
         encoded = encode_item(key, item)
         destination = (topic, self.partition_for(topic, key))
         tp = event.message.tp
         writes = self.transactions.open_transaction(tp)
+        if ordered:
+            writes.ordered.add(destination[1])
+            self.in_place.sending.add(destination[1])
         queue = writes.outputs.get(destination)
         if queue is None:
             queue = writes.outputs[destination] = []
@@ -73,7 +80,7 @@ class Outputs:
         whoever adds to it, who checks the bound: this runs several times per record, so the
         call is made only past it): they go to its producer now — unless its previous
         transaction is committing, then they wait for it."""
-        if self.transactions.tid(tp) not in self.transactions.held:
+        if not self.transactions.held:
             await self._send_outputs(writes)
 
     async def _send_outputs(self, writes: Transaction) -> None:
@@ -87,20 +94,21 @@ class Outputs:
             messages = [(m.key, m.value(), []) if isinstance(m, Group) else m for m in queued]
             sent = await send_batches(producer, topic, partition, messages)
             writes.delivered.extend(delivered for delivered, _ in sent)
+            if topic == self.in_place.requests and partition in writes.ordered:
+                writes.ordered_sent[partition] = sent[-1]
         for (topic, partition), changes in changelogs.items():
             sent = await send_batches(producer, topic, partition, [(k, raw, []) for k, raw in changes.items()])
             writes.delivered.extend(delivered for delivered, _ in sent)
             delivered, count = sent[-1]
             writes.last_sent[topic] = (delivered, count - 1)
 
-    async def send_committing(self, tid: str, producer: Any) -> None:
-        """Send what `tid`'s committing transaction still holds and wait until the broker has it
-        (called just before that transaction commits)."""
-        writes = self.transactions.committing.get(tid)
-        if writes is None or writes.producer is not producer:
-            return
-        await self._send_outputs(writes)
-        await asyncio.gather(*writes.delivered)
+    async def send_committing(self, producer: Any) -> None:
+        """Send what the committing transaction still holds and wait until the broker has all
+        of it (called just before it commits)."""
+        committing = [w for w in self.transactions.committing.values() if w.producer is producer]
+        for writes in committing:
+            await self._send_outputs(writes)
+        await asyncio.gather(*(d for writes in committing for d in writes.delivered))
 
     def partition_for(self, topic: str, key: bytes) -> int:
         return partitioning.partition_for(key, self.partitions[topic])

@@ -49,8 +49,16 @@ from processors.apply import (
     where,
 )
 from processors.deadlines import Deadlines
-from processors.dependencies import DependencyIndex, cascade_answer, cascade_request, pin_request, unref_request
+from processors.dependencies import (
+    PIN,
+    DependencyIndex,
+    cascade_answer,
+    cascade_request,
+    pin_request,
+    unref_request,
+)
 from processors.hand_on import handed_on_from
+from processors.in_place import event_at
 from processors.outcomes import OutcomeBuffer
 from processors.transactions import ExactlyOnce
 from schemas.batch_events import (
@@ -147,7 +155,8 @@ class ResourceProcessor:
         self.outcomes = OutcomeBuffer(eos, topics.batch_events.name)
         # (resource key, event id) of a record waiting for its pins -> its checked form
         self._checked: dict[tuple[bytes, str], _Checked] = {}
-        self._unpinned: list[bytes] = []  # resources of this event's partition unpinned in place, to look at
+        # (resource, its partition) unpinned in place during this record, to look at (`look_again`)
+        self._unpinned: list[tuple[bytes, int]] = []
         self.deadlines = Deadlines()
 
     def _pending_entry(self, event: faust.EventT, key: bytes) -> PendingEntry | None:
@@ -248,7 +257,8 @@ class ResourceProcessor:
         as an unref through the topic would have (here, not within the record: T's delete may
         unpin further resources in turn, and R's own processing is not re-entered)."""
         while self._unpinned:
-            await self.on_unref(event, self._unpinned.pop())
+            target, partition = self._unpinned.pop()
+            await self.on_unref(event_at(event, partition), target)
 
     async def on_cascaded(self, event: faust.EventT, key: bytes, answer: dict[str, Any]) -> None:
         """A referrer's answer to the cascade delete of this resource (`key`)."""
@@ -323,7 +333,8 @@ class ResourceProcessor:
                 await self.eos.tables.put(event, self.pending, key, pending)
                 self.deadlines.add(event.message.partition, deadline, key)
                 for target, request in wait.requests:
-                    await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, request)
+                    await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, request,
+                                                     ordered=request["type"] == PIN)
                 for waiting in queue:  # the head and everything queued behind it
                     await self._emit_pending(event, waiting, pending)
                 return
@@ -401,14 +412,16 @@ class ResourceProcessor:
         record that may not wait learns which are missing from their partitions' answers, and
         fails naming them all. `new`: R does not exist (its pins are surely not stored yet)."""
         partition, may_wait = event.message.partition, waits(body) > 0
-        here = [r for r in references if partition_for(r.key, self.partitions) == partition]
+        places = {r.key: partition_for(r.key, self.partitions) for r in references}
+        here = [r for r in references if self.eos.in_place.allows(partition, places[r.key])]
         if not may_wait and len(here) == len(references):
-            missing = [r for r in here if not self.eos.tables.has(event, self.resources, r.key)]
+            missing = [r for r in here
+                       if not self.eos.tables.has(event_at(event, places[r.key]), self.resources, r.key)]
             if missing:  # nothing pinned yet: nothing to take back
                 names = ", ".join(f"{m.schema_definition_id}/{m.external_id}" for m in missing)
                 return Outcome(FAILED, MISSING_DEPENDENCY,
                                f"resources[{body['recordIndex']}]: referenced resources do not exist: {names}")
-        answers = {r.key: await self.dependencies.pin(event, r.key,
+        answers = {r.key: await self.dependencies.pin(event_at(event, places[r.key]), r.key,
                                                       pin_request(key, body["eventId"], r.key, may_wait, new))
                    for r in here}
         elsewhere = [r for r in references if r.key not in answers]
@@ -506,13 +519,15 @@ class ResourceProcessor:
             await self._unref(event, target, key)
 
     async def _unref(self, event: faust.EventT, target: bytes, key: bytes) -> None:
-        """Tell T (`target`) to forget R (`key`): in place when T is on R's partition, as R's
-        pins there are made (`DependencyIndex.unpin`), else by a request on T's partition."""
-        if partition_for(target, self.partitions) == event.message.partition:
-            await self.dependencies.unpin(event, target, key)
-            self._unpinned.append(target)  # a delete of T waiting for that looks again (`look_again`)
+        """Tell T (`target`) to forget R (`key`): in place where R's pins are made in place
+        (`processors.in_place`), else by a request on T's partition."""
+        partition = partition_for(target, self.partitions)
+        if self.eos.in_place.allows(event.message.partition, partition):
+            await self.dependencies.unpin(event_at(event, partition), target, key)
+            self._unpinned.append((target, partition))  # a delete of T waiting for that looks again (`look_again`)
         else:
-            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, unref_request(key))
+            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, unref_request(key),
+                                             ordered=True)
 
     async def _resource_refs(self, resource: dict[str, Any]) -> set[bytes]:
         if "references" in resource:

@@ -118,19 +118,22 @@ class TableOverlay:
         """Every (key, value) this worker holds for one partition of `table`, uncommitted changes included."""
         db = seam.table_store(table, partition)
         found: dict[bytes, bytes | None] = {k: v for k, v in db.items() if not k.startswith(b"__faust")}
-        producers = seam.transaction_producers(self.transactions.app)
-        live = [w for tid, w in self.transactions.open.items() if w.producer is producers.get(tid)]  # not aborted
+        producer = self.transactions.producer()
+        live = [w for w in self.transactions.open.values() if w.producer is producer]  # not aborted
         for writes in (*self.transactions.committing.values(), *live):  # newest last
             if writes.partition == partition:
                 found.update(writes.changes.get(table.name, _NO_CHANGES))
         return [(k, orjson.loads(raw)) for k, raw in found.items() if raw is not None]
 
-    def store_committed(self, tid: str, producer: Any) -> None:
-        """`tid`'s transaction has committed: write its table changes to RocksDB, each store's in
-        one write batch with the changelog offset of its last record (where a restore resumes)."""
-        writes = self.transactions.committing.pop(tid, None)
-        if writes is None or writes.producer is not producer:
-            return
+    def store_committed(self, producer: Any) -> None:
+        """The committing transaction has committed: write its table changes to RocksDB, each
+        store's in one write batch with the changelog offset of its last record (where a
+        restore resumes)."""
+        for writes in self.transactions.committing.values():
+            if writes.producer is producer:
+                self._store(writes)
+
+    def _store(self, writes: Transaction) -> None:
         for name, changes in writes.changes.items():
             batch = WriteBatch(raw_mode=True)
             for key, raw in changes.items():

@@ -1,8 +1,20 @@
 """Exactly-once processing on Faust's transactions, with the gaps we found closed.
 
 Faust 0.15's `exactly_once` keeps one transactional producer per input partition and commits
-the consumed offsets through it. Our kill tests showed three ways it loses or duplicates
-effects, and this module closes each. What must live inside Faust's classes is a
+the consumed offsets through it, its transactional id fencing the partition's previous owner.
+The worker instead commits all its partitions' events in one transaction of its own, as Kafka
+Streams' `exactly_once_v2` does (KIP-447): one producer, whose transactional id is the worker's
+static group member id (`reach.seam.worker_transactional_id`: a restarted worker fences the
+transaction its former self left open), and one commit — so that an event may change the
+tables of another partition this worker processes atomically with its own (a pin made in
+place, `processors.in_place`), and a commit costs its round trips once, not once per
+partition. Fencing then comes from the group: each commit carries the group member it is made
+as, and the group coordinator refuses a member the group no longer has (`reach.seam.commit_as`:
+TxnOffsetCommit v3, which aiokafka does not send); a worker commits everything before it lets
+partitions go (`reach.seam._commit_before_revocation`), and one that takes partitions over
+waits until what its predecessor committed is stable and complete (`processors.handover`).
+Our kill tests showed more ways Faust's exactly-once loses or duplicates effects, and this
+module closes each. What must live inside Faust's classes is a
 replacement of one of their methods in `reach.seam` (the one module that names private parts
 of Faust, mode and aiokafka), put in place by its `install_faust()` — the worker's
 `create_app` calls it — which refuses library versions they were not checked against;
@@ -15,7 +27,7 @@ classes. The replacements named below are there:
    committed. Our table writes send their changelog record themselves (`put`).
 2. `Topic.send` picks the transaction of the *destination* partition (or none at all for a
    topic the worker doesn't consume), not of the event being processed. We send our outputs
-   through the producer of the event's own partition (`send`), to any partition.
+   through the worker's producer, in the transaction that commits the event (`send`).
 3. A commit could run while an event was half processed (between two of its sends), putting
    part of its output in a transaction that does not carry its offset. Events are processed
    under a lock that commits take too.
@@ -23,9 +35,11 @@ classes. The replacements named below are there:
    input topic is written transactionally, so its offsets have holes (commit markers); a
    commit could then carry outputs of events past a hole without their offsets. We commit
    the offset after the last event we processed in each partition: inside the lock, every
-   output in a partition's open transaction belongs to an event below that offset.
-5. A rebalance can replace a partition's transactional producer (its open transaction is
-   then aborted) while events processed through the old one wait for a commit. An offset is
+   output in the open transaction belongs to an event below its partition's offset. Faust
+   also drops the offsets of partitions no longer assigned from a commit; the one transaction
+   carries their events' outputs all the same, so ours commits them (before the revocation).
+5. A producer stopped or replaced (the worker lost every partition; fenced) takes its open
+   transaction with it while events processed through it wait for a commit. An offset is
    committed only through the very producer that carried its event's outputs.
 6. Faust's recovery can resume a stream before it seeks back to the committed offsets, and
    then deliver a partition's records with a hole (faust-streaming#216, #596). Events are
@@ -48,22 +62,20 @@ classes. The replacements named below are there:
    would skip recovering it, or crash on its consistency check. We ask the broker, and read
    back from its end to the last committed record (`_after_last_records`): Faust's recovery
    otherwise waits for two idle 5-second polls to pass the transaction markers at the end.
-8. Faust does not always stop the producers of partitions a rebalance took away (seen in
-   our two-worker kill test): the new owner fences them, and when the partition came back
-   the fenced producer was reused and failed. On every rebalance we stop each producer whose
-   partition is no longer ours, so a returning partition gets a fresh one.
+8. Faust starts and stops a producer per partition at each rebalance (and did not always stop
+   those of partitions taken away, which a returning partition then reused, fenced). Ours
+   keeps the worker's one producer while it has partitions, and stops any other
+   (`reach.seam._on_rebalance_with_one_producer`).
 
-For speed, the partitions' transactions commit concurrently rather than one after another
-(`_commit_transactions_concurrently`), and processing does not wait for a commit: a commit
-takes its offsets between two events (point 3), then events go on while it makes its round
-trips to the broker; what they send meanwhile waits for that producer's next transaction
-(`OpenTransactions.hold`, `.release`). And an event's outputs are not sent one by one: they
-wait with its transaction, per topic partition, and go out as whole record batches
-(`processors.outputs`: `create_batch`, `send_batch`) when the transaction commits, or earlier
-once `FLUSH_BYTES` have gathered — one client call per partition instead of one per message,
-which cost the worker more than applying a record. Nothing is visible before the commit
-anyway. A worker with few events commits as soon as its stream runs dry rather than at the
-next interval (`processors.commit_pacing`).
+Processing does not wait for a commit: a commit takes its offsets between two events (point
+3), then events go on while it makes its round trips to the broker; what they send meanwhile
+waits for the next transaction (`OpenTransactions.hold`, `.release`). And an event's outputs
+are not sent one by one: they wait with its transaction, per topic partition, and go out as
+whole record batches (`processors.outputs`: `create_batch`, `send_batch`) when the
+transaction commits, or earlier once `FLUSH_BYTES` have gathered — one client call per
+partition instead of one per message, which cost the worker more than applying a record.
+Nothing is visible before the commit anyway. A worker with few events commits as soon as its
+stream runs dry rather than at the next interval (`processors.commit_pacing`).
 
 9. Tables are RocksDB stores restored from their changelogs, and Faust remembers how far a
    store reflects its changelog only when it restores one, so every start replayed everything
@@ -73,10 +85,10 @@ next interval (`processors.commit_pacing`).
    transaction (`processors.open_transactions`; `processors.table_overlay` reads them first)
    and reach RocksDB when, and only when, that transaction has committed: in one write batch
    together with the changelog offset of the transaction's last record, as Kafka's KIP-892
-   does for Kafka Streams. A store on disk
-   is therefore always the committed changelog up to its recorded offset; a start, after a
-   clean stop or a SIGKILL alike, replays only what came after it. Changes of an aborted
-   transaction die with its producer. Memory: one commit interval of changes per partition.
+   does for Kafka Streams. A store on disk is therefore always the committed changelog up to
+   its recorded offset; a start, after a clean stop or a SIGKILL alike, replays only what came
+   after it. Changes of an aborted transaction die with its producer. Memory: one commit
+   interval of changes per partition.
 """
 
 from __future__ import annotations
@@ -88,9 +100,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
 from faust.types import TP, EventT
 
 from processors import metrics, restore
+from processors.handover import Handover
+from processors.in_place import InPlace
 from processors.open_transactions import OpenTransactions, begin_unless_open
 from processors.outputs import Outputs
 from processors.read_back import ReadBack
@@ -106,7 +121,7 @@ class ExactlyOnce:
     `tables` and `outputs` hold, read and send what events did in the open transactions."""
 
     def __init__(self, app: faust.App, partitions: dict[str, int], bootstrap_servers: str,
-                 inputs: Iterable[str]) -> None:
+                 inputs: Iterable[str], requests: str = "") -> None:
         self.app = app
         self.bootstrap_servers = bootstrap_servers
         self.inputs = frozenset(inputs)  # the topics the agent consumes
@@ -116,6 +131,8 @@ class ExactlyOnce:
         self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
         self.read_back = ReadBack(bootstrap_servers)  # records the stream skipped, from Kafka
         self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
+        self.handover = Handover(bootstrap_servers, app.conf.id)  # partitions taken over: what they wait for
+        self.in_place = InPlace(requests, self.expected)  # where pins are made in place (`requests`: its topic)
         self.standbys_restored = False  # this rebalance's restore brought every standby to its end
         # The assignment it last asked a rebalance for (`reach.seam._ask_for_my_share_once_warm`).
         self.asked_holding: tuple[frozenset[int], frozenset[int]] | None = None
@@ -124,11 +141,14 @@ class ExactlyOnce:
         # Per input partition: the offset after the last event whose outputs are all sent,
         # and the transactional producer that carried them.
         self.processed: dict[TP, tuple[int, Any]] = {}
-        self._before_commit: list[Callable[[TP], Awaitable[None]]] = []
+        # Per input partition: the offset this worker last committed (Faust forgets a partition's
+        # at its revocation, before the commit that comes with it: `reach.seam._commit_before_revocation`).
+        self._committed: dict[TP, int] = {}
+        self._before_commit: list[Callable[[], Awaitable[None]]] = []
         # Each input partition's open and committing transaction; what events read and write of
         # the tables through them, and what they send.
         self.transactions = OpenTransactions(app)
-        self.outputs = Outputs(self.transactions, partitions)
+        self.outputs = Outputs(self.transactions, partitions, self.in_place)
         self.tables = TableOverlay(self.transactions, self.outputs)
         seam.attach(app, self)
 
@@ -165,9 +185,41 @@ class ExactlyOnce:
     async def close(self) -> None:
         await self.read_back.close()
         await self.restorer.close()
+        await self.handover.close()
+
+    async def take_over(self, inputs: set[TP], active: set[int]) -> None:
+        """Wait, before they are restored, until what the previous owner of input partitions
+        `inputs` committed is stable and complete (`processors.handover`); then note, for every
+        partition this worker now processes (`active`), up to where it processes its requests
+        before it pins there in place (`processors.in_place`)."""
+        if inputs:
+            changelogs = [TopicPartition(table.changelog_topic.get_topic_name(), tp.partition)
+                          for table in self.app.tables.values() for tp in inputs]
+            await self.handover.take_over([TopicPartition(tp.topic, tp.partition) for tp in inputs], changelogs)
+        if self.in_place.requests:
+            ends = await self.handover.ends(TopicPartition(self.in_place.requests, p) for p in active)
+            self.in_place.took_over({tp.partition: end for tp, end in ends.items()})
+
+    def hold(self) -> None:
+        """A commit takes what the open transaction holds (`OpenTransactions.hold`)."""
+        self.transactions.hold()
+        self.in_place.committing, self.in_place.sending = self.in_place.sending, set()
+
+    def release(self) -> None:
+        """The commit is over (`OpenTransactions.release`): the pins and unpins it carried are
+        where `in_place` can see them processed."""
+        ends: dict[int, int] = {}
+        for writes in self.transactions.committing.values():
+            for partition, (delivered, count) in writes.ordered_sent.items():
+                ends[partition] = max(ends.get(partition, 0), delivered.result().offset + count)
+        self.in_place.sent(ends)
+        self.in_place.committing = set()
+        self.transactions.release()
 
     def forget(self, tps: Iterable[TP]) -> None:
         """A rebalance began: no event of `tps` is processed until `resume_from` says where."""
+        tps = list(tps)
+        self.in_place.forget({tp.partition for tp in tps})
         self.epoch += 1
         for tp in tps:
             self.expected.pop(tp, None)
@@ -214,36 +266,43 @@ class ExactlyOnce:
         self.processed[tp] = (event.message.offset + 1, self.transactions.producer_of(tp))
 
     def committable(self, assigned: set[TP], committed: Mapping[TP, int | None]) -> dict[TP, int]:
-        """The offsets to commit now; forgets those whose producer is gone (never committed)."""
+        """The offsets to commit now; forgets those whose producer is gone (never committed).
+
+        Raises if events of a partition no longer assigned are in the open transaction: it
+        cannot commit without their offsets (the partition's new owner would process them
+        again), nor with them (that owner may have committed further). The revocation commits
+        first (`reach.seam._commit_before_revocation`), so this is not expected."""
         offsets = {}
-        for tp, (offset, producer) in list(self.processed.items()):
-            if tp not in assigned or producer is None or producer is not self.transactions.producer_of(tp):
+        producer = self.transactions.producer()
+        for tp, (offset, carrier) in list(self.processed.items()):
+            if carrier is None or carrier is not producer:
                 del self.processed[tp]  # its outputs died with that producer's transaction
-            elif offset > (committed.get(tp) or 0):
+            elif offset > max(committed.get(tp) or 0, self._committed.get(tp, 0)):
+                if tp not in assigned:
+                    raise RuntimeError(f"events of {tp}, no longer assigned to this worker, are in its open "
+                                       "transaction: it is aborted")
                 offsets[tp] = offset
         return offsets
 
-    async def ensure_transaction(self, tp: TP) -> None:
-        """Begin a transaction on `tp`'s producer if none is open.
-
-        Faust's commit on a rebalance may end a partition's transaction without starting the
-        next one while the partition stays with this worker.
-        """
-        producer = self.transactions.producer_of(tp)
+    async def ensure_transaction(self) -> None:
+        """Begin a transaction on the worker's producer if none is open (a commit before a
+        revocation, or at a stop, ends one without beginning the next)."""
+        producer = self.transactions.producer()
         if producer is not None:
             await begin_unless_open(producer)
 
-    def committed(self, seconds: float, partitions: int) -> None:
-        """A commit of `partitions` transactions took `seconds` (for the metrics)."""
+    def committed(self, seconds: float, offsets: Mapping[TP, int]) -> None:
+        """A commit of `offsets` took `seconds`."""
+        self._committed.update(offsets)
         metrics.COMMIT_DURATION.observe(seconds)
-        metrics.COMMITS.inc(partitions)
+        metrics.COMMITS.inc(len(offsets))
 
-    def before_commit(self, hook: Callable[[TP], Awaitable[None]]) -> None:
-        """Call `hook(tp)` inside the commit, before `tp`'s transaction commits its offset."""
+    def before_commit(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Call `hook()` inside each commit, before the transaction takes what it carries."""
         self._before_commit.append(hook)
 
-    async def prepare_commit(self, tp: TP) -> None:
-        """Ready `tp`'s transaction to commit: open, with what waits for it (`before_commit`) sent."""
-        await self.ensure_transaction(tp)
+    async def prepare_commit(self) -> None:
+        """Ready the transaction to commit: open, with what waits for it (`before_commit`) in it."""
+        await self.ensure_transaction()
         for hook in self._before_commit:
-            await hook(tp)
+            await hook()

@@ -71,7 +71,6 @@ from aiokafka.errors import (
     IllegalGenerationError,
     KafkaError,
     NotEnoughReplicasError,
-    ProducerFenced,
     RebalanceInProgressError,
     UnknownMemberIdError,
 )
@@ -85,7 +84,7 @@ if TYPE_CHECKING:
     from faust.assignor.copartitioned_assignor import CopartitionedAssignor
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer, TransactionManager
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
     from faust.types import TP, AppT, TableT
 
     from processors.transactions import ExactlyOnce
@@ -368,10 +367,21 @@ def committed_offset(app: AppT, tp: TP) -> int | None:
     return app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
 
 
-def transactional_id(app: AppT, tp: TP) -> str:
-    """The transactional id Faust commits input partition `tp`'s offsets with
-    (`TransactionManager.commit`; tests/test_faust_seam.py checks the two agree)."""
-    return f"{app.conf.id}-{app.assignor.group_for_topic(tp.topic)}-{tp.partition}"
+def worker_transactional_id(app: AppT) -> str:
+    """The transactional id of the worker's one producer: its group member's static id
+    (KIP-345), as stable as the worker's data folder, so that a restarted worker fences the
+    transaction its former self left open at once, as it takes its partitions back."""
+    return f"{app.conf.id}-{app.conf.consumer_group_instance_id}"
+
+
+def group_member(app: AppT) -> GroupMember | None:
+    """The generation and member id the worker's consumer is in the group with now (None while
+    it has none: it is joining, or the group dropped it)."""
+    consumer = _consumer_thread(app.consumer)._consumer
+    coordinator = consumer._coordinator if consumer is not None else None
+    if coordinator is None or coordinator.generation < 0 or not coordinator.member_id:
+        return None
+    return GroupMember(coordinator.generation, coordinator.member_id, app.conf.consumer_group_instance_id)
 
 
 def _consumer_thread(consumer: Any) -> AIOKafkaConsumerThread:
@@ -396,77 +406,93 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
     if eos is None or not self.app.in_transaction:
         return await _ORIGINALS["Consumer._commit_tps"](self, tps, start_new_transaction)
     async with eos.commit_lock:
-        async with eos.lock:  # between events: what the transactions hold is exactly theirs
+        async with eos.lock:  # between events: what the transaction holds is exactly theirs
             offsets = eos.committable(self.assignment(), self._committed_offset)
-            for tp in offsets:
-                await eos.prepare_commit(tp)
+            if offsets:
+                await eos.prepare_commit()
             for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
                 self._acked[tp].clear()
                 self._acked_index[tp].clear()
                 self._gap[tp].clear()
             if not offsets:
                 return False
-            eos.transactions.hold(offsets)
-        # Events go on meanwhile; what they send for these transactions waits for the next.
+            eos.hold()
+        # Events go on meanwhile; what they send waits for the next transaction.
         started = time.monotonic()
         try:
-            await self._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+            await _commit_the_transaction(self.app, eos, offsets, start_new_transaction)
         except BaseException:
-            eos.transactions.drop_committing()  # the commit failed: Faust stops the worker
+            eos.transactions.drop_committing()  # the commit failed: the worker stops
             raise
-        eos.committed(time.monotonic() - started, len(offsets))
-        eos.transactions.reopen_uncommitted()
-        eos.transactions.release()
+        # Not Faust's `_commit_offsets`: it drops the offsets of partitions no longer assigned,
+        # whose events' outputs this one transaction carries all the same.
+        self._committed_offset.update(offsets)
+        self.app.monitor.on_tp_commit(offsets)
+        eos.committed(time.monotonic() - started, offsets)
+        eos.release()
         return True
 
 
-async def _on_rebalance_stopping_lost_producers(self: TransactionManager, assigned: set[TP], revoked: set[TP],
-                                                newly_assigned: set[TP]) -> None:
+async def _commit_the_transaction(app: AppT, eos: ExactlyOnce, offsets: Mapping[TP, int],
+                                  start_new_transaction: bool) -> None:
+    """Commit the worker's one transaction: what its partitions' events sent, their table
+    changes' changelog records and their offsets, the offsets as the group member the worker is
+    now (`commit_as`: a worker the group dropped is refused). On any failure the transaction is
+    aborted, so that nothing of it holds other readers back, and the failure raised."""
+    producer = eos.transactions.producer()
+    if producer is None:
+        raise RuntimeError("no transactional producer to commit with (the worker holds no partition)")
+    try:
+        member = group_member(app)
+        if member is None:
+            raise GroupMembershipFenced(f"the worker is not a member of group {app.conf.id} now: its offsets "
+                                        "would not be checked")
+        await eos.outputs.send_committing(producer)
+        commit_as(app.conf.id, member)
+        await producer.send_offsets_to_transaction(offsets, app.conf.id)
+        await producer.commit_transaction()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await producer.abort_transaction()
+        raise
+    eos.tables.store_committed(producer)
+    if start_new_transaction:
+        await producer.begin_transaction()
+
+
+async def _commit_before_revocation(self: TransactionManager, revoked: set[TP]) -> None:
+    """Faust's flush, then a commit of everything processed so far, while the group still
+    counts this worker as the partitions' owner (the revocation comes before it rejoins): one
+    transaction carries every partition's work, so it cannot be left to the next commit nor
+    dropped for the partitions that go."""
+    await _ORIGINALS["TransactionManager.on_partitions_revoked"](self, revoked)
+    if exactly_once_of(self.app) is not None and not await self.app.consumer.commit():
+        await self.app.consumer.commit()  # one under way took its offsets before the last events: again
+
+
+async def _on_rebalance_with_one_producer(self: TransactionManager, assigned: set[TP], revoked: set[TP],
+                                          newly_assigned: set[TP]) -> None:
+    """The worker's one transactional producer (Faust starts one per partition): started with
+    its first active partition — its transactional id fences the transaction a former process
+    of the same worker left open — stopped when it has none; then, for the partitions it takes
+    over, the waits of `processors.handover` before they are restored."""
     eos: ExactlyOnce | None = exactly_once_of(self.app)
-    owned = self._tps_to_transactional_ids(assigned)
-    lost = sorted(tid for tid in transaction_producers(self.app) if tid not in owned)
-    if lost:
-        log.info("stopping transactional producers of partitions no longer assigned: %s", ", ".join(lost))
-        # Not while one of them commits, nor while an event is half processed through one.
+    mine = worker_transactional_id(self.app)
+    producers = transaction_producers(self.app)
+    active = self._tps_to_active_tpgs(assigned)
+    if not active or any(tid != mine for tid in producers):
         async with eos.quiet() if eos is not None else contextlib.nullcontext():
-            for tid in lost:
-                try:
-                    await self.producer.stop_transaction(tid)
-                except Exception:  # already fenced: its transaction is the new owner's to abort
-                    log.warning("stopping producer %s failed", tid, exc_info=True)
-    await _ORIGINALS["TransactionManager.on_rebalance"](self, assigned, revoked, newly_assigned)
-
-
-async def _commit_transactions_concurrently(self: Producer, tid_to_offset_map: Mapping[str, Mapping[TP, int]],
-                                            group_id: str, start_new_transaction: bool = True) -> None:
-    eos: ExactlyOnce | None = exactly_once_of(self.app)
-
-    async def commit(transactional_id: str, offsets: Mapping[TP, int]) -> None:
-        async with self._trn_locks[transactional_id]:
-            producer = self._transaction_producers.get(transactional_id)
-            if producer is None:
-                log.warning("commit invoked for unknown transaction %s", transactional_id)
-                return
-            try:
-                if eos is not None:
-                    await eos.outputs.send_committing(transactional_id, producer)
-                await producer.send_offsets_to_transaction(offsets, group_id)
-                await producer.commit_transaction()
-            except ProducerFenced:
-                if eos is None or set(offsets) & set(self.app.consumer.assignment()):
-                    raise
-                # Its partition moved in a rebalance and the new owner's producer fenced this one,
-                # aborting the transaction: nothing of it is committed, and the partition's work
-                # is the new owner's now. Faust stopped the worker here; it went on meanwhile.
-                log.info("transaction %s was fenced by the new owner of its partition", transactional_id)
-                eos.transactions.forget_committing(transactional_id)
-                return
-            if eos is not None:
-                eos.tables.store_committed(transactional_id, producer)
-            if start_new_transaction:
-                await producer.begin_transaction()
-
-    await asyncio.gather(*(commit(tid, offsets) for tid, offsets in tid_to_offset_map.items()))
+            for tid in [tid for tid in producers if tid != mine or not active]:
+                log.info("stopping transactional producer %s", tid)
+                await self.producer.stop_transaction(tid)
+    if not active:
+        return
+    if mine not in producers:
+        await self.producer.begin_transaction(mine)
+    if eos is not None:
+        taken = self._tps_to_active_tpgs(newly_assigned)
+        await eos.take_over({TopicPartition(tpg.topic, tpg.partition) for tpg in taken if tpg.topic in eos.inputs},
+                            {tpg.partition for tpg in active if tpg.topic in eos.inputs})
 
 
 async def _highwaters_from_broker(self: AIOKafkaConsumerThread, partitions: list[TP]) -> Any:
@@ -840,12 +866,12 @@ def faust_patches() -> list[tuple[type, str, Callable[..., Any]]]:
     from faust.assignor.copartitioned_assignor import CopartitionedAssignor
     from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer, TransactionManager
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     return [
         (Consumer, "_commit_tps", _commit_tps_between_events),
-        (TransactionManager, "on_rebalance", _on_rebalance_stopping_lost_producers),
-        (Producer, "commit_transactions", _commit_transactions_concurrently),
+        (TransactionManager, "on_rebalance", _on_rebalance_with_one_producer),
+        (TransactionManager, "on_partitions_revoked", _commit_before_revocation),
         (AIOKafkaConsumerThread, "_highwaters", _highwaters_from_broker),
         (Recovery, "active_remaining", _remaining_but_the_marker),
         (Recovery, "standby_remaining", _standby_remaining_but_the_marker),

@@ -344,3 +344,16 @@ async def records_per_upload(settings: Settings) -> dict[str, dict[str, int]]:
             found[event["externalId"].rsplit("-r", 1)[0]][event["batchId"]] += 1
     return {tag: dict(batches) for tag, batches in found.items()}
 
+
+def ready_generation(worker: ServiceProcess) -> int | None:
+    """The group generation in which the worker was last assigned partitions of the ingest topic
+    and then finished its recovery; None if its latest assignment is not ready or has none."""
+    log = worker.log()
+    joined = log.rfind("Joined group")
+    assigned = log.find("Setting newly assigned partitions", joined)
+    if joined < 0 or assigned < 0 or "Worker ready" not in log[assigned:]:
+        return None
+    table = log[assigned:log.find("for group", assigned)]
+    if ".ingest " not in table:
+        return None
+    return int(log[joined:].split("(generation ", 1)[1].split(")", 1)[0])

@@ -29,6 +29,7 @@ from tests.support import (
     free_port,
     ingress_context,
     partner_token,
+    ready_generation,
     tenant_token,
     wait_terminal,
     wait_until,
@@ -482,32 +483,68 @@ def test_two_workers_release_every_pending_record(settings: Settings, ingress: T
             assert read(ingress, "Order", order)["data"] == {"id": order, "customer": f"c{i}", "n": i}
 
 
-def test_a_batchs_pins_and_their_answers_travel_grouped_per_partition(settings: Settings, ingress: TestClient,
-                                                                    worker: Any) -> None:
-    """300 orders naming 300 customers: the pins of those whose customer is on another
-    partition reach it as one message per source and target partition, and the answers come
-    back the same way; those on the order's own partition are pinned there at once."""
-    ids = define_shop(ingress)
-    assert run_batch(ingress, "Customer", [{"id": f"gc{i}", "name": "n"} for i in range(300)])["status"] == "success"
-    assert_all_succeeded(run_batch(ingress, "Order", [{"id": f"go{i}", "customer": f"gc{i}"} for i in range(300)]))
+def _pin_items(settings: Settings) -> list[tuple[bool, int]]:
+    """(on the requests topic?, pin or answer items) of each message carrying some, on the
+    requests and notices topics."""
+    topics, found = service_topics(settings), []
+    for topic, kind in ((topics.dependency_requests.name, "pin"), (topics.dependency_notices.name, "resolved")):
+        records = asyncio.run(committed_records(settings.bootstrap_servers, topic, settings.topic_partitions))
+        for record in records:
+            items = items_of(record.key, orjson.loads(record.value))
+            for key, item in items:  # every item of a message is about a resource of its partition
+                if item["type"] != "tick":  # the expiry check's wake-up, placed on each partition
+                    assert partition_for(key, settings.topic_partitions) == record.partition, (topic, record, key)
+            found.append((topic == topics.dependency_requests.name, sum(item["type"] == kind for _, item in items)))
+    return [(requests, n) for requests, n in found if n]
 
-    topics = service_topics(settings)
+
+def _orders_naming_customers(ingress: TestClient, tag: str, n: int) -> None:
+    """`n` customers, then `n` orders naming one each; every customer then refuses a delete
+    without cascade (REFERENCED): each order's pin is on its customer's partition."""
+    assert run_batch(ingress, "Customer", [{"id": f"{tag}c{i}", "name": "n"} for i in range(n)])["status"] == "success"
+    assert_all_succeeded(run_batch(ingress, "Order", [{"id": f"{tag}o{i}", "customer": f"{tag}c{i}"}
+                                                      for i in range(n)]))
+    response = ingress.request("DELETE", "/api/resources/Customer/batch", headers=tenant_headers(),
+                               json={"externalIds": [f"{tag}c{i}" for i in range(n)]})
+    assert response.status_code == 202, response.text
+    batch = wait_terminal(ingress, response.json()["data"]["batchId"], tenant_headers())
+    codes = {detail["code"] for detail in batch["errors"]["details"].values()}
+    assert batch["progress"]["failedRecords"] == n and codes == {"REFERENCED"}, batch
+
+
+def test_a_worker_pins_in_place_on_every_partition_it_processes(settings: Settings, ingress: TestClient,
+                                                                 worker: Any) -> None:
+    """300 orders naming 300 customers, spread over all partitions, one worker: every pin is
+    made in place in the worker's one transaction (`processors.in_place`) — no request, no
+    answer travels."""
+    ids = define_shop(ingress)
     partitions = settings.topic_partitions
     elsewhere = sum(partition_for(resource_key("partner-a", "tenant-1", ids["Order"], f"go{i}"), partitions)
                     != partition_for(resource_key("partner-a", "tenant-1", ids["Customer"], f"gc{i}"), partitions)
                     for i in range(300))
     assert 0 < elsewhere < 300
-    for topic, kind in ((topics.dependency_requests.name, "pin"), (topics.dependency_notices.name, "resolved")):
-        records = asyncio.run(committed_records(settings.bootstrap_servers, topic, partitions))
-        messages = [items_of(r.key, orjson.loads(r.value)) for r in records]
-        carrying = [m for m in messages if any(item["type"] == kind for _, item in m)]
-        items = [(key, item) for m in carrying for key, item in m if item["type"] == kind]
-        assert len(items) == elsewhere, f"{topic}: {len(items)} {kind} items in {len(carrying)} messages"
-        # The ingress publishes a batch as one message per partition; each one's pins go out as
-        # one message per target partition (at most partitions², if transactions split nothing).
-        assert len(carrying) <= partitions * partitions, \
-            f"{topic}: {elsewhere} {kind} items in {len(carrying)} messages"
-        for record, message in zip(records, messages):
-            for key, item in message:  # every item of a message is about a resource of its partition
-                if item["type"] != "tick":  # the expiry check's wake-up, placed on each partition
-                    assert partition_for(key, partitions) == record.partition, (topic, record.partition, key)
+    _orders_naming_customers(ingress, "g", 300)
+    assert _pin_items(settings) == []
+
+
+def test_pins_on_another_workers_partitions_travel_grouped_per_partition(settings: Settings, ingress: TestClient,
+                                                                        tmp_path: Path) -> None:
+    """Two workers: a pin on a partition of the other worker is a request on that partition,
+    grouped with the batch's others there (one message per source and target partition), and
+    answered the same way; the rest are made in place."""
+    define_shop(ingress)
+    other = replace(settings, worker_web_port=free_port())
+    with running_worker(settings, tmp_path / "worker1.log") as first, \
+            running_worker(other, tmp_path / "worker2.log") as second:
+        wait_until(lambda: None is not ready_generation(first) == ready_generation(second), 90, 0.1,
+                   what="both workers ready with ingest partitions of one generation",
+                   seen=lambda: f"generations {ready_generation(first)} and {ready_generation(second)}")
+        _orders_naming_customers(ingress, "w", 300)
+    found = _pin_items(settings)
+    pins, answers = [n for requests, n in found if requests], [n for requests, n in found if not requests]
+    assert 0 < sum(pins) < 300 and sum(answers) == sum(pins), found
+    # The ingress publishes a batch as one message per partition; each one's pins go out as one
+    # message per target partition (at most partitions², if transactions split nothing).
+    partitions = settings.topic_partitions
+    assert len(pins) <= partitions * partitions and len(answers) <= partitions * partitions, found
+

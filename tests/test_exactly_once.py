@@ -34,6 +34,7 @@ from tests.support import (
     free_port,
     partner_token,
     produce_placed,
+    ready_generation,
     tenant_token,
     wait_terminal,
     wait_until,
@@ -381,25 +382,11 @@ def test_two_workers_share_the_load_and_one_finishes_after_the_other_is_killed(
     try:
         with explained_by(first, second):
             # Both own partitions before the load starts, so that the kill takes work away.
-            wait_until(lambda: None is not _ready_generation(first) == _ready_generation(second), 90, 0.1,
+            wait_until(lambda: None is not ready_generation(first) == ready_generation(second), 90, 0.1,
                        what="both workers ready with ingest partitions of one generation",
-                       seen=lambda: f"generations {_ready_generation(first)} and {_ready_generation(second)}")
+                       seen=lambda: f"generations {ready_generation(first)} and {ready_generation(second)}")
             _upload_and_kill_mid_load(ingress, headers, second, expected, misplaced=(settings, account))
             _check_results(ingress, headers, expected, timeout_s=180)
     finally:
         assert first.stop() == 0, first.log()[-3000:]
     _assert_exactly_one_outcome_each(settings, expected)
-
-
-def _ready_generation(worker: ServiceProcess) -> int | None:
-    """The group generation in which the worker was last assigned partitions of the ingest topic
-    and then finished its recovery; None if its latest assignment is not ready or has none."""
-    log = worker.log()
-    joined = log.rfind("Joined group")
-    assigned = log.find("Setting newly assigned partitions", joined)
-    if joined < 0 or assigned < 0 or "Worker ready" not in log[assigned:]:
-        return None
-    table = log[assigned:log.find("for group", assigned)]
-    if ".ingest " not in table:
-        return None
-    return int(log[joined:].split("(generation ", 1)[1].split(")", 1)[0])

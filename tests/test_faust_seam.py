@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.producer import sender
+from aiokafka.producer.transaction_manager import TransactionManager as AioTransactionManager
 from faust.stores.rocksdb import Store
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer, TransactionManager
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
@@ -99,18 +101,23 @@ def test_the_private_names_we_read_are_there() -> None:
     assert seam.PERSISTED_OFFSET_KEY == Store.offset_key
 
 
-def test_our_transactional_ids_are_the_ones_faust_commits_with() -> None:
-    app = SimpleNamespace(conf=SimpleNamespace(id="reach-worker"),
-                          assignor=SimpleNamespace(group_for_topic=lambda topic: 0 if topic == "ingest" else 1))
-    committed: dict[str, Any] = {}
-
-    async def commit_transactions(by_tid: dict[str, Any], group_id: str, start_new_transaction: bool) -> None:
-        committed.update(by_tid)
-
-    manager = SimpleNamespace(app=app, producer=SimpleNamespace(commit_transactions=commit_transactions))
-    offsets = {TP("ingest", 3): 10, TP("other", 1): 5}
-    asyncio.run(TransactionManager.commit(manager, offsets))  # type: ignore[arg-type]
-    assert {seam.transactional_id(app, tp): {tp: offset} for tp, offset in offsets.items()} == committed  # type: ignore[arg-type]
+def test_the_worker_commits_with_one_transactional_id_of_its_own_and_its_group_member() -> None:
+    app = SimpleNamespace(conf=SimpleNamespace(id="reach-worker", consumer_group_instance_id="host-6066"))
+    assert seam.worker_transactional_id(app) == "reach-worker-host-6066"  # type: ignore[arg-type]
+    # What `group_member` reads of aiokafka's coordinator, set when it joins and reset when it must rejoin.
+    assert _sets(GroupCoordinator, "generation") and _sets(GroupCoordinator, "member_id")
+    assert "self.generation = OffsetCommitRequest.DEFAULT_GENERATION_ID" in inspect.getsource(
+        GroupCoordinator.reset_generation)
+    # What the TxnOffsetCommit handler is built with and reads, and how it ends a transaction in error.
+    assert _parameters(sender.TxnOffsetCommitHandler.__init__) == ["self", "sender", "offsets", "group_id"]
+    for attribute in ("_offsets", "_group_id"):
+        assert _sets(sender.TxnOffsetCommitHandler, attribute), attribute
+    assert _parameters(AioTransactionManager.error_transaction) == ["self", "exc"]
+    assert _sets(AioTransactionManager, "transactional_id")
+    for name in ("producer_id", "producer_epoch"):
+        assert isinstance(getattr(AioTransactionManager, name), property), name
+    # Faust's split of a rebalance's partitions into active ones (standbys aside), which ours uses.
+    assert _parameters(TransactionManager._tps_to_active_tpgs) == ["self", "tps"]
 
 
 def _private_attributes(tree: ast.AST, but_of: tuple[str, ...] = ("self", "cls")) -> set[tuple[str, int]]:

@@ -55,19 +55,18 @@ class _TransactionalProducer:
 
 def _eos() -> tuple[ExactlyOnce, dict[str, _TransactionalProducer], list[Any]]:
     log: list[Any] = []
-    producers = {tid: _TransactionalProducer(tid, log) for tid in ("app-g-0", "app-g-1")}
-    app = SimpleNamespace(producer=SimpleNamespace(_transaction_producers=producers), conf=SimpleNamespace(id="app"),
-                          assignor=SimpleNamespace(group_for_topic=lambda topic: "g"))
+    producers = {"app-w": _TransactionalProducer("app-w", log)}  # the worker's one
+    app = SimpleNamespace(producer=SimpleNamespace(_transaction_producers=producers),
+                          conf=SimpleNamespace(id="app", consumer_group_instance_id="w"))
     return ExactlyOnce(app, {"out": 2}, "unused:9092", inputs=["in"]), producers, log  # type: ignore[arg-type]
 
 
 async def _commit(eos: ExactlyOnce, producers: dict[str, _TransactionalProducer], tps: list[TP]) -> None:
-    """What a commit does around each partition's transaction (`_commit_tps_between_events`)."""
-    eos.transactions.hold(tps)
-    for tp in tps:
-        producer = producers[f"app-g-{tp.partition}"]
-        await eos.outputs.send_committing(producer.tid, producer)
-        await producer.commit()
+    """What a commit does around the worker's transaction (`_commit_tps_between_events`)."""
+    eos.transactions.hold()
+    producer = producers["app-w"]
+    await eos.outputs.send_committing(producer)
+    await producer.commit()
     eos.transactions.release()
 
 
@@ -78,11 +77,11 @@ def test_outputs_go_out_at_their_transactions_commit_in_order_one_batch_per_dest
         for n in range(3):
             await eos.outputs.send_in(p0, "out", b"k", f"first-{n}".encode(), n % 2)
         assert log == []  # nothing leaves before the commit
-        eos.transactions.hold([p0])
+        eos.transactions.hold()
         await eos.outputs.send_in(p0, "out", b"k", b"during-commit", 0)  # belongs to the next transaction
         await eos.outputs.send_in(p1, "out", b"k", b"other-partition", 1)
-        producer = producers["app-g-0"]
-        await eos.outputs.send_committing(producer.tid, producer)
+        producer = producers["app-w"]
+        await eos.outputs.send_committing(producer)
         await producer.commit()
         eos.transactions.release()
         await eos.outputs.send_in(p0, "out", b"k", b"after", 0)
@@ -90,10 +89,10 @@ def test_outputs_go_out_at_their_transactions_commit_in_order_one_batch_per_dest
         return log
 
     assert asyncio.run(scenario()) == [
-        ("app-g-0", 0, "out", 0, [b"first-0", b"first-2"]),
-        ("app-g-0", 0, "out", 1, [b"first-1"]),
-        ("app-g-0", 1, "out", 0, [b"during-commit", b"after"]),
-        ("app-g-1", 0, "out", 1, [b"other-partition"]),
+        ("app-w", 0, "out", 0, [b"first-0", b"first-2"]),
+        ("app-w", 0, "out", 1, [b"first-1"]),
+        ("app-w", 1, "out", 0, [b"during-commit", b"after"]),
+        ("app-w", 1, "out", 1, [b"other-partition"]),
     ]
 
 
@@ -102,11 +101,11 @@ def test_a_large_transaction_sends_early_but_never_into_a_committing_one() -> No
         eos, producers, log = _eos()
         tp = TP("in", 0)
         chunk = b"x" * (FLUSH_BYTES // 4)
-        eos.transactions.hold([tp])  # committing: however much gathers, it waits
+        eos.transactions.hold()  # committing: however much gathers, it waits
         for _ in range(6):
             await eos.outputs.send_in(tp, "out", b"k", chunk, 0)
         assert log == []
-        producer = producers["app-g-0"]
+        producer = producers["app-w"]
         await producer.commit()  # the transaction that was committing (nothing of it was held back)
         eos.transactions.release()
         await eos.outputs.send_in(tp, "out", b"k", chunk, 0)  # past FLUSH_BYTES, not committing: sent now
@@ -124,12 +123,12 @@ def test_outputs_of_a_transaction_whose_producer_was_replaced_are_dropped() -> N
         eos, producers, log = _eos()
         tp = TP("in", 0)
         await eos.outputs.send_in(tp, "out", b"k", b"of-an-aborted-transaction", 0)
-        producers["app-g-0"] = _TransactionalProducer("app-g-0", log)  # a rebalance fenced the old one
+        producers["app-w"] = _TransactionalProducer("app-w", log)  # a rebalance replaced the old one
         await eos.outputs.send_in(tp, "out", b"k", b"processed-again", 0)
         await _commit(eos, producers, [tp])
         return log
 
-    assert asyncio.run(scenario()) == [("app-g-0", 0, "out", 0, [b"processed-again"])]
+    assert asyncio.run(scenario()) == [("app-w", 0, "out", 0, [b"processed-again"])]
 
 
 def _event(tp: TP) -> Any:
@@ -154,8 +153,8 @@ def test_only_a_keys_last_change_in_a_transaction_reaches_the_changelog() -> Non
 
     log = asyncio.run(scenario())
     assert [(t, n, topic, p, values) for t, n, topic, p, values in log] == [
-        ("app-g-0", 0, "pending-log", 0, [orjson.dumps({"n": 2}), None]),
-        ("app-g-0", 1, "pending-log", 0, [orjson.dumps({"n": 3})]),
+        ("app-w", 0, "pending-log", 0, [orjson.dumps({"n": 2}), None]),
+        ("app-w", 1, "pending-log", 0, [orjson.dumps({"n": 3})]),
     ]
 
 

@@ -24,7 +24,7 @@ from tests.support import unique
 from topics import create_topics
 from topics.definitions import TopicSpec
 
-TID = "app-g-0"
+TID = "app-w"  # the worker's one transactional id (`seam.worker_transactional_id`)
 
 
 def _event(tp: TP, offset: int) -> Any:
@@ -35,7 +35,8 @@ def _eos(bootstrap: str, topic: str) -> tuple[ExactlyOnce, Any]:
     """An ExactlyOnce over `topic` (one partition) with a stand-in for Faust's producers."""
     producer = SimpleNamespace()
     app = SimpleNamespace(producer=SimpleNamespace(_transaction_producers={TID: producer}),
-                          conf=SimpleNamespace(id="app"), assignor=SimpleNamespace(group_for_topic=lambda t: "g"))
+                          conf=SimpleNamespace(id="app", consumer_group_instance_id="w"),
+                          assignor=SimpleNamespace(group_for_topic=lambda t: "g"))
     return ExactlyOnce(app, {topic: 1}, bootstrap, inputs=[topic]), producer  # type: ignore[arg-type]
 
 

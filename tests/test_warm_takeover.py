@@ -27,11 +27,11 @@ from tests.support import (
     explained_by,
     free_port,
     partner_token,
+    ready_generation,
     tenant_token,
     wait_terminal,
     wait_until,
 )
-from tests.test_exactly_once import _ready_generation
 
 seam.install_faust()  # the assignment rule, as a worker has it
 
@@ -138,9 +138,9 @@ def test_a_joining_worker_restores_its_share_in_bulk_and_takes_it_over_warm(
                                 tmp_path / "w2.log").start()
         with explained_by(first, second):
             _round(ingress, headers, 1, expected)  # while it joins
-            wait_until(lambda: ASKED in second.log() and _ready_generation(second), 180, 0.2,
+            wait_until(lambda: ASKED in second.log() and ready_generation(second), 180, 0.2,
                        what="the new worker to restore its standbys, ask for its share and take it",
-                       seen=lambda: f"asked: {ASKED in second.log()}, ready in generation {_ready_generation(second)}")
+                       seen=lambda: f"asked: {ASKED in second.log()}, ready in generation {ready_generation(second)}")
             _round(ingress, headers, 2, expected)  # the new worker merges into the stores it restored
             for batch_id in expected:
                 data = wait_terminal(ingress, batch_id, headers, 120)
