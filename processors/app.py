@@ -11,8 +11,7 @@ Requests and creations of one resource meet on its partition (`processors.depend
 
 The worker runs with Faust's `exactly_once` guarantee, made exact by
 `processors.transactions`: an event's table changes, its published messages and its
-consumed offset commit in one Kafka transaction. Outputs go to the partition number of the
-event they come from, so that they belong to that partition's transaction.
+consumed offset commit in one Kafka transaction, the worker's one for all its partitions.
 """
 
 from __future__ import annotations

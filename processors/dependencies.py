@@ -1,9 +1,11 @@
 """Who waits for which resource, and who references it: kept on the referenced resource's partition.
 
-A record of R that references T sends a request about T to the dependency-requests topic
-(on T's partition, grouped with the other requests sent there: `processors.grouped`).
-That topic is co-partitioned with the ingest topic, so the request reaches the agent that also
-applies T's own writes, in one serial order with them:
+A record of R that references T pins R on T's partition: in place, in the worker's one
+transaction, when this worker processes that partition (`processors.in_place` says when it
+may), else by a request about T on the dependency-requests topic (on T's partition, grouped
+with the other requests sent there: `processors.grouped`). That topic is co-partitioned with
+the ingest topic, so the request reaches the agent that also applies T's own writes, in one
+serial order with them:
 - T exists → R is recorded among T's referrers (`referrers`, key T + NUL + R) and a
   "resolved" notice goes back; R applies only once every reference it names is resolved;
 - T is absent and R may wait → the request joins `waiters[T]` and a "waiting" notice goes back
@@ -11,7 +13,7 @@ applies T's own writes, in one serial order with them:
   R as a referrer and answers it;
 - T is absent and R may not wait → a "missing" notice goes back (R fails).
 An "unref" from R (it no longer references T, or never came to) removes R from T's referrers
-(in place when T is on R's partition, where R's pins are made in place too: `unpin`).
+(in place where R's pins are made in place: `unpin`).
 A delete of T is therefore decided in the same order as every reference to it: it sees every
 resource that references T, or is about to (the invariant of docs/api.md 6a: without cascade,
 nothing ever points at a deleted resource). Answers are notices on R's partition of the
@@ -58,11 +60,10 @@ class DependencyIndex:
     async def unpin(self, event: faust.EventT, target: bytes, referrer: bytes) -> None:
         """Forget that R (`referrer`) references or pinned T (`target`, on the event's partition).
 
-        Called in place for a T on R's own partition, where R's pins are made in place too:
-        an unref sent through the topic could be read after a newer pin of the same pair and
-        take it away (a reference dropped and given back at once left it unpinned, and T
-        could then be deleted under it). Across partitions both travel through the topic, in
-        the order R sent them."""
+        Called in place where R's pins are made in place (`processors.in_place`): an unref sent
+        through the topic could be read after a newer pin of the same pair and take it away (a
+        reference dropped and given back at once left it unpinned, and T could then be deleted
+        under it). Elsewhere both travel through the topic, in the order R sent them."""
         key = _referrer_key(target, referrer)
         if self.eos.tables.has(event, self.referrers, key):
             await self.eos.tables.delete(event, self.referrers, key)

@@ -4,8 +4,8 @@ events of each input partition changed in the tables and sent, not yet committed
 
 `processors.table_overlay` reads and writes the tables through them and
 `processors.outputs` sends through them; `processors.transactions.ExactlyOnce` commits them.
-A transaction whose producer was replaced (stopped at a rebalance, or fenced) died with it: it is dropped
-the next time it is looked at, and the events that made it are processed again.
+A transaction whose producer was replaced (stopped at a rebalance, or fenced) died with it: it
+is dropped the next time it is looked at, and the events that made it are processed again.
 """
 
 from __future__ import annotations

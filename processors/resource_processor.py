@@ -2,8 +2,9 @@
 
 Per resource R (one partition of the ingest topic, one agent at a time):
 - no record of R is pending → check the record; if it references other resources, it first
-  pins every one of them on its own partition (`processors.dependencies`: a request per
-  reference) and waits for the answers — so that a delete there sees R — then applies;
+  pins every one of them on its own partition (`processors.dependencies`) — so that a delete
+  there sees R — in place where this worker may (`processors.in_place`), else by a request,
+  whose answer it waits for; then applies;
 - a reference is missing → with `dependencyWaitTimeout` > 0 (uploads only) the record waits,
   reported pending with its missing references, until they are created or its deadline
   passes; else it fails MISSING_DEPENDENCY (at once when this worker knows it is missing, or
@@ -404,9 +405,10 @@ class ResourceProcessor:
     async def _pin(self, event: faust.EventT, key: bytes, body: Body, references: list[Reference], new: bool
                    ) -> Wait | Outcome | None:
         """Pin every resource the record of R (`key`) references on its own partition, so that a
-        delete there sees R (`processors.dependencies`): at once for those on this partition
-        (this event is in their order too), by a request for the others. What the record then
-        waits for (None: nothing, it applies now), or why it fails.
+        delete there sees R (`processors.dependencies`): at once, in this transaction, where this
+        worker may (`processors.in_place`: this partition, and others it processes), by a request
+        for the others. What the record then waits for (None: nothing, it applies now), or why
+        it fails.
 
         Only uploads wait for missing references; the others wait just for the answers. A
         record that may not wait learns which are missing from their partitions' answers, and
