@@ -6,6 +6,7 @@ worker took over, now that each worker has one transactional id (`processors.tra
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -17,15 +18,24 @@ from processors.handover import UNSTABLE_OFFSET_COMMIT, fetch_offsets, stable_of
 from reach import seam
 
 
-async def _joined(bootstrap: str, group: str, topic: str, instance: str | None = None) -> AIOKafkaConsumer:
+async def _joined(bootstrap: str, group: str, topic: str, *members: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    """A new member of `group`, once it and `members` (already in the group, polling meanwhile:
+    the rebalance its join starts waits for them to join again) are in one generation. Not
+    once it has partitions: of one partition, a second member gets none."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                                group_instance_id=instance, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+                                session_timeout_ms=6000, heartbeat_interval_ms=1000)
     await consumer.start()
-    for _ in range(200):  # joined once it has an assignment
-        await consumer.getmany(timeout_ms=50)
-        if consumer.assignment():
+    deadline = time.monotonic() + JOIN_S
+    while time.monotonic() < deadline:
+        await asyncio.gather(*(c.getmany(timeout_ms=50) for c in (consumer, *members)))
+        generations = {_member(c).generation_id for c in (consumer, *members)}
+        if len(generations) == 1 and min(generations) > 0 and _member(consumer).member_id:
             return consumer
-    raise AssertionError(f"{group}: no assignment after 200 polls")
+    raise AssertionError(f"{group}: not joined after {JOIN_S} s (generations "
+                         f"{[_member(c).generation_id for c in (consumer, *members)]})")
+
+
+JOIN_S = 90.0  # a join under a full test suite's load: a rebalance waits for every member
 
 
 def _member(consumer: AIOKafkaConsumer, instance: str | None = None) -> seam.GroupMember:
@@ -66,11 +76,10 @@ def test_a_commit_as_the_current_member_lands_and_one_as_a_former_member_is_refu
 
         # A second member joins: the group's generation moves on, and the first member's old
         # identity is no longer one the coordinator takes offsets from.
-        second = await _joined(kafka_bootstrap, group, topic)
-        for _ in range(200):
-            await first.getmany(timeout_ms=50)
-            if _member(first).generation_id > member.generation_id:
-                break
+        second = await _joined(kafka_bootstrap, group, topic, first)
+        deadline = time.monotonic() + JOIN_S
+        while _member(first).generation_id <= member.generation_id and time.monotonic() < deadline:
+            await asyncio.gather(first.getmany(timeout_ms=50), second.getmany(timeout_ms=50))
         assert _member(first).generation_id > member.generation_id, "the first member never saw the rebalance"
         with pytest.raises(seam.GroupMembershipFenced):
             await _commit(kafka_bootstrap, group, tp, 9, member)
