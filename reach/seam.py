@@ -7,9 +7,9 @@ private part of them. `install_aiokafka()` (the ingress, the worker) and `instal
 worker: our exactly-once on Faust's transactions, `processors.transactions`) put the
 replacements in place and refuse library versions they were not checked against
 (`CHECKED_VERSIONS`, which pyproject.toml pins). `tests/test_faust_seam.py` and
-`tests/test_aiokafka_seam.py` check every replaced or read name, signature and the
-transactional-id format against the installed classes, without a broker; the kill and fault
-tests check what the replacements do, end to end.
+`tests/test_aiokafka_seam.py` check every replaced or read name and signature against the
+installed classes, without a broker (`tests/test_group_fencing.py` the KIP-447 requests against
+the real broker); the kill and fault tests check what the replacements do, end to end.
 
 Faust is imported only by what needs it, so the ingress does not load it.
 
@@ -408,14 +408,13 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
     async with eos.commit_lock:
         async with eos.lock:  # between events: what the transaction holds is exactly theirs
             offsets = eos.committable(self.assignment(), self._committed_offset)
-            if offsets:
-                await eos.prepare_commit()
+            if not offsets:
+                return False
+            await eos.prepare_commit()
             for tp in offsets:  # Faust's own bookkeeping of acks is not used for these
                 self._acked[tp].clear()
                 self._acked_index[tp].clear()
                 self._gap[tp].clear()
-            if not offsets:
-                return False
             eos.hold()
         # Events go on meanwhile; what they send waits for the next transaction.
         started = time.monotonic()
