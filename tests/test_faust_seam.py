@@ -1,6 +1,6 @@
 """Faust's, mode's and aiokafka's private parts we replace or read, checked against the installed
-classes (no broker): if an upgrade renames one, changes a signature or the transactional-id
-format, this fails instead of a worker quietly committing the wrong thing.
+classes (no broker): if an upgrade renames one or changes a signature, this fails instead of a
+worker quietly committing the wrong thing.
 
 The replacements and reads themselves are all in `reach.seam` (`faust_patches()`, the
 aiokafka handlers, the accessors); the kill tests check what they do, end to end. The last test
