@@ -40,6 +40,22 @@ BACKOFF_S = (0.005, 0.1)  # first and longest wait between two asks
 LOG_EVERY_S = 5.0
 
 
+class _Patience:
+    """The wait between two asks of a take-over's loops: growing from `BACKOFF_S[0]` to
+    `BACKOFF_S[1]`, and a log line every `LOG_EVERY_S` of waiting saying what for."""
+
+    def __init__(self) -> None:
+        self.started, self.next, self.logged = time.monotonic(), BACKOFF_S[0], 0.0
+
+    async def wait(self, what: str, still: str) -> None:
+        waited = time.monotonic() - self.started
+        if waited - self.logged >= LOG_EVERY_S:
+            self.logged = waited
+            log.info("waiting %.0f s %s: %s", waited, what, still)
+        await asyncio.sleep(self.next)
+        self.next = min(self.next * 2, BACKOFF_S[1])
+
+
 class _OffsetFetchResponse_v7(Response):
     API_KEY = 9
     API_VERSION = 7
@@ -106,7 +122,7 @@ async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list
         client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
         await client.bootstrap()
     try:
-        started, wait, logged = time.monotonic(), BACKOFF_S[0], 0.0
+        patience = _Patience()
         while True:
             try:
                 error, found = await fetch_offsets(client, group_id, partitions)
@@ -121,13 +137,8 @@ async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list
                 return {tp: offset for tp, (offset, _) in found.items()}
             if failed or (error and error not in _COORDINATOR_BUSY and error != UNSTABLE_OFFSET_COMMIT):
                 raise RuntimeError(f"OffsetFetch for group {group_id} failed: error {error}, partitions {failed}")
-            waited = time.monotonic() - started
-            if waited - logged >= LOG_EVERY_S:
-                logged = waited
-                log.info("waiting %.0f s for the group's offsets to be stable (a transaction holding them is "
-                         "still open): %s", waited, ", ".join(unstable) or f"error {error}")
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, BACKOFF_S[1])
+            await patience.wait("for the group's offsets to be stable (a transaction holding them is still open)",
+                                ", ".join(unstable) or f"error {error}")
     finally:
         if own:
             await client.close()
@@ -204,20 +215,14 @@ class Handover:
 
     async def _settled(self, changelogs: list[TopicPartition]) -> None:
         assert self._committed is not None and self._uncommitted is not None
-        started, wait, logged = time.monotonic(), BACKOFF_S[0], 0.0
+        patience = _Patience()
         while True:
             stable = await self._ask(self._committed, changelogs)
             high = await self._ask(self._uncommitted, changelogs)
             open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in changelogs if stable[tp] < high[tp])
             if not open_:
                 return
-            waited = time.monotonic() - started
-            if waited - logged >= LOG_EVERY_S:
-                logged = waited
-                log.info("waiting %.0f s for transactions still open on changelogs to end: %s", waited,
-                         ", ".join(open_))
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, BACKOFF_S[1])
+            await patience.wait("for transactions still open on changelogs to end", ", ".join(open_))
 
     async def close(self) -> None:
         for task in list(self._waits):  # a stop during a rebalance: the wait ends with it
