@@ -153,7 +153,8 @@ def create_app(settings: Settings) -> faust.App:
     eos = ExactlyOnce(app, {t.name: t.partitions for t in topics.all()}, settings.bootstrap_servers,
                       inputs=records_in.topics, requests=topics.dependency_requests.name)
     pacer = CommitPacer(app)
-    index = DependencyIndex(eos, topics, resources, waiters, referrers, released=pacer.released)
+    index = DependencyIndex(eos, topics, resources, waiters, referrers, topics.ingest.partitions,
+                            released=pacer.released)
     processor = ResourceProcessor(eos, topics, resources, pending, index, definition_of, topics.ingest.partitions,
                                   released=pacer.released)
 

@@ -12,6 +12,10 @@ serial order with them:
   (R reports itself pending: only T's partition knows that T is missing); T's creation records
   R as a referrer and answers it;
 - T is absent and R may not wait → a "missing" notice goes back (R fails).
+An answer to R on a partition this worker processes and may write in place
+(`processors.in_place`) is not sent: the resource processor hands it to R after the record that
+made it (`answered`), in the same transaction — a record waiting for T is applied with T's
+creation, not a commit and a fetch later.
 An "unref" from R (it no longer references T, or never came to) removes R from T's referrers
 (in place where R's pins are made in place: `unpin`).
 A delete of T is therefore decided in the same order as every reference to it: it sees every
@@ -22,6 +26,7 @@ dependency-notices topic.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +35,7 @@ from faust.types import TableT
 
 from processors.transactions import ExactlyOnce
 from topics.definitions import ServiceTopics
+from topics.partitioning import partition_for
 
 PIN, UNREF = "pin", "unref"
 # A cascade delete asks each referrer to delete itself (CASCADE) and waits for their answers
@@ -44,10 +50,13 @@ def _referrer_key(target: bytes, referrer: bytes) -> bytes:
 
 class DependencyIndex:
     def __init__(self, eos: ExactlyOnce, topics: ServiceTopics, resources: TableT, waiters: TableT,
-                 referrers: TableT, released: Callable[[], None]) -> None:
+                 referrers: TableT, partitions: int, released: Callable[[], None]) -> None:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
+        self.partitions = partitions  # of the ingest topic
         self.released = released  # called when a creation answers records waiting for it (commit soon)
+        # Answers made in place, in the order they were made: (R, R's partition, the notice).
+        self.answered: deque[tuple[bytes, int, dict[str, Any]]] = deque()
 
     async def on_request(self, event: faust.EventT, target: bytes, request: dict[str, Any]) -> None:
         """A request about T (`target`, on the event's partition): pin R as a referrer of T, or
@@ -106,8 +115,17 @@ class DependencyIndex:
             await self.eos.tables.put(event, self.referrers, key, 1)
 
     async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:
+        """Answer R: in place where this worker may write R's partition (`answered`), else by a
+        notice on R's partition. R's handling of answers does not depend on their order (an
+        answer about a target R no longer waits for is dropped), so one made in place may
+        overtake one still on the topic."""
         notice = {"type": kind, "eventId": request["eventId"], "target": request["target"]}
-        await self.eos.outputs.send_item(event, self.topics.dependency_notices.name, request["waiter"].encode(), notice)
+        waiter = request["waiter"].encode()
+        partition = partition_for(waiter, self.partitions)
+        if self.eos.in_place.allows(event.message.partition, partition):
+            self.answered.append((waiter, partition, notice))
+            return
+        await self.eos.outputs.send_item(event, self.topics.dependency_notices.name, waiter, notice)
 
 
 # Requests and answers are sent with `Outputs.send_item` (`processors.outputs`), keyed by the

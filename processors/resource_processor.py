@@ -255,11 +255,18 @@ class ResourceProcessor:
 
     async def look_again(self, event: faust.EventT) -> None:
         """After a record: what `on_unref` does for each resource unpinned in place meanwhile,
-        as an unref through the topic would have (here, not within the record: T's delete may
-        unpin further resources in turn, and R's own processing is not re-entered)."""
-        while self._unpinned:
-            target, partition = self._unpinned.pop()
-            await self.on_unref(event_at(event, partition), target)
+        as an unref through the topic would have, and what `on_resolved` does with each answer
+        made in place (`DependencyIndex.answered`) — here, not within the record: T's delete may
+        unpin further resources, a released record create more, and R's own processing is not
+        re-entered."""
+        answered = self.dependencies.answered
+        while self._unpinned or answered:
+            if self._unpinned:
+                target, partition = self._unpinned.pop()
+                await self.on_unref(event_at(event, partition), target)
+            else:
+                waiter, partition, notice = answered.popleft()
+                await self.on_resolved(event_at(event, partition), waiter, notice)
 
     async def on_cascaded(self, event: faust.EventT, key: bytes, answer: dict[str, Any]) -> None:
         """A referrer's answer to the cascade delete of this resource (`key`)."""
