@@ -180,7 +180,8 @@ class ResourceProcessor:
     async def on_ingest(self, event: faust.EventT, body: Body, key: bytes, placed: bool) -> None:
         """One operation of an ingest message (a message of version 2 may hold several) of the
         resource `key`; `placed`: known to be on its owner partition (`processors.hand_on`)."""
-        failure = await self._event_failure(event, key, body, placed)
+        definition = await self.definition_of(body)
+        failure = self._event_failure(event, key, body, placed, definition)
         if failure is not None:
             await self._emit(event, body, failure)
             return
@@ -190,7 +191,10 @@ class ResourceProcessor:
             await self.eos.tables.put(event, self.pending, key, queue)
             await self._emit_pending(event, body, queue)
             return
-        await self._drain(event, key, [body], stored=False)
+        # `_drain` of this one record, its definition at hand (most records: applied at once).
+        wait = await self._apply_or_wait(event, key, body, [], None, definition)
+        if wait is not None:
+            await self._wait(event, key, [body], wait)
 
     async def on_resolved(self, event: faust.EventT, key: bytes, notice: dict[str, Any]) -> None:
         """An answer to R (`key`) from a referenced resource's partition: "resolved" (pinned),
@@ -336,27 +340,34 @@ class ResourceProcessor:
             wait = await self._apply_or_wait(event, key, body, queue[1:], released)
             released = None
             if wait is not None:
-                deadline = _now_ms() + wait.seconds * 1000
-                pending: PendingEntry = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
-                await self.eos.tables.put(event, self.pending, key, pending)
-                self.deadlines.add(event.message.partition, deadline, key)
-                for target, request in wait.requests:
-                    await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, request,
-                                                     ordered=request["type"] == PIN)
-                for waiting in queue:  # the head and everything queued behind it
-                    await self._emit_pending(event, waiting, pending)
+                await self._wait(event, key, queue, wait)
                 return
             queue = queue[1:]
         if known or (stored and self.eos.tables.has(event, self.pending, key)):
             await self.eos.tables.delete(event, self.pending, key)
             self.deadlines.remove(event.message.partition, key)
 
+    async def _wait(self, event: faust.EventT, key: bytes, queue: list[Body], wait: Wait) -> None:
+        """Store R's `queue` pending, its head waiting for what `wait` says."""
+        deadline = _now_ms() + wait.seconds * 1000
+        pending: PendingEntry = {"queue": queue, "deadline": deadline, "pins": [], "missing": [], **wait.state}
+        await self.eos.tables.put(event, self.pending, key, pending)
+        self.deadlines.add(event.message.partition, deadline, key)
+        for target, request in wait.requests:
+            await self.eos.outputs.send_item(event, self.topics.dependency_requests.name, target, request,
+                                             ordered=request["type"] == PIN)
+        for waiting in queue:  # the head and everything queued behind it
+            await self._emit_pending(event, waiting, pending)
+
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
-                             released: PendingEntry | None) -> Wait | None:
+                             released: PendingEntry | None, definition: Definition | None | object = _READ
+                             ) -> Wait | None:
         """Apply `body` (or fail it); or say what it must first wait for: its references pinned
-        on their partitions, or (a cascade delete) its referrers deleted."""
-        definition = await self.definition_of(body)
-        if definition is None:
+        on their partitions, or (a cascade delete) its referrers deleted. `definition`: the
+        one it names, when the caller has just looked it up."""
+        if definition is _READ:
+            definition = await self.definition_of(body)
+        if not isinstance(definition, Definition):
             await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
                              f"schema definition {body['schemaDefinitionId']} does not exist"))
             return None
@@ -405,8 +416,9 @@ class ResourceProcessor:
             if result.status == CREATED:
                 await self.dependencies.on_created(event, key)
         await self._emit(event, body, result)
-        await self._settle(event, key, current, {r.key for r in references}, rest,
-                           after=current if changed is None else changed)
+        if references or current is not None:  # else it referenced nothing and pinned nothing
+            await self._settle(event, key, current, {r.key for r in references}, rest,
+                               after=current if changed is None else changed)
         return None
 
     async def _pin(self, event: faust.EventT, key: bytes, body: Body, references: list[Reference], new: bool
@@ -571,9 +583,10 @@ class ResourceProcessor:
         return Outcome(FAILED, REFERENCED, f"{where(body)}: resource '{body['externalId']}' is referenced by "
                                            f"{definition.name if definition else definition_id}/{external_id}")
 
-    async def _event_failure(self, event: faust.EventT, key: bytes, body: Body, placed: bool) -> Outcome | None:
-        """What makes an event fail before it may even wait (direct producers skip the ingress)."""
-        definition = await self.definition_of(body)
+    def _event_failure(self, event: faust.EventT, key: bytes, body: Body, placed: bool,
+                       definition: Definition | None) -> Outcome | None:
+        """What makes an event fail before it may even wait (direct producers skip the ingress);
+        `definition`: the one it names."""
         if definition is None or (definition.deactivatedAt is not None
                                   and body["acceptedAt"] >= definition.deactivatedAt):
             return Outcome(FAILED, SCHEMA_NOT_FOUND,
