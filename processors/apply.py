@@ -36,6 +36,9 @@ class Outcome(NamedTuple):  # a tuple: one is made per record
     message: str | None = None
 
 
+_CREATED, _UPDATED = Outcome(CREATED), Outcome(UPDATED)  # one each: most records end so
+
+
 def op_of(event: Operation) -> str:
     """The event's operation: upsert, reject, patch or delete (pending events stored before
     operations had names are uploads)."""
@@ -108,7 +111,7 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
             "businessId": event["tenantId"], "resourceExternalId": event["externalId"],
             "createdAt": now_ms, "updatedAt": now_ms, "data": data,
         }
-        return resource, Outcome(CREATED)
+        return resource, _CREATED
     if event["onConflict"] == "reject":
         return None, Outcome(FAILED, ALREADY_EXISTS,
                              f"{where(event)}: resource '{event['externalId']}' already exists")
@@ -116,7 +119,7 @@ def apply_record(current: dict[str, Any] | None, event: Operation, record: dict[
     if not validators.full.is_valid(merged):
         return None, Outcome(FAILED, VALIDATION_FAILED,
                              "; ".join(error_messages(validators.full, merged, where(event))))
-    return {**current, "data": merged, "updatedAt": now_ms}, Outcome(UPDATED)
+    return {**current, "data": merged, "updatedAt": now_ms}, _UPDATED
 
 
 def where(event: Operation) -> str:
