@@ -48,25 +48,32 @@ def check_record(index: int, record: Any, definition: Definition, validators: Re
     Unknown fields are dropped when `ignore_unknown_fields`, else they are problems. Nulls
     mean "delete" and are kept; they are not type-checked.
     """
-    where = f"resources[{index}]"
+    # Runs for every record, in the ingress and again in the worker: what a valid record with
+    # no unknown field and no null does not need (its place's name, a copy) is not made for it.
     if not isinstance(record, dict):
-        return None, [f"{where}: must be a JSON object"]
+        return None, [f"resources[{index}]: must be a JSON object"]
     errors: list[str] = []
-    props = validators.properties
-    unknown = [] if record.keys() <= props.keys() else [name for name in record if name not in props]
-    known = {k: v for k, v in record.items() if k in props} if unknown else record
+    names = validators.names
+    if record.keys() <= names:
+        unknown: list[str] = []
+        known = record
+    else:
+        unknown = [name for name in record if name not in names]
+        known = {k: v for k, v in record.items() if k in names}
     if options.ignore_unknown_fields:
         record = known
-    else:
-        errors.extend(f"{where}.{name}: unknown field (not in the schema's properties)" for name in unknown)
+    elif unknown:
+        errors.extend(f"resources[{index}].{name}: unknown field (not in the schema's properties)"
+                      for name in unknown)
     if external_id_of(record, definition) is None:
-        errors.append(f"{where}.{definition.externalIdField}: the external id must be a non-empty string or an integer")
+        errors.append(f"resources[{index}].{definition.externalIdField}: the external id must be a non-empty string "
+                      "or an integer")
     present = without_nulls(known)
     if present is not known or unknown:  # else it has no null, so deletes nothing
-        errors.extend(f"{where}{path}: required fields cannot be deleted"
+        errors.extend(f"resources[{index}]{path}: required fields cannot be deleted"
                       for path in deleted_required_fields(record, validators.schema))
     # `reject` makes every record a creation: it must be complete on its own.
     validator = validators.full if options.on_conflict == "reject" else validators.patch
     if not validator.is_valid(present):
-        errors.extend(error_messages(validator, present, where))
+        errors.extend(error_messages(validator, present, f"resources[{index}]"))
     return record, errors

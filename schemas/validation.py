@@ -93,6 +93,7 @@ class RecordValidators:
     full: jsonschema_rs.Draft7Validator   # a whole stored resource
     patch: jsonschema_rs.Draft7Validator  # a record read as a patch: `required` not enforced
     schema: dict[str, Any]
+    names: frozenset[str] = frozenset()  # of the schema's top-level properties
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def build_validators(schema: dict[str, Any]) -> RecordValidators:
         full=compile_schema(_rewrite(schema, drop_required=False)),
         patch=compile_schema(_rewrite(schema, drop_required=True)),
         schema=schema,
+        names=frozenset(schema.get("properties") or {}),
     )
 
 
