@@ -44,12 +44,21 @@ class TableOverlay:
         return self._raw(event, table, key) is not None
 
     def _raw(self, event: EventT, table: TableT, key: bytes) -> bytes | None:
-        for writes in self.transactions.writes_of(event.message.tp):
+        # Two or three per record: `writes_of` written out, and no look at a committing
+        # transaction while none is under way.
+        partition, name, transactions = event.message.partition, table.name, self.transactions
+        writes = transactions.open.get(partition)
+        if writes is not None and writes.producer is transactions.producer():  # else it died: not read
+            raw = writes.changes.get(name, _NO_CHANGES).get(key, _ABSENT)
+            if raw is not _ABSENT:
+                return raw  # type: ignore[return-value]
+        if transactions.committing:
+            writes = transactions.committing.get(partition)
             if writes is not None:
-                raw = writes.changes.get(table.name, _NO_CHANGES).get(key, _ABSENT)
+                raw = writes.changes.get(name, _NO_CHANGES).get(key, _ABSENT)
                 if raw is not _ABSENT:
                     return raw  # type: ignore[return-value]
-        found: bytes | None = seam.table_store(table, event.message.partition).get(key)
+        found: bytes | None = seam.table_store(table, partition).get(key)
         return found
 
     def keys_with_prefix(self, event: EventT, table: TableT, prefix: bytes, skip: bytes | None = None,
