@@ -35,6 +35,11 @@ public final class MergeApp {
     static final ObjectMapper JSON = new ObjectMapper();
     static final AtomicLong merged = new AtomicLong();
     static volatile long firstNanos = 0;
+    static long expected;
+    static KafkaStreams streams;
+    // The stream threads' commits when the last record was merged, read by the stream thread
+    // that merged it (-1 until then): the commit that holds that record ends after it.
+    static volatile double commitsBeforeLast = -1;
 
     /** RFC 7396: `patch` merged into `target` (null values delete fields). */
     static JsonNode mergePatch(JsonNode target, JsonNode patch) {
@@ -84,7 +89,9 @@ public final class MergeApp {
                     JsonNode patch = JSON.readTree(operation.get("data").toString());
                     JsonNode state = mergePatch(old == null ? null : JSON.readTree(old), patch);
                     store.put(key, JSON.writeValueAsBytes(state));
-                    merged.incrementAndGet();
+                    if (merged.incrementAndGet() == expected) {
+                        commitsBeforeLast = commitTotal(streams);
+                    }
                 }
             } catch (java.io.IOException e) {
                 throw new RuntimeException(e);
@@ -107,7 +114,7 @@ public final class MergeApp {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0], input = args[1], applicationId = args[2];
         Schema schema = new Schema.Parser().parse(new File(args[3]));
-        long expected = Long.parseLong(args[4]);
+        expected = Long.parseLong(args[4]);
         Properties props = new Properties();
         props.put(StreamsConfig.APPLICATION_ID_CONFIG, applicationId);
         props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
@@ -121,7 +128,7 @@ public final class MergeApp {
                 Serdes.String(), Serdes.ByteArray()));
         builder.stream(input, org.apache.kafka.streams.kstream.Consumed.with(Serdes.ByteArray(), Serdes.ByteArray()))
                 .process(() -> new Merge(schema), STORE);
-        KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        streams = new KafkaStreams(builder.build(), props);
         CountDownLatch failed = new CountDownLatch(1);
         streams.setUncaughtExceptionHandler(e -> {
             e.printStackTrace();
@@ -130,15 +137,15 @@ public final class MergeApp {
                     .SHUTDOWN_CLIENT;
         });
         streams.start();
-        // Done once every record is merged and a commit has passed (the store's changelog and
-        // the input offsets committed together): the commit interval is 100 ms.
-        while (merged.get() < expected && failed.getCount() > 0) {
+        // Done once every record is merged and committed (the store's changelog and the input
+        // offsets together; the commit interval is 100 ms). The stream thread processes and
+        // commits in turn: the first commit to end after the last record was merged holds them
+        // all. (Counting commits from when this thread saw the last record instead missed that
+        // commit when it ended within this loop's 5 ms, and waited for one that never came.)
+        while (commitsBeforeLast < 0 && failed.getCount() > 0) {
             Thread.sleep(5);
         }
-        // The stream thread processes and commits in turn: the first commit to end after every
-        // record was merged holds them all.
-        double commits = commitTotal(streams);
-        while (commitTotal(streams) <= commits && failed.getCount() > 0) {
+        while (commitTotal(streams) <= commitsBeforeLast && failed.getCount() > 0) {
             Thread.sleep(1);
         }
         double seconds = (System.nanoTime() - firstNanos) / 1e9;
