@@ -13,7 +13,13 @@ new owner waits until
 2. the partition's changelogs are settled: no transaction open on them (last stable offset =
    high watermark), so that the restore reads everything committed to them.
 A transaction that never ends (its worker killed mid-way) ends when its worker restarts — its
-transactional id fences the old one at once — or at the transaction timeout.
+transactional id fences the old one at once — or at the transaction timeout (60 s). A new
+owner that has waited `FENCE_AFTER_S` ends it sooner: each commit names its worker's
+transactional id in the offsets' metadata (`reach.seam`), so the new owner reads who last
+committed the partitions it waits for and fences them (InitProducerId under that id aborts
+what it left open). A worker that is alive commits before it lets partitions go, in tens of
+milliseconds; one still holding a transaction open seconds into the take-over is dead or cut
+off, and the group no longer counts it.
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient, CoordinationType
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -38,6 +44,10 @@ ASK_TIMEOUT_S = 10.0  # one ask of the broker given up after this, and asked aga
 _COORDINATOR_BUSY = {14, 15, 16}
 BACKOFF_S = (0.005, 0.1)  # first and longest wait between two asks
 LOG_EVERY_S = 5.0
+# How long a take-over waits for a transaction to end before it fences the transactional ids
+# that last committed the partitions it waits for (the module docstring).
+FENCE_AFTER_S = 5.0
+Fence = Callable[[list[TopicPartition]], Awaitable[None]]  # fences the last committers of input partitions
 
 
 class _Patience:
@@ -46,6 +56,14 @@ class _Patience:
 
     def __init__(self) -> None:
         self.started, self.next, self.logged = time.monotonic(), BACKOFF_S[0], 0.0
+        self.fenced = False
+
+    def fence_due(self) -> bool:
+        """True once, when the wait has lasted `FENCE_AFTER_S`."""
+        if self.fenced or time.monotonic() - self.started < FENCE_AFTER_S:
+            return False
+        self.fenced = True
+        return True
 
     async def wait(self, what: str, still: str) -> None:
         waited = time.monotonic() - self.started
@@ -91,12 +109,12 @@ class _OffsetFetch(Request[_OffsetFetchRequest_v7]):
 
     API_KEY = 9
 
-    def __init__(self, group_id: str, partitions: list[TopicPartition]) -> None:
+    def __init__(self, group_id: str, partitions: list[TopicPartition], require_stable: bool = True) -> None:
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         topics: list[Any] = [(topic, sorted(ps), {}) for topic, ps in sorted(by_topic.items())]
-        self._args: tuple[Any, ...] = (group_id, topics, True, {})
+        self._args: tuple[Any, ...] = (group_id, topics, require_stable, {})
 
     def build(self, request_struct_class: type[Any]) -> Any:
         return request_struct_class(*self._args)
@@ -113,10 +131,28 @@ async def fetch_offsets(client: AIOKafkaClient, group_id: str, partitions: list[
     return response.error_code, found
 
 
+async def committers(client: AIOKafkaClient, group_id: str, partitions: list[TopicPartition]) -> set[str]:
+    """The metadata of the group's last stable commit of each of `partitions`: the transactional
+    ids of the workers that made them (`reach.seam`; empty ones left out)."""
+    coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), ASK_TIMEOUT_S)
+    response = await asyncio.wait_for(client.send(coordinator, _OffsetFetch(group_id, partitions, False)),
+                                      ASK_TIMEOUT_S)
+    return {metadata for _, ps, _ in response.topics for _, _, _, metadata, code, _ in ps if metadata and code == 0}
+
+
+async def fence(bootstrap_servers: str, transactional_id: str) -> None:
+    """End what the producer of `transactional_id` left open: InitProducerId under that id
+    bumps its epoch, and the coordinator aborts its open transaction."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=transactional_id)
+    await asyncio.wait_for(producer.start(), ASK_TIMEOUT_S * 3)
+    await producer.stop()
+
+
 async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list[TopicPartition],
-                         client: AIOKafkaClient | None = None) -> dict[TopicPartition, int]:
+                         client: AIOKafkaClient | None = None, fence: Fence | None = None) -> dict[TopicPartition, int]:
     """The group's committed offset of each partition (-1: none), once no open transaction holds
-    offsets for any of them."""
+    offsets for any of them; `fence` is called once, with the partitions still unstable, after
+    `FENCE_AFTER_S` of waiting."""
     own = client is None
     if client is None:
         client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
@@ -137,6 +173,8 @@ async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list
                 return {tp: offset for tp, (offset, _) in found.items()}
             if failed or (error and error not in _COORDINATOR_BUSY and error != UNSTABLE_OFFSET_COMMIT):
                 raise RuntimeError(f"OffsetFetch for group {group_id} failed: error {error}, partitions {failed}")
+            if fence is not None and unstable and patience.fence_due():
+                await fence([tp for tp, (_, code) in found.items() if code == UNSTABLE_OFFSET_COMMIT])
             await patience.wait("for the group's offsets to be stable (a transaction holding them is still open)",
                                 ", ".join(unstable) or f"error {error}")
     finally:
@@ -148,8 +186,9 @@ class Handover:
     """The worker's waits before it takes partitions over (module docstring); its clients are
     kept for the worker's life, started at the first handover."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str) -> None:
+    def __init__(self, bootstrap_servers: str, group_id: str, own_id: str) -> None:
         self.bootstrap_servers, self.group_id = bootstrap_servers, group_id
+        self.own_id = own_id  # this worker's transactional id: never fenced by itself
         self._client: AIOKafkaClient | None = None
         self._committed: AIOKafkaConsumer | None = None  # read_committed: its end is the last stable offset
         self._uncommitted: AIOKafkaConsumer | None = None  # its end is the high watermark
@@ -187,9 +226,9 @@ class Handover:
         await self._start()
         started = time.monotonic()
         if inputs:
-            await stable_offsets(self.bootstrap_servers, self.group_id, inputs, self._client)
+            await stable_offsets(self.bootstrap_servers, self.group_id, inputs, self._client, self._fence)
         if changelogs:
-            await self._settled(changelogs)
+            await self._settled(changelogs, inputs)
         log.info("took over %d input and %d changelog partitions after %.0f ms", len(inputs), len(changelogs),
                  (time.monotonic() - started) * 1000)
 
@@ -213,16 +252,32 @@ class Handover:
                 log.info("asking for the ends of %d partitions again after %r", len(partitions), exc)
                 await asyncio.sleep(BACKOFF_S[1])
 
-    async def _settled(self, changelogs: list[TopicPartition]) -> None:
+    async def _settled(self, changelogs: list[TopicPartition], inputs: list[TopicPartition]) -> None:
         assert self._committed is not None and self._uncommitted is not None
         patience = _Patience()
         while True:
             stable = await self._ask(self._committed, changelogs)
             high = await self._ask(self._uncommitted, changelogs)
-            open_ = sorted(f"{tp.topic}[{tp.partition}]" for tp in changelogs if stable[tp] < high[tp])
+            open_ = [tp for tp in changelogs if stable[tp] < high[tp]]
             if not open_:
                 return
-            await patience.wait("for transactions still open on changelogs to end", ", ".join(open_))
+            if patience.fence_due():  # a table's partition p is written by whoever processes input partition p
+                numbers = {tp.partition for tp in open_}
+                await self._fence([tp for tp in inputs if tp.partition in numbers])
+            await patience.wait("for transactions still open on changelogs to end",
+                                ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in open_)))
+
+    async def _fence(self, partitions: list[TopicPartition]) -> None:
+        """Fence the workers other than this one that last committed `partitions` (the module
+        docstring); a failure is logged, and the wait goes on to the transaction timeout."""
+        assert self._client is not None
+        try:
+            holders = await committers(self._client, self.group_id, partitions) - {self.own_id}
+            for holder in sorted(holders):
+                log.warning("fencing %s: a transaction it left open still holds partitions taken over", holder)
+                await fence(self.bootstrap_servers, holder)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning("could not fence the former owners of %d partitions: %r", len(partitions), exc)
 
     async def close(self) -> None:
         for task in list(self._waits):  # a stop during a rebalance: the wait ends with it

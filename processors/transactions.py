@@ -131,7 +131,8 @@ class ExactlyOnce:
         self._early: set[TP] = set()  # partitions with a record delivered before that (logged once)
         self.read_back = ReadBack(bootstrap_servers)  # records the stream skipped, from Kafka
         self.restorer = restore.Restorer(bootstrap_servers)  # table partitions in bulk at a rebalance
-        self.handover = Handover(bootstrap_servers, app.conf.id)  # partitions taken over: what they wait for
+        # Partitions taken over: what they wait for.
+        self.handover = Handover(bootstrap_servers, app.conf.id, seam.worker_transactional_id(app))
         self.in_place = InPlace(requests, self.expected)  # where pins are made in place (`requests`: its topic)
         self.standbys_restored = False  # this rebalance's restore brought every standby to its end
         # The assignment it last asked a rebalance for (`reach.seam._ask_for_my_share_once_warm`).

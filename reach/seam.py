@@ -78,6 +78,7 @@ from aiokafka.producer import sender
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.transaction import TxnOffsetCommitRequest_v0, TxnOffsetCommitResponse_v0
 from aiokafka.protocol.types import CompactArray, CompactString, Int16, Int32, Int64, Schema, TaggedFields
+from aiokafka.structs import OffsetAndMetadata
 
 if TYPE_CHECKING:
     import faust
@@ -448,7 +449,12 @@ async def _commit_the_transaction(app: AppT, eos: ExactlyOnce, offsets: Mapping[
                                         "would not be checked")
         await eos.outputs.send_committing(producer)
         commit_as(app.conf.id, member)
-        await producer.send_offsets_to_transaction(offsets, app.conf.id)
+        # The worker's transactional id in the metadata: a worker taking these partitions over
+        # reads who committed them last, to fence it if it left a transaction open
+        # (`processors.handover`).
+        mine = worker_transactional_id(app)
+        await producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(offset, mine) for tp, offset in offsets.items()}, app.conf.id)
         await producer.commit_transaction()
     except BaseException:
         with contextlib.suppress(Exception):

@@ -6,6 +6,8 @@ worker took over, now that each worker has one transactional id (`processors.tra
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 
@@ -14,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
-from processors.handover import UNSTABLE_OFFSET_COMMIT, fetch_offsets, stable_offsets
+from processors.handover import UNSTABLE_OFFSET_COMMIT, Handover, fetch_offsets, stable_offsets
 from reach import seam
 
 
@@ -120,5 +122,64 @@ def test_stable_offsets_wait_for_a_transaction_that_holds_offsets(kafka_bootstra
         assert (await asyncio.wait_for(fetch, 30))[tp] == 11
         await producer.stop()
         await consumer.stop()
+
+    asyncio.run(scenario())
+
+
+# A former owner of a partition: it commits the group's offset 5 in a transaction, naming its
+# transactional id in the metadata as a worker does (`reach.seam`), then opens another that
+# writes a changelog record and holds offset 9 for the group, says so, and waits to be killed.
+_FORMER_OWNER = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+async def main(bootstrap, group, topic, changelog, tid):
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=tid, transaction_timeout_ms=60000)
+    await producer.start()
+    tp = TopicPartition(topic, 0)
+    await producer.begin_transaction()
+    await producer.send_offsets_to_transaction({tp: OffsetAndMetadata(5, tid)}, group)
+    await producer.commit_transaction()
+    await producer.begin_transaction()
+    await (await producer.send(changelog, b"state", key=b"k", partition=0))
+    await producer.send_offsets_to_transaction({tp: OffsetAndMetadata(9, tid)}, group)
+    print("open", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_a_take_over_fences_the_transaction_a_killed_former_owner_left_open(kafka_bootstrap: str) -> None:
+    """A worker SIGKILLed in the middle of a commit leaves its transaction open: the new owner
+    fences it after `FENCE_AFTER_S` instead of waiting for the transaction timeout (60 s), and
+    the offsets it held never land."""
+    seam.install_aiokafka()
+
+    async def scenario() -> None:
+        topic, group, tp = await _new_topic_and_group(kafka_bootstrap, "dead")
+        changelog, _, changelog_tp = await _new_topic_and_group(kafka_bootstrap, "dead-changelog")
+        tid = f"former-{uuid.uuid4().hex[:8]}"
+        former = subprocess.Popen([sys.executable, "-c", _FORMER_OWNER, kafka_bootstrap, group, topic, changelog, tid],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert former.stdout is not None and former.stderr is not None
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(former.stdout.readline), 60)
+        finally:
+            former.kill()  # SIGKILL: nothing of it ends the transaction
+            former.wait()
+        assert line.strip() == "open", f"the former owner said {line!r}, then: {former.stderr.read()[-2000:]}"
+        handover = Handover(kafka_bootstrap, group, own_id="the-new-owner")
+        started = time.monotonic()
+        try:
+            # Unfenced, the wait ends only at the transaction timeout, 60 s after the transaction began.
+            await asyncio.wait_for(handover.take_over([tp], [changelog_tp]), 50)
+        except TimeoutError:
+            raise AssertionError("the take-over still waited after 50 s: the open transaction was not fenced") from None
+        finally:
+            await handover.close()
+        print(f"took over after {time.monotonic() - started:.1f} s")
+        assert (await stable_offsets(kafka_bootstrap, group, [tp]))[tp] == 5, "the open transaction's offsets landed"
 
     asyncio.run(scenario())
