@@ -94,8 +94,9 @@ class CommitPacer:
         record's partition) is one transaction, visible at its commit; otherwise it crosses
         two (the target's creation sends the answer, the waiting record's partition applies
         it). Without this, each waited under load for the commit interval (the stream never
-        runs dry): a waiting order created after its customer beside a bulk load of orders naming existing customers took 97 ms
-        (p50; 192 at most over 40 runs) and its batch was terminal 130 ms after that.
+        runs dry): a waiting order created after its customer beside a bulk load of orders
+        naming existing customers took 97 ms (p50; 192 at most over 40 runs) and its batch was
+        terminal 130 ms after that.
 
         Each such commit ends the transactions of every partition a little early, which costs
         a bulk load of waiting records released together: released at once, 10,000 orders
