@@ -110,7 +110,12 @@ def test_pending_records_are_listed_while_the_batch_waits_then_as_succeeded(
     assert len(pending) == 1 and pending[0]["index"] == 0 and pending[0]["externalId"] == "o-1", pending
     assert pending[0]["missingDependencies"] == [{"schemaDefinitionId": customer, "externalId": "c-1"}], pending
     assert pending[0]["expiresAt"].endswith("Z"), pending
-    listed = records_page(ingress, batch_id)["results"]
+    def both_listed() -> list[dict[str, Any]] | None:
+        listed = records_page(ingress, batch_id)["results"]
+        return listed if len(listed) == 2 else None
+
+    # o-2 may be on another partition than o-1, its outcome in a later commit: waited for too.
+    listed = wait_until(both_listed, 60, what="o-2 listed beside o-1", seen=lambda: records_page(ingress, batch_id))
     assert [(r["index"], r["status"]) for r in listed] == [(0, "pending"), (1, "succeeded")], listed
 
     submit(ingress, "Customer", [{"id": "c-1", "name": "Ann"}])
