@@ -13,22 +13,18 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 
 from processors.handover import UNSTABLE_OFFSET_COMMIT, Handover, fetch_offsets, stable_offsets
 from reach import seam
+from topics import create_topics
+from topics.definitions import TopicSpec
 
 
 async def _new_topic_and_group(bootstrap: str, prefix: str) -> tuple[str, str, TopicPartition]:
     """A new topic of one partition, a new group's name, and that partition."""
     topic, group = f"{prefix}-{uuid.uuid4().hex[:8]}", f"{prefix}-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, [TopicSpec(topic, 1, 1)])
     return topic, group, TopicPartition(topic, 0)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from reach import seam
 from tests.support import unique
+from topics import create_topics
+from topics.definitions import TopicSpec
 
 
 def test_markers_and_aborted_batches_are_passed_over_and_records_are_not(kafka_bootstrap: str) -> None:
@@ -19,12 +20,7 @@ def test_markers_and_aborted_batches_are_passed_over_and_records_are_not(kafka_b
     topic = unique("passed-over")
 
     async def main() -> list[int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 1, 1)])
-        finally:
-            await admin.close()
+        await create_topics(kafka_bootstrap, [TopicSpec(topic, 1, 1)])
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=unique("tx"))
         await producer.start()
         try:
