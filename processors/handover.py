@@ -109,7 +109,7 @@ class _OffsetFetch(Request[_OffsetFetchRequest_v7]):
 
     API_KEY = 9
 
-    def __init__(self, group_id: str, partitions: list[TopicPartition], require_stable: bool = True) -> None:
+    def __init__(self, group_id: str, partitions: list[TopicPartition], require_stable: bool) -> None:
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
@@ -120,12 +120,19 @@ class _OffsetFetch(Request[_OffsetFetchRequest_v7]):
         return request_struct_class(*self._args)
 
 
+async def _offset_fetch(client: AIOKafkaClient, group_id: str, partitions: list[TopicPartition],
+                        require_stable: bool) -> Any:
+    """The group coordinator's answer to one OffsetFetch v7 of `partitions`."""
+    coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), ASK_TIMEOUT_S)
+    return await asyncio.wait_for(client.send(coordinator, _OffsetFetch(group_id, partitions, require_stable)),
+                                  ASK_TIMEOUT_S)
+
+
 async def fetch_offsets(client: AIOKafkaClient, group_id: str, partitions: list[TopicPartition]
                         ) -> tuple[int, dict[TopicPartition, tuple[int, int]]]:
     """One OffsetFetch with `require_stable`: the answer's error code, and per partition its
     committed offset (-1: none) and error code."""
-    coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), ASK_TIMEOUT_S)
-    response = await asyncio.wait_for(client.send(coordinator, _OffsetFetch(group_id, partitions)), ASK_TIMEOUT_S)
+    response = await _offset_fetch(client, group_id, partitions, require_stable=True)
     found = {TopicPartition(name, partition): (offset, code)
              for name, ps, _ in response.topics for partition, offset, _, _, code, _ in ps}
     return response.error_code, found
@@ -134,9 +141,7 @@ async def fetch_offsets(client: AIOKafkaClient, group_id: str, partitions: list[
 async def committers(client: AIOKafkaClient, group_id: str, partitions: list[TopicPartition]) -> set[str]:
     """The metadata of the group's last stable commit of each of `partitions`: the transactional
     ids of the workers that made them (`reach.seam`; empty ones left out)."""
-    coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, group_id), ASK_TIMEOUT_S)
-    response = await asyncio.wait_for(client.send(coordinator, _OffsetFetch(group_id, partitions, False)),
-                                      ASK_TIMEOUT_S)
+    response = await _offset_fetch(client, group_id, partitions, require_stable=False)
     return {metadata for _, ps, _ in response.topics for _, _, _, metadata, code, _ in ps if metadata and code == 0}
 
 
@@ -149,10 +154,11 @@ async def fence(bootstrap_servers: str, transactional_id: str) -> None:
 
 
 async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list[TopicPartition],
-                         client: AIOKafkaClient | None = None, fence: Fence | None = None) -> dict[TopicPartition, int]:
+                         client: AIOKafkaClient | None = None, fence_holders: Fence | None = None
+                         ) -> dict[TopicPartition, int]:
     """The group's committed offset of each partition (-1: none), once no open transaction holds
-    offsets for any of them; `fence` is called once, with the partitions still unstable, after
-    `FENCE_AFTER_S` of waiting."""
+    offsets for any of them; `fence_holders` is called once, with the partitions still unstable,
+    after `FENCE_AFTER_S` of waiting."""
     own = client is None
     if client is None:
         client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
@@ -173,8 +179,8 @@ async def stable_offsets(bootstrap_servers: str, group_id: str, partitions: list
                 return {tp: offset for tp, (offset, _) in found.items()}
             if failed or (error and error not in _COORDINATOR_BUSY and error != UNSTABLE_OFFSET_COMMIT):
                 raise RuntimeError(f"OffsetFetch for group {group_id} failed: error {error}, partitions {failed}")
-            if fence is not None and unstable and patience.fence_due():
-                await fence([tp for tp, (_, code) in found.items() if code == UNSTABLE_OFFSET_COMMIT])
+            if fence_holders is not None and unstable and patience.fence_due():
+                await fence_holders([tp for tp, (_, code) in found.items() if code == UNSTABLE_OFFSET_COMMIT])
             await patience.wait("for the group's offsets to be stable (a transaction holding them is still open)",
                                 ", ".join(unstable) or f"error {error}")
     finally:
