@@ -337,7 +337,7 @@ class ResourceProcessor:
         known = released is not None  # its pending entry is stored
         while queue:
             body = queue[0]
-            wait = await self._apply_or_wait(event, key, body, queue[1:], released)
+            wait = await self._apply_or_wait(event, key, body, queue[1:], released, await self.definition_of(body))
             released = None
             if wait is not None:
                 await self._wait(event, key, queue, wait)
@@ -360,14 +360,11 @@ class ResourceProcessor:
             await self._emit_pending(event, waiting, pending)
 
     async def _apply_or_wait(self, event: faust.EventT, key: bytes, body: Body, rest: list[Body],
-                             released: PendingEntry | None, definition: Definition | None | object = _READ
-                             ) -> Wait | None:
+                             released: PendingEntry | None, definition: Definition | None) -> Wait | None:
         """Apply `body` (or fail it); or say what it must first wait for: its references pinned
         on their partitions, or (a cascade delete) its referrers deleted. `definition`: the
-        one it names, when the caller has just looked it up."""
-        if definition is _READ:
-            definition = await self.definition_of(body)
-        if not isinstance(definition, Definition):
+        one it names."""
+        if definition is None:
             await self._emit(event, body, Outcome(FAILED, SCHEMA_NOT_FOUND,
                              f"schema definition {body['schemaDefinitionId']} does not exist"))
             return None
