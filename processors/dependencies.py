@@ -54,7 +54,7 @@ class DependencyIndex:
         self.eos, self.topics, self.resources = eos, topics, resources
         self.waiters, self.referrers = waiters, referrers
         self.partitions = partitions  # of the ingest topic
-        self.released = released  # called when a creation answers records waiting for it (commit soon)
+        self.released = released  # called when a creation answers a waiting record through the topic (commit soon)
         # Answers made in place, in the order they were made: (R, R's partition, the notice).
         self.answered: deque[tuple[bytes, int, dict[str, Any]]] = deque()
 
@@ -91,15 +91,22 @@ class DependencyIndex:
         return "waiting"
 
     async def on_created(self, event: faust.EventT, target: bytes) -> None:
-        """T was just created by `event`: pin and answer everyone waiting for it."""
+        """T was just created by `event`: pin and answer everyone waiting for it.
+
+        A commit is asked for (`released`) only when an answer leaves through the topic: one made
+        in place releases its record in this transaction, and that release asks for itself (it
+        counted twice toward the pacer's `RELEASE_RATE`, which then stopped early commits at
+        half the rate it names)."""
         waiters = self.eos.tables.get(event, self.waiters, target)
         if not waiters:
             return
         await self.eos.tables.delete(event, self.waiters, target)
+        sent = False
         for request in waiters:
             await self._pin(event, target, request)
-            await self._notify(event, request, "resolved")
-        self.released()
+            sent |= not await self._notify(event, request, "resolved")
+        if sent:
+            self.released()
 
     def referrers_of(self, event: faust.EventT, target: bytes, limit: int = 1000) -> list[bytes]:
         """Up to `limit` resources other than T that reference T or are about to (pinned)."""
@@ -114,9 +121,9 @@ class DependencyIndex:
         if request.get("new") or not self.eos.tables.has(event, self.referrers, key):
             await self.eos.tables.put(event, self.referrers, key, 1)
 
-    async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> None:
-        """Answer R: in place where this worker may write R's partition (`answered`), else by a
-        notice on R's partition. R's handling of answers does not depend on their order (an
+    async def _notify(self, event: faust.EventT, request: dict[str, Any], kind: str) -> bool:
+        """Answer R: in place where this worker may write R's partition (`answered`; True), else by a
+        notice on R's partition (False). R's handling of answers does not depend on their order (an
         answer about a target R no longer waits for is dropped), so one made in place may
         overtake one still on the topic."""
         notice = {"type": kind, "eventId": request["eventId"], "target": request["target"]}
@@ -124,8 +131,9 @@ class DependencyIndex:
         partition = partition_for(waiter, self.partitions)
         if self.eos.in_place.allows(event.message.partition, partition):
             self.answered.append((waiter, partition, notice))
-            return
+            return True
         await self.eos.outputs.send_item(event, self.topics.dependency_notices.name, waiter, notice)
+        return False
 
 
 # Requests and answers are sent with `Outputs.send_item` (`processors.outputs`), keyed by the
