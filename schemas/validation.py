@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import jsonschema_rs
@@ -93,11 +94,11 @@ class RecordValidators:
     full: jsonschema_rs.Draft7Validator   # a whole stored resource
     patch: jsonschema_rs.Draft7Validator  # a record read as a patch: `required` not enforced
     schema: dict[str, Any]
-    names: frozenset[str] = frozenset()  # of the schema's top-level properties
 
-    @property
-    def properties(self) -> dict[str, Any]:
-        return self.schema.get("properties") or {}
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """The schema's top-level property names (`check_record` tests every record's keys)."""
+        return frozenset(self.schema.get("properties") or {})
 
 
 def build_validators(schema: dict[str, Any]) -> RecordValidators:
@@ -106,7 +107,6 @@ def build_validators(schema: dict[str, Any]) -> RecordValidators:
         full=compile_schema(_rewrite(schema, drop_required=False)),
         patch=compile_schema(_rewrite(schema, drop_required=True)),
         schema=schema,
-        names=frozenset(schema.get("properties") or {}),
     )
 
 
