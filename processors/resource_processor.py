@@ -621,14 +621,9 @@ class ResourceProcessor:
         if result.status != PENDING:
             metrics.record_applied(result.status, result.code, body.get("acceptedAt"), now)
         message = event.message
-        if extra is None and result.code is None:  # most records: one dict, `outcome_entry`'s fields
-            entry = {"index": body["recordIndex"], "externalId": body["externalId"], "status": result.status,
-                     "at": now, "sourcePartition": message.partition, "sourceOffset": message.offset}
-        else:
-            entry = outcome_entry(body["recordIndex"], body["externalId"], result.status, now, result.code,
-                                  result.message, {"sourcePartition": message.partition,
-                                                   "sourceOffset": message.offset, **(extra or {})})
-        await self.outcomes.add(event, body, entry)
+        await self.outcomes.add(event, body, outcome_entry(
+            body["recordIndex"], body["externalId"], result.status, now, message.partition, message.offset,
+            result.code, result.message, extra))
 
     async def _emit_pending(self, event: faust.EventT, body: Body, pending: PendingEntry) -> None:
         if not pending["missing"] or "cascadeFor" in body:

@@ -96,10 +96,14 @@ def registration(meta: BatchMeta, claim: IdempotencyClaim | None = None) -> byte
     return orjson.dumps(event)
 
 
-def outcome_entry(index: int, external_id: str, status: str, at_ms: int, code: str | None = None,
-                  message: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One record's outcome; `extra` carries details such as a pending record's dependencies."""
-    entry: dict[str, Any] = {"index": index, "externalId": external_id, "status": status, "at": at_ms}
+def outcome_entry(index: int, external_id: str, status: str, at_ms: int, source_partition: int, source_offset: int,
+                  code: str | None = None, message: str | None = None, extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """One record's outcome, made by the input message at `source_offset` of `source_partition`;
+    `extra` carries details such as a pending record's dependencies. One dict for most records
+    (no code, no details): the worker makes one per record."""
+    entry: dict[str, Any] = {"index": index, "externalId": external_id, "status": status, "at": at_ms,
+                             "sourcePartition": source_partition, "sourceOffset": source_offset}
     if code is not None:
         entry["code"], entry["message"] = code, message
     if extra:
