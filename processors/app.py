@@ -173,6 +173,7 @@ def create_app(settings: Settings) -> faust.App:
                         # aborts and the record is processed again from the committed offset.
                         log.critical("processing %s[%s]@%s failed; stopping the worker",
                                      record.message.topic, record.message.partition, record.message.offset)
+                        eos.fail(exc)  # Faust's commit as it stops would carry the half
                         await app.crash(exc)
                         return
                     eos.done(record)

@@ -408,6 +408,8 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         return await _ORIGINALS["Consumer._commit_tps"](self, tps, start_new_transaction)
     async with eos.commit_lock:
         async with eos.lock:  # between events: what the transaction holds is exactly theirs
+            if eos.failed is not None:  # Faust's commit at the stop, or its interval's, after a failure
+                return False
             offsets = eos.committable(self.assignment(), self._committed_offset)
             if not offsets:
                 return False
@@ -421,8 +423,9 @@ async def _commit_tps_between_events(self: Consumer, tps: Iterable[TP], start_ne
         started = time.monotonic()
         try:
             await _commit_the_transaction(self.app, eos, offsets, start_new_transaction)
-        except BaseException:
-            eos.transactions.drop_committing()  # the commit failed: the worker stops
+        except BaseException as exc:
+            eos.fail(exc)  # the worker stops; nothing it processed since its last commit commits
+            eos.transactions.drop_committing()
             raise
         # Not Faust's `_commit_offsets`: it drops the offsets of partitions no longer assigned,
         # whose events' outputs this one transaction carries all the same.
