@@ -437,8 +437,13 @@ def _audit(d: Deployment) -> None:
 
     # Every batch terminal, and a success: each of its records applied.
     with httpx.Client(base_url=clients.base, headers=clients.headers, timeout=30) as http:
-        for tag, (batch_id, _) in sorted(clients.accepted.items()):
-            data = wait_terminal(http, batch_id, clients.headers, 180)
+        for tag, (batch_id, records) in sorted(clients.accepted.items()):
+            try:
+                data = wait_terminal(http, batch_id, clients.headers, 180)
+            except AssertionError as exc:  # what a stuck record's trail would start from
+                trail = http.get(f"/api/batches/{batch_id}/records").text[:2000]
+                raise AssertionError(f"{exc}\n{tag}: records {[r['id'] for r in records]}, outcomes {trail}\n"
+                                     f"(the run's files: {d.tmp_path})\n{logs}") from None
             assert data["status"] == "success", (tag, data, logs)
         # The merge of exactly the accepted uploads (each resource written by one client, in order).
         expected: dict[str, dict[str, Any]] = collections.defaultdict(dict)
