@@ -188,9 +188,11 @@ async def delete_batch(request: Request) -> Response:
     body = delete_request(raw)
     store: ResourceReads = state.resources
     # The state as of every write committed before this request. A real delete by external id
-    # may be planned on a state a moment old if a reader cannot catch up in time: it only makes
-    # a delete wait for referrers that the request names.
-    sync: bool | str = True if body.dry_run or body.delete_all else "try"
+    # may be planned on a state a moment old (commit markers under way not waited for; what a
+    # reader holds if it cannot catch up in time): it only makes a delete wait for referrers that
+    # the request names, so waiting for the markers would only hold each request of a cascade
+    # back by a worker's commit under way.
+    sync: bool | str = True if body.dry_run or body.delete_all else "last-stable"
     if body.delete_all:
         count = await store.count(partner_id, tenant_id, definition.id)
         most = min(state.settings.delete_all_max, MAX_DELETE_RECORDS)

@@ -85,7 +85,9 @@ async def _question(request: Request, model: str = "resources") -> dict[str, Any
     if that takes at most FRESH_SETTLE_S (a write whose 202 came before its commit marker was
     written is then seen), else everything committed (a transaction left open by a crashed
     ingress does not hold the answer back). "try" answers from what the reader holds when Kafka
-    does not answer."""
+    does not answer. "last-stable": what is committed as the last stable offsets say, markers
+    under way not waited for, else what the reader holds (the delete planner, which a moment-old
+    state only makes wait for referrers a request names)."""
     question = orjson.loads(await request.body())
     store: TopicView = getattr(request.app.state, model)
     if question.get("sync") == "settle":
@@ -93,6 +95,9 @@ async def _question(request: Request, model: str = "resources") -> dict[str, Any
             raise TimeoutError(f"{store.topic} did not settle in {store.wait_s} s")
     elif question.get("sync") == "fresh":
         if not await store.settle(FRESH_SETTLE_S):
+            await store.sync()
+    elif question.get("sync") == "last-stable":
+        with contextlib.suppress(TimeoutError, KafkaError):
             await store.sync()
     elif question.get("sync") and not await store.settle(MARKERS_S):
         try:
