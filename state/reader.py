@@ -96,15 +96,13 @@ async def _question(request: Request, model: str = "resources") -> dict[str, Any
     elif question.get("sync") == "fresh":
         if not await store.settle(FRESH_SETTLE_S):
             await store.sync()
-    elif question.get("sync") == "last-stable":
-        with contextlib.suppress(TimeoutError, KafkaError):
-            await store.sync()
-    elif question.get("sync") and not await store.settle(MARKERS_S):
-        try:
-            await store.sync()
-        except (TimeoutError, KafkaError):
-            if question["sync"] != "try":
-                raise
+    elif question.get("sync"):
+        if question["sync"] == "last-stable" or not await store.settle(MARKERS_S):
+            try:
+                await store.sync()
+            except (TimeoutError, KafkaError):
+                if question["sync"] not in ("try", "last-stable"):
+                    raise
     return question
 
 
