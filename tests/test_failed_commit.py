@@ -92,6 +92,13 @@ class _Consumer:
         return self._assigned
 
 
+async def _started(tp: TP, fail_sends: int) -> tuple[_Producer, ExactlyOnce, _Consumer]:
+    """A worker with `tp` assigned, its producer's transaction open."""
+    producer = _Producer(fail_sends)
+    await producer.begin_transaction()
+    return producer, *_worker(producer, tp)
+
+
 def _worker(producer: _Producer, tp: TP) -> tuple[ExactlyOnce, _Consumer]:
     coordinator = SimpleNamespace(generation=3, member_id="member-w")
     app = SimpleNamespace(
@@ -120,9 +127,7 @@ async def _commit(consumer: _Consumer) -> bool:
 def test_after_a_commit_fails_no_later_commit_carries_offsets_of_what_it_aborted() -> None:
     async def scenario() -> tuple[_Producer, list[bool]]:
         tp = TP("in", 2)
-        producer = _Producer(fail_sends=1)
-        await producer.begin_transaction()
-        eos, consumer = _worker(producer, tp)
+        producer, eos, consumer = await _started(tp, fail_sends=1)
         await _process(eos, tp, 992, b"outcome of 992")
         with pytest.raises(KafkaError):
             await _commit(consumer)  # the commit interval's: its send fails, it aborts
@@ -142,9 +147,7 @@ def test_a_commit_that_succeeds_carries_the_events_outputs_with_their_offsets() 
     """The stand-ins above, on the path that works: what the first test sees is the guard."""
     async def scenario() -> _Producer:
         tp = TP("in", 2)
-        producer = _Producer(fail_sends=0)
-        await producer.begin_transaction()
-        eos, consumer = _worker(producer, tp)
+        producer, eos, consumer = await _started(tp, fail_sends=0)
         await _process(eos, tp, 992, b"outcome of 992")
         assert await _commit(consumer)
         await _process(eos, tp, 993, b"outcome of 993")
@@ -163,9 +166,7 @@ def test_after_an_event_fails_the_commit_as_the_worker_stops_carries_nothing() -
     transaction, with the offsets of the events before it; the stop's commit must not carry them."""
     async def scenario() -> _Producer:
         tp = TP("in", 0)
-        producer = _Producer(fail_sends=0)
-        await producer.begin_transaction()
-        eos, consumer = _worker(producer, tp)
+        producer, eos, consumer = await _started(tp, fail_sends=0)
         await _process(eos, tp, 10, b"outcome of 10")
         async with eos.lock:
             await eos.outputs.send_in(tp, "out", b"k", b"half of 11", 0)
